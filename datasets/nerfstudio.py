@@ -1,0 +1,252 @@
+"""nerfstudio / instant-ngp ``transforms.json`` reader and writer, and the Blender (NeRF-synthetic)
+``transforms_{train,val,test}.json`` reader that shares its frame parser.
+
+Conventions on disk: ``transform_matrix`` is camera-to-world in the OpenGL/Blender convention
+(x right, y up, camera looks down -z). Inside recon we use OpenCV (x right, y down, z forward):
+``c2w_opencv = c2w_opengl @ diag(1, -1, -1, 1)`` (the same matrix converts back).
+
+Intrinsics come from ``fl_x, fl_y, cx, cy, w, h`` (global or per frame), or from
+``camera_angle_x`` (Blender); distortion from ``k1, k2, k3, k4, p1, p2`` and ``camera_model``
+(``PINHOLE``, ``OPENCV``, ``OPENCV_FISHEYE``, ``EQUIRECTANGULAR``). Masks come from ``mask_path``;
+recon also writes ``depth_file_path`` (.npy, metres along z) and ``normal_file_path`` (.npy).
+Splits are ``train_filenames`` / ``val_filenames`` / ``test_filenames`` (nerfstudio's keys).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from datasets.scene import Frame, Scene, SceneError
+from pipeline.cameras import Intrinsics
+from pipeline.log import get_logger
+
+OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".exr", ".webp", ".tif", ".tiff")
+
+_MODEL_FROM_NS = {"PINHOLE": "pinhole", "SIMPLE_PINHOLE": "pinhole", "OPENCV": "opencv",
+                  "SIMPLE_RADIAL": "opencv", "RADIAL": "opencv", "OPENCV_FISHEYE": "fisheye",
+                  "EQUIRECTANGULAR": "equirect"}
+_MODEL_TO_NS = {"pinhole": "PINHOLE", "opencv": "OPENCV", "fisheye": "OPENCV_FISHEYE", "equirect": "EQUIRECTANGULAR"}
+
+
+def opengl_to_opencv(c2w: np.ndarray) -> np.ndarray:
+    """Camera-to-world (..., 4, 4) from OpenGL/Blender/nerfstudio axes to OpenCV axes (and back)."""
+    return np.asarray(c2w, dtype=np.float64) @ OPENGL_TO_OPENCV
+
+
+opencv_to_opengl = opengl_to_opencv  # the axis flip is its own inverse
+
+
+def _resolve_image(base: Path, file_path: str) -> Optional[Path]:
+    path = Path(file_path)
+    path = path if path.is_absolute() else base / path
+    if path.exists() and path.is_file():
+        return path
+    for ext in IMAGE_EXTENSIONS:  # Blender and instant-ngp files often omit the extension
+        candidate = path.with_name(path.name + ext)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    import imageio.v3 as iio
+
+    props = iio.improps(path)
+    h, w = props.shape[:2]
+    return int(w), int(h)
+
+
+def _intrinsics(params: dict, image_path: Path, json_path: Path) -> Intrinsics:
+    if "w" in params and "h" in params:
+        w, h = int(params["w"]), int(params["h"])
+    else:
+        w, h = _image_size(image_path)
+    model = _MODEL_FROM_NS.get(str(params.get("camera_model", "OPENCV")).upper())
+    if model is None:
+        raise SceneError(f"{json_path}: camera_model {params.get('camera_model')!r} is not supported; "
+                         f"use one of {sorted(_MODEL_FROM_NS)}")
+    if model == "equirect":
+        return Intrinsics("equirect", w, h)
+    if "fl_x" in params:
+        fx = float(params["fl_x"])
+        fy = float(params.get("fl_y", fx))
+    elif "camera_angle_x" in params:
+        fx = 0.5 * w / math.tan(0.5 * float(params["camera_angle_x"]))
+        fy = 0.5 * h / math.tan(0.5 * float(params["camera_angle_y"])) if "camera_angle_y" in params else fx
+    else:
+        raise SceneError(f"{json_path}: no focal length (need fl_x or camera_angle_x, globally or per frame)")
+    cx, cy = float(params.get("cx", w / 2.0)), float(params.get("cy", h / 2.0))
+    if model == "fisheye":
+        dist = tuple(float(params.get(k, 0.0)) for k in ("k1", "k2", "k3", "k4"))
+    else:
+        dist = tuple(float(params.get(k, 0.0)) for k in ("k1", "k2", "p1", "p2", "k3"))
+        if model == "pinhole" and any(dist):
+            model = "opencv"
+        if model == "opencv" and not any(dist) and str(params.get("camera_model", "")).upper() != "OPENCV":
+            model = "pinhole"
+    return Intrinsics(model, w, h, fx, fy, cx, cy, dist if model != "pinhole" else ())
+
+
+def parse_frames(data: dict, json_path: Path) -> tuple[list[Frame], list[str]]:
+    """Frames of one transforms file; returns (frames, file paths of frames whose image is missing)."""
+    base = json_path.parent
+    frames, missing = [], []
+    if "frames" not in data:
+        raise SceneError(f"{json_path}: no 'frames' list; is this a nerfstudio/instant-ngp transforms.json?")
+    for i, f in enumerate(data["frames"]):
+        if "file_path" not in f or "transform_matrix" not in f:
+            raise SceneError(f"{json_path}: frame {i} lacks 'file_path' or 'transform_matrix'")
+        image = _resolve_image(base, f["file_path"])
+        if image is None:
+            missing.append(f["file_path"])
+            continue
+        params = {**data, **f}
+        c2w = np.asarray(f["transform_matrix"], dtype=np.float64)
+        if c2w.shape == (3, 4):
+            c2w = np.vstack([c2w, [0, 0, 0, 1]])
+        if c2w.shape != (4, 4):
+            raise SceneError(f"{json_path}: frame {i} transform_matrix has shape {c2w.shape}, expected 4x4")
+
+        def opt(key):
+            return (base / f[key]) if f.get(key) else None
+
+        frames.append(Frame(image_path=image, intrinsics=_intrinsics(params, image, json_path),
+                            c2w=opengl_to_opencv(c2w), mask_path=opt("mask_path"),
+                            depth_path=opt("depth_file_path"), normal_path=opt("normal_file_path"),
+                            name=f.get("name") or Path(f["file_path"]).stem))
+    return frames, missing
+
+
+def _warn_missing(json_path: Path, missing: list[str]) -> None:
+    if missing:
+        get_logger("datasets").warning(f"{json_path}: skipped {len(missing)} frame(s) whose image is missing: "
+                                       f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SceneError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise SceneError(f"{path}: not valid JSON ({exc}); fix or regenerate the file") from None
+
+
+def _bounds_from(data: dict) -> Optional[np.ndarray]:
+    if "recon_bounds" in data:
+        return np.asarray(data["recon_bounds"], dtype=np.float64)
+    if "aabb" in data:
+        return np.asarray(data["aabb"], dtype=np.float64)
+    return None
+
+
+def read_nerfstudio(path: str | Path, background: str = "white") -> Scene:
+    """Read a nerfstudio or instant-ngp ``transforms.json`` (a file, or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "transforms.json"
+    data = _load_json(path)
+    frames, missing = parse_frames(data, path)
+    _warn_missing(path, missing)
+    if not frames:
+        raise SceneError(f"{path}: no frame has an existing image; check the file_path entries")
+    splits = {}
+    names = [Path(os.path.relpath(f.image_path, path.parent)).as_posix() for f in frames]
+    for split in ("train", "val", "test"):
+        wanted = data.get(f"{split}_filenames")
+        if wanted:
+            wanted = {Path(w).as_posix().removeprefix("./") for w in wanted}
+            splits[split] = [i for i, n in enumerate(names) if n.removeprefix("./") in wanted]
+    if not splits.get("train"):
+        held = set(splits.get("val", [])) | set(splits.get("test", []))
+        splits["train"] = [i for i in range(len(frames)) if i not in held]
+    meta = {k: data[k] for k in ("aabb_scale", "ply_file_path", "recon") if k in data}
+    return Scene(frames, splits, _bounds_from(data), background, meta, source=path)
+
+
+def read_blender(root: str | Path, background: str = "white") -> Scene:
+    """Read a Blender/NeRF-synthetic scene: ``transforms_{train,val,test}.json`` in ``root``."""
+    root = Path(root)
+    frames, splits, bounds, meta = [], {}, None, {}
+    for split in ("train", "val", "test"):
+        json_path = root / f"transforms_{split}.json"
+        if not json_path.exists():
+            continue
+        data = _load_json(json_path)
+        split_frames, missing = parse_frames(data, json_path)
+        _warn_missing(json_path, missing)
+        splits[split] = list(range(len(frames), len(frames) + len(split_frames)))
+        frames += split_frames
+        bounds = bounds if bounds is not None else _bounds_from(data)
+        meta.update({k: data[k] for k in ("recon",) if k in data})
+    if not frames:
+        raise SceneError(f"{root}: no transforms_{{train,val,test}}.json with existing images; "
+                         "is this a Blender/NeRF-synthetic scene folder?")
+    return Scene(frames, splits, bounds, background, meta, source=root)
+
+
+def frames_to_json(frames: list[Frame], base: Path) -> list[dict]:
+    """Per-frame nerfstudio dicts, paths relative to ``base`` where possible."""
+    def rel(p: Path) -> str:
+        try:
+            return Path(os.path.relpath(p, base)).as_posix()
+        except ValueError:  # another drive
+            return str(p)
+
+    out = []
+    for f in frames:
+        k = f.intrinsics
+        d = {"file_path": rel(f.image_path), "transform_matrix": opencv_to_opengl(f.c2w).tolist(),
+             "camera_model": _MODEL_TO_NS[k.model], "w": k.width, "h": k.height, "name": f.name}
+        if k.model != "equirect":
+            d.update(fl_x=k.fx, fl_y=k.fy, cx=k.cx, cy=k.cy)
+        if k.model == "opencv":
+            d.update(dict(zip(("k1", "k2", "p1", "p2", "k3"), k.dist)))
+        elif k.model == "fisheye":
+            d.update(dict(zip(("k1", "k2", "k3", "k4"), k.dist)))
+        for key, value in (("mask_path", f.mask_path), ("depth_file_path", f.depth_path),
+                           ("normal_file_path", f.normal_path)):
+            if value is not None:
+                d[key] = rel(value)
+        out.append(d)
+    return out
+
+
+def write_nerfstudio(scene: Scene, path: str | Path, extra: Optional[dict] = None,
+                     relative_to: Optional[Path] = None) -> Path:
+    """Write ``scene`` as a nerfstudio ``transforms.json`` (opens in nerfstudio and instant-ngp).
+
+    Intrinsics are written per frame (nerfstudio and instant-ngp both accept that), so scenes
+    with several cameras round-trip exactly. File paths are written relative to ``relative_to``
+    (default: the folder of ``path``; give the final folder when writing into a temporary one).
+    Returns the path written.
+    """
+    from pipeline.workspace import write_json
+
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / "transforms.json"
+    if not scene.has_poses:
+        raise SceneError("cannot write transforms.json: some frames have no pose; run the poses stage first")
+    base = Path(relative_to) if relative_to is not None else path.parent
+    frames_json = frames_to_json(scene.frames, base)
+    data: dict = {}
+    first = frames_json[0]
+    data["camera_model"] = first["camera_model"]  # nerfstudio reads the global model
+    data["frames"] = frames_json
+    for split, indices in scene.splits.items():
+        if split in ("train", "val", "test"):
+            data[f"{split}_filenames"] = [frames_json[i]["file_path"] for i in indices]
+    if scene.bounds is not None:
+        data["recon_bounds"] = scene.bounds.tolist()
+    data.update({k: v for k, v in scene.meta.items() if k in ("aabb_scale", "ply_file_path", "recon")})
+    if extra:
+        data.update(extra)
+    write_json(path, data)
+    return path

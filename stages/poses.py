@@ -1,0 +1,94 @@
+"""Poses stage: read a dataset, take its poses (or estimate them), normalise, write
+``poses/transforms.json`` for every later stage.
+
+Outputs (workspace ``poses/``): ``transforms.json`` (nerfstudio convention, normalised frame,
+opens in nerfstudio and instant-ngp), ``normalization.json`` (the similarity from the dataset's
+units to the normalised frame), ``report.json``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from datasets import read_scene
+from datasets.nerfstudio import write_nerfstudio
+from datasets.scene import Scene, SceneError
+from pipeline.normalize import Similarity, normalizing_similarity
+from pipeline.stage import Stage, StageContext
+from pipeline.workspace import write_json
+
+
+@dataclass
+class PosesConfig:
+    data: str = ""  # the dataset folder (any format `datasets.read_scene` reads)
+    format: str = "auto"  # auto | nerfstudio | blender | colmap | llff | idr | middlebury | photos | panoramas
+    background: str = "white"  # compositing of RGBA images: white | black | none
+    estimate: bool = False  # estimate poses even when the dataset has them
+    normalize: str = "sphere"  # sphere (IDR: unit sphere) | box (NeRF: cube) | none
+    target_radius: float = 1.0  # radius of the region of interest after normalisation
+
+
+def normalize_scene(scene: Scene, config: PosesConfig) -> tuple[Scene, Similarity]:
+    """The scene moved into the normalised frame, and the similarity that did it."""
+    if config.normalize == "none":
+        return scene, Similarity()
+    if config.normalize not in ("sphere", "box"):
+        raise SceneError(f"normalize must be sphere, box or none, got {config.normalize!r}")
+    c2w = np.stack([f.c2w for f in scene.frames])
+    center = None
+    points = None
+    if scene.bounds is not None:  # a known region of interest beats a guess from the cameras
+        lo, hi = scene.bounds
+        points = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
+        center = (lo + hi) / 2
+    sim = normalizing_similarity(c2w, points=None, mode=config.normalize, target_radius=config.target_radius,
+                                 center=center)
+    if points is not None:
+        radius = np.linalg.norm(points - center, axis=1).max() if config.normalize == "sphere" else \
+            np.abs(sim.rotation @ (points - center).T).max()
+        scale = config.target_radius / radius
+        sim = Similarity(scale, sim.rotation, -scale * sim.rotation @ center)
+    frames = [replace(f, c2w=sim.apply_c2w(f.c2w)) for f in scene.frames]
+    bounds = None
+    if scene.bounds is not None:
+        corners = sim.apply_points(points)
+        bounds = np.stack([corners.min(0), corners.max(0)])
+    meta = dict(scene.meta)
+    recon = dict(meta.get("recon", {}))
+    recon["depth_scale"] = recon.get("depth_scale", 1.0) * sim.scale
+    meta["recon"] = recon
+    return Scene(frames, scene.splits, bounds, scene.background, meta, scene.source), sim
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: PosesConfig = ctx.config
+    if not cfg.data:
+        raise SceneError("the poses stage needs a dataset: python run.py poses --data DIR --workspace W")
+    t0 = time.time()
+    scene = read_scene(cfg.data, cfg.format, background=cfg.background)
+    timings = {"read_s": time.time() - t0}
+    if cfg.estimate or not scene.has_poses:
+        from stages import poses_estimate  # noqa: F401  (added by the pose-estimation issue)
+        scene, est_report = poses_estimate.estimate(scene, ctx)
+    else:
+        est_report = {"mode": "import"}
+    t1 = time.time()
+    normalized, sim = normalize_scene(scene, cfg)
+    timings["normalize_s"] = time.time() - t1
+    recon = dict(normalized.meta.get("recon", {}))
+    recon.update(source=str(Path(cfg.data).resolve()), normalization=sim.to_dict())
+    normalized.meta["recon"] = recon
+    write_nerfstudio(normalized, ctx.out_dir / "transforms.json", relative_to=ctx.workspace.stage_dir("poses"))
+    sim.save(ctx.out_dir / "normalization.json")
+    report = {"images_given": len(scene), "images_registered": sum(f.c2w is not None for f in scene.frames),
+              "splits": {k: len(v) for k, v in scene.splits.items()}, "timings_s": timings, **est_report}
+    write_json(ctx.out_dir / "report.json", report)
+    ctx.log.info(f"poses: {report['images_registered']}/{report['images_given']} images posed ({est_report['mode']})")
+    return {"images_given": report["images_given"], "images_registered": report["images_registered"]}
+
+
+STAGE = Stage(name="poses", config_cls=PosesConfig, run=run, inputs=(), default_config="poses.yaml",
+              description="read a dataset, import or estimate camera poses, normalise the scene")
