@@ -31,8 +31,8 @@ def sample_grid(fn: Callable[[torch.Tensor], torch.Tensor], bounds: np.ndarray, 
 def marching_cubes(values: np.ndarray, bounds: np.ndarray, level: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Iso-surface of a grid from :func:`sample_grid`: vertices (V, 3) in world units, faces (F, 3).
 
-    Faces are oriented so normals point towards increasing values' opposite side, i.e. outwards
-    for an SDF (negative inside).
+    Faces are wound so that their normals point towards increasing values: outwards for an SDF
+    (negative inside).
     """
     from skimage.measure import marching_cubes as skimage_mc
 
@@ -43,7 +43,7 @@ def marching_cubes(values: np.ndarray, bounds: np.ndarray, level: float = 0.0) -
         raise ValueError(f"the field never crosses level {level} inside the bounds "
                          f"(min {values.min():.4g}, max {values.max():.4g}); nothing to mesh")
     verts, faces, _, _ = skimage_mc(values, level=level, spacing=tuple(spacing))
-    return verts + bounds[0], faces[:, ::-1].copy()
+    return verts + bounds[0], faces.astype(np.int64)
 
 
 def keep_large_components(verts: np.ndarray, faces: np.ndarray, min_fraction: float = 0.01):
