@@ -157,12 +157,12 @@ def read_nerfstudio(path: str | Path, background: str = "white") -> Scene:
     if not frames:
         raise SceneError(f"{path}: no frame has an existing image; check the file_path entries")
     splits = {}
-    names = [Path(os.path.relpath(f.image_path, path.parent)).as_posix() for f in frames]
+    resolved = [f.image_path.resolve() for f in frames]
     for split in ("train", "val", "test"):
         wanted = data.get(f"{split}_filenames")
         if wanted:
-            wanted = {Path(w).as_posix().removeprefix("./") for w in wanted}
-            splits[split] = [i for i, n in enumerate(names) if n.removeprefix("./") in wanted]
+            wanted_paths = {(_resolve_image(path.parent, w) or path.parent / w).resolve() for w in wanted}
+            splits[split] = [i for i, p in enumerate(resolved) if p in wanted_paths]
     if not splits.get("train"):
         held = set(splits.get("val", [])) | set(splits.get("test", []))
         splits["train"] = [i for i in range(len(frames)) if i not in held]
@@ -192,11 +192,13 @@ def read_blender(root: str | Path, background: str = "white") -> Scene:
 
 
 def frames_to_json(frames: list[Frame], base: Path) -> list[dict]:
-    """Per-frame nerfstudio dicts, paths relative to ``base`` where possible."""
+    """Per-frame nerfstudio dicts; paths inside ``base`` are written relative to it, others absolute
+    (so a workspace that refers to a dataset elsewhere keeps working when it is moved)."""
     def rel(p: Path) -> str:
+        p = Path(p).absolute()
         try:
-            return Path(os.path.relpath(p, base)).as_posix()
-        except ValueError:  # another drive
+            return p.relative_to(Path(base).absolute()).as_posix()
+        except ValueError:
             return str(p)
 
     out = []

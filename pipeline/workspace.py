@@ -26,6 +26,9 @@ from typing import Optional
 
 from pipeline.normalize import Similarity
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 LAYOUT = ("poses", "nerf", "idr", "exports", "eval", "report", "logs")
 
 
@@ -43,6 +46,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

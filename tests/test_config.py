@@ -1,0 +1,70 @@
+"""Configs: YAML + key=value overrides into typed dataclasses, with errors that name the key."""
+from dataclasses import dataclass, field
+
+import pytest
+
+from pipeline.config import ConfigError, config_hash, load_config
+
+
+@dataclass
+class Optimizer:
+    lr: float = 1e-2
+    betas: list = field(default_factory=lambda: [0.9, 0.99])
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    background: str = "white"
+    mixed_precision: bool = False
+    optimizer: Optimizer = field(default_factory=Optimizer)
+
+
+def test_defaults_yaml_and_overrides_merge_in_order(tmp_path):
+    yaml = tmp_path / "train.yaml"
+    yaml.write_text("steps: 500\noptimizer:\n  lr: 0.005\n")
+    cfg = load_config(TrainConfig, yaml, ["optimizer.lr=0.001", "mixed_precision=true"])
+    assert isinstance(cfg, TrainConfig) and isinstance(cfg.optimizer, Optimizer)
+    assert cfg.steps == 500 and cfg.optimizer.lr == 0.001 and cfg.mixed_precision is True
+    assert cfg.background == "white"
+
+
+def test_unknown_key_names_the_key_and_lists_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, ["stpes=3"])
+    assert "stpes" in str(err.value) and "steps" in str(err.value) and "optimizer.lr" in str(err.value)
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    yaml = tmp_path / "bad.yaml"
+    yaml.write_text("optimizer:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, yaml)
+    assert "learning_rate" in str(err.value) and "bad.yaml" in str(err.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, ["steps=many"])
+    assert "steps" in str(err.value)
+
+
+def test_missing_config_file_lists_available_configs():
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, "no-such-config")
+    assert "poses" in str(err.value)  # configs/poses.yaml exists
+
+
+def test_config_hash_changes_with_values_only():
+    assert config_hash(TrainConfig()) == config_hash(TrainConfig())
+    assert config_hash(TrainConfig()) != config_hash(TrainConfig(steps=101))
+
+
+def test_every_shipped_yaml_loads_into_its_stage():
+    from pipeline.config import CONFIG_DIR
+    from stages import available_stages
+
+    for name, stage in available_stages().items():
+        if stage.default_config:
+            assert (CONFIG_DIR / stage.default_config).exists(), f"{name}: configs/{stage.default_config} missing"
+            stage.load_config()  # raises ConfigError on a stale key
