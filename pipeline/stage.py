@@ -45,7 +45,9 @@ class Stage:
     name: str
     config_cls: type
     run: Callable[[StageContext], Optional[dict]]
-    inputs: Sequence[str] = ()  # workspace-relative files this stage reads
+    # workspace-relative files this stage reads; or a function (workspace, config) -> such a list,
+    # for stages whose input depends on the config or workspace (export/eval: the nerf or idr folder)
+    inputs: Sequence[str] | Callable[[Workspace, Any], Sequence[str]] = ()
     description: str = ""
     default_config: Optional[str] = None  # a file name in configs/
     produced_by: dict = field(default_factory=dict)  # input -> command that makes it (for errors)
@@ -91,7 +93,8 @@ def _file_fingerprint(path: Path) -> str:
 
 def input_fingerprint(stage: Stage, workspace: Workspace, config: Any) -> dict:
     inputs = {}
-    for rel in stage.inputs:
+    rels = stage.inputs(workspace, config) if callable(stage.inputs) else stage.inputs
+    for rel in rels:
         path = workspace.root / rel
         if not path.exists():
             how = stage.produced_by.get(rel, "the stage that writes it")
