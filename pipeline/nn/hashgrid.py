@@ -1,0 +1,348 @@
+"""Multiresolution hash-grid encoding (Mueller et al. 2022, instant-ngp).
+
+L levels with resolutions growing geometrically from ``base_resolution`` to ``finest_resolution``;
+each level stores F features per grid vertex in a table of at most ``2^T`` entries. Coarse levels
+whose ``(res + 2)^3`` vertices fit the table are indexed densely (no collisions); finer levels hash
+the vertex coordinates (``x * 1 ^ y * 2654435761 ^ z * 805459861 mod 2^T``). A point's feature is
+the trilinear interpolation of its cell's 8 corners; the output concatenates the levels.
+
+All levels share ONE flat parameter table ``(sum of level sizes, F)`` with per-level offsets, so the
+backends read and write the same layout and a model trained with one loads with another:
+
+- ``torch``: the vectorised PyTorch reference. Corner indices and weights of every level are
+  computed at once (int32, broadcasting over the 2x2x2 corners), features come from ONE
+  ``index_select`` on the flat table, and a custom autograd function scatters gradients back with
+  ``index_add_`` (no per-corner copies of the table). It also gives gradients w.r.t. the input.
+- ``naive``: the textbook version (a Python loop over levels and corners with ``table[idx]`` and
+  autograd); kept as the baseline of the speed comparison and as a cross-check in tests.
+- ``triton``: fused CUDA kernels (``pipeline/nn/hashgrid_triton.py``), chosen by ``auto`` on CUDA.
+- ``tcnn``: tiny-cuda-nn's ``HashGrid`` when the package imports (own parameter layout).
+
+Inputs are in ``[0, 1]^3`` (callers map their scene box there); values outside are clamped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BACKENDS = ("auto", "torch", "triton", "tcnn", "naive")
+# instant-ngp's spatial hash primes; the first is 1 so that x stays coherent in memory. As int32 they
+# wrap, which keeps the low bits (all the hash uses) identical to the uint32 products.
+PRIMES = (1, 2654435761, 805459861)
+
+
+def _as_int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+PRIMES_I32 = tuple(_as_int32(p) for p in PRIMES)
+
+
+@dataclass
+class HashGridConfig:
+    """levels: L; features_per_level: F; log2_table_size: T (entries per level <= 2^T);
+    base_resolution / finest_resolution: grid cells along an axis at the coarsest / finest level;
+    backend: auto (triton on CUDA, else torch) | torch | triton | tcnn | naive."""
+
+    levels: int = 16
+    features_per_level: int = 2
+    log2_table_size: int = 19
+    base_resolution: int = 16
+    finest_resolution: int = 2048
+    backend: str = "auto"
+
+
+def level_layout(config: HashGridConfig) -> dict[str, torch.Tensor]:
+    """Per level: ``scale`` (float, cells per unit), ``stride`` (vertices per axis), ``dense``
+    (bool: direct indexing), ``offset`` (first row in the flat table), ``size`` (rows)."""
+    L = config.levels
+    growth = 1.0 if L == 1 else math.exp(
+        (math.log(config.finest_resolution) - math.log(config.base_resolution)) / (L - 1))
+    table = 1 << config.log2_table_size
+    scales, strides, dense, offsets, sizes = [], [], [], [], []
+    offset = 0
+    for level in range(L):
+        scale = config.base_resolution * growth ** level
+        stride = int(math.floor(scale)) + 2  # vertices 0 .. floor(scale) + 1 along each axis
+        is_dense = stride ** 3 <= table
+        size = stride ** 3 if is_dense else table
+        scales.append(scale)
+        strides.append(stride)
+        dense.append(is_dense)
+        offsets.append(offset)
+        sizes.append(size)
+        offset += size
+    return {"scale": torch.tensor(scales, dtype=torch.float64), "stride": torch.tensor(strides, dtype=torch.int32),
+            "dense": torch.tensor(dense), "offset": torch.tensor(offsets, dtype=torch.int32),
+            "size": torch.tensor(sizes, dtype=torch.int64), "table_mask": torch.tensor(table - 1, dtype=torch.int32)}
+
+
+def corner_indices_and_weights(x: torch.Tensor, scale: torch.Tensor, stride: torch.Tensor, dense: torch.Tensor,
+                               offset: torch.Tensor, table_mask: int, with_frac: bool = False):
+    """Rows of the flat table and trilinear weights of the 8 corners of every point at every level.
+
+    x: (N, 3) in [0, 1]; scale (L,) float; stride, offset (L,) int32; dense (L,) bool (the dense
+    levels are the coarse ones, a prefix). Returns idx (N, L, 8) int32, weights (N, L, 8) in x's
+    dtype, and (with_frac) frac (N, L, 3). Corner c = 4 * bx + 2 * by + bz with b = 1 for the
+    upper vertex on that axis.
+    """
+    n, L = x.shape[0], scale.shape[0]
+    pos = x[:, None, :] * scale.to(x.dtype)[None, :, None]  # (N, L, 3)
+    pos_floor = torch.floor(pos)
+    frac = pos - pos_floor
+    base = pos_floor.to(torch.int32)
+    num_dense = int(dense.sum())
+    parts = []
+    if num_dense:
+        # dense: row = bx + s * by + s^2 * bz; the 8 corners add a per-level constant
+        s = stride[:num_dense]
+        axis_steps = torch.stack([torch.ones_like(s), s, s * s], -1)  # (Ld, 3)
+        corner_bits = _corner_bits(x.device)  # (8, 3)
+        corner_offsets = corner_bits @ axis_steps.T + offset[:num_dense]  # (8, Ld)
+        linear = (base[:, :num_dense] * axis_steps).sum(-1, dtype=torch.int32)  # (N, Ld)
+        parts.append(linear[..., None] + corner_offsets.T)
+    if num_dense < L:
+        hb = base[:, num_dense:]  # (N, Lh, 3)
+        hx = torch.stack([hb[..., 0], hb[..., 0] + 1], -1)
+        hy = torch.stack([hb[..., 1], hb[..., 1] + 1], -1) * PRIMES_I32[1]
+        hz = torch.stack([hb[..., 2], hb[..., 2] + 1], -1) * PRIMES_I32[2]
+        hxy = (hx[..., :, None] ^ hy[..., None, :]).flatten(-2)  # (N, Lh, 4)
+        hashed = (hxy[..., :, None] ^ hz[..., None, :]).flatten(-2) & table_mask  # (N, Lh, 8)
+        parts.append(hashed + offset[num_dense:, None])
+    idx = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+    w_lo_hi = torch.stack([1.0 - frac, frac], -1)  # (N, L, 3, 2)
+    wxy = (w_lo_hi[:, :, 0, :, None] * w_lo_hi[:, :, 1, None, :]).flatten(-2)  # (N, L, 4)
+    weights = (wxy[..., :, None] * w_lo_hi[:, :, 2, None, :]).flatten(-2)  # (N, L, 8)
+    return (idx, weights, frac) if with_frac else (idx, weights)
+
+
+def _corner_bits(device) -> torch.Tensor:
+    """(8, 3) int32: corner c = 4 * bx + 2 * by + bz."""
+    c = torch.arange(8, dtype=torch.int32, device=device)
+    return torch.stack([(c >> 2) & 1, (c >> 1) & 1, c & 1], -1)
+
+
+def _weight_derivatives(frac: torch.Tensor) -> torch.Tensor:
+    """d weight / d pos for the 8 corners: frac (N, L, 3) -> (N, L, 8, 3)."""
+    w = torch.stack([1.0 - frac, frac], -1)  # (N, L, 3, 2)
+    dw = torch.tensor([-1.0, 1.0], dtype=frac.dtype, device=frac.device).expand_as(w)
+    wx, wy, wz = w[:, :, 0], w[:, :, 1], w[:, :, 2]
+    dx, dy, dz = dw[:, :, 0], dw[:, :, 1], dw[:, :, 2]
+    gx = dx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]
+    gy = wx[..., :, None, None] * dy[..., None, :, None] * wz[..., None, None, :]
+    gz = wx[..., :, None, None] * wy[..., None, :, None] * dz[..., None, None, :]
+    n, L = frac.shape[:2]
+    return torch.stack([gx.reshape(n, L, 8), gy.reshape(n, L, 8), gz.reshape(n, L, 8)], -1)
+
+
+# Rows of F floats are gathered / scattered as single wide elements (F=2 float32 = one 8-byte
+# word): 1-D index ops on 8-byte elements are ~5x faster on CPU than on (rows, 2) tensors.
+_ROW_DTYPES = {(torch.float32, 2): (torch.int64, torch.complex64), (torch.float64, 2): (None, torch.complex128),
+               (torch.float32, 1): (torch.int32, None), (torch.float64, 1): (torch.int64, None)}
+
+
+def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table (R, F), idx (...) int -> (numel(idx), F)."""
+    F = table.shape[1]
+    flat_idx = idx.reshape(-1)
+    wide = _ROW_DTYPES.get((table.dtype, F), (None, None))[0]
+    if wide is not None and table.is_contiguous():
+        return table.view(wide).view(-1).index_select(0, flat_idx).view(table.dtype).view(-1, F)
+    if wide is None and F == 2 and table.is_contiguous() and table.dtype == torch.float64:
+        return torch.view_as_real(torch.view_as_complex(table).index_select(0, flat_idx))
+    return table.index_select(0, flat_idx)
+
+
+def _scatter_add_rows(table: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A zero tensor like table (R, F) with values (numel(idx), F) added at rows idx."""
+    F = table.shape[1]
+    flat_idx = idx.reshape(-1)
+    values = values.reshape(-1, F).contiguous()
+    complex_dtype = _ROW_DTYPES.get((table.dtype, F), (None, None))[1]
+    if complex_dtype is not None:
+        out = torch.zeros(table.shape[0], dtype=complex_dtype, device=table.device)
+        out.scatter_add_(0, flat_idx.long(), torch.view_as_complex(values))
+        return torch.view_as_real(out)
+    return torch.zeros_like(table).index_add_(0, flat_idx, values)
+
+
+class _HashGridFunction(torch.autograd.Function):
+    """Gather + interpolate in forward; ``index_add_`` into the flat table in backward."""
+
+    @staticmethod
+    def forward(ctx, x, table, scale, stride, dense, offset, table_mask):
+        needs_x_grad = ctx.needs_input_grad[0]
+        idx, weights, frac = corner_indices_and_weights(x.detach(), scale, stride, dense, offset, table_mask, True)
+        n, L = idx.shape[:2]
+        F = table.shape[1]
+        feats = _gather_rows(table, idx).view(n * L, 8, F)
+        # (N*L, 1, 8) @ (N*L, 8, F): the 8-corner weighted sum as one batched product
+        out = torch.bmm(weights.view(n * L, 1, 8), feats).view(n, L * F)
+        ctx.save_for_backward(idx, weights, frac if needs_x_grad else None, scale, table)
+        ctx.table_rows = table.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        idx, weights, frac, scale, table = ctx.saved_tensors
+        n, L = idx.shape[:2]
+        F = table.shape[1]
+        grad_out = grad_out.contiguous().view(n * L, 1, F)
+        grad_x = grad_table = None
+        if ctx.needs_input_grad[1]:
+            # (N*L, 8, 1) * (N*L, 1, F): each corner's share of the output gradient
+            per_corner = (weights.view(n * L, 8, 1) * grad_out).to(table.dtype)
+            grad_table = _scatter_add_rows(table, idx, per_corner)
+        if ctx.needs_input_grad[0]:
+            feats = _gather_rows(table, idx).view(n * L, 8, F)
+            g_corner = torch.bmm(feats, grad_out.transpose(1, 2)).view(n, L, 8)  # dL/dweight
+            d_w = _weight_derivatives(frac)  # (N, L, 8, 3)
+            grad_pos = (g_corner[..., None] * d_w).sum(2)  # (N, L, 3)
+            grad_x = (grad_pos * scale.to(grad_pos.dtype)[None, :, None]).sum(1)
+        return grad_x, grad_table, None, None, None, None, None
+
+
+def hashgrid_torch(x, table, scale, stride, dense, offset, table_mask: int) -> torch.Tensor:
+    """The reference backend: x (N, 3) in [0, 1] -> (N, L * F)."""
+    return _HashGridFunction.apply(x, table, scale, stride, dense, offset, table_mask)
+
+
+def hashgrid_naive(x, table, scale, stride, dense, offset, table_mask: int) -> torch.Tensor:
+    """Per level and per corner ``table[idx]`` with autograd: the slow baseline (same results)."""
+    outputs = []
+    for level in range(scale.shape[0]):
+        pos = x * scale[level].to(x.dtype)
+        base = torch.floor(pos)
+        frac = pos - base
+        base = base.long()
+        level_out = 0
+        for corner in range(8):
+            bits = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
+            c = [base[:, d] + bits[d] for d in range(3)]
+            if bool(dense[level]):
+                s = int(stride[level])
+                index = c[0] + c[1] * s + c[2] * s * s
+            else:
+                index = (c[0] * PRIMES[0] ^ c[1] * PRIMES[1] ^ c[2] * PRIMES[2]) & int(table_mask)
+            index = index + int(offset[level])
+            w = 1.0
+            for d in range(3):
+                w = w * (frac[:, d] if bits[d] else 1.0 - frac[:, d])
+            level_out = level_out + w[:, None] * table[index]
+        outputs.append(level_out)
+    return torch.cat(outputs, -1)
+
+
+def _tcnn_available() -> bool:
+    try:
+        import tinycudann  # noqa: F401
+        return True
+    except Exception:  # ImportError, or a build for another CUDA version
+        return False
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+class HashGridEncoding(nn.Module):
+    """Multiresolution hash grid: x (N, 3) in [0, 1]^3 -> features (N, levels * features_per_level).
+
+    One flat table ``self.table`` (rows, F) for every backend except ``tcnn`` (which keeps its own
+    parameters in ``self.tcnn``). ``backend="auto"`` picks the Triton kernels for CUDA inputs when
+    Triton imports, tiny-cuda-nn when only it imports, and the PyTorch reference otherwise.
+    """
+
+    def __init__(self, config: HashGridConfig = HashGridConfig()):
+        super().__init__()
+        if config.backend not in BACKENDS:
+            raise ValueError(f"hash grid backend must be one of {BACKENDS}, got {config.backend!r}")
+        if config.log2_table_size > 30:
+            raise ValueError(f"log2_table_size {config.log2_table_size} is too large (int32 indices); use <= 30")
+        self.config = config
+        self.in_dim = 3
+        self.out_dim = config.levels * config.features_per_level
+        layout = level_layout(config)
+        for key in ("scale", "stride", "dense", "offset"):
+            self.register_buffer(key, layout[key] if key != "scale" else layout[key].float(), persistent=False)
+        self.table_mask = int(layout["table_mask"])
+        self.level_sizes = layout["size"].tolist()
+        rows = int(layout["size"].sum())
+        self.tcnn = None
+        if config.backend == "tcnn":
+            self.tcnn = self._make_tcnn()
+            self.table = None
+        else:
+            # instant-ngp's initialisation: tiny uniform values, so the field starts near zero
+            self.table = nn.Parameter(torch.empty(rows, config.features_per_level).uniform_(-1e-4, 1e-4))
+
+    def _make_tcnn(self):
+        if not _tcnn_available():
+            raise RuntimeError("hash grid backend 'tcnn' needs the tinycudann package (pip install "
+                               "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch); "
+                               "use backend=auto or torch instead")
+        import tinycudann as tcnn
+
+        c = self.config
+        growth = 1.0 if c.levels == 1 else math.exp(
+            (math.log(c.finest_resolution) - math.log(c.base_resolution)) / (c.levels - 1))
+        return tcnn.Encoding(3, {"otype": "HashGrid", "n_levels": c.levels, "n_features_per_level": c.features_per_level,
+                                 "log2_hashmap_size": c.log2_table_size, "base_resolution": c.base_resolution,
+                                 "per_level_scale": growth})
+
+    def resolve_backend(self, device: torch.device) -> str:
+        """The backend that will run for inputs on ``device``."""
+        backend = self.config.backend
+        if backend != "auto":
+            return backend
+        if device.type == "cuda":
+            if _triton_available():
+                return "triton"
+            if _tcnn_available():
+                return "tcnn"
+        return "torch"
+
+    def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, 3).clamp(0.0, 1.0)
+        backend = backend or self.resolve_backend(x.device)
+        if backend == "tcnn":
+            if self.tcnn is None:
+                raise RuntimeError("this hash grid was built without tiny-cuda-nn parameters; "
+                                   "construct it with backend='tcnn'")
+            out = self.tcnn(x).to(x.dtype)
+            return out.reshape(*lead, self.out_dim)
+        if x.dtype != self.table.dtype:
+            x = x.to(self.table.dtype)
+        args = (x, self.table, self.scale, self.stride, self.dense, self.offset, self.table_mask)
+        if backend == "torch":
+            out = hashgrid_torch(*args)
+        elif backend == "naive":
+            out = hashgrid_naive(*args)
+        elif backend == "triton":
+            if x.device.type != "cuda":
+                raise RuntimeError("the triton hash grid backend needs CUDA tensors; use backend=torch on CPU")
+            from pipeline.nn.hashgrid_triton import hashgrid_triton
+
+            out = hashgrid_triton(*args)
+        else:
+            raise ValueError(f"unknown hash grid backend {backend!r}; valid: {BACKENDS}")
+        return out.reshape(*lead, self.out_dim)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"levels={c.levels}, F={c.features_per_level}, T=2^{c.log2_table_size}, "
+                f"res={c.base_resolution}..{c.finest_resolution}, backend={c.backend}, "
+                f"dense_levels={int(self.dense.sum())}")
+
+
+__all__ = ["HashGridConfig", "HashGridEncoding", "level_layout", "corner_indices_and_weights", "hashgrid_torch",
+           "hashgrid_naive", "BACKENDS"]
