@@ -33,8 +33,8 @@ def decompose_projection(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     P = np.asarray(P, dtype=np.float64)[:3, :4]
     M = P[:, :3]
     K, R = scipy.linalg.rq(M)
-    signs = np.diag(np.sign(np.diag(K)))  # make K's diagonal positive: M = (K S)(S R), S^2 = I
-    signs[signs == 0] = 1.0
+    sign = np.sign(np.diag(K))
+    signs = np.diag(np.where(sign == 0, 1.0, sign))  # make K's diagonal positive: M = (K S)(S R), S^2 = I
     K, R = K @ signs, signs @ R
     if np.linalg.det(R) < 0:  # P had a negative overall scale: -P projects the same
         R = -R
