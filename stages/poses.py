@@ -3,7 +3,11 @@
 
 Outputs (workspace ``poses/``): ``transforms.json`` (nerfstudio convention, normalised frame,
 opens in nerfstudio and instant-ngp), ``normalization.json`` (the similarity from the dataset's
-units to the normalised frame), ``report.json``.
+units to the normalised frame), ``report.json``. When poses are estimated
+(``stages/poses_estimate.py``) also ``sparse/`` (the COLMAP model, in COLMAP's own frame:
+``normalization.json`` maps it to the normalised frame), ``points.ply`` (the sparse points with
+colour, in the NORMALISED frame of ``transforms.json``) and ``colmap/database.db`` (features and
+matches, reused by a re-run with the same images).
 """
 from __future__ import annotations
 
@@ -16,13 +20,17 @@ import numpy as np
 from datasets import read_scene
 from datasets.nerfstudio import write_nerfstudio
 from datasets.scene import Scene, SceneError
+from pipeline.mesh import write_ply
 from pipeline.normalize import Similarity, normalizing_similarity
 from pipeline.stage import Stage, StageContext
 from pipeline.workspace import write_json
+from stages.poses_estimate import EstimationConfig
 
 
 @dataclass
-class PosesConfig:
+class PosesConfig(EstimationConfig):
+    """Import options below; pose-estimation options are inherited from EstimationConfig."""
+
     data: str = ""  # the dataset folder (any format `datasets.read_scene` reads)
     format: str = "auto"  # auto | nerfstudio | blender | colmap | llff | idr | middlebury | photos | panoramas
     background: str = "white"  # compositing of RGBA images: white | black | none
@@ -78,16 +86,26 @@ def run(ctx: StageContext) -> dict:
     t1 = time.time()
     normalized, sim = normalize_scene(scene, cfg)
     timings["normalize_s"] = time.time() - t1
+    sparse = normalized.meta.pop("sparse_points", None)
+    if sparse is not None:
+        write_ply(ctx.out_dir / "points.ply", sim.apply_points(sparse["xyz"]), colors=sparse["rgb"])
+        normalized.meta["ply_file_path"] = "points.ply"  # nerfstudio reads it (e.g. splatfacto's init)
     recon = dict(normalized.meta.get("recon", {}))
     recon.update(source=str(Path(cfg.data).resolve()), normalization=sim.to_dict())
     normalized.meta["recon"] = recon
     write_nerfstudio(normalized, ctx.out_dir / "transforms.json", relative_to=ctx.workspace.stage_dir("poses"))
     sim.save(ctx.out_dir / "normalization.json")
     report = {"images_given": len(scene), "images_registered": sum(f.c2w is not None for f in scene.frames),
-              "splits": {k: len(v) for k, v in scene.splits.items()}, "timings_s": timings, **est_report}
+              "splits": {k: len(v) for k, v in scene.splits.items()}, **est_report}
+    report["timings_s"] = {**timings, **est_report.get("timings_s", {})}
+    report["timings_s"]["total_s"] = time.time() - t0
     write_json(ctx.out_dir / "report.json", report)
     ctx.log.info(f"poses: {report['images_registered']}/{report['images_given']} images posed ({est_report['mode']})")
-    return {"images_given": report["images_given"], "images_registered": report["images_registered"]}
+    metrics = {"images_given": report["images_given"], "images_registered": report["images_registered"]}
+    if est_report["mode"] == "estimate":
+        metrics["mean_reprojection_error_px"] = est_report["summary"]["mean_reprojection_error_px"]
+        metrics.update({f"time_{k}": v for k, v in report["timings_s"].items()})
+    return metrics
 
 
 STAGE = Stage(name="poses", config_cls=PosesConfig, run=run, inputs=(), default_config="poses.yaml",
