@@ -150,3 +150,59 @@ def is_watertight(faces: np.ndarray) -> bool:
     edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
     _, counts = np.unique(edges, axis=0, return_counts=True)
     return bool(len(counts)) and bool(np.all(counts == 2))
+
+
+def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The closest point to each ``points[i]`` on triangle ``(a[i], b[i], c[i])``; all (M, 3).
+
+    Ericson, Real-Time Collision Detection, 5.1.5 (Voronoi regions of vertices, edges, face)."""
+    def dot(x, y):
+        return np.einsum("ij,ij->i", x, y)
+
+    ab, ac, ap = b - a, c - a, points - a
+    d1, d2 = dot(ab, ap), dot(ac, ap)
+    bp = points - b
+    d3, d4 = dot(ab, bp), dot(ac, bp)
+    cp = points - c
+    d5, d6 = dot(ab, cp), dot(ac, cp)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    eps = 1e-30
+    denom = va + vb + vc
+    denom = np.where(np.abs(denom) < eps, eps, denom)
+    out = a + ab * (vb / denom)[:, None] + ac * (vc / denom)[:, None]  # inside the face
+    # later assignments win: they follow Ericson's order of tests backwards
+    bc_w = (d4 - d3) / np.maximum((d4 - d3) + (d5 - d6), eps)
+    out = np.where(((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0))[:, None], b + (c - b) * bc_w[:, None], out)
+    ac_w = d2 / np.where(np.abs(d2 - d6) < eps, eps, d2 - d6)
+    out = np.where(((vb <= 0) & (d2 >= 0) & (d6 <= 0))[:, None], a + ac * ac_w[:, None], out)
+    out = np.where(((d6 >= 0) & (d5 <= d6))[:, None], c, out)
+    ab_v = d1 / np.where(np.abs(d1 - d3) < eps, eps, d1 - d3)
+    out = np.where(((vc <= 0) & (d1 >= 0) & (d3 <= 0))[:, None], a + ab * ab_v[:, None], out)
+    out = np.where(((d3 >= 0) & (d4 <= d3))[:, None], b, out)
+    out = np.where(((d1 <= 0) & (d2 <= 0))[:, None], a, out)
+    return out
+
+
+def point_mesh_distance(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, candidates: int = 16,
+                        chunk: int = 100000) -> np.ndarray:
+    """Distance from each point (N, 3) to a triangle mesh's surface: (N,).
+
+    Exact against the ``candidates`` triangles whose centroids are nearest (a KD-tree), which
+    contain the closest triangle on meshes of even triangle size (marching cubes, scans); unlike
+    distances to points sampled on the surface it has no sampling floor."""
+    from scipy.spatial import cKDTree
+
+    verts = np.asarray(verts, dtype=np.float64)
+    tri = verts[np.asarray(faces)]
+    k = min(candidates, len(tri))
+    tree = cKDTree(tri.mean(1))
+    out = np.empty(len(points))
+    for start in range(0, len(points), chunk):
+        p = np.asarray(points[start:start + chunk], dtype=np.float64)
+        _, idx = tree.query(p, k=k, workers=-1)
+        idx = idx.reshape(len(p), k)
+        pr = np.repeat(p, k, axis=0)
+        t = tri[idx.reshape(-1)]
+        closest = closest_points_on_triangles(pr, t[:, 0], t[:, 1], t[:, 2])
+        out[start:start + len(p)] = np.linalg.norm(closest - pr, axis=1).reshape(len(p), k).min(1)
+    return out
