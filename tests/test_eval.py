@@ -1,0 +1,79 @@
+"""The eval stage and its geometry metrics on analytic scenes."""
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.stage import run_stage
+from stages import evaluate, export
+from pipeline.metrics import mesh_chamfer_fscore
+from stages.evaluate import format_table
+from tests.test_export_models import CENTER, RADIUS, make_sphere_workspace, sphere_mesh
+
+
+def run_eval(ws, **overrides):
+    cfg = evaluate.STAGE.load_config(overrides=[f"{k}={v}" for k, v in overrides.items()])
+    return run_stage(evaluate.STAGE, ws, cfg, force=True)
+
+
+def test_chamfer_of_a_mesh_against_itself_is_zero_and_against_a_scaled_copy_known():
+    verts, faces = sphere_mesh(resolution=64)
+    same = mesh_chamfer_fscore(verts, faces, verts, faces, threshold=0.01 * RADIUS, samples=20000)
+    assert same["chamfer_l1"] < 1e-12 and same["fscore"] == 1.0
+    # a copy scaled by 1.05 about the centre: every point is 0.05 r from the other surface
+    scaled = CENTER + 1.05 * (verts - CENTER)
+    far = mesh_chamfer_fscore(verts, faces, scaled, faces, threshold=0.01 * RADIUS, samples=20000)
+    assert far["chamfer_l1"] == pytest.approx(0.05 * RADIUS, rel=0.01)
+    assert far["fscore"] == 0.0  # 5% of the radius is far beyond a 1% threshold
+    near = mesh_chamfer_fscore(verts, faces, scaled, faces, threshold=0.06 * RADIUS, samples=20000)
+    assert near["fscore"] == 1.0
+
+
+def test_eval_of_an_exact_model_reports_near_perfect_metrics(tmp_path, monkeypatch, capsys):
+    ws, _ = make_sphere_workspace(tmp_path, monkeypatch, "idr", n_views=8, size=40)
+    result = run_eval(ws, mesh_resolution=64, mesh_samples=20000)
+    metrics = json.loads((ws.stage_dir("eval") / "metrics.json").read_text())
+    views = metrics["views"]
+    assert views["views"] == 2 and views["split"] == "eval"  # the dataset's 2 test views
+    assert views["psnr"] > 40  # GT images are 8-bit renders of the same sphere
+    assert views["ssim"] > 0.99 and views["mask_iou"] > 0.99
+    assert views["depth_abs_rel"] < 1e-4 and views["depth_region"] == "GT mask"
+    assert "lpips" in views or "LPIPS unavailable" in views["lpips_unavailable"]  # never faked
+    geo = metrics["geometry"]
+    # the extracted 64^3 mesh against the 96^3 GT mesh of the same sphere
+    assert geo["chamfer_l1_over_radius"] < 0.01 and geo["fscore"] > 0.95
+    assert geo["threshold"] == pytest.approx(0.01 * RADIUS) and "0.01 x object radius" in geo["threshold_note"]
+    assert geo["components_outside_frusta"] == 0
+    assert "imported" in metrics["skipped"]["poses"]
+    assert (ws.stage_dir("eval") / "renders").is_dir()
+    assert result.manifest["metrics"]["views"]["psnr"] == pytest.approx(views["psnr"])
+    table = capsys.readouterr().out
+    assert "PSNR" in table and "Chamfer-L1" in table and "F-score" in table
+
+
+def test_eval_measures_the_exported_mesh_and_catches_a_wrong_one(tmp_path, monkeypatch):
+    ws, _ = make_sphere_workspace(tmp_path, monkeypatch, "nerf", n_views=8, size=24, n_samples=96)
+    run_stage(export.STAGE, ws, export.STAGE.load_config(overrides=[
+        "what=mesh", "mesh_resolution=48", "density_threshold=200.0"]), force=True)
+    good = run_eval(ws, mesh_samples=20000).manifest["metrics"]["geometry"]
+    assert good["mesh"].endswith("mesh.ply") and good["chamfer_l1_over_radius"] < 0.02
+    # replace the exported mesh by a 10% larger sphere: eval must notice
+    from pipeline.mesh import write_ply
+
+    verts, faces = sphere_mesh(radius=1.1 * RADIUS, resolution=48)
+    write_ply(ws.stage_dir("export") / "mesh.ply", verts, faces)
+    bad = run_eval(ws, mesh_samples=20000).manifest["metrics"]["geometry"]
+    assert bad["chamfer_l1_over_radius"] == pytest.approx(0.1, rel=0.1)
+    assert bad["fscore"] < 0.05
+
+
+def test_pose_errors_are_measured_when_poses_were_estimated(tmp_path, monkeypatch):
+    ws, _ = make_sphere_workspace(tmp_path, monkeypatch, "idr", n_views=8, size=24)
+    pytest.importorskip("pipeline.alignment")
+    # pretend the poses stage estimated the cameras (they are exact, so errors are ~0)
+    report = ws.stage_dir("poses") / "report.json"
+    report.write_text(json.dumps(dict(json.loads(report.read_text()), mode="estimate")))
+    metrics = run_eval(ws, mesh=False).manifest["metrics"]
+    assert metrics["poses"]["rotation_deg_median"] < 1e-4
+    assert metrics["poses"]["center_rel_median"] < 1e-6
+    assert "pose rotation err" in format_table({"poses": metrics["poses"]})
