@@ -3,7 +3,6 @@ poses, intrinsics and pixel conventions must agree with what the images show."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import scipy.ndimage
 import torch
 

@@ -17,7 +17,6 @@ from datasets.llff import read_llff
 from datasets.middlebury import read_middlebury
 from datasets.nerfstudio import read_nerfstudio, write_nerfstudio
 from datasets.panoramas import read_panorama_folder, zind_c2w
-from datasets.photos import read_photo_folder
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.cameras import Intrinsics, look_at
 
