@@ -1,0 +1,301 @@
+"""IDR stage: implicit differentiable rendering (Yariv et al. 2020) of the workspace's scene.
+
+Geometry is the zero level set of an SDF network, appearance a neural renderer, and cameras can
+be refined jointly (``train_cameras=true``). Trains on object masks (dataset, folder or plain
+background threshold, see ``configs/idr.yaml``).
+
+Outputs in ``W/idr/``: ``model.pt`` (load with :func:`load_trained`), ``renders/`` (RGB and normal
+PNGs of the held-out views), ``depth/*.npy`` (z-depth in the dataset's original units, 0 = no
+surface), ``mesh.ply`` (marching cubes of f, original units, vertex colours), ``metrics.json``
+(PSNR, SSIM, mask IoU, Chamfer when a ground-truth mesh is known, times), and ``cameras.json``
+(refined poses) when cameras are trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from datasets.scene import Scene, SceneError
+from pipeline.config import config_hash
+from pipeline.mesh import keep_large_components, marching_cubes, read_ply, sample_grid, sample_surface, write_ply
+from pipeline.metrics import chamfer_fscore, mask_iou, psnr, ssim
+from pipeline.nn.idr_cameras import PoseCorrections
+from pipeline.nn.idr_losses import LossConfig
+from pipeline.nn.idr_model import IDRModel, RendererConfig
+from pipeline.nn.sdf_network import SDFNetworkConfig
+from pipeline.nn.sphere_tracing import TracingConfig
+from pipeline.render import render_image
+from pipeline.stage import Stage, StageContext
+from pipeline.workspace import Workspace, WorkspaceError, write_json
+from stages.idr_data import MaskOptions, RayBank, estimate_background, load_masks, load_views
+from stages.idr_train import TrainSettings, train
+
+MODEL_FORMAT = "recon-idr-1"
+
+
+@dataclass
+class IDRConfig:
+    iterations: int = 4000
+    max_time_s: float = 780.0  # training budget in seconds (counted across resumes); outputs come after
+    batch_rays: int = 512  # rays per step
+    mask_fraction: float = 0.6  # share of each batch drawn inside the masks
+    eikonal_points: int = 256  # uniform points in the bounding sphere per step (plus the surface points)
+    lr: float = 1e-3  # MLPs
+    lr_grid: float = 1e-2  # hash-grid table (encoding=hashgrid)
+    lr_final_factor: float = 0.1  # learning rates decay exponentially to this factor
+    train_cameras: bool = False  # IDR's "trained cameras": per-view pose corrections
+    lr_cameras: float = 1e-3
+    downscale: int = 1  # train on images downscaled by this integer factor
+    eval_downscale: int = 1  # render the held-out views at this factor
+    holdout_every: int = 8  # scenes without a test/val split hold back every k-th view (0: none)
+    max_eval_views: int = 0  # 0 = all held-out views
+    background: str = "auto"  # colour of rays that miss: auto (median outside the masks) | white | black
+    mask_source: str = "auto"  # auto (dataset, or mask_folder when set) | dataset | folder | threshold
+    mask_folder: str = ""  # masks named like the views (white = object)
+    mask_threshold: float = 0.1  # threshold masks: a pixel is object if it differs from the background by more
+    mask_background: str = "black"  # threshold masks: the plain background colour, black | white
+    mesh_resolution: int = 256  # marching-cubes grid over the bounding sphere's cube
+    mesh_min_component: float = 0.01  # drop mesh pieces smaller than this share of the faces
+    mesh_colors: bool = True
+    gt_mesh: str = ""  # reference mesh (original units) for Chamfer; default: mesh_gt.ply beside the data
+    render_chunk: int = 16384
+    checkpoint_every_s: float = 60.0
+    seed: int = 0
+    sdf: SDFNetworkConfig = field(default_factory=SDFNetworkConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+# --- splits, model I/O -----------------------------------------------------------------------
+
+
+def train_test_split(scene: Scene, holdout_every: int) -> tuple[list[int], list[int]]:
+    """Training and held-out views: the scene's own split when it has one."""
+    test = list(scene.eval_split())
+    if test:
+        held = set(test) | set(scene.splits.get("val", []))
+        train_idx = [i for i in scene.splits.get("train", range(len(scene))) if i not in held]
+        return train_idx, test
+    train_idx = list(scene.splits.get("train", range(len(scene))))
+    if holdout_every > 0 and len(train_idx) >= 2 * holdout_every:
+        test = train_idx[holdout_every - 1::holdout_every]
+        train_idx = [i for i in train_idx if i not in set(test)]
+    return train_idx, test
+
+
+def build_model(cfg: IDRConfig, background) -> IDRModel:
+    return IDRModel(cfg.sdf, cfg.renderer, cfg.tracing, background)
+
+
+def save_model(path: Path, model: IDRModel, cfg: IDRConfig, extra: Optional[dict] = None) -> None:
+    torch.save({"format": MODEL_FORMAT, "sdf": dataclasses.asdict(cfg.sdf),
+                "renderer": dataclasses.asdict(cfg.renderer), "tracing": dataclasses.asdict(cfg.tracing),
+                "background": model.background.tolist(), "state_dict": model.state_dict(), **(extra or {})}, path)
+
+
+def load_model_file(path: Path, device="cpu") -> IDRModel:
+    path = Path(path)
+    if not path.exists():
+        raise WorkspaceError(f"{path} is missing; run `python run.py idr --workspace W` first")
+    blob = torch.load(path, map_location=device, weights_only=False)
+    if blob.get("format") != MODEL_FORMAT:
+        raise WorkspaceError(f"{path}: not an IDR model file (format {blob.get('format')!r}); re-run the idr stage")
+    model = IDRModel(SDFNetworkConfig(**blob["sdf"]), RendererConfig(**blob["renderer"]),
+                     TracingConfig(**blob["tracing"]), blob["background"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval()
+
+
+def load_trained(workspace: Workspace | str | Path, device="cpu") -> IDRModel:
+    """The trained IDR model of a workspace (an :class:`pipeline.render.SDFModel`, normalised frame)."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    return load_model_file(ws.stage_dir("idr") / "model.pt", device)
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def evaluate_views(model: IDRModel, views, scene: Scene, out_dir: Path, depth_scale: float, chunk: int) -> dict:
+    """Render held-out views, write renders/ and depth/, return mean metrics."""
+    (out_dir / "renders").mkdir(parents=True, exist_ok=True)
+    (out_dir / "depth").mkdir(parents=True, exist_ok=True)
+    per_view = []
+    for v, i in enumerate(views.indices):
+        out = render_image(model, views.cameras[v], chunk=chunk)
+        rgb, acc = out["rgb"].numpy(), out["acc"].numpy() > 0.5
+        name = scene.frames[i].name
+        normal = np.where(acc[..., None], (out["normal"].numpy() + 1) / 2, 1.0)
+        iio.imwrite(out_dir / "renders" / f"{name}.png", _to_uint8(rgb))
+        iio.imwrite(out_dir / "renders" / f"{name}_normal.png", _to_uint8(normal))
+        depth = np.where(acc, out["depth"].numpy() / depth_scale, 0.0).astype(np.float32)
+        np.save(out_dir / "depth" / f"{name}.npy", depth)
+        gt, gt_mask = views.images[v], views.masks[v]
+        per_view.append({"name": name, "psnr": psnr(rgb, gt), "psnr_masked": psnr(rgb, gt, gt_mask),
+                         "ssim": ssim(rgb, gt), "mask_iou": mask_iou(acc, gt_mask)})
+    if not per_view:
+        return {}
+    keys = ("psnr", "psnr_masked", "ssim", "mask_iou")
+    return {**{k: float(np.mean([p[k] for p in per_view])) for k in keys}, "views": per_view}
+
+
+def extract_mesh(model: IDRModel, cfg: IDRConfig, to_original) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Marching cubes of f over the bounding cube; vertices in original units, optional colours."""
+    r = cfg.tracing.radius
+    bounds = np.array([[-r] * 3, [r] * 3])
+    values = sample_grid(model.query_sdf, bounds, cfg.mesh_resolution, chunk=65536)
+    verts, faces = marching_cubes(values, bounds, 0.0)
+    if cfg.mesh_min_component > 0:
+        verts, faces = keep_large_components(verts, faces, cfg.mesh_min_component)
+    colors = None
+    if cfg.mesh_colors and len(verts):
+        parts = []
+        pts_all = torch.from_numpy(verts).float()
+        for s in range(0, len(pts_all), 32768):
+            pts = pts_all[s:s + 32768]
+            _, _, grad = model.sdf_network.sdf_and_gradient(pts)
+            # look at each vertex head-on, along its inward normal
+            parts.append(model.query_color(pts, -grad).numpy())
+        colors = np.concatenate(parts)
+    return to_original(verts), faces, colors
+
+
+def find_gt_mesh(cfg: IDRConfig, scene: Scene) -> Optional[Path]:
+    if cfg.gt_mesh:
+        path = Path(cfg.gt_mesh)
+        if not path.exists():
+            raise SceneError(f"gt_mesh {path} does not exist; give a PLY file or leave gt_mesh empty")
+        return path
+    source = scene.meta.get("recon", {}).get("source")
+    if source:
+        folder = Path(source) if Path(source).is_dir() else Path(source).parent
+        for name in ("mesh_gt.ply", "gt_mesh.ply"):
+            if (folder / name).exists():
+                return folder / name
+    return None
+
+
+def object_radius(gt_verts: np.ndarray, gt_path: Path) -> float:
+    info = gt_path.parent / "scene_info.json"
+    if info.exists():
+        data = json.loads(info.read_text())
+        for key in ("object_radius", "radius", "bounding_radius"):
+            if isinstance(data.get(key), (int, float)):
+                return float(data[key])
+    center = 0.5 * (gt_verts.min(0) + gt_verts.max(0))
+    return float(np.linalg.norm(gt_verts - center, axis=1).max())
+
+
+def mesh_metrics(verts, faces, gt_path: Path, count: int = 50000) -> dict:
+    gt_verts, gt_faces, _ = read_ply(gt_path)
+    radius = object_radius(gt_verts, gt_path)
+    ours = sample_surface(verts, faces, count, seed=0)
+    ref = sample_surface(gt_verts, gt_faces, count, seed=1)
+    result = chamfer_fscore(ours, ref, threshold=0.01 * radius)
+    result.update(object_radius=radius, chamfer_l1_over_radius=result["chamfer_l1"] / radius, gt_mesh=str(gt_path))
+    return result
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def _background(cfg: IDRConfig, views) -> np.ndarray:
+    if cfg.background == "white":
+        return np.ones(3, dtype=np.float32)
+    if cfg.background == "black":
+        return np.zeros(3, dtype=np.float32)
+    if cfg.background != "auto":
+        raise SceneError(f"background must be auto, white or black, got {cfg.background!r}")
+    return estimate_background(views)
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: IDRConfig = ctx.config
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    scene = ctx.workspace.load_scene()
+    train_idx, test_idx = train_test_split(scene, cfg.holdout_every)
+    if not train_idx:
+        raise SceneError(f"{ctx.workspace.transforms_path}: no training views")
+    if cfg.max_eval_views > 0:
+        test_idx = test_idx[:cfg.max_eval_views]
+    mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
+    train_views = load_views(scene, train_idx, load_masks(scene, train_idx, mask_options), cfg.downscale)
+    background = _background(cfg, train_views)
+    bank = RayBank(train_views, cfg.tracing.radius, cfg.mask_fraction)
+    ctx.log.info(f"idr: {len(train_idx)} training views ({len(bank)} rays), {len(test_idx)} held out, "
+                 f"encoding {cfg.sdf.encoding}, background {np.round(background, 3).tolist()}")
+
+    model = build_model(cfg, background)
+    corrections = PoseCorrections(len(train_idx)) if cfg.train_cameras else None
+    settings = TrainSettings(cfg.iterations, cfg.max_time_s, cfg.batch_rays, cfg.eikonal_points, cfg.lr,
+                             cfg.lr_grid, cfg.lr_cameras, cfg.lr_final_factor, cfg.checkpoint_every_s, cfg.seed,
+                             config_hash(cfg))
+    summary = train(model, train_views.cameras, corrections, bank, cfg.loss, settings, ctx.resume_dir, ctx.log)
+    model.eval()
+
+    extra = {}
+    metrics: dict = {"iterations": summary["iterations"], "train_time_s": round(summary["train_time_s"], 1),
+                     "stopped_by_time": summary["stopped_by_time"], "encoding": cfg.sdf.encoding}
+    if corrections is not None:
+        with torch.no_grad():
+            refined = corrections.apply(train_views.cameras.c2w, torch.arange(len(train_idx))).numpy()
+        extra["cameras"] = {"indices": train_idx, "c2w": refined}
+        write_json(ctx.out_dir / "cameras.json", {
+            "frame": "normalised (see poses/normalization.json), OpenCV camera-to-world",
+            "views": [{"name": scene.frames[i].name, "c2w": refined[v].tolist(),
+                       "c2w_initial": scene.frames[i].c2w.tolist()} for v, i in enumerate(train_idx)]})
+    save_model(ctx.out_dir / "model.pt", model, cfg, extra)
+
+    sim_inverse = ctx.workspace.normalization().inverse()
+    t_eval = time.time()
+    eval_on = "held-out"
+    eval_idx = test_idx
+    if not eval_idx:  # nothing held out: report training views, and say so
+        eval_idx, eval_on = train_idx[:3], "training"
+    eval_masks = load_masks(scene, eval_idx, mask_options)
+    eval_views = load_views(scene, eval_idx, eval_masks, cfg.eval_downscale)
+    view_metrics = evaluate_views(model, eval_views, scene, ctx.out_dir, ctx.workspace.normalization().scale,
+                                  cfg.render_chunk)
+    metrics.update({k: v for k, v in view_metrics.items() if k != "views"}, eval_views=eval_on,
+                   eval_time_s=round(time.time() - t_eval, 1))
+
+    t_mesh = time.time()
+    try:
+        verts, faces, colors = extract_mesh(model, cfg, sim_inverse.apply_points)
+        write_ply(ctx.out_dir / "mesh.ply", verts, faces, colors)
+        from pipeline.mesh import is_watertight
+
+        metrics.update(mesh_vertices=len(verts), mesh_faces=len(faces), mesh_watertight=is_watertight(faces))
+        gt_path = find_gt_mesh(cfg, scene)
+        if gt_path is not None:
+            metrics["mesh"] = mesh_metrics(verts, faces, gt_path)
+    except ValueError as exc:  # the field has no zero crossing: training failed to find a surface
+        ctx.log.warning(f"idr: no mesh: {exc}")
+        metrics["mesh_error"] = str(exc)
+    metrics["mesh_time_s"] = round(time.time() - t_mesh, 1)
+    metrics["total_time_s"] = round(time.time() - t_start, 1)
+    write_json(ctx.out_dir / "metrics.json", {**metrics, "views": view_metrics.get("views", [])})
+    ctx.log.info(f"idr: PSNR {metrics.get('psnr', float('nan')):.2f} dB, mask IoU "
+                 f"{metrics.get('mask_iou', float('nan')):.3f} on {eval_on} views"
+                 + (f", Chamfer-L1 {metrics['mesh']['chamfer_l1_over_radius']:.4f} x radius" if "mesh" in metrics else ""))
+    return metrics
+
+
+STAGE = Stage(name="idr", config_cls=IDRConfig, run=run, inputs=("poses/transforms.json",),
+              default_config="idr.yaml", produced_by={"poses/transforms.json": "python run.py poses --data DIR"},
+              description="IDR: SDF surface + neural renderer (+ trainable cameras) from masked views")
+
+__all__ = ["IDRConfig", "STAGE", "run", "load_trained", "load_model_file", "train_test_split", "build_model"]
