@@ -76,15 +76,25 @@ class SDFNetwork(nn.Module):
             in_dim = 3 + self.encoding.out_dim
         self.in_dim = in_dim
         self.skip_layers = set(config.skip_layers)
-        dims = [in_dim] + [config.hidden_dim] * (config.num_layers - 1) + [1 + config.feature_dim]
+        hidden = [config.hidden_dim] * (config.num_layers - 1) + [1 + config.feature_dim]
         layers = []
+        layer_in = in_dim
         for i in range(config.num_layers):
-            out_dim = dims[i + 1] - in_dim if (i + 1) in self.skip_layers else dims[i + 1]
-            layer = nn.Linear(dims[i], out_dim)
-            self._geometric_init(layer, i, dims[i], out_dim)
+            out_dim = hidden[i]
+            next_in = out_dim
+            if (i + 1) in self.skip_layers:
+                # IDR keeps the width: this layer gives width - in_dim and the input is appended;
+                # narrow networks (width <= in_dim) append the input on top of the full width
+                if out_dim > in_dim:
+                    out_dim -= in_dim
+                else:
+                    next_in = out_dim + in_dim
+            layer = nn.Linear(layer_in, out_dim)
+            self._geometric_init(layer, i, layer_in, out_dim)
             if config.weight_norm:
                 layer = nn.utils.parametrizations.weight_norm(layer)
             layers.append(layer)
+            layer_in = next_in
         self.layers = nn.ModuleList(layers)
         self.activation = nn.Softplus(beta=config.softplus_beta)
         self._calibrate_init()
@@ -98,8 +108,9 @@ class SDFNetwork(nn.Module):
         dirs = torch.randn(count, 3, generator=generator)
         radius = 2 * self.config.init_radius * torch.rand(count, 1, generator=generator).clamp_min(0.1)
         points = dirs / dirs.norm(dim=-1, keepdim=True) * radius
-        offset = (self.sdf(points) - (points.norm(dim=-1) - self.config.init_radius)).mean()
         last = self.layers[-1]
+        points = points.to(last.bias.dtype)
+        offset = (self.sdf(points) - (points.norm(dim=-1) - self.config.init_radius)).mean()
         last.bias[0] -= offset
 
     def _geometric_init(self, layer: nn.Linear, index: int, in_dim: int, out_dim: int) -> None:

@@ -1,0 +1,343 @@
+"""IDR: geometric init, sphere tracing, sample network gradients, losses, cameras, masks, and the
+stage end to end on a tiny rendered sphere."""
+from __future__ import annotations
+
+import json
+import math
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cameras import look_at
+from pipeline.nn.idr_cameras import PoseCorrections, axis_angle_to_matrix
+from pipeline.nn.idr_losses import LossConfig, eikonal_loss, mask_alpha, mask_loss
+from pipeline.nn.idr_model import sample_network
+from pipeline.nn.sdf_network import SDFNetwork, SDFNetworkConfig
+from pipeline.nn.sphere_tracing import TracingConfig, trace_surface
+
+
+def sphere_sdf(radius=0.5):
+    return lambda p: p.norm(dim=-1) - radius
+
+
+def rays_towards_origin(count=400, distance=3.0, spread=0.2, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    rays_o = torch.tensor([0.0, 0.0, -distance], dtype=dtype).repeat(count, 1)
+    rays_d = torch.tensor([0.0, 0.0, 1.0], dtype=dtype) + spread * torch.randn(count, 3, generator=g, dtype=dtype)
+    return rays_o, rays_d / rays_d.norm(dim=-1, keepdim=True)
+
+
+def analytic_first_hit(rays_o, rays_d, radius):
+    b = (rays_o * rays_d).sum(-1)
+    disc = b * b - ((rays_o * rays_o).sum(-1) - radius ** 2)
+    return -b - disc.clamp_min(0).sqrt(), disc > 0
+
+
+# --- geometry network --------------------------------------------------------------------------
+
+
+def test_geometric_init_is_close_to_a_sphere():
+    torch.manual_seed(0)
+    net = SDFNetwork(SDFNetworkConfig(hidden_dim=128, feature_dim=16, init_radius=0.6))
+    dirs = torch.randn(4000, 3)
+    points = dirs / dirs.norm(dim=-1, keepdim=True) * torch.empty(4000, 1).uniform_(0.3, 1.0)
+    with torch.no_grad():
+        sdf, feature = net(points)
+    error = sdf - (points.norm(dim=-1) - 0.6)
+    assert feature.shape == (4000, 16)
+    assert error.abs().mean() < 0.1
+    # negative inside, positive outside: the zero level set is near the sphere
+    assert (sdf[points.norm(dim=-1) < 0.45] < 0).float().mean() > 0.95
+    assert (sdf[points.norm(dim=-1) > 0.8] > 0).float().mean() > 0.95
+
+
+def test_sdf_gradient_has_unit_norm_near_init_sphere():
+    torch.manual_seed(0)
+    net = SDFNetwork(SDFNetworkConfig(hidden_dim=128, feature_dim=8))
+    dirs = torch.randn(1000, 3)
+    points = dirs / dirs.norm(dim=-1, keepdim=True) * 0.6
+    _, _, grad = net.sdf_and_gradient(points)
+    radial = (grad * points / 0.6).sum(-1) / grad.norm(dim=-1)
+    assert radial.mean() > 0.9  # gradients point outwards like a sphere's normals
+
+
+# --- sphere tracing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 0.3])  # exact SDF, overshooting field, slow field
+def test_sphere_tracing_hits_analytic_sphere(scale):
+    rays_o, rays_d = rays_towards_origin()
+    sdf = sphere_sdf(0.5)
+    hits = trace_surface(lambda p: scale * sdf(p), rays_o, rays_d, TracingConfig(radius=1.0, steps=12))
+    t_true, hit_true = analytic_first_hit(rays_o, rays_d, 0.5)
+    assert 50 < int(hit_true.sum()) < 400
+    assert torch.equal(hits.hit, hit_true)
+    assert (hits.t - t_true)[hit_true].abs().max() < 1e-4
+
+
+def test_sphere_tracing_misses_report_the_smallest_sdf_point():
+    rays_o = torch.tensor([[0.0, 0.7, -3.0]])
+    rays_d = torch.tensor([[0.0, 0.0, 1.0]])
+    hits = trace_surface(sphere_sdf(0.5), rays_o, rays_d, TracingConfig(radius=1.0))
+    assert not hits.hit[0]
+    closest = rays_o + hits.t[:, None] * rays_d  # the ray passes closest to the sphere at z = 0
+    assert abs(float(closest[0, 2])) < 0.1
+
+
+# --- sample network ----------------------------------------------------------------------------
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    net = SDFNetwork(SDFNetworkConfig(num_freqs=2, hidden_dim=8, num_layers=3, skip_layers=[], feature_dim=1,
+                                      init_radius=0.5, softplus_beta=20.0)).double()
+    with torch.no_grad():  # move away from the symmetric init so every parameter matters
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        net._calibrate_init()  # and keep the zero level set near radius 0.5
+    return net
+
+
+def test_sample_network_gradient_matches_finite_differences():
+    net = _tiny_net()
+    rays_o, rays_d = rays_towards_origin(count=5, spread=0.05, dtype=torch.float64)
+    precise = TracingConfig(radius=1.0, steps=20, threshold=1e-12, samples=16, secant_steps=20)
+    weights = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
+
+    def surface_objective():
+        hits = trace_surface(net.sdf, rays_o, rays_d, precise)
+        assert bool(hits.hit.all())
+        return (rays_o + hits.t[:, None] * rays_d) @ weights, hits
+
+    hits = trace_surface(net.sdf, rays_o, rays_d, precise)
+    assert int(hits.hit.sum()) >= 3
+    rays_o, rays_d = rays_o[hits.hit], rays_d[hits.hit]
+    _, hits = surface_objective()
+    x0 = rays_o + hits.t[:, None] * rays_d
+    sdf, _, grad = net.sdf_and_gradient(x0, create_graph=True)
+    points = sample_network(x0, rays_d, sdf, grad)
+    assert torch.allclose(points, x0)  # same value, new gradients
+    params = list(net.parameters())
+    analytic = torch.autograd.grad((points @ weights).sum(), params)
+    eps = 1e-6
+    checked = 0
+    for p, g in zip(params, analytic):
+        for k in range(min(p.numel(), 2)):
+            with torch.no_grad():
+                p.view(-1)[k] += eps
+            plus = surface_objective()[0].sum()
+            with torch.no_grad():
+                p.view(-1)[k] -= 2 * eps
+            minus = surface_objective()[0].sum()
+            with torch.no_grad():
+                p.view(-1)[k] += eps
+            numeric = float(plus - minus) / (2 * eps)
+            assert abs(numeric - float(g.view(-1)[k])) < 1e-4 + 1e-3 * abs(numeric)
+            checked += 1
+    assert checked >= 6
+
+
+# --- losses ------------------------------------------------------------------------------------
+
+
+def test_eikonal_loss_is_zero_for_an_exact_sdf_only():
+    points = torch.randn(2000, 3, dtype=torch.float64).requires_grad_(True)
+    for scale, expected in ((1.0, 0.0), (3.0, 4.0)):
+        sdf = scale * (points.norm(dim=-1) - 0.5)
+        (grad,) = torch.autograd.grad(sdf.sum(), points)
+        assert abs(float(eikonal_loss(grad)) - expected) < 1e-8
+
+
+def test_mask_loss_and_alpha_schedule():
+    config = LossConfig()
+    assert mask_alpha(config, 0.0) == 50.0
+    assert mask_alpha(config, 0.3) == 200.0
+    assert mask_alpha(config, 1.0) == 50.0 * 2 ** 5
+    # a ray in the mask whose smallest SDF is negative costs little; positive costs a lot
+    good = mask_loss(torch.tensor([-0.1]), torch.tensor([True]), 50.0, 1)
+    bad = mask_loss(torch.tensor([0.1]), torch.tensor([True]), 50.0, 1)
+    assert float(good) < 0.01 < float(bad)
+
+
+# --- trainable cameras -------------------------------------------------------------------------
+
+
+def test_axis_angle_matches_scipy_and_is_smooth_at_zero():
+    from scipy.spatial.transform import Rotation
+
+    omega = torch.tensor([[0.3, -0.2, 0.5], [1e-6, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    expected = Rotation.from_rotvec(omega.numpy()).as_matrix()
+    assert np.allclose(axis_angle_to_matrix(omega).numpy(), expected, atol=1e-9)
+    corrections = PoseCorrections(2)
+    c2w = torch.eye(4).expand(2, 4, 4)
+    out = corrections.apply(c2w, torch.tensor([0, 1]))
+    out[:, 0, 1].sum().backward()  # a skew (antisymmetric) entry: sums of all entries cancel
+    assert torch.isfinite(corrections.rotation.grad).all()
+    assert corrections.rotation.grad.abs().sum() > 0  # rotations can learn from the first step
+
+
+# --- masks -------------------------------------------------------------------------------------
+
+
+def test_threshold_mask_of_a_black_background():
+    from pipeline.metrics import mask_iou
+    from stages.idr_data import threshold_mask
+
+    rng = np.random.default_rng(0)
+    v, u = np.mgrid[0:64, 0:64]
+    disk = (u - 32) ** 2 + (v - 30) ** 2 < 15 ** 2
+    image = rng.uniform(0, 0.03, (64, 64, 3))  # dark sensor noise
+    image[disk] = rng.uniform(0.3, 0.9, (int(disk.sum()), 3))
+    image[30, 30] = 0.0  # a dark pixel inside the object is a hole to fill
+    image[5, 5] = 0.8  # a speck in the background is dropped
+    assert mask_iou(threshold_mask(image, "black", 0.1), disk) > 0.97
+
+
+# --- the stage on a tiny rendered scene --------------------------------------------------------
+
+
+def write_sphere_scene(root, size=24, radius=0.5, views=10):
+    """A Blender-format scene: a shaded sphere (RGBA, alpha = mask), views on a ring."""
+    from pipeline.cameras import pinhole_from_fov, Cameras, pixel_grid
+    from datasets.nerfstudio import opengl_to_opencv
+
+    root.mkdir(parents=True, exist_ok=True)
+    k = pinhole_from_fov(size, size, math.radians(40))
+    frames = {"train": [], "test": []}
+    for i in range(views):
+        angle = 2 * math.pi * i / views
+        eye = 2.5 * np.array([math.cos(angle), math.sin(angle), 0.4])
+        c2w = look_at(eye, np.zeros(3))
+        cam = Cameras.from_intrinsics([k], c2w[None])
+        rays_o, rays_d, _ = cam.generate_rays(pixel_grid(size, size))
+        t, hit = analytic_first_hit(rays_o, rays_d, radius)
+        normal = (rays_o + t[:, None] * rays_d) / radius
+        shade = 0.3 + 0.7 * normal[:, 2:3].clamp_min(0)
+        rgb = torch.where(hit[:, None], shade * torch.tensor([0.9, 0.5, 0.3]), torch.ones(3))
+        rgba = torch.cat([rgb, hit[:, None].float()], -1).reshape(size, size, 4)
+        split = "test" if i % 5 == 4 else "train"
+        name = f"{split}/r_{i}"
+        (root / split).mkdir(exist_ok=True)
+        iio.imwrite(root / f"{name}.png", (rgba.numpy() * 255 + 0.5).astype(np.uint8))
+        frames[split].append({"file_path": f"./{name}",
+                              "transform_matrix": opengl_to_opencv(c2w).tolist()})
+    for split, fr in frames.items():
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": math.radians(40), "frames": fr}))
+    return root
+
+
+def tiny_config(**overrides):
+    from pipeline.config import load_config
+    from stages.idr import IDRConfig
+
+    base = ["iterations=25", "batch_rays=256", "eikonal_points=64", "mesh_resolution=32", "sdf.hidden_dim=32",
+            "sdf.feature_dim=8", "sdf.init_radius=0.4", "renderer.hidden_dim=32", "tracing.steps=8",
+            "tracing.samples=16"]
+    return load_config(IDRConfig, None, base + [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture
+def sphere_workspace(tmp_path):
+    from pipeline.stage import run_stage
+    from pipeline.workspace import Workspace
+    from stages.poses import STAGE, PosesConfig
+
+    data = write_sphere_scene(tmp_path / "sphere")
+    ws = Workspace(tmp_path / "ws")
+    run_stage(STAGE, ws, PosesConfig(data=str(data)))
+    return ws
+
+
+def test_idr_stage_writes_outputs_and_the_model_renders(sphere_workspace):
+    import stages.idr as idr
+    from pipeline.mesh import read_ply
+    from pipeline.render import SDFModel, render_image
+
+    ws = sphere_workspace
+    from pipeline.stage import run_stage
+
+    result = run_stage(idr.STAGE, ws, tiny_config())
+    out = ws.stage_dir("idr")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iterations"] == 25
+    assert 0.0 <= metrics["mask_iou"] <= 1.0 and metrics["eval_views"] == "held-out"
+    assert sorted(p.name for p in (out / "renders").iterdir()) == ["r_4.png", "r_4_normal.png", "r_9.png",
+                                                                  "r_9_normal.png"]
+    depth = np.load(out / "depth" / "r_4.npy")
+    assert depth.shape == (24, 24)
+    verts, faces, colors = read_ply(out / "mesh.ply")
+    assert len(faces) > 0 and colors is not None
+    model = idr.load_trained(ws)
+    assert isinstance(model, SDFModel)
+    scene = ws.load_scene()
+    image = render_image(model, scene.cameras([0]))
+    assert image["rgb"].shape == (24, 24, 3) and image["normal"].shape == (24, 24, 3)
+    assert set(np.unique(image["acc"].numpy())) <= {0.0, 1.0}
+    assert result.manifest["status"] == "done"
+
+
+def test_idr_learns_the_sphere_silhouette(sphere_workspace):
+    """A short run (~10 s) must already match the masks better than the initial sphere does."""
+    from pipeline.stage import run_stage
+    import stages.idr as idr
+
+    config = tiny_config(iterations=150, **{"sdf.init_radius": 0.25})
+    run_stage(idr.STAGE, sphere_workspace, config)
+    metrics = json.loads((sphere_workspace.stage_dir("idr") / "metrics.json").read_text())
+    assert metrics["mask_iou"] > 0.8, metrics
+
+
+def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path):
+    import logging
+
+    from stages.idr import build_model
+    from stages.idr_data import MaskOptions, RayBank, load_masks, load_views
+    from stages.idr_train import CHECKPOINT_NAME, TrainSettings, train
+
+    scene = sphere_workspace.load_scene()
+    idx = scene.split("train")
+    views = load_views(scene, idx, load_masks(scene, idx, MaskOptions()), 1)
+    bank = RayBank(views, 1.0)
+    cfg = tiny_config()
+    resume = tmp_path / "resume"
+    resume.mkdir()
+
+    def settings(iterations):
+        return TrainSettings(iterations, 1e9, 128, 32, 1e-3, 1e-2, 1e-3, 0.1, 1e9, 0, "same-config")
+
+    log = logging.getLogger("test")
+    first = train(build_model(cfg, [1, 1, 1]), views.cameras, None, bank, cfg.loss, settings(4), resume, log)
+    assert first["iterations"] == 4 and (resume / CHECKPOINT_NAME).exists()
+    second = train(build_model(cfg, [1, 1, 1]), views.cameras, None, bank, cfg.loss, settings(6), resume, log)
+    assert second["iterations"] == 6
+    assert torch.load(resume / CHECKPOINT_NAME, weights_only=False)["iteration"] == 6
+
+
+def test_time_budget_stops_training(sphere_workspace, tmp_path):
+    import logging
+
+    from stages.idr import build_model
+    from stages.idr_data import MaskOptions, RayBank, load_masks, load_views
+    from stages.idr_train import TrainSettings, train
+
+    scene = sphere_workspace.load_scene()
+    idx = scene.split("train")
+    views = load_views(scene, idx, load_masks(scene, idx, MaskOptions()), 1)
+    cfg = tiny_config()
+    settings = TrainSettings(10 ** 6, 1.0, 128, 32, 1e-3, 1e-2, 1e-3, 0.1, 1e9, 0, "x")
+    summary = train(build_model(cfg, [1, 1, 1]), views.cameras, None, RayBank(views, 1.0), cfg.loss, settings,
+                    tmp_path, logging.getLogger("test"))
+    assert summary["stopped_by_time"] and 0 < summary["iterations"] < 10 ** 6
+
+
+def test_scene_without_masks_gets_a_clear_error(sphere_workspace, tmp_path):
+    from datasets.scene import SceneError
+    from stages.idr_data import MaskOptions, load_masks
+
+    scene = sphere_workspace.load_scene()
+    for frame in scene.frames:  # pretend the photos were JPEGs without alpha
+        frame.image_path = frame.image_path.with_suffix(".jpg")
+    with pytest.raises(SceneError, match="mask_source=threshold"):
+        load_masks(scene, [0], MaskOptions())
