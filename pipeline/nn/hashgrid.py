@@ -86,37 +86,48 @@ def corner_indices_and_weights(x: torch.Tensor, scale: torch.Tensor, stride: tor
     """Rows of the flat table and trilinear weights of the 8 corners of every point at every level.
 
     x: (N, 3) in [0, 1]; scale (L,) float; stride, offset (L,) int32; dense (L,) bool (the dense
-    levels are the coarse ones, a prefix). Returns idx (N, L, 8) int32, weights (N, L, 8) in x's
-    dtype, and (with_frac) frac (N, L, 3). Corner c = 4 * bx + 2 * by + bz with b = 1 for the
-    upper vertex on that axis.
+    levels are the coarse ones, a prefix). Returns idx (8, L, N) int32, weights (8, L, N) in x's
+    dtype and (with_frac) frac (3, L, N). Corner c = 4 * bx + 2 * by + bz, b = 1 for the upper
+    vertex on that axis.
+
+    Planar layout on purpose: with N innermost every step is a contiguous elementwise op over
+    L * N values (broadcasting over tiny inner dimensions of size 2 or 8 is ~10x slower on CPU).
     """
     n, L = x.shape[0], scale.shape[0]
-    pos = x[:, None, :] * scale.to(x.dtype)[None, :, None]  # (N, L, 3)
+    pos = x.t().contiguous()[:, None, :] * scale.to(x.dtype)[None, :, None]  # (3, L, N)
     pos_floor = torch.floor(pos)
     frac = pos - pos_floor
     base = pos_floor.to(torch.int32)
+    bx, by, bz = base[0], base[1], base[2]  # (L, N)
+    idx = torch.empty(8, L, n, dtype=torch.int32, device=x.device)
     num_dense = int(dense.sum())
-    parts = []
     if num_dense:
-        # dense: row = bx + s * by + s^2 * bz; the 8 corners add a per-level constant
-        s = stride[:num_dense]
-        axis_steps = torch.stack([torch.ones_like(s), s, s * s], -1)  # (Ld, 3)
-        corner_bits = _corner_bits(x.device)  # (8, 3)
-        corner_offsets = corner_bits @ axis_steps.T + offset[:num_dense]  # (8, Ld)
-        linear = (base[:, :num_dense] * axis_steps).sum(-1, dtype=torch.int32)  # (N, Ld)
-        parts.append(linear[..., None] + corner_offsets.T)
+        # dense: row = bx + s * by + s^2 * bz (+ level offset); each corner adds a per-level constant
+        s = stride[:num_dense, None]
+        linear = bx[:num_dense] + by[:num_dense] * s + bz[:num_dense] * (s * s) + offset[:num_dense, None]
+        axis_steps = torch.stack([torch.ones_like(stride[:num_dense]), stride[:num_dense],
+                                  stride[:num_dense] ** 2], -1)  # (Ld, 3)
+        corner_offsets = _corner_bits(x.device) @ axis_steps.T  # (8, Ld)
+        torch.add(linear[None], corner_offsets[:, :, None], out=idx[:, :num_dense])
     if num_dense < L:
-        hb = base[:, num_dense:]  # (N, Lh, 3)
-        hx = torch.stack([hb[..., 0], hb[..., 0] + 1], -1)
-        hy = torch.stack([hb[..., 1], hb[..., 1] + 1], -1) * PRIMES_I32[1]
-        hz = torch.stack([hb[..., 2], hb[..., 2] + 1], -1) * PRIMES_I32[2]
-        hxy = (hx[..., :, None] ^ hy[..., None, :]).flatten(-2)  # (N, Lh, 4)
-        hashed = (hxy[..., :, None] ^ hz[..., None, :]).flatten(-2) & table_mask  # (N, Lh, 8)
-        parts.append(hashed + offset[num_dense:, None])
-    idx = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-    w_lo_hi = torch.stack([1.0 - frac, frac], -1)  # (N, L, 3, 2)
-    wxy = (w_lo_hi[:, :, 0, :, None] * w_lo_hi[:, :, 1, None, :]).flatten(-2)  # (N, L, 4)
-    weights = (wxy[..., :, None] * w_lo_hi[:, :, 2, None, :]).flatten(-2)  # (N, L, 8)
+        h = slice(num_dense, L)
+        hx = (bx[h], bx[h] + 1)
+        hy0 = by[h] * PRIMES_I32[1]
+        hz0 = bz[h] * PRIMES_I32[2]
+        hy = (hy0, hy0 + PRIMES_I32[1])  # int32 arithmetic wraps, like the uint32 products
+        hz = (hz0, hz0 + PRIMES_I32[2])
+        level_offset = offset[h, None]
+        for c in range(8):
+            out = idx[c, h]
+            torch.bitwise_xor(hx[(c >> 2) & 1], hy[(c >> 1) & 1], out=out)
+            out.bitwise_xor_(hz[c & 1]).bitwise_and_(table_mask).add_(level_offset)
+    wx, wy, wz = (1.0 - frac[0], frac[0]), (1.0 - frac[1], frac[1]), (1.0 - frac[2], frac[2])
+    weights = torch.empty(8, L, n, dtype=x.dtype, device=x.device)
+    for i in range(2):
+        for j in range(2):
+            wxy = wx[i] * wy[j]
+            for k in range(2):
+                torch.mul(wxy, wz[k], out=weights[4 * i + 2 * j + k])
     return (idx, weights, frac) if with_frac else (idx, weights)
 
 
@@ -126,83 +137,80 @@ def _corner_bits(device) -> torch.Tensor:
     return torch.stack([(c >> 2) & 1, (c >> 1) & 1, c & 1], -1)
 
 
-def _weight_derivatives(frac: torch.Tensor) -> torch.Tensor:
-    """d weight / d pos for the 8 corners: frac (N, L, 3) -> (N, L, 8, 3)."""
-    w = torch.stack([1.0 - frac, frac], -1)  # (N, L, 3, 2)
-    dw = torch.tensor([-1.0, 1.0], dtype=frac.dtype, device=frac.device).expand_as(w)
-    wx, wy, wz = w[:, :, 0], w[:, :, 1], w[:, :, 2]
-    dx, dy, dz = dw[:, :, 0], dw[:, :, 1], dw[:, :, 2]
-    gx = dx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]
-    gy = wx[..., :, None, None] * dy[..., None, :, None] * wz[..., None, None, :]
-    gz = wx[..., :, None, None] * wy[..., None, :, None] * dz[..., None, None, :]
-    n, L = frac.shape[:2]
-    return torch.stack([gx.reshape(n, L, 8), gy.reshape(n, L, 8), gz.reshape(n, L, 8)], -1)
-
-
-# Rows of F floats are gathered / scattered as single wide elements (F=2 float32 = one 8-byte
-# word): 1-D index ops on 8-byte elements are ~5x faster on CPU than on (rows, 2) tensors.
-_ROW_DTYPES = {(torch.float32, 2): (torch.int64, torch.complex64), (torch.float64, 2): (None, torch.complex128),
-               (torch.float32, 1): (torch.int32, None), (torch.float64, 1): (torch.int64, None)}
+# Rows of F = 2 floats are gathered / scattered as single complex numbers: 1-D index ops on 8-byte
+# elements are several times faster on CPU than row-wise ops on a (rows, 2) tensor.
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """table (R, F), idx (...) int -> (numel(idx), F)."""
-    F = table.shape[1]
+    """table (R, F), idx (...) int -> (..., F) (a strided view for F = 2)."""
     flat_idx = idx.reshape(-1)
-    wide = _ROW_DTYPES.get((table.dtype, F), (None, None))[0]
-    if wide is not None and table.is_contiguous():
-        return table.view(wide).view(-1).index_select(0, flat_idx).view(table.dtype).view(-1, F)
-    if wide is None and F == 2 and table.is_contiguous() and table.dtype == torch.float64:
-        return torch.view_as_real(torch.view_as_complex(table).index_select(0, flat_idx))
-    return table.index_select(0, flat_idx)
+    if table.shape[1] == 2 and table.dtype in _COMPLEX and table.is_contiguous():
+        rows = torch.view_as_complex(table).index_select(0, flat_idx)
+        return torch.view_as_real(rows).view(*idx.shape, 2)
+    return table.index_select(0, flat_idx).view(*idx.shape, table.shape[1])
 
 
 def _scatter_add_rows(table: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A zero tensor like table (R, F) with values (numel(idx), F) added at rows idx."""
+    """A zero tensor like table (R, F) with values (..., F) (same leading shape as idx) added at idx."""
     F = table.shape[1]
     flat_idx = idx.reshape(-1)
-    values = values.reshape(-1, F).contiguous()
-    complex_dtype = _ROW_DTYPES.get((table.dtype, F), (None, None))[1]
-    if complex_dtype is not None:
-        out = torch.zeros(table.shape[0], dtype=complex_dtype, device=table.device)
-        out.scatter_add_(0, flat_idx.long(), torch.view_as_complex(values))
+    values = values.reshape(-1, F)
+    if F == 2 and table.dtype in _COMPLEX:
+        out = torch.zeros(table.shape[0], dtype=_COMPLEX[table.dtype], device=table.device)
+        out.scatter_add_(0, flat_idx.long(), torch.view_as_complex(values.contiguous()))
         return torch.view_as_real(out)
     return torch.zeros_like(table).index_add_(0, flat_idx, values)
 
 
 class _HashGridFunction(torch.autograd.Function):
-    """Gather + interpolate in forward; ``index_add_`` into the flat table in backward."""
+    """Gather + interpolate in forward; a scatter-add into the flat table in backward.
+
+    Output (N, L * F) is returned as the transpose of a planar (L * F, N) tensor: the MLP's matmul
+    reads it without a copy.
+    """
 
     @staticmethod
     def forward(ctx, x, table, scale, stride, dense, offset, table_mask):
-        needs_x_grad = ctx.needs_input_grad[0]
         idx, weights, frac = corner_indices_and_weights(x.detach(), scale, stride, dense, offset, table_mask, True)
-        n, L = idx.shape[:2]
-        F = table.shape[1]
-        feats = _gather_rows(table, idx).view(n * L, 8, F)
-        # (N*L, 1, 8) @ (N*L, 8, F): the 8-corner weighted sum as one batched product
-        out = torch.bmm(weights.view(n * L, 1, 8), feats).view(n, L * F)
-        ctx.save_for_backward(idx, weights, frac if needs_x_grad else None, scale, table)
-        ctx.table_rows = table.shape[0]
-        return out
+        n, L, F = x.shape[0], scale.shape[0], table.shape[1]
+        feats = _gather_rows(table.detach(), idx)  # (8, L, N, F)
+        out = torch.empty(L, F, n, dtype=table.dtype, device=x.device)
+        for f in range(F):
+            acc = out[:, f]
+            torch.mul(feats[0, ..., f], weights[0], out=acc)
+            for c in range(1, 8):
+                acc.addcmul_(feats[c, ..., f], weights[c])
+        ctx.save_for_backward(idx, weights, frac if ctx.needs_input_grad[0] else None, scale, table)
+        return out.view(L * F, n).t()
 
     @staticmethod
     def backward(ctx, grad_out):
         idx, weights, frac, scale, table = ctx.saved_tensors
-        n, L = idx.shape[:2]
+        L, n = weights.shape[1], weights.shape[2]
         F = table.shape[1]
-        grad_out = grad_out.contiguous().view(n * L, 1, F)
+        grad_planar = grad_out.t().contiguous().view(L, F, n).to(table.dtype)  # (L, F, N)
         grad_x = grad_table = None
         if ctx.needs_input_grad[1]:
-            # (N*L, 8, 1) * (N*L, 1, F): each corner's share of the output gradient
-            per_corner = (weights.view(n * L, 8, 1) * grad_out).to(table.dtype)
+            per_corner = torch.empty(8, L, n, F, dtype=table.dtype, device=table.device)
+            for f in range(F):
+                torch.mul(weights, grad_planar[None, :, f], out=per_corner[..., f])
             grad_table = _scatter_add_rows(table, idx, per_corner)
         if ctx.needs_input_grad[0]:
-            feats = _gather_rows(table, idx).view(n * L, 8, F)
-            g_corner = torch.bmm(feats, grad_out.transpose(1, 2)).view(n, L, 8)  # dL/dweight
-            d_w = _weight_derivatives(frac)  # (N, L, 8, 3)
-            grad_pos = (g_corner[..., None] * d_w).sum(2)  # (N, L, 3)
-            grad_x = (grad_pos * scale.to(grad_pos.dtype)[None, :, None]).sum(1)
+            feats = _gather_rows(table.detach(), idx)  # (8, L, N, F)
+            g_corner = feats[..., 0] * grad_planar[None, :, 0]  # dLoss/dweight (8, L, N)
+            for f in range(1, F):
+                g_corner.addcmul_(feats[..., f], grad_planar[None, :, f])
+            w = [(1.0 - frac[d], frac[d]) for d in range(3)]
+            grad_pos = torch.zeros(3, L, n, dtype=frac.dtype, device=frac.device)
+            for c in range(8):
+                bits = ((c >> 2) & 1, (c >> 1) & 1, c & 1)
+                for d in range(3):
+                    # d weight_c / d pos_d = (+1 or -1) * product of the other two axis weights
+                    others = w[(d + 1) % 3][bits[(d + 1) % 3]] * w[(d + 2) % 3][bits[(d + 2) % 3]]
+                    term = g_corner[c] * others
+                    grad_pos[d] += term if bits[d] else -term
+            grad_x = (grad_pos * scale.to(grad_pos.dtype)[None, :, None]).sum(1).t()
         return grad_x, grad_table, None, None, None, None, None
 
 

@@ -1,0 +1,78 @@
+"""Fully connected networks for neural fields: ReLU MLPs with skip connections, and SIREN.
+
+SIREN (Sitzmann et al. 2020) uses ``sin(omega_0 * (W x + b))`` activations with its own
+initialisation: the first layer ``U(-1/in, 1/in)``, later layers ``U(-sqrt(6/in)/omega_0, ...)``,
+so activations stay distributed the same way through depth.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS = ("relu", "siren", "softplus")
+
+
+class Sine(nn.Module):
+    def __init__(self, omega: float):
+        super().__init__()
+        self.omega = omega
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.omega * x)
+
+    def extra_repr(self) -> str:
+        return f"omega={self.omega}"
+
+
+class MLP(nn.Module):
+    """x (N, in_dim) -> (N, out_dim) through ``num_hidden`` hidden layers of ``width``.
+
+    skips: indices of hidden layers whose INPUT is concatenated with the network input (the NeRF MLP
+    has ``skips=(4,)``: the 5th layer sees ``[h, x]``). activation: relu | softplus | siren (sine
+    with ``omega_0 = siren_omega``). The output layer is linear; apply output activations outside.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 64, num_hidden: int = 2,
+                 skips: Sequence[int] = (), activation: str = "relu", siren_omega: float = 30.0,
+                 out_bias_init: float = 0.0):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.in_dim, self.out_dim, self.skips, self.activation = in_dim, out_dim, tuple(skips), activation
+        self.hidden = nn.ModuleList()
+        dim = in_dim
+        for i in range(num_hidden):
+            layer_in = dim + (in_dim if i in self.skips else 0)
+            self.hidden.append(nn.Linear(layer_in, width))
+            dim = width
+        self.out = nn.Linear(dim, out_dim)
+        if activation == "siren":
+            self.act = Sine(siren_omega)
+            self._siren_init(siren_omega)
+        else:
+            self.act = nn.ReLU(inplace=True) if activation == "relu" else nn.Softplus(beta=100)
+        nn.init.constant_(self.out.bias, out_bias_init)
+
+    @torch.no_grad()
+    def _siren_init(self, omega: float) -> None:
+        for i, layer in enumerate(self.hidden):
+            fan_in = layer.weight.shape[1]
+            bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / omega
+            layer.weight.uniform_(-bound, bound)
+        fan_in = self.out.weight.shape[1]
+        bound = math.sqrt(6.0 / fan_in) / omega
+        self.out.weight.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, layer in enumerate(self.hidden):
+            if i in self.skips:
+                h = torch.cat([h, x], -1)
+            h = self.act(layer(h))
+        return self.out(h)
+
+
+__all__ = ["MLP", "Sine", "ACTIVATIONS"]

@@ -1,0 +1,100 @@
+"""Radiance fields: points and view directions -> volume density and colour.
+
+- :class:`HashNeRFField` (instant-ngp): hash grid -> small density MLP (one hidden layer of 64)
+  giving sigma and a 15-d geometry feature; [SH(dir), feature] -> colour MLP (two layers of 64).
+- :class:`FourierNeRFField` (Mildenhall et al.): positional encoding -> 8 x 256 MLP with a skip at
+  layer 4 -> sigma and a feature; [feature, encoded dir] -> 128 -> colour.
+
+Both take points in the scene frame and map the scene box ``aabb`` to the encodings' domain. The
+MLPs can use SIREN (sine) activations instead of ReLU (``activation="siren"``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.nn.encodings import FourierEncoding, SphericalHarmonics
+from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding
+from pipeline.nn.mlp import MLP
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose gradient is clamped at x = 15 (instant-ngp's density activation)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(-15, 15))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    return _TruncExp.apply(x)
+
+
+class HashNeRFField(nn.Module):
+    """instant-ngp field. aabb: (2, 3) box that the hash grid covers."""
+
+    def __init__(self, aabb: torch.Tensor, grid: HashGridConfig = HashGridConfig(), width: int = 64,
+                 density_layers: int = 1, color_layers: int = 2, geo_feat_dim: int = 15, activation: str = "relu"):
+        super().__init__()
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3))
+        self.encoding = HashGridEncoding(grid)
+        self.dir_encoding = SphericalHarmonics(4)
+        self.geo_feat_dim = geo_feat_dim
+        self.density_mlp = MLP(self.encoding.out_dim, 1 + geo_feat_dim, width, density_layers, activation=activation)
+        self.color_mlp = MLP(self.dir_encoding.out_dim + geo_feat_dim, 3, width, color_layers, activation=activation)
+
+    def normalize(self, points: torch.Tensor) -> torch.Tensor:
+        return (points - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
+
+    def density(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points (N, 3) -> sigma (N,), geometry features (N, geo_feat_dim)."""
+        h = self.density_mlp(self.encoding(self.normalize(points)))
+        return trunc_exp(h[:, 0] - 1.0), h[:, 1:]
+
+    def color(self, dirs: torch.Tensor, geo_feat: torch.Tensor) -> torch.Tensor:
+        """dirs (N, 3) unit, geo_feat (N, F) -> rgb (N, 3) in [0, 1]."""
+        d = self.dir_encoding(dirs)
+        return torch.sigmoid(self.color_mlp(torch.cat([d.to(geo_feat.dtype), geo_feat], -1)))
+
+    def forward(self, points: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma, feat = self.density(points)
+        return sigma, self.color(dirs, feat)
+
+
+class FourierNeRFField(nn.Module):
+    """Classic NeRF MLP on positional encodings (points mapped to [-1, 1]^3 by the aabb)."""
+
+    def __init__(self, aabb: torch.Tensor, pos_freqs: int = 10, dir_freqs: int = 4, width: int = 256,
+                 depth: int = 8, skips=(4,), activation: str = "relu", siren_omega: float = 30.0):
+        super().__init__()
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3))
+        siren = activation == "siren"
+        # SIREN represents high frequencies itself: it takes the raw coordinates
+        self.pos_encoding = FourierEncoding(3, 0 if siren else pos_freqs)
+        self.dir_encoding = FourierEncoding(3, dir_freqs)
+        self.trunk = MLP(self.pos_encoding.out_dim, width + 1, width, depth, skips=skips, activation=activation,
+                         siren_omega=siren_omega)
+        self.color_mlp = MLP(width + self.dir_encoding.out_dim, 3, width // 2, 1, activation="relu")
+
+    def normalize(self, points: torch.Tensor) -> torch.Tensor:
+        return (points - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0
+
+    def density(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(self.pos_encoding(self.normalize(points)))
+        return torch.relu(h[:, 0]), h[:, 1:]
+
+    def color(self, dirs: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.color_mlp(torch.cat([feat, self.dir_encoding(dirs)], -1)))
+
+    def forward(self, points: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma, feat = self.density(points)
+        return sigma, self.color(dirs, feat)
+
+
+__all__ = ["HashNeRFField", "FourierNeRFField", "trunc_exp"]

@@ -1,0 +1,231 @@
+"""A trained (or training) NeRF: a field plus its sampler, rendering rays in the normalised scene frame.
+
+Implements :class:`pipeline.render.DensityModel` (``render_rays``, ``query_density``,
+``query_color``), so evaluation and exports render it without knowing which field it holds.
+
+- ``kind="hash"``: :class:`HashNeRFField` with an :class:`OccupancyGrid`; rays are marched with a
+  fixed step (optionally growing with distance) and only samples in occupied cells are evaluated.
+- ``kind="fourier"``: :class:`FourierNeRFField` with stratified coarse samples and hierarchical
+  (importance) fine samples from the coarse weights, both evaluated by the same network.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from pipeline.nn.hashgrid import HashGridConfig
+from pipeline.nn.nerf_field import FourierNeRFField, HashNeRFField
+from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
+from pipeline.nn.volume_rendering import (add_background, composite_dense, composite_packed, ray_aabb, sample_pdf,
+                                          stratified_samples)
+
+
+@dataclass
+class NeRFModelConfig:
+    """What defines the network and its sampler (saved with the weights in model.pt)."""
+
+    kind: str = "hash"  # hash | fourier
+    activation: str = "relu"  # relu | siren (MLP activations)
+    grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(log2_table_size=17, finest_resolution=1024))
+    width: int = 64  # hash model MLP width
+    pos_freqs: int = 10  # fourier model
+    dir_freqs: int = 4
+    fourier_width: int = 256
+    fourier_depth: int = 8
+    siren_omega: float = 30.0
+    num_coarse: int = 64  # fourier: stratified samples per ray
+    num_fine: int = 64  # fourier: importance samples per ray
+    occupancy_resolution: int = 64  # hash: cells per axis per cascade
+    cascades: int = 1  # hash: 1 for bounded scenes, more for unbounded
+    occupancy_threshold: float = 0.01  # opacity of one step below which a cell counts as empty
+    march_steps: int = 384  # hash: steps across the box diagonal (sets the step size)
+    cone_angle: float = 0.0  # hash: step grows as t * cone_angle (0: uniform; 1/256 for unbounded)
+    max_samples_per_ray: int = 1024
+
+
+class NeRFModel(nn.Module):
+    """aabb: (2, 3) scene box in the normalised frame; background: (3,) colour used where rays
+    end up transparent (``learned`` makes it a parameter)."""
+
+    def __init__(self, config: NeRFModelConfig, aabb, background=(1.0, 1.0, 1.0), learn_background: bool = False):
+        super().__init__()
+        self.config = config
+        aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
+        self.register_buffer("aabb", aabb)
+        if learn_background:
+            self.background_logit = nn.Parameter(torch.logit(torch.tensor(background, dtype=torch.float32)
+                                                             .clamp(0.02, 0.98)))
+        else:
+            self.register_buffer("background_color", torch.tensor(background, dtype=torch.float32))
+        self.learn_background = learn_background
+        if config.kind == "hash":
+            self.occupancy = OccupancyGrid(aabb, config.occupancy_resolution, config.cascades,
+                                           config.occupancy_threshold)
+            outer = self.occupancy.outer_box()
+            self.field = HashNeRFField(outer, config.grid, config.width, activation=config.activation)
+            diagonal = float((aabb[1] - aabb[0]).norm())
+            self.step_size = diagonal / config.march_steps
+            self.schedule = march_schedule(float((outer[1] - outer[0]).norm()) + 1e-3 + 10 * diagonal,
+                                           self.step_size, config.cone_angle)
+        elif config.kind == "fourier":
+            self.occupancy = None
+            self.field = FourierNeRFField(aabb, config.pos_freqs, config.dir_freqs, config.fourier_width,
+                                          config.fourier_depth, activation=config.activation,
+                                          siren_omega=config.siren_omega)
+        else:
+            raise ValueError(f"NeRF model kind must be 'hash' or 'fourier', got {config.kind!r}")
+
+    # --- DensityModel interface ---------------------------------------------------------------
+
+    def background(self) -> torch.Tensor:
+        return torch.sigmoid(self.background_logit) if self.learn_background else self.background_color
+
+    def query_density(self, points: torch.Tensor) -> torch.Tensor:
+        """points (N, 3) -> sigma (N,); zero outside the scene box."""
+        sigma = self.field.density(points)[0].float()
+        box = self.occupancy.outer_box() if self.occupancy is not None else self.aabb
+        inside = ((points >= box[0]) & (points <= box[1])).all(-1)
+        return torch.where(inside, sigma, torch.zeros_like(sigma))
+
+    def query_color(self, points: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+        """points, dirs (N, 3) -> rgb (N, 3)."""
+        return self.field(points, dirs)[1].float()
+
+    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, perturb: bool = False,
+                    background: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                    max_samples: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """rays_o, rays_d (N, 3), rays_d unit -> rgb (N, 3), t (N,), acc (N,), plus ``num_samples``
+        (a 0-d tensor) and for the fourier model ``rgb_coarse``. ``background`` (3,) or (N, 3)
+        overrides the model's background colour (training with random backgrounds).
+
+        ``max_samples`` (hash model, training): when the rays need more samples, only the first
+        ``num_rays`` rays are rendered and the outputs have ``num_rays`` rows. Without gradients
+        and jitter (inference), rays stop early once opaque (transmittance < 1e-3)."""
+        bg = self.background() if background is None else background
+        if self.config.kind == "hash":
+            out = self._render_hash(rays_o, rays_d, perturb, generator, max_samples)
+            if bg.ndim == 2:
+                bg = bg[:out["rgb"].shape[0]]
+        else:
+            out = self._render_fourier(rays_o, rays_d, perturb, generator, bg)
+        acc = out["acc"]
+        out["t"] = out["t"] / acc.clamp_min(1e-6)
+        out["rgb"] = add_background(out["rgb"], acc, bg)
+        return out
+
+    # --- samplers ---------------------------------------------------------------------------
+
+    def _render_hash(self, rays_o, rays_d, perturb, generator, max_samples=None):
+        box = self.occupancy.outer_box()
+        near, far = ray_aabb(rays_o, rays_d, box, min_near=0.0)
+        far_max = float(far.max()) if far.numel() else 0.0
+        if far_max > float(self.schedule[-1]):  # cameras further out than the schedule reaches
+            self.schedule = march_schedule(1.5 * far_max, self.step_size, self.config.cone_angle)
+        if not torch.is_grad_enabled() and not perturb:
+            return self._render_hash_early_stop(rays_o, rays_d, near, far)
+        ray_index, t, deltas = march_rays(self.occupancy, self.schedule, rays_o, rays_d, near, far, perturb,
+                                          self.config.max_samples_per_ray, generator)
+        num_rays = rays_o.shape[0]
+        if max_samples is not None and ray_index.numel() > max_samples:
+            # a hard sample budget: keep the first rays (a random subset: rays come in random order)
+            # whose samples fit; the caller reads how many survived from "num_rays"
+            num_rays = max(1, int(ray_index[max_samples]))
+            keep = ray_index < num_rays
+            ray_index, t, deltas = ray_index[keep], t[keep], deltas[keep]
+        points = rays_o[ray_index] + rays_d[ray_index] * t[:, None]
+        if ray_index.numel():
+            sigma, rgb = self.field(points, rays_d[ray_index])
+        else:
+            sigma, rgb = points.new_zeros(0), points.new_zeros(0, 3)
+        out = composite_packed(sigma.float(), rgb.float(), t, deltas, ray_index, num_rays)
+        out["num_samples"] = torch.tensor(ray_index.numel())
+        out["num_rays"] = torch.tensor(num_rays)
+        out.pop("weights")
+        return out
+
+    def _render_hash_early_stop(self, rays_o, rays_d, near, far, window: int = 48, min_transmittance: float = 1e-3):
+        """Inference: march ``window`` schedule steps at a time and drop rays once opaque."""
+        n = rays_o.shape[0]
+        rgb, depth = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
+        transmittance = rays_o.new_ones(n)
+        schedule = self.schedule.to(rays_o.device)
+        k = torch.searchsorted(schedule, near.contiguous())
+        alive = torch.nonzero(far > near)[:, 0]
+        total = 0
+        while alive.numel():
+            k_end = (k[alive] + window).clamp_max(schedule.numel() - 1)
+            lo, hi = schedule[k[alive].clamp_max(schedule.numel() - 1)], torch.minimum(schedule[k_end], far[alive])
+            lo = torch.maximum(lo, near[alive])
+            ray_index, t, deltas = march_rays(self.occupancy, schedule, rays_o[alive], rays_d[alive], lo, hi, False,
+                                              window + 1)
+            if ray_index.numel():
+                points = rays_o[alive][ray_index] + rays_d[alive][ray_index] * t[:, None]
+                sigma, col = self.field(points, rays_d[alive][ray_index])
+                part = composite_packed(sigma.float(), col.float(), t, deltas, ray_index, alive.numel())
+                T = transmittance[alive]
+                rgb[alive] += T[:, None] * part["rgb"]
+                depth[alive] += T * part["t"]
+                transmittance[alive] = T * (1.0 - part["acc"])
+                total += ray_index.numel()
+            k[alive] = k_end
+            still = (transmittance[alive] > min_transmittance) & (schedule[k_end] < far[alive]) & \
+                (k_end < schedule.numel() - 1)
+            alive = alive[still]
+        return {"rgb": rgb, "acc": 1.0 - transmittance, "t": depth, "num_samples": torch.tensor(total),
+                "num_rays": torch.tensor(n)}
+
+    def _render_fourier(self, rays_o, rays_d, perturb, generator, bg):
+        n = rays_o.shape[0]
+        near, far = ray_aabb(rays_o, rays_d, self.aabb, min_near=0.0)
+        hit = far > near + 1e-6
+        near = torch.where(hit, near, torch.zeros_like(near))
+        far = torch.where(hit, far, near + 1e-3)
+        c = self.config
+        t_coarse = stratified_samples(near, far, c.num_coarse, perturb, generator)
+        coarse = self._eval_dense(rays_o, rays_d, t_coarse, far)
+        coarse["weights"] = coarse["weights"] * hit[:, None]
+        out = coarse
+        if c.num_fine > 0:
+            mids = 0.5 * (t_coarse[:, 1:] + t_coarse[:, :-1])
+            bins = torch.cat([near[:, None], mids, far[:, None]], -1)
+            t_fine = sample_pdf(bins, coarse["weights"], c.num_fine, deterministic=not perturb, generator=generator)
+            t_all = torch.sort(torch.cat([t_coarse, t_fine], -1), -1).values
+            out = self._eval_dense(rays_o, rays_d, t_all, far)
+            out["rgb_coarse"] = add_background(coarse["rgb"] * hit[:, None], coarse["acc"] * hit, bg)
+        for key in ("rgb", "acc", "t"):
+            out[key] = out[key] * (hit[:, None] if key == "rgb" else hit)
+        out["num_samples"] = torch.tensor(n * (c.num_coarse + c.num_fine))
+        out.pop("weights")
+        return out
+
+    def _eval_dense(self, rays_o, rays_d, t, far):
+        n, s = t.shape
+        points = rays_o[:, None] + rays_d[:, None] * t[..., None]
+        dirs = rays_d[:, None].expand(n, s, 3)
+        sigma, rgb = self.field(points.reshape(-1, 3), dirs.reshape(-1, 3))
+        deltas = torch.cat([t[:, 1:] - t[:, :-1], (far[:, None] - t[:, -1:]).clamp_min(1e-4)], -1)
+        return composite_dense(sigma.view(n, s).float(), rgb.view(n, s, 3).float(), t, deltas)
+
+    # --- occupancy ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_occupancy(self, all_cells: bool, generator=None, fraction: float = 0.25) -> None:
+        if self.occupancy is not None:
+            self.occupancy.update(lambda p: self.field.density(p)[0], self.step_size, all_cells, fraction,
+                                  generator)
+
+
+def default_aabb(bounds, radius: float = 1.0, padding: float = 0.05):
+    """The scene box: ``bounds`` (2, 3) grown by ``padding`` of its size, else the cube [-r, r]^3."""
+    if bounds is None:
+        return torch.tensor([[-radius] * 3, [radius] * 3], dtype=torch.float32)
+    b = torch.as_tensor(bounds, dtype=torch.float32).reshape(2, 3)
+    pad = (b[1] - b[0]) * padding
+    return torch.stack([b[0] - pad, b[1] + pad])
+
+
+__all__ = ["NeRFModel", "NeRFModelConfig", "default_aabb"]

@@ -1,0 +1,149 @@
+"""Occupancy grid for skipping empty space (instant-ngp) and the ray marcher that uses it.
+
+The grid keeps an exponential moving average (EMA) of the field's density in ``R^3`` cells per
+cascade; cascade ``c`` covers the scene box scaled by ``2^c`` around its centre (one cascade for
+bounded scenes, more for unbounded ones). Every few training steps the density is re-sampled at a
+random point of a subset of cells (all cells during warm-up), ``grid = max(grid * decay, sigma)``,
+and a cell is occupied when its density exceeds ``min(mean density, threshold / step_size)``
+(i.e. one step through it would absorb more than ``threshold`` of the light).
+
+Ray marching uses ONE global schedule of distances ``t_k`` shared by all rays: constant steps
+``step_size`` near the camera, growing as ``t * cone_angle`` further away (``cone_angle = 0``:
+uniform). A ray takes the schedule's entries inside its [near, far], jittered in training, and
+keeps those in occupied cells: a packed list of samples sorted by ray.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class OccupancyGrid(nn.Module):
+    """aabb: (2, 3) scene box; resolution: R cells per axis; cascades: C nested boxes."""
+
+    def __init__(self, aabb: torch.Tensor, resolution: int = 64, cascades: int = 1, threshold: float = 0.01,
+                 decay: float = 0.95):
+        super().__init__()
+        aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
+        self.resolution, self.cascades, self.threshold, self.decay = resolution, cascades, threshold, decay
+        self.register_buffer("aabb", aabb)
+        self.register_buffer("density", torch.zeros(cascades, resolution ** 3))
+        self.register_buffer("occupied", torch.ones(cascades, resolution ** 3, dtype=torch.bool))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def cascade_box(self, c: int) -> torch.Tensor:
+        """(2, 3) box of cascade c."""
+        center = (self.aabb[0] + self.aabb[1]) / 2
+        half = (self.aabb[1] - self.aabb[0]) / 2 * (2 ** c)
+        return torch.stack([center - half, center + half])
+
+    def outer_box(self) -> torch.Tensor:
+        return self.cascade_box(self.cascades - 1)
+
+    def cell_index(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points (M, 3) -> (flat index into ``occupied.view(-1)`` (M,), inside the outer box (M,))."""
+        center = (self.aabb[0] + self.aabb[1]) / 2
+        half = (self.aabb[1] - self.aabb[0]) / 2
+        rel = (points - center) / half  # base box = [-1, 1]^3
+        extent = rel.abs().amax(-1)
+        if self.cascades > 1:
+            cascade = torch.ceil(torch.log2(extent.clamp_min(1e-6))).clamp(0, self.cascades - 1)
+        else:
+            cascade = torch.zeros_like(extent)
+        scale = torch.exp2(cascade)
+        inside = extent <= scale
+        grid = ((rel / scale[:, None] + 1) * 0.5 * self.resolution).long().clamp(0, self.resolution - 1)
+        R = self.resolution
+        flat = cascade.long() * R ** 3 + (grid[:, 0] * R + grid[:, 1]) * R + grid[:, 2]
+        return flat, inside
+
+    def is_occupied(self, points: torch.Tensor) -> torch.Tensor:
+        """points (M, 3) -> bool (M,)."""
+        flat, inside = self.cell_index(points)
+        return self.occupied.view(-1)[flat] & inside
+
+    @torch.no_grad()
+    def update(self, density_fn, step_size: float, all_cells: bool, fraction: float = 0.25,
+               generator: torch.Generator | None = None, chunk: int = 1 << 16) -> None:
+        """Re-sample the density of all cells (warm-up) or of ``fraction`` random cells plus as many
+        occupied ones; density_fn: points (M, 3) -> sigma (M,)."""
+        R, device = self.resolution, self.density.device
+        n_cells = R ** 3
+        for c in range(self.cascades):
+            if all_cells:
+                cells = torch.arange(n_cells, device=device)
+            else:
+                k = max(1, int(n_cells * fraction))
+                uniform = torch.randint(0, n_cells, (k,), device=device, generator=generator)
+                occupied = self.occupied[c].nonzero()[:, 0]
+                if occupied.numel():
+                    pick = torch.randint(0, occupied.numel(), (k,), device=device, generator=generator)
+                    cells = torch.cat([uniform, occupied[pick]])
+                else:
+                    cells = uniform
+            coords = torch.stack([cells // (R * R), (cells // R) % R, cells % R], -1).float()
+            jitter = torch.rand(coords.shape, device=device, generator=generator)
+            box = self.cascade_box(c)
+            points = box[0] + (coords + jitter) / R * (box[1] - box[0])
+            sigma = torch.cat([density_fn(points[i:i + chunk]).float() for i in range(0, points.shape[0], chunk)])
+            current = self.density[c]
+            # duplicate cells: keep the largest fresh value
+            fresh = torch.zeros(n_cells, device=device).scatter_reduce(0, cells, sigma, "amax", include_self=False)
+            sampled = torch.zeros(n_cells, dtype=torch.bool, device=device)
+            sampled[cells] = True
+            current[sampled] = torch.maximum(current[sampled] * self.decay, fresh[sampled])
+        mean = self.density.mean()
+        threshold = min(float(mean), self.threshold / step_size)
+        self.occupied.copy_(self.density > threshold)
+        self.updates += 1
+
+    def occupancy_fraction(self) -> float:
+        return float(self.occupied.float().mean())
+
+
+def march_schedule(t_max: float, step_size: float, cone_angle: float = 0.0, max_step: float = 1e10) -> torch.Tensor:
+    """Distances t_k (K,) from 0 to t_max: steps of ``clamp(t * cone_angle, step_size, max_step)``."""
+    if cone_angle <= 0:
+        return torch.arange(0.0, t_max + step_size, step_size, dtype=torch.float64).float()
+    ts = [0.0]
+    while ts[-1] < t_max:
+        ts.append(ts[-1] + min(max(ts[-1] * cone_angle, step_size), max_step))
+    return torch.tensor(ts, dtype=torch.float32)
+
+
+@torch.no_grad()
+def march_rays(grid: OccupancyGrid, schedule: torch.Tensor, rays_o: torch.Tensor, rays_d: torch.Tensor,
+               near: torch.Tensor, far: torch.Tensor, perturb: bool, max_samples_per_ray: int = 1024,
+               generator: torch.Generator | None = None):
+    """Packed samples in occupied space. rays_o, rays_d (N, 3); near, far (N,); schedule (K,).
+
+    Returns ray_index (M,) long (sorted), t (M,), deltas (M,) (the step length at each sample).
+    """
+    device = rays_o.device
+    schedule = schedule.to(device)
+    n = rays_o.shape[0]
+    steps = schedule[1:] - schedule[:-1]  # (K - 1,)
+    first = torch.searchsorted(schedule, near.contiguous()).clamp_max(schedule.numel() - 2)
+    last = torch.searchsorted(schedule, far.contiguous()).clamp_max(schedule.numel() - 1)
+    count = (last - first).clamp(0, max_samples_per_ray)
+    width = int(count.max()) if n else 0
+    if width == 0:
+        empty = torch.zeros(0, device=device)
+        return torch.zeros(0, dtype=torch.long, device=device), empty, empty
+    k = first[:, None] + torch.arange(width, device=device)  # (N, W) schedule intervals
+    valid = torch.arange(width, device=device)[None] < count[:, None]
+    k = k.clamp_max(steps.numel() - 1)
+    delta = steps[k]
+    u = torch.rand(k.shape, device=device, generator=generator) if perturb else 0.5
+    t = schedule[k] + u * delta
+    valid &= t < far[:, None]
+    rows, cols = valid.nonzero(as_tuple=True)
+    t_sel = t[rows, cols]
+    points = rays_o[rows] + rays_d[rows] * t_sel[:, None]
+    keep = grid.is_occupied(points)
+    return rows[keep], t_sel[keep], delta[rows, cols][keep]
+
+
+__all__ = ["OccupancyGrid", "march_schedule", "march_rays"]

@@ -1,0 +1,375 @@
+"""NeRF stage: train a radiance field on the posed, normalised scene and evaluate it on held-out views.
+
+Reads ``W/poses/transforms.json``; writes ``W/nerf/``: ``model.pt`` (config + weights), ``renders/``
+(test-view PNGs), ``depth/`` (z-depth ``.npy`` in the ORIGINAL scene units) and ``metrics.json``
+(PSNR, SSIM, LPIPS or null with the reason, training time, steps, samples/s).
+
+Training samples random pixels of the training views. The hash model sizes its ray batch so that
+the samples per step stay near ``samples_per_batch`` (the occupancy grid makes samples per ray
+vary). It stops at ``max_steps`` or ``max_time_s``, whichever comes first, with the learning rate
+decayed over that progress. Checkpoints go to the stage's resume folder every
+``checkpoint_every`` steps and when training is interrupted; re-running resumes from the last one
+(step, weights, optimiser, occupancy grid, RNG states and elapsed time).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from pipeline.config import load_config
+from pipeline.log import get_logger, progress
+from pipeline.nn.hashgrid import HashGridConfig
+from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig, default_aabb
+from pipeline.stage import Stage, StageContext
+from pipeline.workspace import Workspace, WorkspaceError, write_json
+
+CHECKPOINT_NAME = "checkpoint.pt"
+BACKGROUNDS = ("white", "black", "random", "learned", "scene")
+
+
+@dataclass
+class NerfConfig:
+    model: NeRFModelConfig = field(default_factory=NeRFModelConfig)
+    # --- scene
+    scene_radius: float = 1.0  # the box [-r, r]^3 when the scene has no bounds (normalised frame)
+    background: str = "random"  # training background: random (needs alpha) | white | black | learned | scene
+    # --- optimisation
+    max_steps: int = 20000
+    max_time_s: float = 600.0  # wall-clock training budget (0 = none); evaluation is not counted
+    samples_per_batch: int = 65536  # hash: target samples per step; fourier: rays * (coarse + fine)
+    initial_rays: int = 2048  # hash: first ray batch before it adapts to the sample budget
+    max_rays: int = 16384
+    lr: float = 0.01
+    lr_final_factor: float = 0.05  # lr decays exponentially to lr * this at the end of the budget
+    warmup_steps: int = 50
+    weight_decay: float = 1e-6  # on MLP weights only
+    occupancy_update_every: int = 16
+    occupancy_warmup_steps: int = 128  # update every cell during these steps
+    occupancy_fraction: float = 0.125  # cells re-sampled per update after warm-up
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    mixed_precision: bool = True  # autocast (bfloat16) on CUDA only
+    checkpoint_every: int = 500
+    # --- evaluation
+    eval_chunk: int = 8192
+    eval_max_views: int = 0  # 0 = all views of the eval split
+    lpips: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data: every training pixel, as a flat table (rays are generated per batch).
+
+
+class PixelData:
+    """The training pixels of a scene: colours (P, 3 or 4) and, per pixel, its view and (u, v)."""
+
+    def __init__(self, scene, indices: list[int], device, use_alpha: bool):
+        colors, views, offsets = [], [], [0]
+        self.sizes = []
+        for i in indices:
+            img = scene.load_rgba(i) if use_alpha else scene.load_image(i)
+            if use_alpha and img.shape[-1] == 3:
+                img = np.concatenate([img, np.ones_like(img[..., :1])], -1)
+            h, w = img.shape[:2]
+            colors.append(torch.from_numpy(np.ascontiguousarray(img.reshape(-1, img.shape[-1]))))
+            self.sizes.append((h, w))
+            offsets.append(offsets[-1] + h * w)
+        self.colors = torch.cat(colors).to(device)
+        self.offsets = torch.tensor(offsets, device=device)
+        self.widths = torch.tensor([w for _, w in self.sizes], device=device)
+        self.cameras = scene.cameras(indices, device=device)
+        self.num_pixels = offsets[-1]
+
+    def sample(self, n: int, generator: torch.Generator):
+        """n random pixels -> rays_o, rays_d (n, 3), colours (n, C)."""
+        device = self.colors.device
+        pix = torch.randint(0, self.num_pixels, (n,), generator=generator, device=device)
+        view = torch.searchsorted(self.offsets, pix, right=True) - 1
+        local = pix - self.offsets[view]
+        w = self.widths[view]
+        uv = torch.stack([(local % w).float(), (local // w).float()], -1) + 0.5
+        rays_o, rays_d, _ = self.cameras[view].generate_rays(uv)
+        return rays_o, rays_d, self.colors[pix]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but torch sees no CUDA GPU; use device=auto or cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: NerfConfig, aabb, scene_background: str) -> NeRFModel:
+    bg = (0.0, 0.0, 0.0) if scene_background == "black" else (1.0, 1.0, 1.0)
+    return NeRFModel(cfg.model, aabb, background=bg, learn_background=cfg.background == "learned")
+
+
+def make_optimizer(model: NeRFModel, cfg: NerfConfig, device: torch.device) -> torch.optim.Optimizer:
+    grid_params, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if name.startswith("field.encoding"):
+            grid_params.append(p)
+        elif p.ndim >= 2:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if grid_params:
+        groups.append({"params": grid_params, "weight_decay": 0.0})
+    hash_model = cfg.model.kind == "hash"
+    lr = cfg.lr if hash_model else min(cfg.lr, 5e-4)  # the 8x256 MLP diverges at hash-grid learning rates
+    # instant-ngp's Adam settings: beta2 0.99 and a tiny eps (sparse grid gradients)
+    kwargs = dict(lr=lr, betas=(0.9, 0.99), eps=1e-15 if hash_model else 1e-8)
+    try:
+        return torch.optim.Adam(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # fused Adam is missing for this device / torch build
+        return torch.optim.Adam(groups, foreach=True, **kwargs)
+
+
+def lr_factor(progress_fraction: float, step: int, cfg: NerfConfig) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    return warm * cfg.lr_final_factor ** min(1.0, max(0.0, progress_fraction))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.device, resume_dir: Optional[Path],
+          log=None) -> dict:
+    """Train in place; returns training statistics. Resumes from ``resume_dir/checkpoint.pt``."""
+    log = log or get_logger("nerf")
+    optimizer = make_optimizer(model, cfg, device)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    step, elapsed, total_samples = 0, 0.0, 0
+    n_rays = cfg.initial_rays if cfg.model.kind == "hash" else max(
+        64, cfg.samples_per_batch // (cfg.model.num_coarse + cfg.model.num_fine))
+    ckpt_path = resume_dir / CHECKPOINT_NAME if resume_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed, total_samples, n_rays = state["step"], state["elapsed"], state["samples"], state["n_rays"]
+        log.info(f"nerf: resumed from {ckpt_path} at step {step} ({elapsed:.0f}s trained)")
+
+    def checkpoint_state():
+        return {"step": step, "elapsed": elapsed, "samples": total_samples, "n_rays": n_rays,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+    use_alpha = data.colors.shape[1] == 4
+    has_time_budget = cfg.max_time_s and cfg.max_time_s > 0
+    bar = progress(total=cfg.max_steps, desc="nerf", initial=step)
+    last_psnr, last_loss = float("nan"), float("nan")
+    model.train()
+    try:
+        while step < cfg.max_steps and not (has_time_budget and elapsed >= cfg.max_time_s):
+            t_start = time.perf_counter()
+            frac = step / cfg.max_steps
+            if has_time_budget:
+                frac = max(frac, elapsed / cfg.max_time_s)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * lr_factor(frac, step, cfg)
+            if model.occupancy is not None and step % cfg.occupancy_update_every == 0:
+                model.update_occupancy(all_cells=step < cfg.occupancy_warmup_steps, generator=generator,
+                                       fraction=cfg.occupancy_fraction)
+            rays_o, rays_d, target = data.sample(n_rays, generator)
+            bg = None
+            if use_alpha:
+                if cfg.background == "random":
+                    bg = torch.rand(n_rays, 3, device=device, generator=generator)
+                else:
+                    bg = model.background().detach().expand(n_rays, 3)
+                target = target[:, :3] * target[:, 3:] + bg * (1.0 - target[:, 3:])
+                if cfg.background == "learned":
+                    bg = None  # the model composites onto its learned colour
+            with _autocast(device, cfg.mixed_precision):
+                out = model.render_rays(rays_o, rays_d, perturb=True, background=bg, generator=generator,
+                                        max_samples=2 * cfg.samples_per_batch)
+            target = target[:out["rgb"].shape[0]]
+            loss = torch.mean((out["rgb"] - target) ** 2)
+            if "rgb_coarse" in out:
+                loss = loss + torch.mean((out["rgb_coarse"] - target) ** 2)
+            optimizer.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+                optimizer.step()
+            num_samples = int(out["num_samples"])
+            total_samples += num_samples
+            if cfg.model.kind == "hash" and num_samples > 0:
+                # steer the ray count so the next step evaluates about samples_per_batch samples
+                wanted = n_rays * cfg.samples_per_batch / num_samples
+                n_rays = int(min(cfg.max_rays, max(256, 0.7 * n_rays + 0.3 * wanted)))
+            step += 1
+            elapsed += time.perf_counter() - t_start
+            if step % 10 == 0 or step == 1:
+                mse = float(torch.mean((out["rgb"].detach() - target) ** 2))
+                last_loss, last_psnr = float(loss.detach()), -10 * np.log10(max(mse, 1e-10))
+                bar.set_postfix(loss=f"{last_loss:.4f}", psnr=f"{last_psnr:.2f}",
+                                samples_s=f"{total_samples / max(elapsed, 1e-9):.3g}")
+            bar.update(1)
+            if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save_checkpoint(ckpt_path, checkpoint_state())
+    except BaseException:
+        if ckpt_path is not None and step > 0:
+            save_checkpoint(ckpt_path, checkpoint_state())
+            log.warning(f"nerf: interrupted at step {step}; checkpoint saved to {ckpt_path} (re-run to resume)")
+        raise
+    finally:
+        bar.close()
+    if ckpt_path is not None:
+        save_checkpoint(ckpt_path, checkpoint_state())
+    return {"steps": step, "train_time_s": elapsed, "samples": total_samples,
+            "samples_per_s": total_samples / max(elapsed, 1e-9), "final_train_psnr": last_psnr,
+            "final_loss": last_loss, "final_rays_per_batch": n_rays}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(model: NeRFModel, scene, indices: list[int], out_dir: Path, depth_unit_scale: float, cfg: NerfConfig,
+             device: torch.device, log) -> dict:
+    """Render ``indices``, write renders/*.png and depth/*.npy, return mean metrics."""
+    import imageio.v3 as iio
+
+    from pipeline.metrics import lpips_or_reason, psnr, ssim
+    from pipeline.render import render_image
+
+    (out_dir / "renders").mkdir(parents=True, exist_ok=True)
+    (out_dir / "depth").mkdir(parents=True, exist_ok=True)
+    model.eval()
+    per_view, lpips_reason = [], None
+    t0 = time.time()
+    for i in progress(indices, desc="nerf eval"):
+        cam = scene.cameras([i], device=device)
+        with _autocast(device, cfg.mixed_precision):
+            out = render_image(model, cam, chunk=cfg.eval_chunk)
+        pred = out["rgb"].clamp(0, 1).numpy()
+        gt = scene.load_image(i)
+        name = scene.frames[i].name
+        iio.imwrite(out_dir / "renders" / f"{name}.png", (pred * 255 + 0.5).astype(np.uint8))
+        depth = out["depth"].numpy() / depth_unit_scale  # normalised frame -> original units
+        depth[out["acc"].numpy() < 0.5] = 0.0  # background: no depth
+        np.save(out_dir / "depth" / f"{name}.npy", depth.astype(np.float32))
+        entry = {"name": name, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+        if cfg.lpips:
+            value, lpips_reason = lpips_or_reason(pred, gt)
+            entry["lpips"] = value
+        per_view.append(entry)
+    render_time = time.time() - t0
+    lpips_values = [v["lpips"] for v in per_view if v.get("lpips") is not None]
+    return {"psnr": float(np.mean([v["psnr"] for v in per_view])) if per_view else None,
+            "ssim": float(np.mean([v["ssim"] for v in per_view])) if per_view else None,
+            "lpips": float(np.mean(lpips_values)) if lpips_values else None,
+            "lpips_reason": None if lpips_values else (lpips_reason or "LPIPS disabled (lpips=false)"),
+            "eval_views": len(per_view), "eval_render_s": render_time,
+            "eval_s_per_view": render_time / max(1, len(per_view)), "per_view": per_view}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def scene_aabb(scene, cfg: NerfConfig):
+    return default_aabb(scene.bounds, cfg.scene_radius)
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: NerfConfig = ctx.config
+    if cfg.background not in BACKGROUNDS:
+        raise ValueError(f"nerf background must be one of {BACKGROUNDS}, got {cfg.background!r}")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    scene = ctx.workspace.load_scene()
+    train_idx = scene.split("train")
+    eval_idx = scene.eval_split()
+    eval_note = "test split"
+    if not eval_idx:
+        eval_idx = train_idx[:: max(1, len(train_idx) // 5)]
+        eval_note = "training views (the scene has no held-out split)"
+    if cfg.eval_max_views:
+        eval_idx = eval_idx[:cfg.eval_max_views]
+    use_alpha = cfg.background != "scene" and scene.has_masks and all(
+        scene.frames[i].image_path.suffix.lower() == ".png" for i in train_idx)
+    data = PixelData(scene, train_idx, device, use_alpha)
+    if not use_alpha and cfg.background in ("random", "learned"):
+        ctx.log.info("nerf: images have no alpha; training against their own background")
+    aabb = scene_aabb(scene, cfg)
+    model = build_model(cfg, aabb, scene.background).to(device)
+    ctx.log.info(f"nerf: {cfg.model.kind} model, {len(train_idx)} training views ({data.num_pixels} pixels), "
+                 f"box {aabb.tolist()}, device {device}")
+    stats = train(model, data, cfg, device, ctx.resume_dir, ctx.log)
+    save_model(ctx.out_dir / "model.pt", model, cfg, scene.background)
+    scale = ctx.workspace.normalization().scale
+    metrics = evaluate(model, scene, eval_idx, ctx.out_dir, scale, cfg, device, ctx.log)
+    metrics.update(stats, eval_on=eval_note, device=str(device), model=cfg.model.kind,
+                   torch_threads=torch.get_num_threads())
+    if model.occupancy is not None:
+        metrics["occupancy_fraction"] = model.occupancy.occupancy_fraction()
+    write_json(ctx.out_dir / "metrics.json", metrics)
+    ctx.log.info(f"nerf: {stats['steps']} steps in {stats['train_time_s']:.0f}s "
+                 f"({stats['samples_per_s']:.3g} samples/s); test PSNR {metrics['psnr']:.2f} dB, "
+                 f"SSIM {metrics['ssim']:.3f}")
+    return {k: metrics[k] for k in ("psnr", "ssim", "lpips", "steps", "train_time_s", "samples_per_s")}
+
+
+def save_model(path: Path, model: NeRFModel, cfg: NerfConfig, scene_background: str) -> None:
+    torch.save({"config": asdict(cfg), "aabb": model.aabb.cpu(), "scene_background": scene_background,
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, path)
+
+
+def _config_from_dict(d: dict) -> NerfConfig:
+    model = dict(d.get("model", {}))
+    grid = HashGridConfig(**model.pop("grid", {}))
+    return NerfConfig(**{**{k: v for k, v in d.items() if k != "model"},
+                         "model": NeRFModelConfig(**model, grid=grid)})
+
+
+def load_model_file(path: Path, device="cpu") -> NeRFModel:
+    """A saved model.pt -> NeRFModel on ``device`` in eval mode."""
+    path = Path(path)
+    if not path.exists():
+        raise WorkspaceError(f"{path} is missing; run `python run.py nerf --workspace W` first")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = _config_from_dict(saved["config"])
+    model = build_model(cfg, saved["aabb"], saved.get("scene_background", "white"))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
+
+
+def load_trained(workspace: Workspace, device="cpu") -> NeRFModel:
+    """The trained NeRF of a workspace (a :class:`pipeline.render.DensityModel`), in eval mode."""
+    return load_model_file(Workspace(workspace.root if isinstance(workspace, Workspace) else workspace)
+                           .stage_dir("nerf") / "model.pt", device)
+
+
+STAGE = Stage(name="nerf", config_cls=NerfConfig, run=run, inputs=("poses/transforms.json",),
+              default_config="nerf-hash.yaml",
+              produced_by={"poses/transforms.json": "python run.py poses --workspace W"},
+              description="train a NeRF (hash grid or Fourier features) and render the test views")
+
+
+def default_config(name: str = "nerf-hash", overrides=()) -> NerfConfig:
+    return load_config(NerfConfig, name, overrides)
