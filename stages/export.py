@@ -335,9 +335,11 @@ def mesh_bounds(scene, model, sim, cfg_bounds) -> np.ndarray:
         return np.stack([c.min(0), c.max(0)])
     if scene is not None and scene.bounds is not None:
         return np.asarray(scene.bounds, dtype=np.float64)
-    if getattr(model, "bounds", None) is not None:
-        return np.asarray(model.bounds.cpu() if isinstance(model.bounds, torch.Tensor) else model.bounds,
-                          dtype=np.float64).reshape(2, 3)
+    for attr in ("bounds", "aabb"):  # the box the model was trained in (the NeRF's aabb)
+        box = getattr(model, attr, None)
+        if box is not None:
+            return np.asarray(box.detach().cpu() if isinstance(box, torch.Tensor) else box,
+                              dtype=np.float64).reshape(2, 3)
     return np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
 
@@ -411,7 +413,14 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int, densit
     fn, level = field_function(model, method, density_threshold, cameras, carve_min_views)
     with torch.no_grad():
         values = sample_grid(fn, bounds, resolution, device=device)
-    verts, faces = marching_cubes(values, bounds, level)
+    try:
+        verts, faces = marching_cubes(values, bounds, level)
+    except ValueError as exc:
+        hint = (f"the NeRF density never reaches density_threshold={density_threshold:g} inside the box "
+                f"(max {-values.min():.3g}): the model may be under-trained, or lower density_threshold"
+                if method == "nerf" else "the IDR SDF has no zero crossing inside the box: the model may be "
+                "under-trained, or widen mesh_bounds")
+        raise ValueError(f"{hint} ({exc})") from None
     n_raw = len(faces)
     verts, faces = keep_large_components(verts, faces, min_component_fraction)
     voxel = float(np.min((bounds[1] - bounds[0]) / (resolution - 1)))

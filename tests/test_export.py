@@ -143,3 +143,20 @@ def test_export_without_a_trained_model_says_what_to_run(tmp_path, monkeypatch):
         run_export(ws, method="nerf")
     with pytest.raises(ValueError, match="depth, views, mesh"):
         run_export(ws, what="depth,pointcloud")
+
+
+def test_views_follow_a_nerfstudio_camera_path_file(tmp_path, monkeypatch):
+    from pipeline.camera_paths import intrinsics_from_fov, orbit_path, write_nerfstudio_camera_path
+
+    ws, _ = make_sphere_workspace(tmp_path, monkeypatch, "idr", n_views=4)
+    # a user's path in the normalised frame: 3 frames, the last one looking away from the sphere
+    path = orbit_path([0, 0, 0], 2.0, 3, intrinsics_from_fov(20, 16, 40.0), elevation_deg=10.0)
+    path.c2w[2, :3, :3] = path.c2w[2, :3, :3] @ np.diag([-1.0, 1.0, -1.0])  # turn around (180 deg about y)
+    file = write_nerfstudio_camera_path(tmp_path / "camera_path.json", path)
+    run_export(ws, what="views", path="file", path_file=str(file), video=False)
+    frames = sorted((ws.stage_dir("export") / "views").glob("frame_*.png"))
+    assert len(frames) == 3 and not (ws.stage_dir("export") / "views" / "video.mp4").exists()
+    images = [iio.imread(f).astype(float) / 255 for f in frames]
+    assert images[0].shape == (16, 20, 3)
+    assert np.abs(images[0][8, 10] - 1.0).max() > 0.05  # the sphere in the middle
+    assert np.all(images[2] > 0.99)  # looking away: only background

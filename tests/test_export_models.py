@@ -42,10 +42,12 @@ class SphereSDF:
 
     def color(self, points: torch.Tensor) -> torch.Tensor:
         """rgb (N, 3): smooth stripes in ORIGINAL coordinates relative to the GT sphere."""
-        p = torch.as_tensor(self.to_original.apply_points(points.detach().cpu().double().numpy()))
-        u = (p - torch.as_tensor(CENTER)) / RADIUS
-        phase = torch.tensor([0.0, 2.1, 4.2], dtype=u.dtype)
-        return (0.5 + 0.4 * torch.sin(2.5 * u + phase)).float().to(points.device)
+        sim = self.to_original
+        rot = torch.as_tensor(sim.scale * sim.rotation, dtype=points.dtype, device=points.device)
+        shift = torch.as_tensor(sim.translation - CENTER, dtype=points.dtype, device=points.device)
+        u = (points @ rot.T + shift) / RADIUS
+        phase = torch.tensor([0.0, 2.1, 4.2], dtype=u.dtype, device=u.device)
+        return 0.5 + 0.4 * torch.sin(2.5 * u + phase)
 
     def query_sdf(self, points: torch.Tensor) -> torch.Tensor:
         return (points - self.center.to(points)).norm(dim=-1) - self.radius
