@@ -157,12 +157,12 @@ def load_model(workspace: Workspace, method: str, device: torch.device):
 
 def turbo(x: np.ndarray) -> np.ndarray:
     """Google's Turbo colour map (polynomial fit) of values in [0, 1]: (..., 3) float in [0, 1]."""
-    x = np.clip(np.asarray(x, dtype=np.float64), 0, 1)[..., None]
+    x = np.clip(np.asarray(x, dtype=np.float64), 0, 1)
     kr = np.array([0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943])
     kg = np.array([0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604])
     kb = np.array([0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973])
-    powers = x ** np.arange(6)
-    return np.clip(np.stack([powers @ kr, powers @ kg, powers @ kb], -1)[..., 0, :], 0, 1)
+    powers = x[..., None] ** np.arange(6)  # (..., 6)
+    return np.clip(np.stack([powers @ kr, powers @ kg, powers @ kb], -1), 0, 1)
 
 
 def depth_preview(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -47,7 +47,12 @@ def test_exported_depth_reprojects_onto_the_true_surface_in_original_units(tmp_p
         assert png.dtype == np.uint16
         np.testing.assert_allclose(png[valid] * scale, depth[valid], atol=scale)
         assert np.all(png[~valid] == 0)
-        assert iio.imread(out / f"{frame.name}_preview.png").shape == depth.shape + (3,)
+        preview = iio.imread(out / f"{frame.name}_preview.png")
+        assert preview.shape == depth.shape + (3,) and np.all(preview[~valid] == 0)
+        # colour-mapped: the nearest and farthest surface pixels get clearly different colours
+        near, far = np.unravel_index(np.argmin(np.where(valid, depth, np.inf)), depth.shape), \
+            np.unravel_index(np.argmax(np.where(valid, depth, -np.inf)), depth.shape)
+        assert np.abs(preview[near].astype(int) - preview[far].astype(int)).max() > 100
         normal = np.load(out / f"{frame.name}_normal.npy").reshape(-1, 3)[valid.reshape(-1)]
         expected = (points[valid.reshape(-1)] - CENTER) / RADIUS
         assert np.mean(np.sum(normal * expected, axis=1)) > 0.999  # normals in the original frame
