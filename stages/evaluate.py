@@ -304,8 +304,11 @@ def run(ctx: StageContext) -> dict:
         metrics["skipped"]["depth"] = "the scene has no GT depth maps"
     write_json(ctx.out_dir / "metrics.json", metrics)
     table = format_table(metrics)
-    ctx.log.info(f"eval ({method}):\n{table}")
-    print(table)
+    print(f"eval ({method}):\n{table}", flush=True)  # the table once, on stdout
+    headline = {k: metrics["views"].get(k) for k in ("psnr", "ssim", "depth_abs_rel") if k in metrics["views"]}
+    if "geometry" in metrics:
+        headline.update(chamfer_l1=metrics["geometry"]["chamfer_l1"], fscore=metrics["geometry"]["fscore"])
+    ctx.log.info(f"eval ({method}): {headline} -> eval/metrics.json")
     # the manifest keeps the headline numbers; per-view lists stay in metrics.json
     views = {k: v for k, v in metrics["views"].items() if k != "per_view"}
     geometry = {k: v for k, v in metrics.get("geometry", {}).items()}
