@@ -4,9 +4,11 @@ bounded memory" target), plus the timing of the export pieces on an analytic NeR
     python bench/export.py [--resolutions 270,540,1080] [--chunk 8192] [--samples 64]
 
 Each resolution renders in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
-What must stay flat is the WORKING memory: peak minus the baseline process minus the image
-buffers the frame itself needs (outputs gathered on the CPU: rgb + t + depth + acc, float32, held
-once as chunk parts and once concatenated). On CUDA the peak allocated device memory is also
+The process first renders a small frame of one full chunk (``chunk_working_mb``: what one chunk
+costs); the baseline is taken after it. What must stay near 0 at every resolution is
+``growth_beyond_buffers_mb``: peak minus baseline minus the image buffers the frame itself needs
+(outputs gathered on the CPU: rgb + t + depth + acc, float32, held once as chunk parts and once
+concatenated). On CUDA the peak allocated device memory is also
 reported (it holds only the chunk). Results: bench/RESULTS_export.md.
 """
 from __future__ import annotations
