@@ -54,6 +54,8 @@ class NerfConfig:
     occupancy_fraction: float = 0.125  # cells re-sampled per update after warm-up
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int = 0  # torch threads during this stage on CPU (0 = torch's default); 1 is faster
+    # than 2 when other processes keep the cores busy (threads then wait on each other)
     mixed_precision: bool = True  # autocast (bfloat16) on CUDA only
     checkpoint_every: int = 500
     # --- evaluation
@@ -173,10 +175,13 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
         step, elapsed, total_samples, n_rays = state["step"], state["elapsed"], state["samples"], state["n_rays"]
         log.info(f"nerf: resumed from {ckpt_path} at step {step} ({elapsed:.0f}s trained)")
 
+    rng_at_step_start = (generator.get_state(), torch.get_rng_state())
+
     def checkpoint_state():
+        # RNG states from the start of the step being run: an interrupted step is redone exactly
         return {"step": step, "elapsed": elapsed, "samples": total_samples, "n_rays": n_rays,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+                "generator": rng_at_step_start[0], "torch_rng": rng_at_step_start[1]}
 
     use_alpha = data.colors.shape[1] == 4
     has_time_budget = cfg.max_time_s and cfg.max_time_s > 0
@@ -186,6 +191,7 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
     try:
         while step < cfg.max_steps and not (has_time_budget and elapsed >= cfg.max_time_s):
             t_start = time.perf_counter()
+            rng_at_step_start = (generator.get_state(), torch.get_rng_state())
             frac = step / cfg.max_steps
             if has_time_budget:
                 frac = max(frac, elapsed / cfg.max_time_s)
@@ -298,6 +304,16 @@ def scene_aabb(scene, cfg: NerfConfig):
 
 def run(ctx: StageContext) -> dict:
     cfg: NerfConfig = ctx.config
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _run(ctx, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(ctx: StageContext, cfg: NerfConfig) -> dict:
     if cfg.background not in BACKGROUNDS:
         raise ValueError(f"nerf background must be one of {BACKGROUNDS}, got {cfg.background!r}")
     device = pick_device(cfg.device)

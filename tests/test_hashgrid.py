@@ -1,0 +1,108 @@
+"""The multiresolution hash grid: gradients, backend agreement, dense levels."""
+import pytest
+import torch
+
+from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding, hashgrid_torch, level_layout
+from tests.conftest import requires_cuda
+
+# 6 levels: the coarse ones are dense, the fine ones hashed (table 2^10 rows)
+SMALL = HashGridConfig(levels=6, features_per_level=2, log2_table_size=10, base_resolution=2,
+                       finest_resolution=64, backend="torch")
+
+
+def _grid(config=SMALL, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    grid = HashGridEncoding(config).to(dtype)
+    with torch.no_grad():
+        grid.table.normal_()  # large values, so that errors would show
+    return grid
+
+
+def test_layout_has_dense_coarse_levels_and_hashed_fine_levels():
+    layout = level_layout(SMALL)
+    assert layout["dense"].tolist()[:2] == [True, True] and not bool(layout["dense"][-1])
+    assert int(layout["size"][-1]) == 1 << 10
+    assert HashGridEncoding(SMALL).out_dim == 12
+
+
+def test_gradients_match_finite_differences_in_float64():
+    # a tiny table (64 rows per level) keeps the numerical Jacobian cheap; level 0 is dense
+    grid = _grid(HashGridConfig(levels=3, features_per_level=2, log2_table_size=6, base_resolution=2,
+                                finest_resolution=16, backend="torch"), dtype=torch.float64)
+    assert bool(grid.dense[0]) and not bool(grid.dense[-1])
+    x = torch.rand(16, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(points, table):
+        return hashgrid_torch(points, table, grid.scale.double(), grid.stride, grid.dense, grid.offset,
+                              grid.table_mask)
+
+    assert torch.autograd.gradcheck(fn, (x, grid.table), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("features", [1, 2, 4])
+def test_reference_and_naive_backends_agree(features):
+    config = HashGridConfig(**{**SMALL.__dict__, "features_per_level": features})
+    grid = _grid(config)
+    x = torch.rand(500, 3, requires_grad=True)
+    ref, naive = grid(x), grid(x, backend="naive")
+    assert torch.allclose(ref, naive, atol=1e-5)
+    weights = torch.randn_like(ref)
+    g_ref = torch.autograd.grad((ref * weights).sum(), [x, grid.table])
+    g_naive = torch.autograd.grad((naive * weights).sum(), [x, grid.table])
+    assert torch.allclose(g_ref[1], g_naive[1], atol=1e-4)
+    assert torch.allclose(g_ref[0], g_naive[0], rtol=1e-3, atol=1e-2)
+
+
+def test_interpolation_is_exact_at_grid_vertices_and_linear_between():
+    grid = _grid(HashGridConfig(levels=1, features_per_level=1, log2_table_size=12, base_resolution=4,
+                                finest_resolution=4, backend="torch"))
+    table = grid.table.detach()[:, 0]
+    stride = int(grid.stride[0])  # 6 vertices per axis, dense
+    vertex = torch.tensor([[1 / 4, 2 / 4, 3 / 4]])  # vertex (1, 2, 3)
+    assert torch.allclose(grid(vertex)[0, 0], table[1 + 2 * stride + 3 * stride ** 2], atol=1e-6)
+    mid = torch.tensor([[1.5 / 4, 2 / 4, 3 / 4]])  # halfway to vertex (2, 2, 3)
+    expected = 0.5 * (table[1 + 2 * stride + 3 * stride ** 2] + table[2 + 2 * stride + 3 * stride ** 2])
+    assert torch.allclose(grid(mid)[0, 0], expected, atol=1e-6)
+
+
+def test_inputs_outside_the_unit_cube_are_clamped_and_batch_shapes_kept():
+    grid = _grid()
+    x = torch.rand(2, 5, 3)
+    assert grid(x).shape == (2, 5, 12)
+    assert torch.allclose(grid(torch.tensor([[1.5, -0.2, 0.5]])), grid(torch.tensor([[1.0, 0.0, 0.5]])))
+
+
+def test_a_hash_grid_fits_a_3d_function():
+    grid = HashGridEncoding(HashGridConfig(levels=8, features_per_level=2, log2_table_size=14, base_resolution=4,
+                                           finest_resolution=128, backend="torch"))
+    head = torch.nn.Linear(grid.out_dim, 1)
+    opt = torch.optim.Adam(list(grid.parameters()) + list(head.parameters()), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    target = lambda p: torch.sin(6 * p[:, :1]) * torch.cos(4 * p[:, 1:2]) + p[:, 2:]  # noqa: E731
+    for _ in range(150):
+        p = torch.rand(1024, 3, generator=gen)
+        loss = ((head(grid(p)) - target(p)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p = torch.rand(4096, 3, generator=gen)
+    with torch.no_grad():
+        assert float(((head(grid(p)) - target(p)) ** 2).mean()) < 5e-3
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="backend"):
+        HashGridEncoding(HashGridConfig(backend="magic"))
+
+
+@requires_cuda
+def test_triton_backend_matches_the_reference_on_cuda():
+    grid = _grid(HashGridConfig(**{**SMALL.__dict__, "log2_table_size": 14})).cuda()
+    x = torch.rand(4096, 3, device="cuda", requires_grad=True)
+    ref, tri = grid(x, backend="torch"), grid(x, backend="triton")
+    assert torch.allclose(ref, tri, atol=1e-5)
+    w = torch.randn_like(ref)
+    g_ref = torch.autograd.grad((ref * w).sum(), [grid.table])[0]
+    g_tri = torch.autograd.grad((tri * w).sum(), [grid.table])[0]
+    assert torch.allclose(g_ref, g_tri, atol=1e-4)
+    assert grid.resolve_backend(x.device) in ("triton", "tcnn")

@@ -1,0 +1,285 @@
+"""NeRF: volume rendering, sampling, occupancy grid, fitting, resume, and the stage end to end."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cameras import Intrinsics, look_at
+from pipeline.nn.hashgrid import HashGridConfig
+from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig
+from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
+from pipeline.nn.volume_rendering import composite_dense, composite_packed, ray_aabb, sample_pdf, stratified_samples
+from pipeline.render import DensityModel
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for this test: on a shared 2-core machine two threads mostly wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY_GRID = HashGridConfig(levels=6, features_per_level=2, log2_table_size=12, base_resolution=4,
+                           finest_resolution=64, backend="torch")
+
+
+def slab_closed_form(sigma, a, b):
+    """Ray from t=0 through a slab of constant density sigma between t=a and t=b."""
+    acc = 1 - math.exp(-sigma * (b - a))
+    # integral of t * sigma * exp(-sigma (t - a)) dt over [a, b]
+    t_weighted = (a + 1 / sigma) - (b + 1 / sigma) * math.exp(-sigma * (b - a))
+    return acc, t_weighted
+
+
+@pytest.mark.parametrize("layout", ["dense", "packed"])
+def test_constant_density_slab_matches_the_closed_form(layout):
+    sigma, a, b, n = 3.0, 1.0, 1.8, 4000
+    color = torch.tensor([0.2, 0.5, 0.9])
+    edges = torch.linspace(0.0, 3.0, n + 1)
+    t = 0.5 * (edges[1:] + edges[:-1])
+    deltas = edges[1:] - edges[:-1]
+    density = torch.where((t >= a) & (t < b), torch.tensor(sigma), torch.tensor(0.0))
+    if layout == "dense":
+        out = composite_dense(density[None], color.expand(1, n, 3), t[None], deltas[None])
+    else:  # two rays, the first with no samples at all, only occupied samples kept
+        keep = density > 0
+        ray_index = torch.ones(int(keep.sum()), dtype=torch.long)
+        out = composite_packed(density[keep], color.expand(int(keep.sum()), 3), t[keep], deltas[keep], ray_index, 2)
+        assert float(out["acc"][0]) == 0.0
+        out = {k: v[1:] for k, v in out.items() if k != "weights"}
+    acc, t_weighted = slab_closed_form(sigma, a, b)
+    assert abs(float(out["acc"][0]) - acc) < 1e-3
+    assert abs(float(out["t"][0]) - t_weighted) < 2e-3
+    assert torch.allclose(out["rgb"][0], color * acc, atol=1e-3)
+
+
+def test_packed_compositing_matches_dense_and_has_the_same_gradients():
+    gen = torch.Generator().manual_seed(0)
+    sigma = torch.rand(3, 10, generator=gen).mul(5).requires_grad_()
+    rgb = torch.rand(3, 10, 3, generator=gen)
+    t = torch.sort(torch.rand(3, 10, generator=gen) * 2, -1).values
+    deltas = torch.full((3, 10), 0.1)
+    dense = composite_dense(sigma, rgb, t, deltas)
+    ray_index = torch.arange(3).repeat_interleave(10)
+    packed = composite_packed(sigma.reshape(-1), rgb.reshape(-1, 3), t.reshape(-1), deltas.reshape(-1), ray_index, 3)
+    for key in ("rgb", "acc", "t"):
+        assert torch.allclose(dense[key], packed[key], atol=1e-5)
+    g_dense = torch.autograd.grad(dense["rgb"].sum(), sigma)[0]
+    g_packed = torch.autograd.grad(packed["rgb"].sum(), sigma)[0]
+    assert torch.allclose(g_dense, g_packed, atol=1e-5)
+
+
+def test_ray_box_intersection_and_stratified_samples():
+    rays_o = torch.tensor([[0.0, 0.0, -3.0], [5.0, 5.0, -3.0]])
+    rays_d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    near, far = ray_aabb(rays_o, rays_d, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    assert torch.allclose(near[0], torch.tensor(2.0)) and torch.allclose(far[0], torch.tensor(4.0))
+    assert far[1] <= near[1]  # misses
+    t = stratified_samples(near[:1], far[:1], 8, perturb=True, generator=torch.Generator().manual_seed(0))
+    bins = torch.linspace(2, 4, 9)
+    assert ((t[0] >= bins[:-1]) & (t[0] <= bins[1:])).all()
+
+
+def test_hierarchical_samples_follow_the_weights():
+    bins = torch.linspace(0, 1, 11)[None]
+    weights = torch.zeros(1, 10)
+    weights[0, 7] = 1.0  # all mass in [0.7, 0.8]
+    t = sample_pdf(bins, weights, 64, deterministic=False, generator=torch.Generator().manual_seed(0))
+    assert float(((t >= 0.7) & (t <= 0.8)).float().mean()) > 0.95
+
+
+def test_occupancy_grid_marks_the_dense_region_and_the_marcher_skips_empty_space():
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16)
+
+    def ball(points):  # density 50 inside a ball of radius 0.3
+        return 50.0 * (points.norm(dim=-1) < 0.3).float()
+
+    for _ in range(3):
+        grid.update(ball, step_size=0.01, all_cells=True, generator=torch.Generator().manual_seed(0))
+    assert 0.0 < grid.occupancy_fraction() < 0.05
+    rays_o = torch.tensor([[0.0, 0.0, -2.0], [0.9, 0.9, -2.0]])
+    rays_d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    near, far = ray_aabb(rays_o, rays_d, grid.aabb)
+    ray_index, t, _ = march_rays(grid, march_schedule(5.0, 0.01), rays_o, rays_d, near, far, perturb=False)
+    assert (ray_index == 0).all() and ray_index.numel() > 0  # the ray beside the ball gets no samples
+    z = -2.0 + t
+    assert float(z.min()) > -0.45 and float(z.max()) < 0.45  # within the ball's occupied cells
+
+
+def test_cascades_cover_a_larger_box():
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8, cascades=3)
+    assert torch.allclose(grid.outer_box(), torch.tensor([[-4.0] * 3, [4.0] * 3]))
+    flat, inside = grid.cell_index(torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [5.0, 0.0, 0.0]]))
+    assert inside.tolist() == [True, True, False]
+    assert flat[0] < 8 ** 3 <= 2 * 8 ** 3 <= flat[1]  # the point at x=3 lives in cascade 2
+
+
+def _camera_rays(size=16):
+    """The rays of a 16x16 pinhole camera at z = -2 looking at the origin (OpenCV axes)."""
+    from pipeline.cameras import Cameras, image_rays
+
+    K = Intrinsics("pinhole", size, size, 20.0, 20.0, size / 2, size / 2)
+    cams = Cameras.from_intrinsics([K], look_at((0, 0, -2.0), (0, 0, 0), up=(0, -1, 0))[None])
+    rays_o, rays_d, _, _ = image_rays(cams, 0)
+    return rays_o, rays_d
+
+
+@pytest.mark.parametrize("kind", ["hash", "fourier"])
+def test_a_tiny_model_overfits_a_16x16_patch(kind, one_thread):
+    torch.manual_seed(0)
+    config = NeRFModelConfig(kind=kind, grid=TINY_GRID, width=32, occupancy_resolution=8, march_steps=16,
+                             fourier_width=64, fourier_depth=3, pos_freqs=4, num_coarse=8, num_fine=8)
+    model = NeRFModel(config, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    assert isinstance(model, DensityModel)
+    rays_o, rays_d = _camera_rays()
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 16), torch.linspace(0, 1, 16), indexing="ij")
+    target = torch.stack([xx, yy, 0.5 * (xx + yy)], -1).reshape(-1, 3)  # a smooth colour ramp
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2 if kind == "hash" else 2e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150 if kind == "hash" else 250):
+        out = model.render_rays(rays_o, rays_d, perturb=True, generator=gen)
+        loss = ((out["rgb"] - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        rgb = model.render_rays(rays_o, rays_d)["rgb"]
+    psnr = -10 * math.log10(float(((rgb - target) ** 2).mean()))
+    assert psnr > 25.0, f"{kind}: {psnr:.1f} dB"
+
+
+def test_siren_mlp_uses_sine_activations_with_its_initialisation():
+    from pipeline.nn.mlp import MLP, Sine
+
+    mlp = MLP(3, 1, width=64, num_hidden=3, activation="siren", siren_omega=30.0)
+    assert isinstance(mlp.act, Sine)
+    first = mlp.hidden[0].weight
+    assert float(first.detach().abs().max()) <= 1 / 3 + 1e-6
+    later = mlp.hidden[1].weight
+    assert float(later.detach().abs().max()) <= math.sqrt(6 / 64) / 30 + 1e-6
+
+
+# --- the stage on a tiny scene ------------------------------------------------------------
+
+
+def _tiny_workspace(tmp_path, views=6, size=16):
+    """A workspace whose poses/transforms.json holds a coloured ball seen from a ring of cameras."""
+    import imageio.v3 as iio
+
+    from datasets.nerfstudio import write_nerfstudio
+    from datasets.scene import Frame, Scene
+    from pipeline.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    K = Intrinsics("pinhole", size, size, 18.0, 18.0, size / 2, size / 2)
+    frames = []
+    for i in range(views):
+        angle = 2 * math.pi * i / views
+        eye = (2.5 * math.cos(angle), 2.5 * math.sin(angle), 0.5)
+        c2w = look_at(eye, (0, 0, 0))
+        yy, xx = np.mgrid[0:size, 0:size]
+        inside = (xx - size / 2 + 0.5) ** 2 + (yy - size / 2 + 0.5) ** 2 < (size / 3) ** 2
+        rgba = np.zeros((size, size, 4), np.uint8)
+        rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 60 + 20 * i, 40
+        rgba[..., 3] = inside * 255
+        path = img_dir / f"v{i}.png"
+        iio.imwrite(path, rgba)
+        frames.append(Frame(path, K, c2w))
+    scene = Scene(frames, {"train": list(range(1, views)), "test": [0]})
+    (ws.root / "poses").mkdir(parents=True)
+    write_nerfstudio(scene, ws.root / "poses" / "transforms.json", relative_to=ws.root / "poses")
+    return ws
+
+
+def _tiny_config(**overrides):
+    import stages.nerf as nerf
+
+    cfg = nerf.NerfConfig(model=NeRFModelConfig(grid=TINY_GRID, width=16, occupancy_resolution=8, march_steps=32))
+    cfg.samples_per_batch, cfg.initial_rays, cfg.max_time_s, cfg.max_steps = 2048, 128, 0.0, 8
+    cfg.occupancy_warmup_steps, cfg.occupancy_update_every, cfg.checkpoint_every = 4, 2, 3
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def _interrupt_at_call(model, n):
+    """Make model.render_rays raise KeyboardInterrupt on its n-th call (a user pressing Ctrl-C)."""
+    calls = {"n": 0}
+    original = model.render_rays
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    model.render_rays = flaky
+
+
+def test_resume_after_an_interruption_restores_step_optimiser_and_rng(tmp_path, one_thread):
+    import stages.nerf as nerf
+
+    ws = _tiny_workspace(tmp_path)
+    scene = ws.load_scene()
+    data = nerf.PixelData(scene, scene.split("train"), torch.device("cpu"), use_alpha=True)
+    aabb = nerf.scene_aabb(scene, _tiny_config())
+    cpu = torch.device("cpu")
+
+    def fresh():
+        torch.manual_seed(0)
+        return nerf.build_model(_tiny_config(), aabb, "white")
+
+    straight = fresh()
+    nerf.train(straight, data, _tiny_config(), cpu, None)
+
+    resume_dir = tmp_path / "resume"
+    resume_dir.mkdir()
+    interrupted = fresh()
+    _interrupt_at_call(interrupted, 6)
+    with pytest.raises(KeyboardInterrupt):
+        nerf.train(interrupted, data, _tiny_config(), cpu, resume_dir)
+    saved = torch.load(resume_dir / nerf.CHECKPOINT_NAME, weights_only=False)
+    assert saved["step"] == 5
+    assert all(int(s["step"]) == 5 for s in saved["optimizer"]["state"].values())
+
+    torch.manual_seed(123)  # disturb the global RNG: the checkpoint must restore its own
+    resumed = nerf.build_model(_tiny_config(), aabb, "white")
+    stats = nerf.train(resumed, data, _tiny_config(), cpu, resume_dir)
+    assert stats["steps"] == 8
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_stage_trains_evaluates_and_reloads(tmp_path, one_thread):
+    import stages.nerf as nerf
+    from pipeline.stage import run_stage
+
+    ws = _tiny_workspace(tmp_path)
+    result = run_stage(nerf.STAGE, ws, _tiny_config(max_steps=30))
+    out = ws.stage_dir("nerf")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 30 and metrics["psnr"] > 10 and metrics["samples_per_s"] > 0
+    assert metrics["lpips"] is not None or metrics["lpips_reason"]
+    assert (out / "renders" / "v0.png").exists()
+    depth = np.load(out / "depth" / "v0.npy")
+    assert depth.shape == (16, 16)
+    assert result.manifest["metrics"]["psnr"] == metrics["psnr"]
+    model = nerf.load_trained(ws)
+    assert isinstance(model, DensityModel)
+    sigma = model.query_density(torch.zeros(4, 3))
+    assert sigma.shape == (4,)
+    assert not (ws.root / ".resume" / "nerf").exists()  # cleared on success
+
+
+def test_config_files_load():
+    import stages.nerf as nerf
+
+    for name in ("nerf-hash", "nerf-fourier", "nerf-siren"):
+        cfg = nerf.default_config(name)
+        assert cfg.model.kind in ("hash", "fourier")
+    assert nerf.default_config("nerf-siren").model.activation == "siren"
