@@ -25,11 +25,12 @@ import torch
 
 from datasets.scene import Scene, SceneError
 from pipeline.config import config_hash
-from pipeline.mesh import keep_large_components, marching_cubes, read_ply, sample_grid, sample_surface, write_ply
+from pipeline.mesh import keep_large_components, marching_cubes, read_ply, sample_surface, write_ply
 from pipeline.metrics import chamfer_fscore, mask_iou, psnr, ssim
 from pipeline.nn.idr_cameras import PoseCorrections
 from pipeline.nn.idr_losses import LossConfig
 from pipeline.nn.idr_model import IDRModel, RendererConfig
+from pipeline.nn.sdf_mesh import sample_sdf_grid
 from pipeline.nn.sdf_network import SDFNetworkConfig
 from pipeline.nn.sphere_tracing import TracingConfig
 from pipeline.render import render_image
@@ -69,6 +70,7 @@ class IDRConfig:
     render_chunk: int = 16384
     checkpoint_every_s: float = 60.0
     seed: int = 0
+    cpu_threads: int = 1  # torch CPU threads while the stage runs (restored after); 0 = torch's default
     sdf: SDFNetworkConfig = field(default_factory=SDFNetworkConfig)
     renderer: RendererConfig = field(default_factory=RendererConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
@@ -155,7 +157,7 @@ def extract_mesh(model: IDRModel, cfg: IDRConfig, to_original) -> tuple[np.ndarr
     """Marching cubes of f over the bounding cube; vertices in original units, optional colours."""
     r = cfg.tracing.radius
     bounds = np.array([[-r] * 3, [r] * 3])
-    values = sample_grid(model.query_sdf, bounds, cfg.mesh_resolution, chunk=65536)
+    values = sample_sdf_grid(model.query_sdf, bounds, cfg.mesh_resolution, lipschitz=cfg.tracing.lipschitz)
     verts, faces = marching_cubes(values, bounds, 0.0)
     if cfg.mesh_min_component > 0:
         verts, faces = keep_large_components(verts, faces, cfg.mesh_min_component)
@@ -223,6 +225,17 @@ def _background(cfg: IDRConfig, views) -> np.ndarray:
 
 def run(ctx: StageContext) -> dict:
     cfg: IDRConfig = ctx.config
+    previous_threads = torch.get_num_threads()
+    if cfg.cpu_threads > 0:
+        # small per-step tensors: on a shared CPU one thread beats two spin-waiting ones by 5-10x
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _run(ctx, cfg)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     scene = ctx.workspace.load_scene()

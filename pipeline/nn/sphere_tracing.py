@@ -28,6 +28,9 @@ class TracingConfig:
     threshold: float = 5e-5  # |f| below which a march has converged (IDR: 5e-5)
     samples: int = 48  # fallback samples between the two march fronts
     secant_steps: int = 8  # secant refinement iterations on a bracketed crossing
+    # assumed bound on |grad f|: when the two fronts pass each other with f(a) + f(b) >= lipschitz *
+    # (b - a), no surface can lie between them and the ray is a miss without fallback sampling
+    lipschitz: float = 1.5
     chunk: int = 65536  # points per network call
 
 
@@ -97,7 +100,8 @@ def trace_surface(sdf_fn: SDFFunction, rays_o: torch.Tensor, rays_d: torch.Tenso
     t_front, t_back = near.clone(), far.clone()
     s_front = torch.full_like(near, float("inf"))
     t_prev, s_prev = near.clone(), torch.full_like(near, float("inf"))
-    t_back_prev = far.clone()
+    t_back_prev, s_back_prev = far.clone(), torch.zeros_like(far)
+    empty = torch.zeros_like(in_sphere)  # rays proven to miss
     # smallest SDF seen along each ray (for the mask loss of rays that miss)
     t_min, s_min = 0.5 * (near + far), torch.full_like(near, float("inf"))
     march_front, march_back = in_sphere.clone(), in_sphere.clone()
@@ -125,13 +129,20 @@ def trace_surface(sdf_fn: SDFFunction, rays_o: torch.Tensor, rays_d: torch.Tenso
         # back: march backwards while outside; it only bounds the fallback search interval
         stop_b = v_b < config.threshold
         go_b = idx_b[~stop_b]
-        t_back_prev[go_b] = t_back[go_b]
+        t_back_prev[go_b], s_back_prev[go_b] = t_back[go_b], v_b[~stop_b]
+        s_back_prev[idx_b[stop_b]] = 0.0  # the back march found a surface: no proof of emptiness
         t_back[go_b] = t_back[go_b] - v_b[~stop_b]
         march_back[idx_b[stop_b]] = False
-        # the fronts passed each other (a step larger than the true distance, or no surface):
-        # undo the last steps and leave the interval between them to the sampling fallback
+        # the fronts passed each other: either the spheres of the last steps cover the gap (no
+        # surface, for a field with |grad f| <= lipschitz) or a step was larger than the true
+        # distance; then undo the last steps and leave the gap to the sampling fallback
         crossed = march_front & (t_front >= t_back)
-        t_front[crossed], t_back[crossed] = t_prev[crossed], torch.maximum(t_back_prev[crossed], t_prev[crossed])
+        gap = (t_back_prev - t_prev).clamp_min(0)
+        proven = crossed & (s_prev + s_back_prev >= config.lipschitz * gap)
+        empty |= proven
+        unsure = crossed & ~proven
+        t_front[unsure], t_back[unsure] = t_prev[unsure], torch.maximum(t_back_prev[unsure], t_prev[unsure])
+        t_front[proven] = float("inf")
         march_front &= ~crossed
         march_back &= ~crossed
 
@@ -141,7 +152,7 @@ def trace_surface(sdf_fn: SDFFunction, rays_o: torch.Tensor, rays_d: torch.Tenso
     # overshoot: the last step went through the surface; bracket [t_prev, t_front]
     over = in_sphere & (s_front <= -config.threshold) & torch.isfinite(s_prev)
     # no convergence: search [t_front, t_back] for the first sign change
-    unconverged = in_sphere & (s_front >= config.threshold) & (t_front < t_back)
+    unconverged = in_sphere & ~empty & (s_front >= config.threshold) & (t_front < t_back)
     idx_u = unconverged.nonzero().squeeze(1)
     bracket_idx = [over.nonzero().squeeze(1)]
     bracket = [(t_prev[over], s_prev[over], t_front[over], s_front[over])]
