@@ -1,0 +1,176 @@
+"""NeRF benchmark: hash-grid training-step throughput (reference vs naive, torch.compile, GPU
+backends) and test PSNR within a training budget. Prints a markdown table.
+
+    python bench/nerf.py                         # speed rows only (about a minute on CPU)
+    python bench/nerf.py --quality lego,builtin,fourier --budget 600 --fourier-budget 1200
+    flock /tmp/recon-bench.lock python bench/nerf.py --quality lego   # on a shared machine
+
+Quality rows train the nerf stage in a scratch workspace (``--workdir``) on ``../shared/data/lego-200``
+(white background) or the built-in synthetic scene (``datasets.synthetic``), and report the test
+PSNR written to ``nerf/metrics.json``. ``--from-workspace NAME=W`` reads an existing run instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.nn.hashgrid import HashGridConfig  # noqa: E402
+from pipeline.nn.nerf_field import HashNeRFField  # noqa: E402
+
+NO_GPU = "not measured: no GPU in this session"
+
+
+def ray_samples(num_rays: int, per_ray: int, device, seed: int = 0):
+    """Points along random rays through the unit box, in marching order (like real training)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    origins = torch.rand(num_rays, 3, generator=gen) * 2 - 1
+    dirs = torch.nn.functional.normalize(torch.randn(num_rays, 3, generator=gen), dim=-1)
+    t = torch.linspace(0, 1.0, per_ray)
+    points = (origins[:, None] + dirs[:, None] * t[None, :, None]).clamp(-1, 1).reshape(-1, 3)
+    return points.to(device), dirs.repeat_interleave(per_ray, 0).to(device)
+
+
+def step_throughput(backend: str, device, num_rays=1024, per_ray=64, repeats=5, compile_field=False,
+                    grid=HashGridConfig(log2_table_size=17, finest_resolution=1024)) -> float:
+    """Samples per second of one full training step: field forward, backward and Adam."""
+    torch.manual_seed(0)
+    grid = HashGridConfig(**{**grid.__dict__, "backend": backend})
+    field = HashNeRFField(torch.tensor([[-1.0] * 3, [1.0] * 3]), grid).to(device)
+    opt = torch.optim.Adam(field.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
+    forward = torch.compile(field) if compile_field else field
+    points, dirs = ray_samples(num_rays, per_ray, device)
+    target = torch.rand(points.shape[0], 3, device=device)
+
+    def step():
+        sigma, rgb = forward(points, dirs)
+        loss = ((rgb - target) ** 2).mean() + 1e-3 * sigma.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (and compilation)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return points.shape[0] / sorted(times)[len(times) // 2]
+
+
+def encoding_fwd_bwd_time(backend: str, device, n=1 << 20, repeats=10) -> float:
+    from pipeline.nn.hashgrid import HashGridEncoding
+
+    grid = HashGridEncoding(HashGridConfig(backend=backend)).to(device)
+    x = torch.rand(n, 3, device=device)
+    for _ in range(2):
+        grid(x).sum().backward()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        grid(x).sum().backward()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+def train_quality(name: str, workdir: Path, budget: float, extra: list[str]) -> dict:
+    from pipeline.stage import run_stage
+    from pipeline.workspace import Workspace
+    from stages.poses import STAGE as POSES
+    from stages.poses import PosesConfig
+
+    import stages.nerf as nerf
+
+    ws = Workspace(workdir / name)
+    if name.startswith("lego"):
+        data = ROOT.parent / "shared" / "data" / "lego-200"
+    else:
+        from datasets.synthetic import SyntheticConfig, generate
+
+        data = generate(workdir / "synthetic-data", SyntheticConfig())
+    run_stage(POSES, ws, PosesConfig(data=str(data)))
+    config_name = "nerf-fourier" if name.endswith("fourier") else "nerf-hash"
+    cfg = nerf.default_config(config_name, [f"max_time_s={budget}", *extra])
+    run_stage(nerf.STAGE, ws, cfg, force=True)
+    return json.loads((ws.stage_dir("nerf") / "metrics.json").read_text())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quality", default="", help="comma list of lego, builtin, lego-fourier")
+    parser.add_argument("--budget", type=float, default=600.0)
+    parser.add_argument("--fourier-budget", type=float, default=1200.0)
+    parser.add_argument("--workdir", default="/tmp/recon-bench-nerf")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--from-workspace", action="append", default=[], help="NAME=W: report W/nerf/metrics.json")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--set", action="append", default=[], help="extra nerf config override key=value")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("RECON_QUIET", "1")
+    rows = []
+    cpu = torch.device("cpu")
+    load = os.getloadavg()[0]
+    machine = f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, load {load:.1f}"
+    if not args.skip_speed:
+        ref = step_throughput("torch", cpu)
+        naive = step_throughput("naive", cpu, repeats=3)
+        rows.append(("CPU train step, reference hash grid (samples/s)", f"{ref:.3g}", machine))
+        rows.append(("CPU train step, naive hash grid (samples/s)", f"{naive:.3g}", machine))
+        rows.append(("CPU reference / naive", f"{ref / naive:.1f}x", "target >= 10x"))
+        try:
+            compiled = step_throughput("torch", cpu, compile_field=True)
+            rows.append(("CPU train step, torch.compile(field) (samples/s)", f"{compiled:.3g}",
+                         f"{compiled / ref:.2f}x of eager"))
+        except Exception as exc:  # inductor needs a C++ compiler; report why not
+            rows.append(("CPU train step, torch.compile(field)", "failed", f"{type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:80] if str(exc) else ''}"))
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        name = torch.cuda.get_device_name()
+        t_ref = encoding_fwd_bwd_time("torch", gpu)
+        try:
+            t_tri = encoding_fwd_bwd_time("triton", gpu)
+            rows.append(("GPU hash grid fwd+bwd 2^20 pts, triton vs torch", f"{t_ref / t_tri:.1f}x",
+                         f"{name}: triton {t_tri * 1e3:.2f} ms, torch {t_ref * 1e3:.2f} ms"))
+        except Exception as exc:
+            rows.append(("GPU hash grid triton", "failed", f"{type(exc).__name__}: {exc}"[:120]))
+        sps = step_throughput("auto", gpu, num_rays=4096, per_ray=64)
+        rows.append(("GPU train step (samples/s)", f"{sps:.3g}", f"{name}; goal >= 2.5e8 on an H100"))
+    else:
+        rows.append(("GPU triton vs torch hash grid", "-", NO_GPU))
+        rows.append(("GPU train step (samples/s)", "-", NO_GPU))
+        rows.append(("GPU lego-200 PSNR in 60 s", "-", NO_GPU))
+    for item in [q for q in args.quality.split(",") if q]:
+        budget = args.fourier_budget if item.endswith("fourier") else args.budget
+        extra = list(args.set) + ([f"cpu_threads={args.threads}"] if args.threads else [])
+        m = train_quality(item, Path(args.workdir), budget, extra)
+        rows.append((f"{item} test PSNR, {budget:.0f} s budget", f"{m['psnr']:.2f} dB",
+                     f"SSIM {m['ssim']:.3f}, {m['steps']} steps, {m['samples_per_s']:.3g} samples/s, "
+                     f"{m['device']}, load {os.getloadavg()[0]:.1f}"))
+    for spec in args.from_workspace:
+        name, path = spec.split("=", 1)
+        m = json.loads((Path(path) / "nerf" / "metrics.json").read_text())
+        rows.append((f"{name} test PSNR ({m['train_time_s']:.0f} s trained)", f"{m['psnr']:.2f} dB",
+                     f"SSIM {m['ssim']:.3f}, {m['steps']} steps, {m['samples_per_s']:.3g} samples/s, {m['device']}"))
+    print("| measurement | value | notes |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+
+
+if __name__ == "__main__":
+    main()
