@@ -27,24 +27,28 @@ def sphere_trace(sdf: Callable[[torch.Tensor], torch.Tensor], rays_o: torch.Tens
     """March unit rays rays_o + t rays_d (N, 3) from t_near to t_far (N,).
 
     Returns (t (N,), hit (N,) bool). A ray hits when |sdf| < eps * max(1, t); rays still marching
-    after ``max_steps`` (grazing rays) count as hits when |sdf| < 20 eps.
+    after ``max_steps`` (grazing rays) count as hits when |sdf| < 20 eps. (Over-relaxed steps were
+    tried: most rays converge in ~10 steps here, and they saved nothing.)
     """
     t = t_near.clone()
     hit = torch.zeros_like(t, dtype=torch.bool)
-    active = torch.nonzero(t_near < t_far).squeeze(-1)
-    last = torch.full_like(t, float("inf"))
+    idx = torch.nonzero(t_near < t_far).squeeze(-1)
+    o, d, ta, tf = rays_o[idx], rays_d[idx], t[idx], t_far[idx]  # the marching rays, compacted each step
+    r = torch.zeros_like(ta)
     for _ in range(max_steps):
-        if active.numel() == 0:
+        if idx.numel() == 0:
             break
-        ta = t[active]
-        d = sdf(rays_o[active] + ta[:, None] * rays_d[active])
-        last[active] = d
-        converged = d.abs() < eps * ta.clamp_min(1.0)
-        t[active] = ta + torch.where(converged, torch.zeros_like(d), d)
-        hit[active[converged]] = True
-        active = active[~converged & (t[active] < t_far[active])]
-    if active.numel():
-        hit[active] = last[active].abs() < 20 * eps
+        r = sdf(o + ta[:, None] * d)
+        converged = r.abs() < eps * ta.clamp_min(1.0)
+        hit[idx[converged]] = True
+        t[idx[converged]] = ta[converged]
+        ta = ta + r
+        keep = ~converged & (ta < tf)
+        idx, o, d, ta, tf, r = idx[keep], o[keep], d[keep], ta[keep], tf[keep], r[keep]
+    if idx.numel():  # grazing rays out of steps: hits when already very near the surface
+        near = r.abs() < 20 * eps
+        hit[idx[near]] = True
+        t[idx[near]] = ta[near] - r[near]
     return t, hit
 
 

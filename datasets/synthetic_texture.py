@@ -84,8 +84,10 @@ def albedo(points: torch.Tensor, material: torch.Tensor, seed: int, scale: float
     ``scale`` multiplies every pattern size (the room uses larger patterns than the object).
     """
     out = torch.empty(points.shape[0], 3, dtype=points.dtype, device=points.device)
-    for m in torch.unique(material).tolist():
+    for m in range(int(material.max()) + 1 if len(material) else 0):
         sel = material == m
+        if not bool(sel.any()):
+            continue
         p = points[sel]
         big, small, dot = (s * scale for s in _MATERIAL_SCALES[m % len(_MATERIAL_SCALES)])
         ms = seed * 1000 + 97 * m
