@@ -53,6 +53,19 @@ def test_geometric_init_is_close_to_a_sphere():
     assert (sdf[points.norm(dim=-1) > 0.8] > 0).float().mean() > 0.95
 
 
+def test_hashgrid_variant_starts_as_a_sphere_and_trains_its_grid():
+    torch.manual_seed(0)
+    net = SDFNetwork(SDFNetworkConfig(encoding="hashgrid", hidden_dim=64, num_layers=3, skip_layers=[], feature_dim=8,
+                                      hash_levels=4, hash_log2_size=12, hash_max_resolution=64))
+    dirs = torch.randn(2000, 3)
+    points = dirs / dirs.norm(dim=-1, keepdim=True) * torch.empty(2000, 1).uniform_(0.3, 1.0)
+    sdf, _, grad = net.sdf_and_gradient(points, create_graph=True)
+    assert (sdf - (points.norm(dim=-1) - 0.6)).abs().mean() < 0.15  # a 3-layer MLP: a rougher sphere
+    ((grad.norm(dim=-1) - 1) ** 2).mean().backward()  # eikonal reaches the grid table (double backward)
+    table_grads = [p.grad for name, p in net.named_parameters() if name.startswith("encoding.")]
+    assert table_grads and all(g is not None for g in table_grads)
+
+
 def test_sdf_gradient_has_unit_norm_near_init_sphere():
     torch.manual_seed(0)
     net = SDFNetwork(SDFNetworkConfig(hidden_dim=128, feature_dim=8))

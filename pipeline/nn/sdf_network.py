@@ -41,6 +41,9 @@ class SDFNetworkConfig:
     hash_log2_size: int = 15
     hash_base_resolution: int = 16
     hash_max_resolution: int = 512
+    # the eikonal loss and normals in the renderer need second derivatives through the grid;
+    # the autograd ("naive") backend gives them, the fused ones only first derivatives
+    hash_backend: str = "naive"
     bound: float = 1.0
 
 
@@ -54,7 +57,8 @@ def _build_hashgrid(config: SDFNetworkConfig) -> nn.Module:
                                            features_per_level=config.hash_features_per_level,
                                            log2_table_size=config.hash_log2_size,
                                            base_resolution=config.hash_base_resolution,
-                                           finest_resolution=config.hash_max_resolution))
+                                           finest_resolution=config.hash_max_resolution,
+                                           backend=config.hash_backend))
 
 
 class SDFNetwork(nn.Module):
