@@ -95,7 +95,7 @@ def row(name, metrics, target) -> dict:
     return {"scene": name, "iters": metrics.get("iterations"), "train_s": metrics.get("train_time_s"),
             "psnr": metrics.get("psnr"), "psnr_mask": metrics.get("psnr_masked"), "ssim": metrics.get("ssim"),
             "mask_iou": metrics.get("mask_iou"), "chamfer/r": mesh.get("chamfer_l1_over_radius"),
-            "watertight": metrics.get("mesh_watertight"), "rot_err_deg": metrics.get("rotation_error_median_deg"),
+            "watertight": metrics.get("mesh_watertight"), "rot_err_deg": None,
             "target": target}
 
 
@@ -117,9 +117,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = [f"max_time_s={args.time}"] + list(args.set)
-    rows, results = [], {}
+    rows = []
+    results_path = out / "results.json"
+    # earlier runs into the same --out are kept (and give the fixed-camera Chamfer to compare with)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     scenes = [s for s in args.scenes.split(",") if s]
-    fixed_chamfer = None
+    fixed_chamfer = results.get("builtin", {}).get("mesh", {}).get("chamfer_l1_over_radius")
     for scene in scenes:
         if scene == "builtin":
             m = train(Workspace(out / "ws-builtin"), builtin_data(out), base)
@@ -140,6 +143,7 @@ def main(argv=None) -> int:
             r = row("cameras (2 deg, 2% r)", m, "rot_err<=0.3deg chamfer<=1.5x fixed")
             if fixed_chamfer and r["chamfer/r"]:
                 m["chamfer_vs_fixed"] = r["chamfer/r"] / fixed_chamfer
+            r["rot_err_deg"] = m["rotation_error_median_deg"]
             rows.append(r)
         elif scene == "lego":
             m = train(Workspace(out / "ws-lego"), SHARED / "lego-200", base)
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
         else:
             parser.error(f"unknown scene {scene!r}; choose from {SCENES}")
         results[scene] = m
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        results_path.write_text(json.dumps(results, indent=2, default=str))
     keys = list(rows[0].keys()) if rows else []
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
