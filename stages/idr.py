@@ -44,7 +44,7 @@ MODEL_FORMAT = "recon-idr-1"
 
 @dataclass
 class IDRConfig:
-    iterations: int = 4000
+    iterations: int = 20000
     max_time_s: float = 780.0  # training budget in seconds (counted across resumes); outputs come after
     batch_rays: int = 512  # rays per step
     mask_fraction: float = 0.6  # share of each batch drawn inside the masks
