@@ -18,6 +18,15 @@ from pipeline.nn.sdf_network import SDFNetwork, SDFNetworkConfig
 from pipeline.nn.sphere_tracing import TracingConfig, trace_surface
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is much faster than two on a shared CPU (restored after)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def sphere_sdf(radius=0.5):
     return lambda p: p.norm(dim=-1) - radius
 
@@ -38,7 +47,7 @@ def analytic_first_hit(rays_o, rays_d, radius):
 # --- geometry network --------------------------------------------------------------------------
 
 
-def test_geometric_init_is_close_to_a_sphere():
+def test_geometric_init_is_close_to_a_sphere(one_thread):
     torch.manual_seed(0)
     net = SDFNetwork(SDFNetworkConfig(hidden_dim=128, feature_dim=16, init_radius=0.6))
     dirs = torch.randn(4000, 3)
@@ -53,7 +62,7 @@ def test_geometric_init_is_close_to_a_sphere():
     assert (sdf[points.norm(dim=-1) > 0.8] > 0).float().mean() > 0.95
 
 
-def test_hashgrid_variant_starts_as_a_sphere_and_trains_its_grid():
+def test_hashgrid_variant_starts_as_a_sphere_and_trains_its_grid(one_thread):
     torch.manual_seed(0)
     net = SDFNetwork(SDFNetworkConfig(encoding="hashgrid", hidden_dim=64, num_layers=3, skip_layers=[], feature_dim=8,
                                       hash_levels=4, hash_log2_size=12, hash_max_resolution=64))
@@ -66,7 +75,7 @@ def test_hashgrid_variant_starts_as_a_sphere_and_trains_its_grid():
     assert table_grads and all(g is not None for g in table_grads)
 
 
-def test_sdf_gradient_has_unit_norm_near_init_sphere():
+def test_sdf_gradient_has_unit_norm_near_init_sphere(one_thread):
     torch.manual_seed(0)
     net = SDFNetwork(SDFNetworkConfig(hidden_dim=128, feature_dim=8))
     dirs = torch.randn(1000, 3)
@@ -115,7 +124,7 @@ def _tiny_net():
     return net
 
 
-def test_sample_network_gradient_matches_finite_differences():
+def test_sample_network_gradient_matches_finite_differences(one_thread):
     net = _tiny_net()
     rays_o, rays_d = rays_towards_origin(count=5, spread=0.05, dtype=torch.float64)
     precise = TracingConfig(radius=1.0, steps=10, threshold=1e-12, samples=16, secant_steps=12)
@@ -325,7 +334,7 @@ def test_idr_learns_the_sphere_silhouette(sphere_workspace):
     assert metrics["mask_iou"] > 0.8, metrics
 
 
-def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path):
+def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path, one_thread):
     import logging
 
     from stages.idr import build_model
@@ -351,7 +360,7 @@ def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path):
     assert torch.load(resume / CHECKPOINT_NAME, weights_only=False)["iteration"] == 6
 
 
-def test_time_budget_stops_training(sphere_workspace, tmp_path):
+def test_time_budget_stops_training(sphere_workspace, tmp_path, one_thread):
     import logging
 
     from stages.idr import build_model
