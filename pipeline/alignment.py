@@ -43,9 +43,9 @@ def align_cameras(est_c2w: np.ndarray, ref_c2w: np.ndarray, robust: bool = True)
     """The similarity taking estimated cameras onto reference cameras (apply it with ``apply_c2w``).
 
     est_c2w, ref_c2w: (N, 4, 4) OpenCV camera-to-world of the same N cameras, in the same order.
-    Fitted on camera centres. ``robust``: refit once without the cameras whose centre error exceeds
-    5x the median (a single badly registered camera should not drag the others), when at least 4
-    cameras remain.
+    Fitted on camera centres. ``robust`` (N >= 5): least-median-of-squares over minimal subsets,
+    then a least-squares refit on the cameras within 3 robust sigmas, so that one badly
+    registered camera does not drag the others (its error is still reported by pose_errors).
     """
     est_c2w, ref_c2w = _check_pair(est_c2w, ref_c2w)
     est_c, ref_c = est_c2w[:, :3, 3], ref_c2w[:, :3, 3]
@@ -53,11 +53,30 @@ def align_cameras(est_c2w: np.ndarray, ref_c2w: np.ndarray, robust: bool = True)
         return _align_two(est_c2w, ref_c2w)
     sim = umeyama(est_c, ref_c)
     if robust and len(est_c) >= 5:
-        residual = np.linalg.norm(sim.apply_points(est_c) - ref_c, axis=1)
-        keep = residual <= 5 * max(np.median(residual), 1e-12)
-        if keep.sum() >= 4 and not keep.all():
-            sim = umeyama(est_c[keep], ref_c[keep])
+        sim = _least_median_fit(est_c, ref_c, sim)
     return sim
+
+
+def _residuals(sim: Similarity, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(sim.apply_points(src) - dst, axis=1)
+
+
+def _least_median_fit(src: np.ndarray, dst: np.ndarray, initial: Similarity, trials: int = 300) -> Similarity:
+    rng = np.random.default_rng(0)  # deterministic: the same cameras always give the same figures
+    best, best_median = initial, float(np.median(_residuals(initial, src, dst)))
+    for _ in range(trials):
+        subset = rng.choice(len(src), 3, replace=False)
+        try:
+            candidate = umeyama(src[subset], dst[subset])
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        median = float(np.median(_residuals(candidate, src, dst)))
+        if median < best_median:
+            best, best_median = candidate, median
+    scale_of_scene = float(np.median(np.linalg.norm(dst - dst.mean(0), axis=1)))
+    threshold = max(3 * 1.4826 * best_median, 1e-9 * max(scale_of_scene, 1e-12))
+    keep = _residuals(best, src, dst) <= threshold
+    return umeyama(src[keep], dst[keep]) if keep.sum() >= max(3, len(src) // 2) else initial
 
 
 def _align_two(est_c2w: np.ndarray, ref_c2w: np.ndarray) -> Similarity:
@@ -80,8 +99,11 @@ def ring_radius(c2w: np.ndarray) -> float:
 
 def rotation_angle_deg(rotations: np.ndarray) -> np.ndarray:
     """Angle in degrees of each rotation matrix. rotations: (N, 3, 3) -> (N,)."""
-    trace = np.trace(rotations, axis1=-2, axis2=-1)
-    return np.degrees(np.arccos(np.clip((trace - 1) / 2, -1.0, 1.0)))
+    r = np.asarray(rotations, dtype=np.float64)
+    cos = (np.trace(r, axis1=-2, axis2=-1) - 1) / 2
+    axis = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
+    sin = np.linalg.norm(axis, axis=-1) / 2
+    return np.degrees(np.arctan2(sin, cos))  # accurate for small angles, unlike arccos
 
 
 def pose_errors(est_c2w: np.ndarray, ref_c2w: np.ndarray, sim: Similarity | None = None) -> dict:
