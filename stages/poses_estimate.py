@@ -366,6 +366,8 @@ class ImageStats:
     reprojection_error_px: Optional[float] = None
     points: int = 0  # observations of 3-D points
     other_model: Optional[int] = None  # index of a smaller model that holds it, if any
+    neighbour_names: list = field(default_factory=list)  # the images it overlaps (verified pairs)
+    neighbours_registered: int = 0  # how many of those were registered
 
 
 def database_stats(pycolmap, db_path: Path, min_inliers: int) -> dict[str, ImageStats]:
@@ -391,6 +393,9 @@ def database_stats(pycolmap, db_path: Path, min_inliers: int) -> dict[str, Image
                 s.best_inliers = max(s.best_inliers, inliers)
                 if inliers >= min_inliers:
                     s.neighbours += 1
+                    other = [i for i in pycolmap.pair_id_to_image_pair(pair_id) if i != image_id]
+                    if other and other[0] in by_id:
+                        s.neighbour_names.append(by_id[other[0]].name)
     finally:
         db.close()
     return {s.name: s for s in by_id.values()}
@@ -414,6 +419,10 @@ def diagnose(stats: ImageStats, median_features: float, median_sharpness: float)
     if stats.neighbours == 0:
         return (f"too little overlap: the best match with another image has only {stats.best_inliers} verified "
                 "correspondences; add photos in between")
+    if stats.neighbours_registered == 0:
+        shown = ", ".join(Path(n).stem for n in stats.neighbour_names[:5])
+        return (f"no overlap with the registered images: it only matches {shown}, not registered either "
+                "(photos of another place, or a part of the scene not bridged by other photos)")
     if stats.other_model is not None:
         return (f"the capture splits into disconnected parts: this image is in a separate model (#{stats.other_model}); "
                 "add photos that bridge the parts")
@@ -566,6 +575,8 @@ def estimate(scene: Scene, ctx) -> tuple[Scene, dict]:
     if best is not None:
         for name, (err, n_obs) in per_image_reprojection(best).items():
             stats[name].registered, stats[name].reprojection_error_px, stats[name].points = True, err, n_obs
+    for s in stats.values():
+        s.neighbours_registered = sum(stats[n].registered for n in s.neighbour_names if n in stats)
     frame_name = {im.colmap_name: scene.frames[im.frame_index].name for im in prepared}
     median_features = float(np.median([s.features for s in stats.values()])) if stats else 0.0
     median_sharp = float(np.median([im.sharpness for im in prepared]))
