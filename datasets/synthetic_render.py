@@ -93,15 +93,18 @@ def _trace_rays(scene: SDFScene, rays_o, rays_d, t_far_default: float, max_steps
 
 
 def _render_rays(scene: SDFScene, rays_o: torch.Tensor, rays_d: torch.Tensor, seed: int, texture_scale: float,
-                 t_far: float, max_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Trace and shade rays (N, 3): (t (N,), hit (N,) bool, colour (N, 3), normals (N, 3))."""
+                 t_far: float, max_steps: int,
+                 with_colour: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Trace and shade rays (N, 3): (t (N,), hit (N,) bool, colour (N, 3), normals (N, 3));
+    colour stays 0 when ``with_colour`` is False (texturing is the costliest part)."""
     t, hit = _trace_rays(scene, rays_o, rays_d, t_far, max_steps)
     colour = torch.zeros_like(rays_o)
     normals = torch.zeros_like(rays_o)
     if hit.any():
         points = rays_o[hit] + t[hit, None] * rays_d[hit]
         normals[hit] = scene.normals(points)
-        colour[hit] = shade(points, normals[hit], scene.material(points), seed, texture_scale)
+        if with_colour:
+            colour[hit] = shade(points, normals[hit], scene.material(points), seed, texture_scale)
     return t, hit, colour, normals
 
 
@@ -118,11 +121,14 @@ def render_view(scene: SDFScene, camera: Cameras, seed: int, texture_scale: floa
     # one batch: the pixel centres, then the 4 sub-pixel samples of every pixel
     uv = torch.cat([centres, (centres[None] + offsets[:, None]).reshape(-1, 2)])
     rays_o, rays_d, z_scale = camera.generate_rays(uv)
-    parts = [_render_rays(scene, rays_o[i:i + chunk], rays_d[i:i + chunk], seed, texture_scale, t_far, max_steps)
-             for i in range(0, len(uv), chunk)]
+    n = w * h
+    # pixel centres give geometry only; the sub-pixel samples give colour and coverage
+    spans = ([(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+             + [(a, min(a + chunk, len(uv))) for a in range(n, len(uv), chunk)])
+    parts = [_render_rays(scene, rays_o[a:b], rays_d[a:b], seed, texture_scale, t_far, max_steps, with_colour=a >= n)
+             for a, b in spans]
     t, hit, colour, normals = (torch.cat(x) for x in zip(*parts))
 
-    n = w * h
     centre_hit = hit[:n]
     depth = torch.where(centre_hit, t[:n] * z_scale[:n], torch.zeros_like(t[:n]))
     normals = normals[:n]
