@@ -39,6 +39,7 @@ from datasets.synthetic_sdf import (OBJECT_RADIUS, ROOM_CENTRE, ROOM_HALF, analy
 from datasets.synthetic_texture import albedo
 from pipeline.cameras import Cameras, Intrinsics, look_at, pinhole_from_fov
 from pipeline.log import get_logger, progress
+from pipeline.runtime import torch_threads
 
 __all__ = ["SyntheticConfig", "generate", "one_torch_thread", "analytic_sdf", "indoor_sdf", "object_cameras", "panorama_cameras",
            "CAMERA_RADIUS", "CAMERA_ANGLE_X", "OBJECT_RADIUS", "FORMAT_VERSION"]
@@ -268,18 +269,10 @@ def _write_panoramas(out_dir: Path, config: SyntheticConfig, log) -> dict:
 
 @contextmanager
 def one_torch_thread():
-    """Run torch on one thread for the duration, then restore the caller's setting.
-
-    Rendering is thousands of small elementwise ops; with 2 threads on a CPU shared with other jobs,
-    each op waits at OpenMP barriers for a descheduled thread: measured 5 s vs 0.1 s per 96 px view
-    on the 2-core dev machine under load. On an idle machine one thread loses little here.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """Rendering is thousands of small elementwise ops: one thread (measured 5 s vs 0.1 s per 96 px
+    view on the shared 2-core machine under load; on an idle machine one thread loses little)."""
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def generate(out_dir, config: Optional[SyntheticConfig] = None, log=None) -> Path:

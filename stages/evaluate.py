@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from pipeline.runtime import pick_device
 from pipeline.cameras import Cameras
 from pipeline.log import progress
 from pipeline.metrics import depth_errors, lpips_or_reason, mask_iou, mesh_chamfer_fscore, psnr, ssim
@@ -282,7 +283,7 @@ def format_table(metrics: dict) -> str:
 def run(ctx: StageContext) -> dict:
     cfg: EvalConfig = ctx.config
     method = export.resolve_method(ctx.workspace, cfg.method)
-    device = export.pick_device(cfg.device)
+    device = pick_device(cfg.device)
     scene = ctx.workspace.load_scene()
     sim = ctx.workspace.normalization()
     model = export.load_model(ctx.workspace, method, device)

@@ -21,7 +21,6 @@ Everything renders in the normalised frame and is written back with ``normalizat
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from pipeline.cameras import Cameras
 from pipeline.log import progress
 from pipeline.render import render_image
+from pipeline.runtime import pick_device
 from pipeline.stage import Stage, StageContext
 from pipeline.workspace import Workspace, WorkspaceError, write_json
 
@@ -129,14 +129,6 @@ def model_inputs(workspace: Workspace, config: Any) -> list[str]:
     except WorkspaceError:
         inputs.append("nerf" if config.method == "auto" else config.method)  # the runner says it is missing
     return inputs
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} asked for but torch sees no CUDA GPU; use device=cpu")
-    return torch.device(name)
 
 
 def load_model(workspace: Workspace, method: str, device: torch.device):

@@ -34,6 +34,7 @@ from pipeline.nn.sdf_mesh import sample_sdf_grid
 from pipeline.nn.sdf_network import SDFNetworkConfig
 from pipeline.nn.sphere_tracing import TracingConfig
 from pipeline.render import render_image
+from pipeline.runtime import torch_threads
 from pipeline.stage import Stage, StageContext
 from pipeline.workspace import Workspace, WorkspaceError, write_json
 from stages.idr_data import MaskOptions, RayBank, estimate_background, load_masks, load_views
@@ -225,14 +226,8 @@ def _background(cfg: IDRConfig, views) -> np.ndarray:
 
 def run(ctx: StageContext) -> dict:
     cfg: IDRConfig = ctx.config
-    previous_threads = torch.get_num_threads()
-    if cfg.cpu_threads > 0:
-        # small per-step tensors: on a shared CPU one thread beats two spin-waiting ones by 5-10x
-        torch.set_num_threads(cfg.cpu_threads)
-    try:
+    with torch_threads(cfg.cpu_threads):
         return _run(ctx, cfg)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(ctx: StageContext, cfg: IDRConfig) -> dict:

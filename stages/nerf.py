@@ -26,6 +26,7 @@ from pipeline.config import load_config
 from pipeline.log import get_logger, progress
 from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig, default_aabb
+from pipeline.runtime import pick_device, torch_threads
 from pipeline.stage import Stage, StageContext
 from pipeline.workspace import Workspace, WorkspaceError, write_json
 
@@ -72,7 +73,7 @@ class PixelData:
     """The training pixels of a scene: colours (P, 3 or 4) and, per pixel, its view and (u, v)."""
 
     def __init__(self, scene, indices: list[int], device, use_alpha: bool):
-        colors, views, offsets = [], [], [0]
+        colors, offsets = [], [0]
         self.sizes = []
         for i in indices:
             img = scene.load_rgba(i) if use_alpha else scene.load_image(i)
@@ -101,14 +102,6 @@ class PixelData:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but torch sees no CUDA GPU; use device=auto or cpu")
-    return torch.device(name)
 
 
 def build_model(cfg: NerfConfig, aabb, scene_background: str) -> NeRFModel:
@@ -304,13 +297,8 @@ def scene_aabb(scene, cfg: NerfConfig):
 
 def run(ctx: StageContext) -> dict:
     cfg: NerfConfig = ctx.config
-    threads = torch.get_num_threads()
-    if cfg.cpu_threads > 0:
-        torch.set_num_threads(cfg.cpu_threads)
-    try:
+    with torch_threads(cfg.cpu_threads):
         return _run(ctx, cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(ctx: StageContext, cfg: NerfConfig) -> dict:

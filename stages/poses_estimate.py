@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from datasets.scene import Frame, Scene, SceneError
+from datasets.scene import Scene, SceneError
 from pipeline.cameras import Intrinsics
 
 MATCHERS = ("auto", "exhaustive", "sequential")

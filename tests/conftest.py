@@ -33,3 +33,13 @@ def shared_data():
 
 requires_cuda = pytest.mark.skipif(
     not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test of small tensors: on a shared 2-core machine two threads mostly
+    wait on each other."""
+    from pipeline.runtime import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -1,7 +1,6 @@
 """The eval stage and its geometry metrics on analytic scenes."""
 import json
 
-import numpy as np
 import pytest
 
 from pipeline.stage import run_stage

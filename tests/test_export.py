@@ -1,6 +1,5 @@
 """The export stage on analytic scenes: depth that lands on the true surface, videos, meshes."""
 import json
-import math
 
 import imageio.v2 as iio2
 import imageio.v3 as iio
@@ -10,12 +9,12 @@ import torch
 
 from datasets.nerfstudio import read_nerfstudio
 from pipeline.cameras import Cameras, pixel_grid
-from pipeline.mesh import is_watertight, keep_large_components, read_ply
+from pipeline.mesh import is_watertight, read_ply
 from pipeline.stage import run_stage
 from pipeline.workspace import WorkspaceError
 from stages import export
 from stages.export import extract_mesh, visibility_counts
-from tests.test_export_models import CENTER, RADIUS, SphereDensity, SphereSDF, make_sphere_workspace, ring_cameras
+from tests.test_export_models import CENTER, RADIUS, SphereDensity, make_sphere_workspace, ring_cameras
 
 
 def run_export(ws, **overrides):

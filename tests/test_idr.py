@@ -18,15 +18,6 @@ from pipeline.nn.sdf_network import SDFNetwork, SDFNetworkConfig
 from pipeline.nn.sphere_tracing import TracingConfig, trace_surface
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one torch thread is much faster than two on a shared CPU (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def sphere_sdf(radius=0.5):
     return lambda p: p.norm(dim=-1) - radius
 

@@ -13,15 +13,6 @@ from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
 from pipeline.nn.volume_rendering import composite_dense, composite_packed, ray_aabb, sample_pdf, stratified_samples
 from pipeline.render import DensityModel
 
-@pytest.fixture
-def one_thread():
-    """One torch thread for this test: on a shared 2-core machine two threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY_GRID = HashGridConfig(levels=6, features_per_level=2, log2_table_size=12, base_resolution=4,
                            finest_resolution=64, backend="torch")
 

@@ -199,7 +199,6 @@ def test_llff_reader_scales_intrinsics_for_downscaled_images(tmp_path):
 def write_idr_fixture(root, n=3):
     """cameras.npz with world_mat = s * K [R | t] (original units) and a scale_mat that puts the
     object in the unit sphere. Returns (K list, c2w in the normalised frame list, scale_mat)."""
-    rng = np.random.default_rng(4)
     scale_mat = np.eye(4)
     scale_mat[:3, :3] *= 2.5  # normalised -> original: X = 2.5 x + centre
     scale_mat[:3, 3] = [10.0, -4.0, 3.0]

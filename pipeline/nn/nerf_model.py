@@ -10,7 +10,6 @@ Implements :class:`pipeline.render.DensityModel` (``render_rays``, ``query_densi
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 

@@ -14,7 +14,6 @@ keeps those in occupied cells: a packed list of samples sorted by ray.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn

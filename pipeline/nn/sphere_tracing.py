@@ -95,7 +95,6 @@ def trace_surface(sdf_fn: SDFFunction, rays_o: torch.Tensor, rays_d: torch.Tenso
 
     rays_o, rays_d: (N, 3), rays_d unit length. Returns :class:`SurfaceHits`.
     """
-    n = rays_o.shape[0]
     near, far, in_sphere = ray_sphere_intersection(rays_o, rays_d, config.radius)
     t_front, t_back = near.clone(), far.clone()
     s_front = torch.full_like(near, float("inf"))
