@@ -13,8 +13,7 @@ LOGGER_NAME = "recon"
 
 
 def is_quiet() -> bool:
-    """Quiet when RECON_QUIET is set, or in CI (CI=true), or when stderr is not a terminal and
-    RECON_PROGRESS is not set."""
+    """Quiet (no progress bars) when RECON_QUIET is set to anything but 0, or in CI (CI=true)."""
     if os.environ.get("RECON_QUIET", "") not in ("", "0"):
         return True
     if os.environ.get("CI", "").lower() in ("1", "true"):
@@ -49,5 +48,9 @@ def detach_log_file(handler: logging.Handler) -> None:
 
 
 def progress(iterable: Optional[Iterable] = None, total: Optional[int] = None, desc: str = "", **kwargs):
-    """A tqdm progress bar, disabled in quiet mode. Use ``bar.set_postfix(loss=...)`` for live numbers."""
+    """A tqdm progress bar, disabled in quiet mode. Use ``bar.set_postfix(loss=...)`` for live numbers.
+
+    When stderr is not a terminal (output sent to a file), the bar updates every 30 s instead of
+    many times a second, so logs stay readable."""
+    kwargs.setdefault("mininterval", 0.1 if sys.stderr.isatty() else 30.0)
     return tqdm(iterable, total=total, desc=desc, disable=is_quiet(), dynamic_ncols=True, leave=False, **kwargs)

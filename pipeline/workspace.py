@@ -7,9 +7,8 @@ Layout (each stage owns one folder and writes a ``manifest.json`` in it)::
                   sparse/ (COLMAP model, when estimated), points.ply, report.json
       nerf/       model.pt, test renders, depth .npy, metrics.json
       idr/        model.pt, renders, mesh.ply, metrics.json
-      exports/    depth/, views/ (frames + mp4), mesh.ply / mesh.obj
-      eval/       metrics.json
-      report/     human-readable summaries
+      export/     depth/, views/ (frames + mp4), mesh.ply / mesh.obj
+      eval/       metrics.json, renders/
       logs/       run.log (everything the stages logged)
       .resume/S/  checkpoints of an interrupted stage S (removed when S completes)
       .tmp/       outputs being written (renamed into place only when complete)
@@ -28,9 +27,6 @@ from pipeline.normalize import Similarity
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-LAYOUT = ("poses", "nerf", "idr", "exports", "eval", "report", "logs")
-
 
 class WorkspaceError(RuntimeError):
     """A workspace is missing what a stage needs; the message says which command produces it."""
