@@ -137,30 +137,42 @@ def _corner_bits(device) -> torch.Tensor:
     return torch.stack([(c >> 2) & 1, (c >> 1) & 1, c & 1], -1)
 
 
-# Rows of F = 2 floats are gathered / scattered as single complex numbers: 1-D index ops on 8-byte
-# elements are several times faster on CPU than row-wise ops on a (rows, 2) tensor.
+# Rows are gathered as single wide elements (a float32 row of F = 2 is one int64, F = 4 one
+# complex128; the copy is bit-exact) and scattered as complex numbers (two floats per add): 1-D index
+# ops on 8- or 16-byte elements are several times faster on CPU than row-wise ops on (rows, F).
+_WIDE = {4: torch.int32, 8: torch.int64, 16: torch.complex128}
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """table (R, F), idx (...) int -> (..., F) (a strided view for F = 2)."""
+    """table (R, F), idx (...) int -> (..., F) rows of table."""
     flat_idx = idx.reshape(-1)
-    if table.shape[1] == 2 and table.dtype in _COMPLEX and table.is_contiguous():
-        rows = torch.view_as_complex(table).index_select(0, flat_idx)
-        return torch.view_as_real(rows).view(*idx.shape, 2)
-    return table.index_select(0, flat_idx).view(*idx.shape, table.shape[1])
+    F = table.shape[1]
+    wide = _WIDE.get(F * table.element_size())
+    if wide is not None and table.is_contiguous():
+        rows = table.view(wide).view(-1).index_select(0, flat_idx)
+        return rows.view(table.dtype).view(*idx.shape, F)
+    return table.index_select(0, flat_idx).view(*idx.shape, F)
 
 
 def _scatter_add_rows(table: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A zero tensor like table (R, F) with values (..., F) (same leading shape as idx) added at idx."""
+    """A zero tensor like table (R, F) with values (..., F) (same leading shape as idx) added at idx.
+
+    One 1-D ``index_add_`` per column (pair of columns as a complex number): the 1-D CPU kernel is a
+    tight loop and takes the int32 indices as they are (no int64 copy of the index)."""
     F = table.shape[1]
     flat_idx = idx.reshape(-1)
     values = values.reshape(-1, F)
-    if F == 2 and table.dtype in _COMPLEX:
-        out = torch.zeros(table.shape[0], dtype=_COMPLEX[table.dtype], device=table.device)
-        out.scatter_add_(0, flat_idx.long(), torch.view_as_complex(values.contiguous()))
-        return torch.view_as_real(out)
-    return torch.zeros_like(table).index_add_(0, flat_idx, values)
+    if F % 2 == 0 and table.dtype in _COMPLEX:
+        out = torch.zeros(table.shape[0], F // 2, dtype=_COMPLEX[table.dtype], device=table.device)
+        src = torch.view_as_complex(values.contiguous().view(-1, F // 2, 2))
+        for j in range(F // 2):
+            out[:, j].index_add_(0, flat_idx, src[:, j])
+        return torch.view_as_real(out).view(table.shape[0], F)
+    out = torch.zeros_like(table)
+    for j in range(F):
+        out[:, j].index_add_(0, flat_idx, values[:, j])
+    return out
 
 
 class _HashGridFunction(torch.autograd.Function):

@@ -119,7 +119,8 @@ class NeRFModel(nn.Module):
     # --- samplers ---------------------------------------------------------------------------
 
     def _render_hash(self, rays_o, rays_d, perturb, generator, max_samples=None):
-        box = self.occupancy.outer_box()
+        # march only through the box around the occupied cells (samples elsewhere would be dropped)
+        box = self.occupancy.occupied_box().to(rays_o.device)
         near, far = ray_aabb(rays_o, rays_d, box, min_near=0.0)
         far_max = float(far.max()) if far.numel() else 0.0
         if far_max > float(self.schedule[-1]):  # cameras further out than the schedule reaches

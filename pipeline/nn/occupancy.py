@@ -98,6 +98,30 @@ class OccupancyGrid(nn.Module):
         self.occupied.copy_(self.density > threshold)
         self.updates += 1
 
+    def occupied_box(self) -> torch.Tensor:
+        """(2, 3) the smallest box around all occupied cells (all cascades); empty (min > max) when
+        no cell is occupied. Rays are clipped to it: no candidate samples are made in front of or
+        behind the object (the marcher's cost grows with the candidates, not the kept samples)."""
+        R = self.resolution
+        lo_all, hi_all = [], []
+        for c in range(self.cascades):
+            occ = self.occupied[c].view(R, R, R)
+            if not bool(occ.any()):
+                continue
+            box = self.cascade_box(c)
+            cell = (box[1] - box[0]) / R
+            axes_lo, axes_hi = [], []
+            for axis in range(3):
+                others = tuple(a for a in range(3) if a != axis)
+                used = torch.nonzero(occ.any(dim=others[1]).any(dim=others[0]))[:, 0]
+                axes_lo.append(used[0])
+                axes_hi.append(used[-1] + 1)
+            lo_all.append(box[0] + torch.stack(axes_lo).to(box.dtype) * cell)
+            hi_all.append(box[0] + torch.stack(axes_hi).to(box.dtype) * cell)
+        if not lo_all:
+            return torch.stack([self.aabb[1], self.aabb[0]])  # empty: every ray misses it
+        return torch.stack([torch.stack(lo_all).amin(0), torch.stack(hi_all).amax(0)])
+
     def occupancy_fraction(self) -> float:
         return float(self.occupied.float().mean())
 

@@ -95,7 +95,9 @@ def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, de
     excl = (excl_global - start_value).float()
     alpha = 1.0 - torch.exp(-sd)
     weights = alpha * torch.exp(-excl)
-    out_rgb = rgb.new_zeros(num_rays, 3).index_add(0, ray_index, weights[:, None] * rgb)
+    # per-ray sums as 1-D index_adds: the CPU kernel for 2-D (M, 3) rows pays an iterator per sample
+    weighted_rgb = weights[:, None] * rgb
+    out_rgb = torch.stack([rgb.new_zeros(num_rays).index_add(0, ray_index, weighted_rgb[:, j]) for j in range(3)], -1)
     acc = sigma.new_zeros(num_rays).index_add(0, ray_index, weights)
     depth = sigma.new_zeros(num_rays).index_add(0, ray_index, weights * t)
     return {"rgb": out_rgb, "acc": acc, "t": depth, "weights": weights}
