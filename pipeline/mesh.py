@@ -61,9 +61,14 @@ def keep_large_components(verts: np.ndarray, faces: np.ndarray, min_fraction: fl
     face_labels = labels[faces[:, 0]]
     counts = np.bincount(face_labels)
     keep = counts[face_labels] >= max(1, min_fraction * len(faces))
+    return select_faces(verts, faces, keep)
+
+
+def select_faces(verts: np.ndarray, faces: np.ndarray, keep: np.ndarray):
+    """The faces where ``keep`` (F,) bool is true, with only the vertices they use (re-indexed)."""
     faces = faces[keep]
     used = np.unique(faces)
-    remap = -np.ones(n, dtype=np.int64)
+    remap = -np.ones(len(verts), dtype=np.int64)
     remap[used] = np.arange(len(used))
     return verts[used], remap[faces]
 

@@ -86,6 +86,8 @@ class ExportConfig:
     # thick absorbs 63% of light; lower it for fuzzy surfaces, raise it to shed haze
     carve_min_views: int = 1  # NeRF: density is kept only where this many training cameras see it
     min_component_fraction: float = 0.01  # drop mesh pieces with fewer faces than this fraction
+    cull_hidden: bool = True  # NeRF: drop faces no training view sees as its first surface (the inside of solids)
+    cull_tolerance: float = 2.0  # voxels behind a view's rendered depth that still count as seen
     mesh_colors: bool = True  # vertex colours from the radiance field, viewed along the normal
     obj: bool = True  # also write mesh.obj
 
@@ -395,12 +397,48 @@ def query_vertex_colors(model, verts: torch.Tensor, normals: torch.Tensor, chunk
     return torch.cat(out).clamp(0, 1) if out else torch.zeros(0, 3)
 
 
+def render_depth_maps(model, cameras: Cameras, chunk: int = 8192) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(depth (H, W), opacity (H, W)) of each camera of the batch, rendered by the model."""
+    maps = []
+    for i in progress(range(len(cameras)), desc="visibility depth"):
+        r = render_image(model, cameras[i], chunk=chunk)
+        maps.append((r["depth"], r["acc"]))
+    return maps
+
+
+def first_surface_vertices(verts: torch.Tensor, cameras: Cameras, depth_maps, tolerance: float,
+                           min_opacity: float = 0.5) -> torch.Tensor:
+    """(V,) bool: vertices (V, 3) that some camera sees as its first surface, i.e. they project
+    inside its image onto a pixel of opacity >= ``min_opacity`` and lie no more than ``tolerance``
+    behind that pixel's rendered depth (z-depth, or range for equirect cameras; units of verts)."""
+    seen = torch.zeros(len(verts), dtype=torch.bool)
+    for i, (depth, opacity) in enumerate(depth_maps):
+        cam = cameras[i]
+        pc = cam.world_to_camera(verts.to(cam.fx.device)).cpu()
+        distance = pc.norm(dim=-1) if cam.model == "equirect" else pc[:, 2]
+        in_front = distance > 1e-6
+        uv = cam.project(torch.where(in_front[:, None], pc, torch.ones_like(pc)).to(cam.fx.device)).cpu()
+        h, w = depth.shape
+        px, py = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+        inside = in_front & (px >= 0) & (px < w) & (py >= 0) & (py < h)
+        px, py = px.clamp(0, w - 1), py.clamp(0, h - 1)
+        seen |= inside & (opacity[py, px] >= min_opacity) & (distance <= depth[py, px] + tolerance)
+    return seen
+
+
 def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int, density_threshold: float = 25.0,
                  cameras: Optional[Cameras] = None, carve_min_views: int = 1, min_component_fraction: float = 0.01,
-                 colors: bool = True, device="cpu") -> dict:
+                 colors: bool = True, device="cpu", cull_hidden: bool = True, cull_tolerance: float = 2.0,
+                 chunk: int = 8192) -> dict:
     """The surface of a trained model in the normalised frame: dict of verts (V, 3), faces (F, 3),
-    normals (V, 3) outward, colors (V, 3) in [0, 1] or None, and stats."""
-    from pipeline.mesh import keep_large_components, marching_cubes, sample_grid
+    normals (V, 3) outward, colors (V, 3) in [0, 1] or None, and stats.
+
+    ``cull_hidden`` (NeRF, with ``cameras``): keep only faces with a vertex that some camera sees as
+    its first surface (within ``cull_tolerance`` voxels of its rendered depth). A NeRF's density
+    inside a solid is never observed and is often low in places, so the iso-surface also runs
+    through the inside; on the built-in scene half of the unculled mesh's area lay inside the object
+    and culling it cut the Chamfer distance three-fold (bench/RESULTS.md)."""
+    from pipeline.mesh import keep_large_components, marching_cubes, sample_grid, select_faces
 
     fn, level = field_function(model, method, density_threshold, cameras, carve_min_views)
     with torch.no_grad():
@@ -414,15 +452,24 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int, densit
                 "under-trained, or widen mesh_bounds")
         raise ValueError(f"{hint} ({exc})") from None
     n_raw = len(faces)
-    verts, faces = keep_large_components(verts, faces, min_component_fraction)
     voxel = float(np.min((bounds[1] - bounds[0]) / (resolution - 1)))
+    n_hidden = 0
+    if cull_hidden and method == "nerf" and cameras is not None and len(faces):
+        depth_maps = render_depth_maps(model, cameras, chunk)
+        seen = first_surface_vertices(torch.as_tensor(verts, dtype=torch.float32), cameras, depth_maps,
+                                      cull_tolerance * voxel).numpy()
+        keep = seen[faces].any(1)
+        n_hidden = int((~keep).sum())
+        verts, faces = select_faces(verts, faces, keep)
+    verts, faces = keep_large_components(verts, faces, min_component_fraction)
     v = torch.as_tensor(verts, dtype=torch.float32, device=device)
     with torch.no_grad():
         normals = finite_difference_normals(fn, v, eps=0.5 * voxel)
         rgb = query_vertex_colors(model, v, normals).numpy() if colors else None
     return {"verts": verts, "faces": faces, "normals": normals.cpu().numpy().astype(np.float64), "colors": rgb,
             "stats": {"vertices": int(len(verts)), "faces": int(len(faces)), "faces_before_cleanup": int(n_raw),
-                      "resolution": resolution, "level": level, "voxel_normalised": voxel}}
+                      "resolution": resolution, "level": level, "voxel_normalised": voxel,
+                      "hidden_faces_culled": n_hidden}}
 
 
 def export_mesh(model, method: str, scene, sim, cfg: ExportConfig, out: Path, device, log) -> dict:
@@ -433,7 +480,8 @@ def export_mesh(model, method: str, scene, sim, cfg: ExportConfig, out: Path, de
     cameras = scene.cameras(train, device=device) if method == "nerf" else None
     log.info(f"export: meshing {method} at {cfg.mesh_resolution}^3 over {bounds.tolist()} (normalised frame)")
     mesh = extract_mesh(model, method, bounds, cfg.mesh_resolution, cfg.density_threshold, cameras,
-                        cfg.carve_min_views, cfg.min_component_fraction, cfg.mesh_colors, device)
+                        cfg.carve_min_views, cfg.min_component_fraction, cfg.mesh_colors, device,
+                        cfg.cull_hidden, cfg.cull_tolerance, cfg.chunk)
     inv = sim.inverse()
     verts = inv.apply_points(mesh["verts"])
     normals = mesh["normals"] @ inv.rotation.T

@@ -136,7 +136,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         iteration += 1
         bar.update(1)
         if iteration % 10 == 0:
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}", hit=f"{stats['hit_in_mask']:.2f}")
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}", hit=f"{stats['hit_in_mask']:.2f}", refresh=False)
         if iteration % 200 == 0:
             log.info(f"idr it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} mask {stats['mask']:.4f} "
                      f"eik {stats['eikonal']:.4f} psnr(hit) {stats['psnr']:.2f} hit/mask {stats['hit_in_mask']:.3f} "

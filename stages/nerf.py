@@ -226,7 +226,7 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
                 mse = float(torch.mean((out["rgb"].detach() - target) ** 2))
                 last_loss, last_psnr = float(loss.detach()), -10 * np.log10(max(mse, 1e-10))
                 bar.set_postfix(loss=f"{last_loss:.4f}", psnr=f"{last_psnr:.2f}",
-                                samples_s=f"{total_samples / max(elapsed, 1e-9):.3g}")
+                                samples_s=f"{total_samples / max(elapsed, 1e-9):.3g}", refresh=False)
             bar.update(1)
             if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save_checkpoint(ckpt_path, checkpoint_state())
