@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
-        argv = ["demo"] + argv
+    if not argv or (argv[0].startswith("--") and argv[0] not in ("-h", "--help")) or "=" in argv[0]:
+        argv = ["demo"] + argv  # `python run.py max_time_s=60` is the demo with an override
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:

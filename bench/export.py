@@ -9,7 +9,7 @@ costs); the baseline is taken after it. What must stay near 0 at every resolutio
 ``growth_beyond_buffers_mb``: peak minus baseline minus the image buffers the frame itself needs
 (outputs gathered on the CPU: rgb + t + depth + acc, float32, held once as chunk parts and once
 concatenated). On CUDA the peak allocated device memory is also
-reported (it holds only the chunk). Results: bench/RESULTS_export.md.
+reported (it holds only the chunk). Results: bench/RESULTS.md.
 """
 from __future__ import annotations
 

@@ -83,3 +83,14 @@ def test_bad_override_and_missing_data_are_clear_errors(tmp_path):
     assert no_data.returncode != 0 and "--data" in no_data.stderr
     missing = run_py("poses", "--workspace", tmp_path / "ws", "--data", tmp_path / "nowhere")
     assert missing.returncode != 0 and "nowhere" in missing.stderr
+
+
+def test_bare_overrides_and_flags_go_to_the_demo(monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import run
+
+    calls = []
+    monkeypatch.setattr(run, "cmd_demo", lambda args, extra: calls.append((args.command, run.flags_to_overrides(extra))))
+    assert run.main(["max_time_s=60"]) == 0
+    assert run.main(["--max-time-s", "60", "--method", "idr"]) == 0
+    assert calls == [("demo", ["max_time_s=60"]), ("demo", ["max_time_s=60"])]
