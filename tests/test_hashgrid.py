@@ -53,6 +53,36 @@ def test_reference_and_naive_backends_agree(features):
     assert torch.allclose(g_ref[0], g_naive[0], rtol=1e-3, atol=1e-2)
 
 
+def test_second_derivatives_for_an_eikonal_loss_match_the_naive_backend():
+    # IDR's eikonal loss differentiates grad_x f again (create_graph=True): the reference backend
+    # must give the same second-order gradients as plain autograd, for the table and for x
+    grid = _grid(dtype=torch.float64)
+    head = torch.randn(grid.out_dim, dtype=torch.float64)
+    x = torch.rand(300, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for backend in ("torch", "naive"):
+        f = torch.tanh(grid(x, backend=backend)) @ head  # a nonlinear head, so the Hessian has mixed terms
+        (grad_x,) = torch.autograd.grad(f.sum(), x, create_graph=True)
+        eikonal = ((grad_x.norm(dim=-1) - 1) ** 2).mean()
+        results.append((grad_x.detach(), *torch.autograd.grad(eikonal, [grid.table, x])))
+    for ours, naive in zip(*results):
+        assert torch.allclose(ours, naive, rtol=1e-9, atol=1e-9)
+    assert results[0][1].abs().sum() > 0
+
+
+def test_gradcheck_of_the_gradient_in_float64():
+    grid = _grid(HashGridConfig(levels=2, features_per_level=2, log2_table_size=6, base_resolution=2,
+                                finest_resolution=8, backend="torch"), dtype=torch.float64)
+    x = torch.rand(8, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(points, table):
+        out = hashgrid_torch(points, table, grid.scale.double(), grid.stride, grid.dense, grid.offset,
+                             grid.table_mask)
+        return (out ** 2).sum(-1)
+
+    assert torch.autograd.gradgradcheck(fn, (x, grid.table), eps=1e-6, atol=1e-5)
+
+
 def test_interpolation_is_exact_at_grid_vertices_and_linear_between():
     grid = _grid(HashGridConfig(levels=1, features_per_level=1, log2_table_size=12, base_resolution=4,
                                 finest_resolution=4, backend="torch"))

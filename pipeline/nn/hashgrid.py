@@ -193,12 +193,22 @@ class _HashGridFunction(torch.autograd.Function):
             torch.mul(feats[0, ..., f], weights[0], out=acc)
             for c in range(1, 8):
                 acc.addcmul_(feats[c, ..., f], weights[c])
-        ctx.save_for_backward(idx, weights, frac if ctx.needs_input_grad[0] else None, scale, table)
+        ctx.save_for_backward(idx, weights, frac if ctx.needs_input_grad[0] else None, scale, table, x)
         return out.view(L * F, n).t()
 
     @staticmethod
     def backward(ctx, grad_out):
-        idx, weights, frac, scale, table = ctx.saved_tensors
+        idx, weights, frac, scale, table, x = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (e.g. IDR's eikonal loss differentiates grad_x f): redo the
+            # interpolation with differentiable ops so the gradients themselves have gradients
+            with torch.enable_grad():  # x and table keep their history: d(grad)/dx and d(grad)/dtable exist
+                out = _interpolate_differentiable(x, table, idx, scale)
+                wanted = [t for t, need in ((x, ctx.needs_input_grad[0]), (table, ctx.needs_input_grad[1])) if need]
+                grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+                grad_x = next(grads) if ctx.needs_input_grad[0] else None
+                grad_table = next(grads) if ctx.needs_input_grad[1] else None
+            return grad_x, grad_table, None, None, None, None, None
         L, n = weights.shape[1], weights.shape[2]
         F = table.shape[1]
         grad_planar = grad_out.t().contiguous().view(L, F, n).to(table.dtype)  # (L, F, N)
@@ -224,6 +234,21 @@ class _HashGridFunction(torch.autograd.Function):
                     grad_pos[d] += term if bits[d] else -term
             grad_x = (grad_pos * scale.to(grad_pos.dtype)[None, :, None]).sum(1).t()
         return grad_x, grad_table, None, None, None, None, None
+
+
+def _interpolate_differentiable(x: torch.Tensor, table: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor):
+    """The forward of the reference backend in plain autograd ops (any order of derivatives):
+    x (N, 3), table (R, F), idx (8, L, N) corner rows -> (N, L * F). Only used for create_graph."""
+    n, L, F = x.shape[0], scale.shape[0], table.shape[1]
+    pos = x.t()[:, None, :] * scale.to(x.dtype)[None, :, None]  # (3, L, N)
+    frac = pos - torch.floor(pos).detach()
+    w = [(1.0 - frac[d], frac[d]) for d in range(3)]
+    feats = table.index_select(0, idx.reshape(-1).long()).view(8, L, n, F)
+    out = 0
+    for c in range(8):
+        weight = w[0][(c >> 2) & 1] * w[1][(c >> 1) & 1] * w[2][c & 1]  # (L, N)
+        out = out + weight[..., None] * feats[c]
+    return out.permute(1, 0, 2).reshape(n, L * F)  # (N, L * F), level-major like the forward
 
 
 def hashgrid_torch(x, table, scale, stride, dense, offset, table_mask: int) -> torch.Tensor:

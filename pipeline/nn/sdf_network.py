@@ -41,9 +41,9 @@ class SDFNetworkConfig:
     hash_log2_size: int = 15
     hash_base_resolution: int = 16
     hash_max_resolution: int = 512
-    # the eikonal loss and normals in the renderer need second derivatives through the grid;
-    # the autograd ("naive") backend gives them, the fused ones only first derivatives
-    hash_backend: str = "naive"
+    # the eikonal loss and the renderer's normals need second derivatives through the grid: the
+    # reference ("torch") and autograd ("naive") backends give them, triton and tcnn do not
+    hash_backend: str = "torch"
     bound: float = 1.0
 
 
