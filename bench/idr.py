@@ -74,9 +74,10 @@ def pose_errors(cameras_json: Path, truth: dict) -> dict:
             float(np.median(rot0)), "translation_error_median": float(np.median(trans))}
 
 
-def train(ws: Workspace, data: Path, overrides: list[str], poses_overrides: dict | None = None) -> dict:
+def train(ws: Workspace, data: Path, overrides: list[str], poses_overrides: dict | None = None,
+          config: str = "idr.yaml") -> dict:
     run_stage(POSES, ws, PosesConfig(data=str(data), **(poses_overrides or {})))
-    cfg = load_config(idr.IDRConfig, "idr.yaml", overrides)
+    cfg = load_config(idr.IDRConfig, config, overrides)
     t0 = time.time()
     result = run_stage(idr.STAGE, ws, cfg, force=True)
     metrics = dict(result.manifest["metrics"])
@@ -113,6 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--time", type=float, default=780.0, help="training budget per run (s)")
     parser.add_argument("--out", default="/tmp/recon-bench-idr")
     parser.add_argument("--set", nargs="*", default=[], help="extra idr config overrides key=value")
+    parser.add_argument("--config", default="idr.yaml", help="IDR config file (configs/idr-hash.yaml: hash grid)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     fixed_chamfer = results.get("builtin", {}).get("mesh", {}).get("chamfer_l1_over_radius")
     for scene in scenes:
         if scene == "builtin":
-            m = train(Workspace(out / "ws-builtin"), builtin_data(out), base)
+            m = train(Workspace(out / "ws-builtin"), builtin_data(out), base, config=args.config)
             fixed_chamfer = m.get("mesh", {}).get("chamfer_l1_over_radius")
             rows.append(row("builtin", m, "chamfer/r<=0.01 psnr>=28 iou>=0.98"))
         elif scene == "cameras":
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
             radius = json.loads((data / "scene_info.json").read_text())["object_radius"]
             scale = ws.normalization().scale
             truth = perturb_poses(ws, 2.0, 0.02 * radius * scale)
-            cfg = load_config(idr.IDRConfig, "idr.yaml", base + ["train_cameras=true"])
+            cfg = load_config(idr.IDRConfig, args.config, base + ["train_cameras=true"])
             t0 = time.time()
             m = dict(run_stage(idr.STAGE, ws, cfg, force=True).manifest["metrics"])
             m["wall_s"] = round(time.time() - t0, 1)
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
             r["rot_err_deg"] = m["rotation_error_median_deg"]
             rows.append(r)
         elif scene == "lego":
-            m = train(Workspace(out / "ws-lego"), SHARED / "lego-200", base)
+            m = train(Workspace(out / "ws-lego"), SHARED / "lego-200", base, config=args.config)
             rows.append(row("lego-200", m, "watertight, psnr>=24"))
         elif scene == "temple":
             m = train(Workspace(out / "ws-temple"), SHARED / "temple-ring",

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from pipeline.cameras import Cameras
-from pipeline.log import progress
+from pipeline.log import TrainingProgress
 from pipeline.nn.idr_cameras import PoseCorrections, corrected_cameras
 from pipeline.nn.idr_losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss
 from pipeline.nn.idr_model import IDRModel, uniform_ball_points
@@ -116,7 +116,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
     t_session = time.time()
     last_save = t_session
     stopped_by_time = False
-    bar = progress(total=settings.iterations, initial=start, desc="idr")
+    bar = TrainingProgress("idr", settings.iterations, settings.max_time_s, start, elapsed)
     while iteration < settings.iterations:
         spent = elapsed + time.time() - t_session
         if spent >= settings.max_time_s:
@@ -134,9 +134,10 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         loss.backward()
         optimizer.step()
         iteration += 1
-        bar.update(1)
         if iteration % 10 == 0:
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}", hit=f"{stats['hit_in_mask']:.2f}", refresh=False)
+            bar.postfix.update(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}",
+                               hit=f"{stats['hit_in_mask']:.2f}")
+        bar.update(iteration, elapsed + time.time() - t_session)
         if iteration % 200 == 0:
             log.info(f"idr it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} mask {stats['mask']:.4f} "
                      f"eik {stats['eikonal']:.4f} psnr(hit) {stats['psnr']:.2f} hit/mask {stats['hit_in_mask']:.3f} "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.config import load_config
-from pipeline.log import get_logger, progress
+from pipeline.log import TrainingProgress, get_logger, progress
 from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig, default_aabb
 from pipeline.runtime import pick_device, torch_threads
@@ -178,7 +178,7 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
 
     use_alpha = data.colors.shape[1] == 4
     has_time_budget = cfg.max_time_s and cfg.max_time_s > 0
-    bar = progress(total=cfg.max_steps, desc="nerf", initial=step)
+    bar = TrainingProgress("nerf", cfg.max_steps, cfg.max_time_s if has_time_budget else 0.0, step, elapsed)
     last_psnr, last_loss = float("nan"), float("nan")
     model.train()
     try:
@@ -225,9 +225,9 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
             if step % 10 == 0 or step == 1:
                 mse = float(torch.mean((out["rgb"].detach() - target) ** 2))
                 last_loss, last_psnr = float(loss.detach()), -10 * np.log10(max(mse, 1e-10))
-                bar.set_postfix(loss=f"{last_loss:.4f}", psnr=f"{last_psnr:.2f}",
-                                samples_s=f"{total_samples / max(elapsed, 1e-9):.3g}", refresh=False)
-            bar.update(1)
+                bar.postfix.update(loss=f"{last_loss:.4f}", psnr=f"{last_psnr:.2f}",
+                                   samples_s=f"{total_samples / max(elapsed, 1e-9):.3g}")
+            bar.update(step, elapsed)
             if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save_checkpoint(ckpt_path, checkpoint_state())
     except BaseException:
