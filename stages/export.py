@@ -87,7 +87,10 @@ class ExportConfig:
     carve_min_views: int = 1  # NeRF: density is kept only where this many training cameras see it
     min_component_fraction: float = 0.01  # drop mesh pieces with fewer faces than this fraction
     cull_hidden: bool = True  # NeRF: drop faces no training view sees as its first surface (the inside of solids)
-    cull_tolerance: float = 2.0  # voxels behind a view's rendered depth that still count as seen
+    # voxels behind a view's rendered depth that still count as seen; raise it when a pixel spans
+    # several mesh voxels (coarse images, fine mesh) or the density is soft, else culling trims
+    # grazing parts of the true surface (bench/RESULTS.md: wider rules measured worse on the demo)
+    cull_tolerance: float = 2.0
     mesh_colors: bool = True  # vertex colours from the radiance field, viewed along the normal
     obj: bool = True  # also write mesh.obj
 
@@ -409,13 +412,8 @@ def render_depth_maps(model, cameras: Cameras, chunk: int = 8192) -> list[tuple[
 def first_surface_vertices(verts: torch.Tensor, cameras: Cameras, depth_maps, tolerance: float,
                            min_opacity: float = 0.5) -> torch.Tensor:
     """(V,) bool: vertices (V, 3) that some camera sees as its first surface, i.e. they project
-    inside its image, next to a pixel of opacity >= ``min_opacity``, and lie no more than
-    ``tolerance`` behind the farthest rendered depth of the 3x3 pixels around them (z-depth, or range
-    for equirect cameras; units of verts), a see-through pixel counting as infinitely far.
-
-    The window matters at low resolution and along silhouettes: one pixel's depth there is that of
-    a surface point up to a pixel away, which on a curved surface near its outline can lie far in
-    front of the vertex (a 24-pixel sphere lost a fifth of its faces with single-pixel lookups)."""
+    inside its image onto a pixel of opacity >= ``min_opacity`` and lie no more than ``tolerance``
+    behind that pixel's rendered depth (z-depth, or range for equirect cameras; units of verts)."""
     seen = torch.zeros(len(verts), dtype=torch.bool)
     for i, (depth, opacity) in enumerate(depth_maps):
         cam = cameras[i]
@@ -423,15 +421,11 @@ def first_surface_vertices(verts: torch.Tensor, cameras: Cameras, depth_maps, to
         distance = pc.norm(dim=-1) if cam.model == "equirect" else pc[:, 2]
         in_front = distance > 1e-6
         uv = cam.project(torch.where(in_front[:, None], pc, torch.ones_like(pc)).to(cam.fx.device)).cpu()
-        opaque = (opacity.cpu() >= min_opacity).float()[None, None]
-        far = torch.where(opaque[0, 0] > 0, depth.cpu().float(), torch.full_like(depth.cpu().float(), float("inf")))
-        far = torch.nn.functional.max_pool2d(far[None, None], 3, stride=1, padding=1)[0, 0]
-        near_opaque = torch.nn.functional.max_pool2d(opaque, 3, stride=1, padding=1)[0, 0] > 0
         h, w = depth.shape
         px, py = uv[:, 0].floor().long(), uv[:, 1].floor().long()
         inside = in_front & (px >= 0) & (px < w) & (py >= 0) & (py < h)
         px, py = px.clamp(0, w - 1), py.clamp(0, h - 1)
-        seen |= inside & near_opaque[py, px] & (distance <= far[py, px] + tolerance)
+        seen |= inside & (opacity[py, px] >= min_opacity) & (distance <= depth[py, px] + tolerance)
     return seen
 
 
