@@ -255,18 +255,9 @@ def _use_known_intrinsics(cfg: EstimationConfig, scene: Scene) -> bool:
     return cfg.intrinsics == "known"
 
 
-def extract(pycolmap, db_path: Path, image_dir: Path, images: list[PreparedImage], scene: Scene,
-            cfg: EstimationConfig, eff: Effective, known: bool, device) -> None:
-    """SIFT features of every prepared image into the database (one camera per intrinsics group)."""
-    options = pycolmap.FeatureExtractionOptions()
-    options.num_threads = cfg.num_threads
-    options.max_image_size = cfg.max_image_size
-    options.sift.max_num_features = cfg.max_num_features
-    options.sift.peak_threshold = eff.peak_threshold
-    options.sift.first_octave = eff.first_octave
-    if cfg.sift_domain_size_pooling:  # COLMAP: DSP needs the affine-shape-free, single-orientation path
-        options.sift.domain_size_pooling = True
-        options.sift.estimate_affine_shape = False
+def camera_groups(images: list[PreparedImage], scene: Scene, cfg: EstimationConfig,
+                  known: bool) -> dict[tuple, list[str]]:
+    """{intrinsics key: COLMAP image names}: the images that share one camera when mapping."""
     groups: dict[tuple, list[str]] = {}
     for im in images:
         intr = scene.frames[im.frame_index].intrinsics
@@ -276,16 +267,29 @@ def extract(pycolmap, db_path: Path, image_dir: Path, images: list[PreparedImage
         else:
             key = ("size", im.width, im.height) if cfg.shared_intrinsics else ("image", im.colmap_name)
         groups.setdefault(key, []).append(im.colmap_name)
-    for key, names in groups.items():
+    return groups
+
+
+def extract(pycolmap, db_path: Path, image_dir: Path, images: list[PreparedImage], scene: Scene,
+            cfg: EstimationConfig, eff: Effective, known: bool, device) -> None:
+    """SIFT features of every prepared image into the database, one camera per image (the
+    cameras of a group are merged after matching: see :func:`merge_cameras`)."""
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = cfg.num_threads
+    options.max_image_size = cfg.max_image_size
+    options.sift.max_num_features = cfg.max_num_features
+    options.sift.peak_threshold = eff.peak_threshold
+    options.sift.first_octave = eff.first_octave
+    if cfg.sift_domain_size_pooling:  # COLMAP: DSP needs the affine-shape-free, single-orientation path
+        options.sift.domain_size_pooling = True
+        options.sift.estimate_affine_shape = False
+    for key, names in camera_groups(images, scene, cfg, known).items():
         reader = pycolmap.ImageReaderOptions()
         if key[0] == "known":
             reader.camera_model, reader.camera_params = key[1], key[2]
         else:
             reader.camera_model = cfg.camera_model
-        # known intrinsics: one camera per image (all with the same fixed parameters), because COLMAP
-        # verifies pairs of distinct cameras several times faster (see match())
-        mode = pycolmap.CameraMode.PER_IMAGE if key[0] == "known" else pycolmap.CameraMode.SINGLE
-        pycolmap.extract_features(db_path, image_dir, image_names=names, camera_mode=mode,
+        pycolmap.extract_features(db_path, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.PER_IMAGE,
                                   reader_options=reader, extraction_options=options, device=device)
 
 
@@ -300,6 +304,45 @@ def set_focal_priors(pycolmap, db_path: Path, value: bool) -> None:
         db.close()
 
 
+def merge_cameras(db_path: Path, groups: dict[tuple, list[str]]) -> int:
+    """Give the images of each group one camera (the group's first image's) in a COLMAP database:
+    images, their frames and rigs follow; the other cameras and rigs are deleted. Returns the
+    number of cameras removed. One transaction: an interruption leaves the database as it was.
+    COLMAP's schema: sensor type 0 is a camera; a rig per camera holds it as reference sensor."""
+    import sqlite3
+
+    removed = 0
+    con = sqlite3.connect(str(db_path))
+    try:
+        with con:
+            ids = dict(con.execute("SELECT name, image_id FROM images"))
+            cams = dict(con.execute("SELECT image_id, camera_id FROM images"))
+            for names in groups.values():
+                members = [ids[n] for n in names if n in ids]
+                if len(members) < 2:
+                    continue
+                keep = cams[members[0]]
+                rig = con.execute("SELECT rig_id FROM rigs WHERE ref_sensor_id = ? AND ref_sensor_type = 0",
+                                  (keep,)).fetchone()
+                others = sorted({cams[m] for m in members[1:]} - {keep})
+                for image_id in members[1:]:
+                    con.execute("UPDATE images SET camera_id = ? WHERE image_id = ?", (keep, image_id))
+                    frames = [r[0] for r in con.execute(
+                        "SELECT frame_id FROM frame_data WHERE data_id = ? AND sensor_type = 0", (image_id,))]
+                    con.execute("UPDATE frame_data SET sensor_id = ? WHERE data_id = ? AND sensor_type = 0",
+                                (keep, image_id))
+                    if rig is not None:
+                        con.executemany("UPDATE frames SET rig_id = ? WHERE frame_id = ?", [(rig[0], f) for f in frames])
+                for camera_id in others:
+                    con.execute("DELETE FROM rigs WHERE ref_sensor_id = ? AND ref_sensor_type = 0", (camera_id,))
+                    con.execute("DELETE FROM rig_sensors WHERE sensor_id = ? AND sensor_type = 0", (camera_id,))
+                    con.execute("DELETE FROM cameras WHERE camera_id = ?", (camera_id,))
+                removed += len(others)
+    finally:
+        con.close()
+    return removed
+
+
 def _fit_size(intr: Intrinsics, im: PreparedImage) -> Intrinsics:
     """Known intrinsics of an image stored at another size (e.g. EXIF-rotated): rescale."""
     if intr.width == im.height and intr.height == im.width:
@@ -312,10 +355,12 @@ def match(pycolmap, db_path: Path, matcher: str, cfg: EstimationConfig, eff: Eff
           known: bool = False) -> None:
     """Match and geometrically verify image pairs.
 
-    With known intrinsics the pairs are verified without focal-length priors (fundamental matrix and
-    homography, not also the essential matrix) between one camera per image, then the priors are
-    restored for mapping, which uses the known intrinsics either way. Measured on the built-in scene
-    at 1080 px (bench/RESULTS.md): 13.6 s instead of 31.5 s, at the same pose accuracy."""
+    The database holds one camera per image at this point: COLMAP verifies a pair of images that
+    share a camera several times more slowly (91 s vs 13.6 s for the 1,225 pairs of the built-in
+    scene at 1080 px, bench/RESULTS.md); the cameras are merged afterwards. With known intrinsics
+    the pairs are also verified without focal-length priors (fundamental matrix and homography, not
+    the essential matrix too: 13.6 s instead of 31 s, same pose accuracy), then the priors are
+    restored for mapping, which keeps the known intrinsics fixed either way."""
     if known:
         set_focal_priors(pycolmap, db_path, False)
         try:
@@ -543,7 +588,7 @@ def estimate(scene: Scene, ctx) -> tuple[Scene, dict]:
                                    for im in prepared],
                         "known": known and [scene.frames[im.frame_index].intrinsics.to_dict() for im in prepared],
                         "opts": [cfg.max_image_size, cfg.max_num_features, cfg.camera_model, cfg.shared_intrinsics,
-                                 asdict(eff), cfg.sift_domain_size_pooling, "per-image known cameras"]})
+                                 asdict(eff), cfg.sift_domain_size_pooling, "cameras per image, merged after matching"]})
     match_key = _key({"extract": extract_key, "matcher": matcher, "overlap": cfg.sequential_overlap,
                       "loop": cfg.loop_detection, "seed": cfg.seed,
                       "guided": cfg.guided_matching})
@@ -571,6 +616,7 @@ def estimate(scene: Scene, ctx) -> tuple[Scene, dict]:
             db.clear_two_view_geometries()
             db.close()
             match(pycolmap, db_path, matcher, cfg, eff, device, known)
+            merge_cameras(db_path, camera_groups(prepared, scene, cfg, known))
             state["match"] = match_key
             _write_state(db_path, state)
         else:
