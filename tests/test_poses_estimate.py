@@ -112,6 +112,9 @@ def test_temple_ring_estimate_matches_the_calibration_and_reuses_the_database(sh
     assert set(report["timings_s"]) >= {"extract_s", "match_s", "map_s"}
     assert all(v["features"] > 0 for v in report["per_image"].values())
     assert (out / "sparse" / "cameras.bin").exists() and (out / "transforms.json").exists()
+    import pycolmap  # one calibration for the 16 views: the per-image cameras of matching were merged
+
+    assert pycolmap.Reconstruction(out / "sparse").num_cameras() == 1
     points = read_ply(out / "points.ply")
     assert len(points["verts"] if isinstance(points, dict) else points[0]) > 100
 
@@ -140,6 +143,9 @@ def test_corrupt_image_is_skipped_and_named(shared_data, tmp_path):
     named = {Path(name).stem for name in report["unreadable"]}  # the reader or the stage may name them
     assert {"99_truncated", "98_garbage"} <= named
     assert report["images_registered"] >= 9
+    import pycolmap  # same-size photos share one estimated camera (shared_intrinsics=true)
+
+    assert pycolmap.Reconstruction(tmp_path / "W" / "poses" / "sparse").num_cameras() == 1
 
 
 def test_two_unrelated_photos_are_a_clear_error(shared_data, tmp_path):
