@@ -55,6 +55,7 @@ class IDRConfig:
     lr_final_factor: float = 0.1  # learning rates decay exponentially to this factor
     train_cameras: bool = False  # IDR's "trained cameras": per-view pose corrections
     lr_cameras: float = 1e-3
+    camera_gauge: bool = True  # remove the similarity by which all trained cameras drift together
     downscale: int = 1  # train on images downscaled by this integer factor
     eval_downscale: int = 1  # render the held-out views at this factor
     holdout_every: int = 8  # scenes without a test/val split hold back every k-th view (0: none)
@@ -250,7 +251,7 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     corrections = PoseCorrections(len(train_idx)) if cfg.train_cameras else None
     settings = TrainSettings(cfg.iterations, cfg.max_time_s, cfg.batch_rays, cfg.eikonal_points, cfg.lr,
                              cfg.lr_grid, cfg.lr_cameras, cfg.lr_final_factor, cfg.checkpoint_every_s, cfg.seed,
-                             config_hash(cfg))
+                             config_hash(cfg), cfg.camera_gauge)
     summary = train(model, train_views.cameras, corrections, bank, cfg.loss, settings, ctx.resume_dir, ctx.log)
     model.eval()
 

@@ -12,7 +12,7 @@ import torch
 from pipeline.cameras import Cameras
 from pipeline.log import TrainingProgress
 from pipeline.nn.idr_cameras import PoseCorrections, corrected_cameras
-from pipeline.nn.idr_losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss
+from pipeline.nn.idr_losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss, smoothness_loss
 from pipeline.nn.idr_model import IDRModel, uniform_ball_points
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -31,6 +31,7 @@ class TrainSettings:
     checkpoint_every_s: float
     seed: int
     config_hash: str
+    camera_gauge: bool = True  # trainable cameras: remove the common similarity drift after each step
 
 
 def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], batch,
@@ -54,17 +55,24 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
     sdf_mask = model.sdf_network.sdf(x_mask)
     radius = model.tracing.radius
     eik = uniform_ball_points(eikonal_points, radius, generator=generator, device=rays_o.device)
+    smooth = loss_cfg.smoothness_weight > 0 and len(idx_s) > 0
+    if smooth:  # displaced surface points share the eikonal batch (their gradients serve both terms)
+        near = (rays_o[idx_s] + hits.t[idx_s].unsqueeze(-1) * rays_d[idx_s]).detach()
+        near = near + loss_cfg.smoothness_std * torch.randn(near.shape, generator=generator, device=near.device)
+        eik = torch.cat([eik, near])
     _, _, grad_eik = model.sdf_network.sdf_and_gradient(eik, create_graph=True)
+    l_smooth = smoothness_loss(grad_surface, grad_eik[eikonal_points:]) if smooth else grad_eik.sum() * 0.0
 
     l_rgb = rgb_loss(rgb_pred, rgb_gt[idx_s], n)
     l_mask = mask_loss(sdf_mask, mask_gt[idx_m], alpha, n)
     l_eik = eikonal_loss(torch.cat([grad_surface, grad_eik]))
-    loss = loss_cfg.rgb_weight * l_rgb + loss_cfg.mask_weight * l_mask + loss_cfg.eikonal_weight * l_eik
+    loss = (loss_cfg.rgb_weight * l_rgb + loss_cfg.mask_weight * l_mask + loss_cfg.eikonal_weight * l_eik
+            + loss_cfg.smoothness_weight * l_smooth)
     with torch.no_grad():
         hit_in_mask = float(surface.sum()) / max(1, int(mask_gt.sum()))
         psnr = -10 * torch.log10(((rgb_pred - rgb_gt[idx_s]) ** 2).mean().clamp_min(1e-10)) if len(idx_s) else None
     stats = {"loss": float(loss.detach()), "rgb": float(l_rgb.detach()), "mask": float(l_mask.detach()),
-             "eikonal": float(l_eik.detach()),
+             "eikonal": float(l_eik.detach()), "smoothness": float(l_smooth.detach()),
              "hit_in_mask": hit_in_mask, "psnr": float(psnr) if psnr is not None else float("nan")}
     return loss, stats
 
@@ -72,7 +80,8 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
 def make_optimizer(model: IDRModel, corrections: Optional[PoseCorrections], settings: TrainSettings):
     grid, other = [], []
     for name, p in model.named_parameters():
-        (grid if name.startswith("sdf_network.encoding.") else other).append(p)
+        # hash-grid tables (geometry and appearance) learn at the grid rate, as in instant-ngp
+        (grid if name.endswith("encoding.table") else other).append(p)
     groups = [{"params": other, "lr": settings.lr, "base_lr": settings.lr}]
     if grid:
         groups.append({"params": grid, "lr": settings.lr_grid, "base_lr": settings.lr_grid})
@@ -133,6 +142,8 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if corrections is not None and settings.camera_gauge:
+            corrections.remove_gauge(cameras.c2w)
         iteration += 1
         if iteration % 10 == 0:
             bar.postfix.update(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}",

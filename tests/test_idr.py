@@ -12,8 +12,8 @@ import torch
 
 from pipeline.cameras import look_at
 from pipeline.nn.idr_cameras import PoseCorrections, axis_angle_to_matrix
-from pipeline.nn.idr_losses import LossConfig, eikonal_loss, mask_alpha, mask_loss
-from pipeline.nn.idr_model import sample_network
+from pipeline.nn.idr_losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, smoothness_loss
+from pipeline.nn.idr_model import NeuralRenderer, RendererConfig, sample_network
 from pipeline.nn.sdf_network import SDFNetwork, SDFNetworkConfig
 from pipeline.nn.sphere_tracing import TracingConfig, trace_surface
 
@@ -186,6 +186,41 @@ def test_eikonal_loss_is_zero_for_an_exact_sdf_only():
         assert abs(float(eikonal_loss(grad)) - expected) < 1e-8
 
 
+def test_smoothness_loss_is_small_on_a_sphere_and_large_on_a_bumpy_surface():
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(2000, 3, dtype=torch.float64, generator=g)
+    points = 0.5 * points / points.norm(dim=-1, keepdim=True)
+    nearby = points + 0.01 * torch.randn(points.shape, dtype=torch.float64, generator=g)
+
+    def normals(sdf, x):
+        x = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(sdf(x).sum(), x)
+        return grad
+
+    def sphere(x):
+        return x.norm(dim=-1) - 0.5
+
+    def bumpy(x):  # the sphere with 40 bumps per radian of amplitude 0.01
+        return sphere(x) + 0.01 * torch.sin(40 * x).prod(dim=-1)
+
+    smooth = float(smoothness_loss(normals(sphere, points), normals(sphere, nearby)))
+    rough = float(smoothness_loss(normals(bumpy, points), normals(bumpy, nearby)))
+    assert smooth < 0.03 < 0.1 < rough  # neighbours 0.01 apart on r = 0.5 differ by ~0.02 rad
+
+
+def test_renderer_appearance_grid_adds_position_features_and_trains():
+    torch.manual_seed(0)
+    renderer = NeuralRenderer(8, RendererConfig(hidden_dim=32, num_layers=3, weight_norm=False,
+                                                position_encoding="hashgrid", hash_levels=4, hash_log2_size=10,
+                                                hash_max_resolution=64))
+    assert renderer.encode_points(torch.zeros(5, 3)).shape == (5, 3 + 4 * 2)
+    points, normals, dirs, feature = torch.rand(64, 3) * 2 - 1, torch.randn(64, 3), torch.randn(64, 3), torch.zeros(64, 8)
+    renderer(points, normals, dirs, feature).sum().backward()
+    assert renderer.encoding.table.grad is not None and renderer.encoding.table.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="position_encoding"):
+        NeuralRenderer(8, RendererConfig(position_encoding="fourier"))
+
+
 def test_mask_loss_and_alpha_schedule():
     config = LossConfig()
     assert mask_alpha(config, 0.0) == 50.0
@@ -198,6 +233,35 @@ def test_mask_loss_and_alpha_schedule():
 
 
 # --- trainable cameras -------------------------------------------------------------------------
+
+
+def test_camera_corrections_lose_a_common_similarity_and_keep_the_rest():
+    """All cameras turned, shifted and scaled together are a gauge motion (the scene can follow):
+    remove_gauge takes it out and leaves per-view corrections alone."""
+    torch.manual_seed(0)
+    angles = torch.linspace(0, 2 * math.pi, 13)[:-1]
+    centres = torch.stack([3 * torch.cos(angles), 3 * torch.sin(angles), 0.5 + 0.3 * torch.sin(3 * angles)], -1)
+    c2w = torch.from_numpy(np.stack([look_at(c.numpy(), np.zeros(3)) for c in centres])).double()
+    R, c = c2w[:, :3, :3], c2w[:, :3, 3]
+    phi, tau, s = torch.tensor([0.01, -0.02, 0.015]), torch.tensor([0.03, 0.01, -0.02]), 0.02
+    corrections = PoseCorrections(len(c2w)).double()
+    with torch.no_grad():  # the same small world similarity for every camera, in camera frames
+        dc = torch.cross(phi.double().expand_as(c), c, dim=-1) + tau.double() + s * c
+        corrections.rotation.copy_((R.transpose(1, 2) @ phi.double().expand_as(c).unsqueeze(-1)).squeeze(-1))
+        corrections.translation.copy_((R.transpose(1, 2) @ dc.unsqueeze(-1)).squeeze(-1))
+    corrections.remove_gauge(c2w)
+    assert corrections.rotation.abs().max() < 1e-9 and corrections.translation.abs().max() < 1e-9
+    own = 0.01 * torch.randn(len(c2w), 3, dtype=torch.float64), 0.01 * torch.randn(len(c2w), 3, dtype=torch.float64)
+    with torch.no_grad():
+        corrections.rotation.copy_(own[0]), corrections.translation.copy_(own[1])
+    corrections.remove_gauge(c2w)
+    once = corrections.rotation.clone(), corrections.translation.clone()
+    corrections.remove_gauge(c2w)  # a projection: a second pass changes nothing
+    assert torch.allclose(corrections.rotation, once[0], atol=1e-12)
+    assert torch.allclose(corrections.translation, once[1], atol=1e-12)
+    # 12 views x 6 numbers lose 7 degrees of freedom: most of a random correction stays
+    kept = torch.cat(once).detach().norm() / torch.cat(own).norm()
+    assert 0.7 < float(kept) < 1.0
 
 
 def test_axis_angle_matches_scipy_and_is_smooth_at_zero():

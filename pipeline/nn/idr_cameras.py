@@ -48,6 +48,35 @@ class PoseCorrections(nn.Module):
         """c2w: (N, 4, 4) of views ``view`` (N,) -> corrected (N, 4, 4)."""
         return c2w @ self.delta(view)
 
+    @torch.no_grad()
+    def remove_gauge(self, c2w: torch.Tensor) -> None:
+        """Remove the part of the corrections that moves every camera by one similarity.
+
+        Images fix a scene only up to a similarity: the field and all the cameras can drift together
+        (rotate, shift, scale) without changing a single rendering, and held-out cameras, which are
+        not corrected, then see a moved scene. To first order, a world rotation phi, translation tau
+        and scale s move view i by omega_w = phi, dc = phi x c_i + tau + s c_i (world frame); this
+        fits (phi, tau, s) to all views by least squares and subtracts it. c2w: (V, 4, 4) initial poses.
+        """
+        R, c = c2w[:, :3, :3].to(self.rotation.dtype), c2w[:, :3, 3].to(self.rotation.dtype)
+        omega_w = (R @ self.rotation.unsqueeze(-1)).squeeze(-1)  # (V, 3)
+        dc_w = (R @ self.translation.unsqueeze(-1)).squeeze(-1)  # centre displacement, world frame
+        v = len(c)
+        eye = torch.eye(3, dtype=c.dtype, device=c.device).expand(v, 3, 3)
+        zero = torch.zeros(v, 3, 3, dtype=c.dtype, device=c.device)
+        cx, cy, cz = c.unbind(-1)
+        z1 = torch.zeros_like(cx)
+        # phi x c = -[c]_x phi
+        neg_skew = -torch.stack([z1, -cz, cy, cz, z1, -cx, -cy, cx, z1], -1).reshape(v, 3, 3)
+        rows_rot = torch.cat([eye, zero, torch.zeros(v, 3, 1, dtype=c.dtype, device=c.device)], -1)
+        rows_pos = torch.cat([neg_skew, eye, c.unsqueeze(-1)], -1)
+        A = torch.cat([rows_rot, rows_pos], 1).reshape(-1, 7)  # (6V, 7)
+        b = torch.cat([omega_w, dc_w], -1).reshape(-1, 1)
+        gauge = torch.linalg.lstsq(A.double(), b.double()).solution.to(c.dtype)
+        residual = (b - A @ gauge).reshape(v, 6)
+        self.rotation.copy_((R.transpose(1, 2) @ residual[:, :3].unsqueeze(-1)).squeeze(-1))
+        self.translation.copy_((R.transpose(1, 2) @ residual[:, 3:].unsqueeze(-1)).squeeze(-1))
+
 
 def corrected_cameras(cameras: Cameras, view: torch.Tensor, corrections: PoseCorrections | None) -> Cameras:
     """The cameras of ``view`` (N,) (one per ray), with pose corrections when given."""

@@ -25,6 +25,10 @@ class LossConfig:
     alpha_factor: float = 2.0  # IDR: x2 at each milestone
     # IDR doubles alpha at epochs 250, 500, 750, 1000, 1250 of 2000: the same fractions of training
     alpha_milestones: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.375, 0.5, 0.625])
+    # normal smoothness (not in IDR; as in Oechsle et al. UNISURF / Zhang et al. PhySG): the normals
+    # at surface points and at points displaced by N(0, smoothness_std^2) should agree
+    smoothness_weight: float = 0.0
+    smoothness_std: float = 0.01
 
 
 def mask_alpha(config: LossConfig, progress: float) -> float:
@@ -48,6 +52,15 @@ def mask_loss(min_sdf: torch.Tensor, mask_gt: torch.Tensor, alpha: float, num_ra
     return F.binary_cross_entropy_with_logits(logits, mask_gt.float(), reduction="sum") / alpha / num_rays
 
 
+def smoothness_loss(grad_a: torch.Tensor, grad_b: torch.Tensor) -> torch.Tensor:
+    """grad_a, grad_b: (P, 3) SDF gradients at nearby points -> mean |n_a - n_b| of the unit normals."""
+    if len(grad_a) == 0:
+        return grad_a.sum() * 0.0
+    n_a = grad_a / grad_a.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    n_b = grad_b / grad_b.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    return (n_a - n_b).norm(dim=-1).mean()
+
+
 def eikonal_loss(grad: torch.Tensor) -> torch.Tensor:
     """grad: (P, 3) SDF gradients -> mean (|grad| - 1)^2."""
     if len(grad) == 0:
@@ -55,4 +68,4 @@ def eikonal_loss(grad: torch.Tensor) -> torch.Tensor:
     return ((grad.norm(dim=-1) - 1.0) ** 2).mean()
 
 
-__all__ = ["LossConfig", "mask_alpha", "rgb_loss", "mask_loss", "eikonal_loss"]
+__all__ = ["LossConfig", "mask_alpha", "rgb_loss", "mask_loss", "eikonal_loss", "smoothness_loss"]

@@ -23,6 +23,15 @@ class RendererConfig:
     num_layers: int = 4  # linear layers including the output layer (IDR: 5)
     view_freqs: int = 4  # Fourier bands of the view direction (IDR: 4)
     weight_norm: bool = True
+    # position input: "none" = x itself (IDR), "hashgrid" = x plus a hash-grid encoding of x (an
+    # appearance grid, separate from the geometry), so fine texture need not be carved into the SDF
+    position_encoding: str = "none"
+    hash_levels: int = 12
+    hash_features_per_level: int = 2
+    hash_log2_size: int = 17
+    hash_base_resolution: int = 16
+    hash_max_resolution: int = 512
+    bound: float = 1.0  # the appearance grid covers [-bound, bound]^3
 
 
 def sample_network(x0: torch.Tensor, rays_d: torch.Tensor, sdf_theta: torch.Tensor, grad_x0: torch.Tensor) -> torch.Tensor:
@@ -40,6 +49,9 @@ def sample_network(x0: torch.Tensor, rays_d: torch.Tensor, sdf_theta: torch.Tens
     return x0 - rays_d / dot * (sdf_theta - sdf_theta.detach()).unsqueeze(-1)
 
 
+POSITION_ENCODINGS = ("none", "hashgrid")
+
+
 class NeuralRenderer(nn.Module):
     """M(x, n, v, z) -> rgb in [0, 1] (IDR's rendering network, mode "idr").
 
@@ -48,8 +60,22 @@ class NeuralRenderer(nn.Module):
 
     def __init__(self, feature_dim: int, config: RendererConfig = RendererConfig()):
         super().__init__()
+        if config.position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(f"renderer.position_encoding must be one of {POSITION_ENCODINGS}, "
+                             f"got {config.position_encoding!r}")
+        self.config = config
         self.view_encoding = FourierEncoding(3, config.view_freqs, include_input=True)
-        dims = [3 + 3 + self.view_encoding.out_dim + feature_dim] + [config.hidden_dim] * (config.num_layers - 1) + [3]
+        self.encoding = None
+        position_dim = 3
+        if config.position_encoding == "hashgrid":
+            from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding
+
+            self.encoding = HashGridEncoding(HashGridConfig(
+                levels=config.hash_levels, features_per_level=config.hash_features_per_level,
+                log2_table_size=config.hash_log2_size, base_resolution=config.hash_base_resolution,
+                finest_resolution=config.hash_max_resolution, backend="auto"))
+            position_dim += self.encoding.out_dim
+        dims = [position_dim + 3 + self.view_encoding.out_dim + feature_dim] + [config.hidden_dim] * (config.num_layers - 1) + [3]
         layers = []
         for i in range(config.num_layers):
             layer = nn.Linear(dims[i], dims[i + 1])
@@ -58,8 +84,14 @@ class NeuralRenderer(nn.Module):
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
 
+    def encode_points(self, points: torch.Tensor) -> torch.Tensor:
+        if self.encoding is None:
+            return points
+        unit = ((points / self.config.bound + 1.0) * 0.5).clamp(0.0, 1.0)
+        return torch.cat([points, self.encoding(unit)], -1)
+
     def forward(self, points, normals, view_dirs, feature):
-        x = torch.cat([points, normals, self.view_encoding(view_dirs), feature], -1)
+        x = torch.cat([self.encode_points(points), normals, self.view_encoding(view_dirs), feature], -1)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
