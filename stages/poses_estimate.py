@@ -46,8 +46,14 @@ class EstimationConfig:
     guided_matching: bool = False  # re-match pairs guided by their verified geometry
     min_num_inliers: int = 15  # verified correspondences for an image pair to count (COLMAP default)
     small_image_size: int = 400  # images with a long side up to this (renders, thumbnails) get finer SIFT
-    # (first octave -2, peak threshold 0.002) and pairs count from 10 inliers: measured 45 -> 50 of 50
-    # registered on the built-in 200 px scene
+    # (first octave -2, peak threshold 0.002), pairs count from 10 inliers (measured 45 -> 50 of 50
+    # registered on the built-in 200 px scene) and a tighter reprojection error (small_max_reproj_error)
+    max_reproj_error: float = 4.0  # px: mapping drops observations and points above it (COLMAP's 4)
+    # small images: 4 px is about a degree at 200 px. A 0.5 px limit with guided matching measured on
+    # the built-in 200 px scene: rotation error 0.635 -> 0.185 deg median, centre 0.95 -> 0.29%
+    # (bench/RESULTS.md, poses)
+    small_max_reproj_error: float = 0.5
+    small_guided_matching: bool = True  # guided matching for small images (a few seconds there)
     matcher: str = "auto"  # auto (exhaustive up to exhaustive_max_images, else sequential) | exhaustive | sequential
     exhaustive_max_images: int = 60
     sequential_overlap: int = 10  # neighbours matched on each side in sequential matching
@@ -223,14 +229,18 @@ class Effective:
     peak_threshold: float
     min_num_inliers: int
     abs_pose_min_num_inliers: int
+    max_reproj_error: float
+    guided_matching: bool
 
 
 def effective_settings(cfg: EstimationConfig, images: list[PreparedImage]) -> Effective:
     long_side = max((max(im.width, im.height) for im in images), default=0)
     if 0 < long_side <= cfg.small_image_size:
         return Effective(-2, min(cfg.sift_peak_threshold, 0.002), min(cfg.min_num_inliers, 10),
-                         min(cfg.abs_pose_min_num_inliers, 10))
-    return Effective(-1, cfg.sift_peak_threshold, cfg.min_num_inliers, cfg.abs_pose_min_num_inliers)
+                         min(cfg.abs_pose_min_num_inliers, 10), min(cfg.max_reproj_error, cfg.small_max_reproj_error),
+                         cfg.guided_matching or cfg.small_guided_matching)
+    return Effective(-1, cfg.sift_peak_threshold, cfg.min_num_inliers, cfg.abs_pose_min_num_inliers,
+                     cfg.max_reproj_error, cfg.guided_matching)
 
 
 def choose_matcher(cfg: EstimationConfig, names: list[str]) -> str:
@@ -375,7 +385,7 @@ def match(pycolmap, db_path: Path, matcher: str, cfg: EstimationConfig, eff: Eff
 def _match(pycolmap, db_path: Path, matcher: str, cfg: EstimationConfig, eff: Effective, device) -> None:
     options = pycolmap.FeatureMatchingOptions()
     options.num_threads = cfg.num_threads
-    options.guided_matching = cfg.guided_matching
+    options.guided_matching = eff.guided_matching
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = cfg.seed
     verification.min_num_inliers = eff.min_num_inliers
@@ -408,6 +418,13 @@ def map_images(pycolmap, db_path: Path, image_dir: Path, out: Path, mapper: str,
         options.min_num_matches = eff.min_num_inliers
         options.mapper.abs_pose_min_num_inliers = eff.abs_pose_min_num_inliers
         options.mapper.abs_pose_min_inlier_ratio = cfg.abs_pose_min_inlier_ratio
+        # COLMAP's thresholds are 4 px everywhere (12 px for absolute-pose RANSAC); keep their ratios
+        err = eff.max_reproj_error
+        options.mapper.filter_max_reproj_error = err
+        options.mapper.init_max_error = err
+        options.mapper.abs_pose_max_error = 3 * err
+        options.triangulation.complete_max_reproj_error = err
+        options.triangulation.merge_max_reproj_error = err
         if known:
             options.ba_refine_focal_length = False
             options.ba_refine_extra_params = False
@@ -589,10 +606,11 @@ def estimate(scene: Scene, ctx) -> tuple[Scene, dict]:
                                    for im in prepared],
                         "known": known and [scene.frames[im.frame_index].intrinsics.to_dict() for im in prepared],
                         "opts": [cfg.max_image_size, cfg.max_num_features, cfg.camera_model, cfg.shared_intrinsics,
-                                 asdict(eff), cfg.sift_domain_size_pooling, "cameras per image, merged after matching"]})
+                                 eff.first_octave, eff.peak_threshold, cfg.sift_domain_size_pooling,
+                                 "cameras per image, merged after matching"]})
     match_key = _key({"extract": extract_key, "matcher": matcher, "overlap": cfg.sequential_overlap,
                       "loop": cfg.loop_detection, "seed": cfg.seed,
-                      "guided": cfg.guided_matching})
+                      "guided": eff.guided_matching, "min_inliers": eff.min_num_inliers})
     groups = camera_groups(prepared, scene, cfg, known)
     db_path = ctx.resume_dir / "database.db"
     state = _restore_database(ctx, db_path)
