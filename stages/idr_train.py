@@ -136,6 +136,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * settings.lr_final_factor ** frac
         alpha = mask_alpha(loss_cfg, frac)
+        model.renderer.set_progress(frac)
         batch = bank.sample(settings.batch_rays, generator)
         loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha, settings.eikonal_points,
                                     generator)
@@ -158,6 +159,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
                              elapsed + time.time() - t_session, generator, settings)
             last_save = time.time()
     bar.close()
+    model.renderer.set_progress(1.0)
     total = elapsed + time.time() - t_session
     _save_checkpoint(ckpt_path, model, corrections, optimizer, iteration, total, generator, settings)
     return {"iterations": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time,

@@ -32,6 +32,9 @@ class RendererConfig:
     hash_base_resolution: int = 16
     hash_max_resolution: int = 512
     bound: float = 1.0  # the appearance grid covers [-bound, bound]^3
+    # coarse-to-fine (BARF, Lin et al. 2021): the appearance grid's levels fade in, coarsest first,
+    # over this fraction of training (0 = all levels from the start); meant for trainable cameras
+    coarse_to_fine: float = 0.0
 
 
 def sample_network(x0: torch.Tensor, rays_d: torch.Tensor, sdf_theta: torch.Tensor, grad_x0: torch.Tensor) -> torch.Tensor:
@@ -83,12 +86,32 @@ class NeuralRenderer(nn.Module):
                 layer = nn.utils.parametrizations.weight_norm(layer)
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
+        self.progress = 1.0  # not a buffer: a loaded model renders with every level
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] (the coarse-to-fine schedule); 1 = every level (inference)."""
+        self.progress = float(progress)
+
+    def level_weights(self) -> torch.Tensor | None:
+        """(levels,) BARF weights of the appearance grid's levels at the current progress."""
+        span = self.config.coarse_to_fine
+        if self.encoding is None or span <= 0 or self.progress >= span:
+            return None
+        levels = self.config.hash_levels
+        alpha = self.progress / span * levels
+        ramp = (alpha - torch.arange(levels, dtype=torch.float32)).clamp(0.0, 1.0)
+        return (1.0 - torch.cos(ramp * torch.pi)) / 2.0
 
     def encode_points(self, points: torch.Tensor) -> torch.Tensor:
         if self.encoding is None:
             return points
         unit = ((points / self.config.bound + 1.0) * 0.5).clamp(0.0, 1.0)
-        return torch.cat([points, self.encoding(unit)], -1)
+        features = self.encoding(unit)
+        weights = self.level_weights()
+        if weights is not None:
+            per_level = features.reshape(*features.shape[:-1], self.config.hash_levels, -1)
+            features = (per_level * weights.to(features)[:, None]).reshape(features.shape)
+        return torch.cat([points, features], -1)
 
     def forward(self, points, normals, view_dirs, feature):
         x = torch.cat([self.encode_points(points), normals, self.view_encoding(view_dirs), feature], -1)
