@@ -57,8 +57,8 @@ class IDRConfig:
     lr_cameras: float = 1e-3
     camera_gauge: bool = True  # remove the similarity by which all trained cameras drift together
     # with trained cameras the appearance grid's levels fade in over this fraction of training
-    # (renderer.coarse_to_fine, BARF); measured 0.47 -> 0.30 deg with 0.5 (0 = renderer's own value)
-    camera_coarse_to_fine: float = 0.5
+    # (renderer.coarse_to_fine, BARF); measured 0.47 -> 0.30 / 0.27 deg with 0.5 / 0.7 (0 = renderer's value)
+    camera_coarse_to_fine: float = 0.7
     downscale: int = 1  # train on images downscaled by this integer factor
     eval_downscale: int = 1  # render the held-out views at this factor
     holdout_every: int = 8  # scenes without a test/val split hold back every k-th view (0: none)
