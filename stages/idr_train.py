@@ -48,7 +48,7 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
     idx_s = surface.nonzero().squeeze(1)
     idx_m = others.nonzero().squeeze(1)
 
-    rgb_pred, grad_surface, _ = model.shade_surface(rays_o[idx_s], rays_d[idx_s], hits.t[idx_s])
+    rgb_pred, grad_surface, surface_points = model.shade_surface(rays_o[idx_s], rays_d[idx_s], hits.t[idx_s])
     # mask loss at the smallest-SDF point of missed rays (the hit point for hits outside the mask);
     # the point moves with the rays, so trainable cameras also learn from silhouettes
     x_mask = rays_o[idx_m] + hits.t[idx_m].unsqueeze(-1) * rays_d[idx_m]
@@ -57,7 +57,7 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
     eik = uniform_ball_points(eikonal_points, radius, generator=generator, device=rays_o.device)
     smooth = loss_cfg.smoothness_weight > 0 and len(idx_s) > 0
     if smooth:  # displaced surface points share the eikonal batch (their gradients serve both terms)
-        near = (rays_o[idx_s] + hits.t[idx_s].unsqueeze(-1) * rays_d[idx_s]).detach()
+        near = surface_points.detach()
         near = near + loss_cfg.smoothness_std * torch.randn(near.shape, generator=generator, device=near.device)
         eik = torch.cat([eik, near])
     _, _, grad_eik = model.sdf_network.sdf_and_gradient(eik, create_graph=True)
