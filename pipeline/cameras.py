@@ -290,6 +290,23 @@ class Cameras:
         return rays_o, rays_d, z_scale
 
 
+def visibility_counts(points: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+    """How many cameras see each point (N, 3) inside their image and in front of them: (N,) int."""
+    counts = torch.zeros(len(points), dtype=torch.int32, device=points.device)
+    for i in range(len(cameras)):
+        cam = cameras[i]
+        pc = cam.world_to_camera(points)
+        if cam.model == "equirect":
+            counts += 1
+            continue
+        in_front = pc[:, 2] > 1e-6
+        uv = cam.project(torch.where(in_front[:, None], pc, torch.ones_like(pc)))
+        w, h = cam.width.to(points.dtype), cam.height.to(points.dtype)
+        inside = in_front & (uv[:, 0] >= 0) & (uv[:, 0] <= w) & (uv[:, 1] >= 0) & (uv[:, 1] <= h)
+        counts += inside.to(torch.int32)
+    return counts
+
+
 def pixel_grid(width: int, height: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """All pixel centres of an image, row-major: (H*W, 2) as (u, v) with centres at +0.5."""
     v, u = torch.meshgrid(torch.arange(height, device=device, dtype=dtype),

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.runtime import pick_device
-from pipeline.cameras import Cameras
+from pipeline.cameras import Cameras, visibility_counts
 from pipeline.log import progress
 from pipeline.metrics import depth_errors, lpips_or_reason, mask_iou, mesh_chamfer_fscore, psnr, ssim
 from pipeline.render import render_image
@@ -185,7 +185,7 @@ def components_outside_frusta(verts: np.ndarray, faces: np.ndarray, scene, sim) 
     _, labels = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
     train = scene.splits.get("train") or list(range(len(scene)))
     points = torch.as_tensor(sim.apply_points(verts), dtype=torch.float32)
-    seen = export.visibility_counts(points, scene.cameras(train)).numpy() > 0
+    seen = visibility_counts(points, scene.cameras(train)).numpy() > 0
     used = np.unique(faces)
     seen_labels = set(labels[used][seen[used]].tolist())
     return int(len(set(labels[used].tolist()) - seen_labels))

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from pipeline.cameras import Cameras
+from pipeline.cameras import Cameras, visibility_counts
 from pipeline.log import progress
 from pipeline.render import render_image
 from pipeline.runtime import pick_device
@@ -338,23 +338,6 @@ def mesh_bounds(scene, model, sim, cfg_bounds) -> np.ndarray:
             return np.asarray(box.detach().cpu() if isinstance(box, torch.Tensor) else box,
                               dtype=np.float64).reshape(2, 3)
     return np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
-
-
-def visibility_counts(points: torch.Tensor, cameras: Cameras) -> torch.Tensor:
-    """How many cameras see each point (N, 3) inside their image and in front of them: (N,) int."""
-    counts = torch.zeros(len(points), dtype=torch.int32, device=points.device)
-    for i in range(len(cameras)):
-        cam = cameras[i]
-        pc = cam.world_to_camera(points)
-        if cam.model == "equirect":
-            counts += 1
-            continue
-        in_front = pc[:, 2] > 1e-6
-        uv = cam.project(torch.where(in_front[:, None], pc, torch.ones_like(pc)))
-        w, h = cam.width.to(points.dtype), cam.height.to(points.dtype)
-        inside = in_front & (uv[:, 0] >= 0) & (uv[:, 0] <= w) & (uv[:, 1] >= 0) & (uv[:, 1] <= h)
-        counts += inside.to(torch.int32)
-    return counts
 
 
 def field_function(model, method: str, density_threshold: float, cameras: Optional[Cameras],

@@ -50,9 +50,11 @@ class NerfConfig:
     lr_final_factor: float = 0.05  # lr decays exponentially to lr * this at the end of the budget
     warmup_steps: int = 50
     weight_decay: float = 1e-6  # on MLP weights only
+    distortion_weight: float = 0.0  # hash: mip-NeRF 360 distortion loss (compact weights along rays)
     occupancy_update_every: int = 16
     occupancy_warmup_steps: int = 128  # update every cell during these steps
     occupancy_fraction: float = 0.125  # cells re-sampled per update after warm-up
+    occupancy_min_views: int = 2  # hash: cells fewer training views see stay empty (floaters; 0 = off)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch threads during this stage on CPU (0 = torch's default); 1 is faster
@@ -205,9 +207,12 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
                     bg = None  # the model composites onto its learned colour
             with _autocast(device, cfg.mixed_precision):
                 out = model.render_rays(rays_o, rays_d, perturb=True, background=bg, generator=generator,
-                                        max_samples=2 * cfg.samples_per_batch)
+                                        max_samples=2 * cfg.samples_per_batch,
+                                        distortion=cfg.distortion_weight > 0)
             target = target[:out["rgb"].shape[0]]
             loss = torch.mean((out["rgb"] - target) ** 2)
+            if "distortion" in out:
+                loss = loss + cfg.distortion_weight * out["distortion"].mean()
             if "rgb_coarse" in out:
                 loss = loss + torch.mean((out["rgb_coarse"] - target) ** 2)
             optimizer.zero_grad(set_to_none=True)
@@ -322,6 +327,8 @@ def _run(ctx: StageContext, cfg: NerfConfig) -> dict:
         ctx.log.info("nerf: images have no alpha; training against their own background")
     aabb = scene_aabb(scene, cfg)
     model = build_model(cfg, aabb, scene.background).to(device)
+    if model.occupancy is not None:
+        model.occupancy.restrict_to_views(data.cameras, cfg.occupancy_min_views)
     ctx.log.info(f"nerf: {cfg.model.kind} model, {len(train_idx)} training views ({data.num_pixels} pixels), "
                  f"box {aabb.tolist()}, device {device}")
     stats = train(model, data, cfg, device, ctx.resume_dir, ctx.log)

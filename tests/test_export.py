@@ -13,7 +13,8 @@ from pipeline.mesh import is_watertight, read_ply
 from pipeline.stage import run_stage
 from pipeline.workspace import WorkspaceError
 from stages import export
-from stages.export import extract_mesh, visibility_counts
+from pipeline.cameras import visibility_counts
+from stages.export import extract_mesh
 from tests.test_export_models import CENTER, RADIUS, SphereDensity, make_sphere_workspace, ring_cameras
 
 

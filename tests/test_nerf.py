@@ -10,7 +10,8 @@ from pipeline.cameras import Intrinsics, look_at
 from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig
 from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
-from pipeline.nn.volume_rendering import composite_dense, composite_packed, ray_aabb, sample_pdf, stratified_samples
+from pipeline.nn.volume_rendering import (composite_dense, composite_packed, distortion_loss_packed, ray_aabb, sample_pdf,
+                                          stratified_samples)
 from pipeline.render import DensityModel
 
 TINY_GRID = HashGridConfig(levels=6, features_per_level=2, log2_table_size=12, base_resolution=4,
@@ -63,6 +64,27 @@ def test_packed_compositing_matches_dense_and_has_the_same_gradients():
     assert torch.allclose(g_dense, g_packed, atol=1e-5)
 
 
+def test_distortion_loss_matches_the_double_sum_and_prefers_compact_weights():
+    gen = torch.Generator().manual_seed(1)
+    counts = [4, 1, 7]
+    ray_index = torch.cat([torch.full((c,), r) for r, c in enumerate(counts)])
+    t = torch.cat([torch.sort(torch.rand(c, generator=gen) * 3).values for c in counts])
+    deltas = torch.rand(len(t), generator=gen) * 0.1
+    weights = (torch.rand(len(t), generator=gen) / 3).requires_grad_()
+    loss = distortion_loss_packed(weights, t, deltas, ray_index, len(counts))
+    for r in range(len(counts)):
+        m = ray_index == r
+        w, tt, d = weights[m], t[m], deltas[m]
+        expected = (w[:, None] * w[None] * (tt[:, None] - tt[None]).abs()).sum() + (w * w * d).sum() / 3
+        assert torch.allclose(loss[r], expected, atol=1e-6)
+    assert weights.grad is None and torch.autograd.grad(loss.sum(), weights)[0].abs().sum() > 0
+    # the same total weight in one interval costs less than spread along the ray
+    t4, d4, one_ray = torch.tensor([0.5, 1.0, 1.5, 2.0]), torch.full((4,), 0.1), torch.zeros(4, dtype=torch.long)
+    compact = distortion_loss_packed(torch.tensor([0.0, 0.9, 0.0, 0.0]), t4, d4, one_ray, 1)
+    spread = distortion_loss_packed(torch.tensor([0.3, 0.3, 0.0, 0.3]), t4, d4, one_ray, 1)
+    assert float(compact) < 0.1 * float(spread)
+
+
 def test_ray_box_intersection_and_stratified_samples():
     rays_o = torch.tensor([[0.0, 0.0, -3.0], [5.0, 5.0, -3.0]])
     rays_d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
@@ -98,6 +120,30 @@ def test_occupancy_grid_marks_the_dense_region_and_the_marcher_skips_empty_space
     assert (ray_index == 0).all() and ray_index.numel() > 0  # the ray beside the ball gets no samples
     z = -2.0 + t
     assert float(z.min()) > -0.45 and float(z.max()) < 0.45  # within the ball's occupied cells
+
+
+def test_occupancy_cells_fewer_than_two_views_see_stay_empty():
+    from pipeline.cameras import Cameras
+
+    # two narrow cameras on the x and y axes, both looking at the origin: only the region around
+    # the origin is seen twice; the far end of each view's cone is seen once
+    K = Intrinsics("pinhole", 16, 16, 40.0, 40.0, 8.0, 8.0)
+    poses = np.stack([look_at((3.0, 0, 0), (0, 0, 0)), look_at((0, 3.0, 0), (0, 0, 0))])
+    cameras = Cameras.from_intrinsics([K, K], poses)
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16)
+    grid.restrict_to_views(cameras, min_views=2)
+    grid.update(lambda p: torch.full((p.shape[0],), 100.0), step_size=0.01, all_cells=True)
+    assert bool(grid.is_occupied(torch.zeros(1, 3))[0])
+    seen_once = torch.tensor([[-0.9, 0.0, 0.0], [0.0, -0.9, 0.0]])  # in one camera's cone only
+    unseen = torch.tensor([[0.0, 0.0, 0.9]])
+    assert not grid.is_occupied(torch.cat([seen_once, unseen])).any()
+    grid.restrict_to_views(cameras, min_views=1)
+    grid.update(lambda p: torch.full((p.shape[0],), 100.0), step_size=0.01, all_cells=True)
+    assert grid.is_occupied(seen_once).all() and not grid.is_occupied(unseen).any()
+    # the mask travels with the weights
+    reloaded = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16)
+    reloaded.load_state_dict(grid.state_dict())
+    assert torch.equal(reloaded.visible, grid.visible)
 
 
 def test_cascades_cover_a_larger_box():

@@ -19,8 +19,8 @@ from torch import nn
 from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_field import FourierNeRFField, HashNeRFField
 from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
-from pipeline.nn.volume_rendering import (add_background, composite_dense, composite_packed, ray_aabb, sample_pdf,
-                                          stratified_samples)
+from pipeline.nn.volume_rendering import (add_background, composite_dense, composite_packed, distortion_loss_packed,
+                                          ray_aabb, sample_pdf, stratified_samples)
 
 
 @dataclass
@@ -96,17 +96,18 @@ class NeRFModel(nn.Module):
 
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, perturb: bool = False,
                     background: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                    max_samples: Optional[int] = None) -> dict[str, torch.Tensor]:
+                    max_samples: Optional[int] = None, distortion: bool = False) -> dict[str, torch.Tensor]:
         """rays_o, rays_d (N, 3), rays_d unit -> rgb (N, 3), t (N,), acc (N,), plus ``num_samples``
         (a 0-d tensor) and for the fourier model ``rgb_coarse``. ``background`` (3,) or (N, 3)
         overrides the model's background colour (training with random backgrounds).
 
         ``max_samples`` (hash model, training): when the rays need more samples, only the first
         ``num_rays`` rays are rendered and the outputs have ``num_rays`` rows. Without gradients
-        and jitter (inference), rays stop early once opaque (transmittance < 1e-3)."""
+        and jitter (inference), rays stop early once opaque (transmittance < 1e-3). ``distortion``
+        (hash model, training) adds ``distortion`` (rays,): mip-NeRF 360's distortion loss per ray."""
         bg = self.background() if background is None else background
         if self.config.kind == "hash":
-            out = self._render_hash(rays_o, rays_d, perturb, generator, max_samples)
+            out = self._render_hash(rays_o, rays_d, perturb, generator, max_samples, distortion)
             if bg.ndim == 2:
                 bg = bg[:out["rgb"].shape[0]]
         else:
@@ -118,7 +119,7 @@ class NeRFModel(nn.Module):
 
     # --- samplers ---------------------------------------------------------------------------
 
-    def _render_hash(self, rays_o, rays_d, perturb, generator, max_samples=None):
+    def _render_hash(self, rays_o, rays_d, perturb, generator, max_samples=None, distortion=False):
         # march only through the box around the occupied cells (samples elsewhere would be dropped)
         box = self.occupancy.occupied_box().to(rays_o.device)
         near, far = ray_aabb(rays_o, rays_d, box, min_near=0.0)
@@ -144,7 +145,9 @@ class NeRFModel(nn.Module):
         out = composite_packed(sigma.float(), rgb.float(), t, deltas, ray_index, num_rays)
         out["num_samples"] = torch.tensor(ray_index.numel())
         out["num_rays"] = torch.tensor(num_rays)
-        out.pop("weights")
+        weights = out.pop("weights")
+        if distortion:
+            out["distortion"] = distortion_loss_packed(weights, t, deltas, ray_index, num_rays)
         return out
 
     def _render_hash_early_stop(self, rays_o, rays_d, near, far, window: int = 48, min_transmittance: float = 1e-3):

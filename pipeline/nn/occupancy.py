@@ -7,6 +7,11 @@ random point of a subset of cells (all cells during warm-up), ``grid = max(grid 
 and a cell is occupied when its density exceeds ``min(mean density, threshold / step_size)``
 (i.e. one step through it would absorb more than ``threshold`` of the light).
 
+Cells that fewer than ``min_views`` training cameras see (:meth:`OccupancyGrid.restrict_to_views`)
+stay empty: nothing constrains the density there, and with few views such cells grow floaters that
+one training view explains by painting the object behind them (instant-ngp marks cells no camera
+sees; two views are needed to pin a point's depth).
+
 Ray marching uses ONE global schedule of distances ``t_k`` shared by all rays: constant steps
 ``step_size`` near the camera, growing as ``t * cone_angle`` further away (``cone_angle = 0``:
 uniform). A ray takes the schedule's entries inside its [near, far], jittered in training, and
@@ -31,6 +36,38 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("density", torch.zeros(cascades, resolution ** 3))
         self.register_buffer("occupied", torch.ones(cascades, resolution ** 3, dtype=torch.bool))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("visible", torch.ones(cascades, resolution ** 3, dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models saved before the visibility mask existed: every cell visible
+        state_dict.setdefault(prefix + "visible", torch.ones_like(self.visible))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def cell_centers(self, c: int) -> torch.Tensor:
+        """(R^3, 3) centres of the cells of cascade c, in the order of ``occupied[c]``."""
+        R = self.resolution
+        cells = torch.arange(R ** 3, device=self.density.device)
+        coords = torch.stack([cells // (R * R), (cells // R) % R, cells % R], -1).float()
+        box = self.cascade_box(c)
+        return box[0] + (coords + 0.5) / R * (box[1] - box[0])
+
+    @torch.no_grad()
+    def restrict_to_views(self, cameras, min_views: int = 2) -> None:
+        """Keep empty every cell whose centre fewer than ``min_views`` of ``cameras`` see (in front
+        of the camera, inside its image), then grow the seen region by one cell so that cells the
+        views only graze are kept. ``min_views`` is capped by the number of cameras; 0 disables."""
+        from pipeline.cameras import visibility_counts
+
+        if min_views <= 0 or len(cameras) == 0:
+            self.visible.fill_(True)
+            return
+        needed = min(min_views, len(cameras))
+        R = self.resolution
+        for c in range(self.cascades):
+            seen = visibility_counts(self.cell_centers(c), cameras.to(self.density.device)) >= needed
+            grown = torch.nn.functional.max_pool3d(seen.view(1, 1, R, R, R).float(), 3, stride=1, padding=1)
+            self.visible[c] = grown.view(-1) > 0
+        self.occupied &= self.visible
 
     def cascade_box(self, c: int) -> torch.Tensor:
         """(2, 3) box of cascade c."""
@@ -95,7 +132,7 @@ class OccupancyGrid(nn.Module):
             current[sampled] = torch.maximum(current[sampled] * self.decay, fresh[sampled])
         mean = self.density.mean()
         threshold = min(float(mean), self.threshold / step_size)
-        self.occupied.copy_(self.density > threshold)
+        self.occupied.copy_((self.density > threshold) & self.visible)
         self.updates += 1
 
     def occupied_box(self) -> torch.Tensor:

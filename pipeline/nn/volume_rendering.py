@@ -83,16 +83,7 @@ def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, de
     if sd.numel() == 0:
         zeros = sigma.new_zeros(num_rays)
         return {"rgb": rgb.new_zeros(num_rays, 3), "acc": zeros, "t": zeros, "weights": sd}
-    # exclusive cumulative sum within each ray: a global cumsum (float64: it runs over all samples)
-    # minus the running total where the ray starts
-    cs = torch.cumsum(sd.double(), 0)
-    excl_global = cs - sd.double()
-    first = torch.ones_like(ray_index, dtype=torch.bool)
-    first[1:] = ray_index[1:] != ray_index[:-1]
-    # the subtracted running total keeps its gradient: d excl_i / d sd_j = 1 exactly for the
-    # samples j of the same ray before i
-    start_value = excl_global.gather(0, _first_index_per_sample(first))
-    excl = (excl_global - start_value).float()
+    excl = exclusive_cumsum_per_ray(sd, ray_index)
     alpha = 1.0 - torch.exp(-sd)
     weights = alpha * torch.exp(-excl)
     # per-ray sums as 1-D index_adds: the CPU kernel for 2-D (M, 3) rows pays an iterator per sample
@@ -101,6 +92,35 @@ def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, de
     acc = sigma.new_zeros(num_rays).index_add(0, ray_index, weights)
     depth = sigma.new_zeros(num_rays).index_add(0, ray_index, weights * t)
     return {"rgb": out_rgb, "acc": acc, "t": depth, "weights": weights}
+
+
+def exclusive_cumsum_per_ray(values: torch.Tensor, ray_index: torch.Tensor) -> torch.Tensor:
+    """values, ray_index (M,) packed and sorted by ray -> (M,): the sum of the values of the same
+    ray's earlier samples. A global cumsum (float64: it runs over all samples) minus the running
+    total where the ray starts; the subtracted total keeps its gradient, so d out_i / d v_j = 1
+    exactly for the samples j of the same ray before i."""
+    cs = torch.cumsum(values.double(), 0)
+    excl_global = cs - values.double()
+    first = torch.ones_like(ray_index, dtype=torch.bool)
+    first[1:] = ray_index[1:] != ray_index[:-1]
+    start_value = excl_global.gather(0, _first_index_per_sample(first))
+    return (excl_global - start_value).to(values.dtype)
+
+
+def distortion_loss_packed(weights: torch.Tensor, t: torch.Tensor, deltas: torch.Tensor, ray_index: torch.Tensor,
+                           num_rays: int) -> torch.Tensor:
+    """mip-NeRF 360's distortion loss per ray (R,) for packed samples: weights, t (interval
+    midpoints), deltas (interval lengths), ray_index (M,) sorted by ray.
+
+    ``sum_ij w_i w_j |t_i - t_j| + 1/3 sum_i w_i^2 delta_i``: small when each ray's weight sits in
+    one compact interval, so semi-transparent clouds spread along rays (floaters) cost. The double
+    sum is computed in O(M) from per-ray exclusive cumulative sums of w and w t (samples sorted by t)."""
+    if weights.numel() == 0:
+        return weights.new_zeros(num_rays)
+    w_before = exclusive_cumsum_per_ray(weights, ray_index)
+    wt_before = exclusive_cumsum_per_ray(weights * t, ray_index)
+    per_sample = 2.0 * weights * (t * w_before - wt_before) + weights * weights * deltas / 3.0
+    return weights.new_zeros(num_rays).index_add(0, ray_index, per_sample)
 
 
 def _first_index_per_sample(first: torch.Tensor) -> torch.Tensor:
@@ -116,4 +136,5 @@ def add_background(rgb: torch.Tensor, acc: torch.Tensor, background: torch.Tenso
 
 
 __all__ = ["ray_aabb", "stratified_samples", "sample_pdf", "composite_dense", "composite_packed", "add_background",
+           "exclusive_cumsum_per_ray", "distortion_loss_packed",
            "BACKGROUND_MODES"]
