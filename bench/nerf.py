@@ -143,6 +143,17 @@ def main():
         t_naive = encoding_fwd_bwd_time("naive", cpu, 1 << 16, 3, cpu_grid)
         rows.append(("CPU hash grid alone, fwd+bwd 65k points, reference / naive", f"{t_naive / t_ref:.1f}x",
                      f"{t_ref * 1e3:.0f} ms vs {t_naive * 1e3:.0f} ms (L=16, F=2, T=2^17)"))
+        try:  # the reference's CPU work compiled kernel by kernel (backend "compiled")
+            kernels = step_throughput("compiled", cpu)
+            t_kernels = encoding_fwd_bwd_time("compiled", cpu, 1 << 16, 5, cpu_grid)
+            from pipeline.nn.hashgrid_compiled import fused_available
+
+            label = "compiled hash-grid kernels" if fused_available() else "compiled kernels UNAVAILABLE (ran eager)"
+            rows.append((f"CPU train step, {label} (samples/s)", f"{kernels:.3g}",
+                         f"{kernels / ref:.2f}x of eager, {kernels / naive:.1f}x naive; grid fwd+bwd "
+                         f"{t_kernels * 1e3:.0f} ms"))
+        except Exception as exc:
+            rows.append(("CPU train step, compiled hash-grid kernels", "failed", f"{type(exc).__name__}"))
         try:
             compiled = step_throughput("torch", cpu, compile_field=True)
             rows.append(("CPU train step, torch.compile(field) (samples/s)", f"{compiled:.3g}",

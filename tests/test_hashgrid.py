@@ -53,6 +53,23 @@ def test_reference_and_naive_backends_agree(features):
     assert torch.allclose(g_ref[0], g_naive[0], rtol=1e-3, atol=1e-2)
 
 
+def test_compiled_cpu_kernels_agree_with_the_eager_reference():
+    from pipeline.nn import hashgrid_compiled
+
+    if not hashgrid_compiled.fused_available():
+        pytest.skip("torch.compile fast path unavailable here (no C++ compiler or RECON_HASHGRID_COMPILE=0)")
+    grid = _grid(HashGridConfig(**{**SMALL.__dict__, "features_per_level": 2}))
+    x = torch.rand(hashgrid_compiled.MIN_POINTS + 100, 3, requires_grad=True)  # large enough to take the fast path
+    compiled, eager = grid(x, backend="compiled"), grid(x, backend="torch")
+    assert hashgrid_compiled.fused_available(), "the compiled path failed and fell back"
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    weights = torch.randn_like(eager)
+    g_compiled = torch.autograd.grad((compiled * weights).sum(), [x, grid.table])
+    g_eager = torch.autograd.grad((eager * weights).sum(), [x, grid.table])
+    assert torch.allclose(g_compiled[1], g_eager[1], atol=1e-4)
+    assert torch.allclose(g_compiled[0], g_eager[0], rtol=1e-4, atol=1e-3)
+
+
 def test_second_derivatives_for_an_eikonal_loss_match_the_naive_backend():
     # IDR's eikonal loss differentiates grad_x f again (create_graph=True): the reference backend
     # must give the same second-order gradients as plain autograd, for the table and for x
