@@ -15,8 +15,8 @@ backends read and write the same layout and a model trained with one loads with 
   ``index_add_`` (no per-corner copies of the table). It also gives gradients w.r.t. the input.
 - ``compiled``: the reference with its CPU work compiled by ``torch.compile``
   (``pipeline/nn/hashgrid_compiled.py``: corners, gathers and interpolation fused in one loop;
-  needs a C++ compiler, falls back to ``torch`` without one). Forward ~2x, training step ~1.15x
-  faster on the 2-core development CPU, after a 60-130 s first compile: opt-in.
+  needs a C++ compiler, falls back to ``torch`` without one). Forward ~2x faster on the 2-core
+  development CPU, the NeRF training loop no faster (bench/RESULTS.md), 60-130 s first compile: opt-in.
 - ``naive``: the textbook version (a Python loop over levels and corners with ``table[idx]`` and
   autograd); kept as the baseline of the speed comparison and as a cross-check in tests.
 - ``triton``: fused CUDA kernels (``pipeline/nn/hashgrid_triton.py``), chosen by ``auto`` on CUDA.
