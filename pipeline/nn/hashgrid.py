@@ -32,8 +32,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.nn import hashgrid_compiled
-
 BACKENDS = ("auto", "torch", "compiled", "triton", "tcnn", "naive")
 # instant-ngp's spatial hash primes; the first is 1 so that x stays coherent in memory. As int32 they
 # wrap, which keeps the low bits (all the hash uses) identical to the uint32 products.
@@ -269,6 +267,8 @@ class _FusedHashGridFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, table, scale, stride, dense, offset, table_mask):
+        from pipeline.nn import hashgrid_compiled
+
         out = hashgrid_compiled.interpolate(x.detach(), table.detach(), scale, stride, offset, dense, table_mask)
         if out is None:
             raise _CompiledPathUnavailable
@@ -279,6 +279,8 @@ class _FusedHashGridFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        from pipeline.nn import hashgrid_compiled
+
         x, table, scale, stride, dense, offset = ctx.saved_tensors
         mask = ctx.table_mask
         eager = None  # corner rows, weights, frac: computed only when a compiled kernel is unavailable
@@ -330,14 +332,15 @@ def _interpolate_differentiable(x: torch.Tensor, table: torch.Tensor, idx: torch
 def hashgrid_torch(x, table, scale, stride, dense, offset, table_mask: int, fused: bool = False) -> torch.Tensor:
     """The reference backend: x (N, 3) in [0, 1] -> (N, L * F). ``fused``: on the CPU, batches of
     at least ``hashgrid_compiled.MIN_POINTS`` points use the compiled kernels when available."""
-    if fused and x.device.type == "cpu" and x.shape[0] >= hashgrid_compiled.MIN_POINTS:
-        if hashgrid_compiled.fused_available():
+    if fused and x.device.type == "cpu":
+        from pipeline.nn import hashgrid_compiled
+
+        if x.shape[0] >= hashgrid_compiled.MIN_POINTS and hashgrid_compiled.fused_available():
             try:
                 return _FusedHashGridFunction.apply(x, table, scale, stride, dense, offset, table_mask)
             except _CompiledPathUnavailable:
                 pass
     return _HashGridFunction.apply(x, table, scale, stride, dense, offset, table_mask)
-
 
 
 def hashgrid_naive(x, table, scale, stride, dense, offset, table_mask: int) -> torch.Tensor:

@@ -19,9 +19,10 @@ import shutil
 
 import torch
 
-# instant-ngp's spatial hash primes (as in pipeline.nn.hashgrid). The products are taken in int64
-# and masked: the low bits equal those of the uint32 products.
-PRIMES = (1, 2654435761, 805459861)
+# the hash uses instant-ngp's primes as the reference does; products are taken in int64 and masked,
+# so the low bits equal those of the uint32 products
+from pipeline.nn.hashgrid import PRIMES
+
 MIN_POINTS = 4096  # below this the compiled call's overhead is not worth it
 
 _state: dict = {"ok": None, "fns": {}}

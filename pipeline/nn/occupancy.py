@@ -43,13 +43,13 @@ class OccupancyGrid(nn.Module):
         state_dict.setdefault(prefix + "visible", torch.ones_like(self.visible))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def cell_centers(self, c: int) -> torch.Tensor:
-        """(R^3, 3) centres of the cells of cascade c, in the order of ``occupied[c]``."""
+    def cell_points(self, c: int, cells: torch.Tensor, within: torch.Tensor | float = 0.5) -> torch.Tensor:
+        """Points (M, 3) in the flat cells (M,) of cascade c (the order of ``occupied[c]``), at
+        ``within`` (M, 3) or a scalar in [0, 1) of each cell's extent (0.5: the centres)."""
         R = self.resolution
-        cells = torch.arange(R ** 3, device=self.density.device)
         coords = torch.stack([cells // (R * R), (cells // R) % R, cells % R], -1).float()
         box = self.cascade_box(c)
-        return box[0] + (coords + 0.5) / R * (box[1] - box[0])
+        return box[0] + (coords + within) / R * (box[1] - box[0])
 
     @torch.no_grad()
     def restrict_to_views(self, cameras, min_views: int = 2) -> None:
@@ -63,8 +63,10 @@ class OccupancyGrid(nn.Module):
             return
         needed = min(min_views, len(cameras))
         R = self.resolution
+        cameras = cameras.to(self.density.device)
+        all_cells = torch.arange(R ** 3, device=self.density.device)
         for c in range(self.cascades):
-            seen = visibility_counts(self.cell_centers(c), cameras.to(self.density.device)) >= needed
+            seen = visibility_counts(self.cell_points(c, all_cells), cameras) >= needed
             grown = torch.nn.functional.max_pool3d(seen.view(1, 1, R, R, R).float(), 3, stride=1, padding=1)
             self.visible[c] = grown.view(-1) > 0
         self.occupied &= self.visible
@@ -119,10 +121,8 @@ class OccupancyGrid(nn.Module):
                     cells = torch.cat([uniform, occupied[pick]])
                 else:
                     cells = uniform
-            coords = torch.stack([cells // (R * R), (cells // R) % R, cells % R], -1).float()
-            jitter = torch.rand(coords.shape, device=device, generator=generator)
-            box = self.cascade_box(c)
-            points = box[0] + (coords + jitter) / R * (box[1] - box[0])
+            jitter = torch.rand(cells.shape[0], 3, device=device, generator=generator)
+            points = self.cell_points(c, cells, jitter)
             sigma = torch.cat([density_fn(points[i:i + chunk]).float() for i in range(0, points.shape[0], chunk)])
             current = self.density[c]
             # duplicate cells: keep the largest fresh value
