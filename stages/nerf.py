@@ -4,16 +4,15 @@ Reads ``W/poses/transforms.json``; writes ``W/nerf/``: ``model.pt`` (config + we
 (test-view PNGs), ``depth/`` (z-depth ``.npy`` in the ORIGINAL scene units) and ``metrics.json``
 (PSNR, SSIM, LPIPS or null with the reason, training time, steps, samples/s).
 
-Training samples random pixels of the training views. The hash model sizes its ray batch so that
-the samples per step stay near ``samples_per_batch`` (the occupancy grid makes samples per ray
-vary). It stops at ``max_steps`` or ``max_time_s``, whichever comes first, with the learning rate
+Training samples random pixels of the training views. With the occupancy sampler the ray batch
+is sized so that the samples per step stay near ``samples_per_batch`` (the occupancy grid makes
+samples per ray vary). It stops at ``max_steps`` or ``max_time_s``, whichever comes first, with the learning rate
 decayed over that progress. Checkpoints go to the stage's resume folder every
 ``checkpoint_every`` steps and when training is interrupted; re-running resumes from the last one
 (step, weights, optimiser, occupancy grid, RNG states and elapsed time).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from pipeline.config import load_config
 from pipeline.log import TrainingProgress, get_logger, progress
 from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig, default_aabb
-from pipeline.runtime import pick_device, torch_threads
+from pipeline.runtime import autocast, pick_device, torch_threads
 from pipeline.stage import Stage, StageContext
 from pipeline.workspace import Workspace, WorkspaceError, write_json
 
@@ -43,23 +42,24 @@ class NerfConfig:
     # --- optimisation
     max_steps: int = 20000
     max_time_s: float = 600.0  # wall-clock training budget (0 = none); evaluation is not counted
-    samples_per_batch: int = 65536  # hash: target samples per step; fourier: rays * (coarse + fine)
-    initial_rays: int = 2048  # hash: first ray batch before it adapts to the sample budget
+    samples_per_batch: int = 65536  # occupancy sampler: target samples per step; hierarchical: rays *
+    # (coarse + fine)
+    initial_rays: int = 2048  # occupancy sampler: first ray batch before it adapts to the sample budget
     max_rays: int = 16384
     lr: float = 0.01
     lr_final_factor: float = 0.05  # lr decays exponentially to lr * this at the end of the budget
     warmup_steps: int = 50
     weight_decay: float = 1e-6  # on MLP weights only
-    distortion_weight: float = 0.0  # hash: mip-NeRF 360 distortion loss (compact weights along rays)
+    distortion_weight: float = 0.0  # occupancy sampler: mip-NeRF 360 distortion loss (compact weights along rays)
     occupancy_update_every: int = 16
     occupancy_warmup_steps: int = 128  # update every cell during these steps
     occupancy_fraction: float = 0.125  # cells re-sampled per update after warm-up
-    occupancy_min_views: int = 2  # hash: cells fewer training views see stay empty (floaters; 0 = off)
+    occupancy_min_views: int = 2  # occupancy sampler: cells fewer training views see stay empty (floaters; 0 = off)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch threads during this stage on CPU (0 = torch's default); 1 is faster
     # than 2 when other processes keep the cores busy (threads then wait on each other)
-    mixed_precision: bool = True  # autocast (bfloat16) on CUDA only
+    mixed_precision: bool = True  # bfloat16 autocast of the networks on CUDA and on CPUs with AMX
     checkpoint_every: int = 500
     # --- evaluation
     eval_chunk: int = 8192
@@ -124,7 +124,7 @@ def make_optimizer(model: NeRFModel, cfg: NerfConfig, device: torch.device) -> t
     if grid_params:
         groups.append({"params": grid_params, "weight_decay": 0.0})
     hash_model = cfg.model.kind == "hash"
-    lr = cfg.lr if hash_model else min(cfg.lr, 5e-4)  # the 8x256 MLP diverges at hash-grid learning rates
+    lr = cfg.lr if hash_model else min(cfg.lr, 5e-3)  # the 8x256 MLP diverges at hash-grid learning rates
     # instant-ngp's Adam settings: beta2 0.99 and a tiny eps (sparse grid gradients)
     kwargs = dict(lr=lr, betas=(0.9, 0.99), eps=1e-15 if hash_model else 1e-8)
     try:
@@ -144,12 +144,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.device, resume_dir: Optional[Path],
           log=None) -> dict:
     """Train in place; returns training statistics. Resumes from ``resume_dir/checkpoint.pt``."""
@@ -158,7 +152,8 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     step, elapsed, total_samples = 0, 0.0, 0
-    n_rays = cfg.initial_rays if cfg.model.kind == "hash" else max(
+    marched = cfg.model.resolved_sampler() == "occupancy"
+    n_rays = cfg.initial_rays if marched else max(
         64, cfg.samples_per_batch // (cfg.model.num_coarse + cfg.model.num_fine))
     ckpt_path = resume_dir / CHECKPOINT_NAME if resume_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
@@ -193,8 +188,9 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(frac, step, cfg)
             if model.occupancy is not None and step % cfg.occupancy_update_every == 0:
-                model.update_occupancy(all_cells=step < cfg.occupancy_warmup_steps, generator=generator,
-                                       fraction=cfg.occupancy_fraction)
+                with autocast(device, cfg.mixed_precision):
+                    model.update_occupancy(all_cells=step < cfg.occupancy_warmup_steps, generator=generator,
+                                           fraction=cfg.occupancy_fraction)
             rays_o, rays_d, target = data.sample(n_rays, generator)
             bg = None
             if use_alpha:
@@ -205,7 +201,7 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
                 target = target[:, :3] * target[:, 3:] + bg * (1.0 - target[:, 3:])
                 if cfg.background == "learned":
                     bg = None  # the model composites onto its learned colour
-            with _autocast(device, cfg.mixed_precision):
+            with autocast(device, cfg.mixed_precision):
                 out = model.render_rays(rays_o, rays_d, perturb=True, background=bg, generator=generator,
                                         max_samples=2 * cfg.samples_per_batch,
                                         distortion=cfg.distortion_weight > 0)
@@ -221,7 +217,7 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
                 optimizer.step()
             num_samples = int(out["num_samples"])
             total_samples += num_samples
-            if cfg.model.kind == "hash" and num_samples > 0:
+            if marched and num_samples > 0:
                 # steer the ray count so the next step evaluates about samples_per_batch samples
                 wanted = n_rays * cfg.samples_per_batch / num_samples
                 n_rays = int(min(cfg.max_rays, max(256, 0.7 * n_rays + 0.3 * wanted)))
@@ -268,7 +264,7 @@ def evaluate(model: NeRFModel, scene, indices: list[int], out_dir: Path, depth_u
     t0 = time.time()
     for i in progress(indices, desc="nerf eval"):
         cam = scene.cameras([i], device=device)
-        with _autocast(device, cfg.mixed_precision):
+        with autocast(device, cfg.mixed_precision):
             out = render_image(model, cam, chunk=cfg.eval_chunk)
         pred = out["rgb"].clamp(0, 1).numpy()
         gt = scene.load_image(i)
@@ -329,14 +325,14 @@ def _run(ctx: StageContext, cfg: NerfConfig) -> dict:
     model = build_model(cfg, aabb, scene.background).to(device)
     if model.occupancy is not None:
         model.occupancy.restrict_to_views(data.cameras, cfg.occupancy_min_views)
-    ctx.log.info(f"nerf: {cfg.model.kind} model, {len(train_idx)} training views ({data.num_pixels} pixels), "
-                 f"box {aabb.tolist()}, device {device}")
+    ctx.log.info(f"nerf: {cfg.model.kind} model ({model.sampler} sampler), {len(train_idx)} training views "
+                 f"({data.num_pixels} pixels), box {aabb.tolist()}, device {device}")
     stats = train(model, data, cfg, device, ctx.resume_dir, ctx.log)
     save_model(ctx.out_dir / "model.pt", model, cfg, scene.background)
     scale = ctx.workspace.normalization().scale
     metrics = evaluate(model, scene, eval_idx, ctx.out_dir, scale, cfg, device, ctx.log)
     metrics.update(stats, eval_on=eval_note, device=str(device), model=cfg.model.kind,
-                   torch_threads=torch.get_num_threads())
+                   sampler=model.sampler, torch_threads=torch.get_num_threads())
     if model.occupancy is not None:
         metrics["occupancy_fraction"] = model.occupancy.occupancy_fraction()
     write_json(ctx.out_dir / "metrics.json", metrics)

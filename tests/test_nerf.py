@@ -164,10 +164,10 @@ def _camera_rays(size=16):
     return rays_o, rays_d
 
 
-@pytest.mark.parametrize("kind", ["hash", "fourier"])
-def test_a_tiny_model_overfits_a_16x16_patch(kind, one_thread):
+@pytest.mark.parametrize("kind,sampler", [("hash", "auto"), ("fourier", "auto"), ("fourier", "occupancy")])
+def test_a_tiny_model_overfits_a_16x16_patch(kind, sampler, one_thread):
     torch.manual_seed(0)
-    config = NeRFModelConfig(kind=kind, grid=TINY_GRID, width=32, occupancy_resolution=8, march_steps=16,
+    config = NeRFModelConfig(kind=kind, sampler=sampler, grid=TINY_GRID, width=32, occupancy_resolution=8, march_steps=16,
                              fourier_width=64, fourier_depth=3, pos_freqs=4, num_coarse=8, num_fine=8)
     model = NeRFModel(config, torch.tensor([[-1.0] * 3, [1.0] * 3]))
     assert isinstance(model, DensityModel)
@@ -185,7 +185,61 @@ def test_a_tiny_model_overfits_a_16x16_patch(kind, one_thread):
     with torch.no_grad():
         rgb = model.render_rays(rays_o, rays_d)["rgb"]
     psnr = -10 * math.log10(float(((rgb - target) ** 2).mean()))
-    assert psnr > 25.0, f"{kind}: {psnr:.1f} dB"
+    assert psnr > 25.0, f"{kind}/{sampler}: {psnr:.1f} dB"
+
+
+def test_autocast_runs_matrix_products_in_bf16_only_where_the_hardware_has_them():
+    from pipeline.runtime import autocast, cpu_has_bf16_matmul
+
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    with autocast(torch.device("cpu"), enabled=False):
+        assert layer(x).dtype == torch.float32
+    with autocast(torch.device("cpu")):
+        expected = torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
+        assert layer(x).dtype == expected
+
+
+@pytest.mark.parametrize("kind,sampler", [("hash", "occupancy"), ("fourier", "hierarchical"), ("fourier", "occupancy")])
+def test_mixed_precision_renders_float32_close_to_full_precision(kind, sampler, one_thread):
+    """Under bf16 autocast only the networks' matrix products lose precision: outputs come back in
+    float32 and compositing stays in float32, so the render is close to the float32 one."""
+    torch.manual_seed(0)
+    config = NeRFModelConfig(kind=kind, sampler=sampler, grid=TINY_GRID, width=32, occupancy_resolution=8,
+                             march_steps=16, fourier_width=64, fourier_depth=3, pos_freqs=4, num_coarse=8,
+                             num_fine=8)
+    model = NeRFModel(config, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    if kind == "fourier":  # a half-transparent fog rather than the untrained near-vacuum
+        with torch.no_grad():
+            model.field.trunk.out.bias[0] += 0.4
+    rays_o, rays_d = _camera_rays()
+    with torch.no_grad():
+        full = model.render_rays(rays_o, rays_d)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.render_rays(rays_o, rays_d)
+    assert 0.2 < float(full["acc"].mean()) < 0.8
+    for key in ("rgb", "acc", "t"):
+        assert mixed[key].dtype == torch.float32, key
+    assert float((mixed["rgb"] - full["rgb"]).abs().max()) < 0.03
+    assert float((mixed["acc"] - full["acc"]).abs().max()) < 0.03
+
+
+def test_marched_samples_are_padded_to_buckets_only_under_cpu_autocast(one_thread):
+    from pipeline.nn.nerf_model import _field_in_buckets
+
+    calls = []
+
+    def field(points, dirs):
+        calls.append(points.shape[0])
+        return points.sum(-1), dirs * 2
+
+    points, dirs = torch.randn(1000, 3), torch.randn(1000, 3)
+    sigma, rgb = _field_in_buckets(field, points, dirs, bucket=256)
+    assert calls == [1000]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sigma_b, rgb_b = _field_in_buckets(field, points, dirs, bucket=256)
+    assert calls[-1] == 1024  # one fixed shape for oneDNN instead of a new one per batch
+    assert torch.equal(sigma_b, sigma) and torch.equal(rgb_b, rgb)
 
 
 def test_siren_mlp_uses_sine_activations_with_its_initialisation():

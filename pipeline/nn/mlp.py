@@ -69,8 +69,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for i, layer in enumerate(self.hidden):
-            if i in self.skips:
-                h = torch.cat([h, x], -1)
+            if i in self.skips:  # x in h's dtype: under autocast h is bfloat16 and a float32 x
+                h = torch.cat([h, x.to(h.dtype)], -1)  # would promote the whole concatenation
             h = self.act(layer(h))
         return self.out(h)
 

@@ -90,7 +90,7 @@ class FourierNeRFField(nn.Module):
         return torch.relu(h[:, 0]), h[:, 1:]
 
     def color(self, dirs: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.color_mlp(torch.cat([feat, self.dir_encoding(dirs)], -1)))
+        return torch.sigmoid(self.color_mlp(torch.cat([feat, self.dir_encoding(dirs).to(feat.dtype)], -1)))
 
     def forward(self, points: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma, feat = self.density(points)

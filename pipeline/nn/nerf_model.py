@@ -3,10 +3,14 @@
 Implements :class:`pipeline.render.DensityModel` (``render_rays``, ``query_density``,
 ``query_color``), so evaluation and exports render it without knowing which field it holds.
 
-- ``kind="hash"``: :class:`HashNeRFField` with an :class:`OccupancyGrid`; rays are marched with a
-  fixed step (optionally growing with distance) and only samples in occupied cells are evaluated.
-- ``kind="fourier"``: :class:`FourierNeRFField` with stratified coarse samples and hierarchical
-  (importance) fine samples from the coarse weights, both evaluated by the same network.
+Fields (``kind``): :class:`HashNeRFField` (``hash``) or :class:`FourierNeRFField` (``fourier``).
+Samplers (``sampler``), either with either field:
+
+- ``occupancy`` (the hash model's default, instant-ngp / nerfacc): an :class:`OccupancyGrid`; rays
+  are marched with a fixed step (optionally growing with distance) and only samples in occupied
+  cells are evaluated.
+- ``hierarchical`` (the fourier model's default, Mildenhall et al.): stratified coarse samples and
+  importance (fine) samples from the coarse weights, both evaluated by the same network.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ class NeRFModelConfig:
     """What defines the network and its sampler (saved with the weights in model.pt)."""
 
     kind: str = "hash"  # hash | fourier
+    sampler: str = "auto"  # occupancy | hierarchical | auto (occupancy for hash, hierarchical for fourier)
     activation: str = "relu"  # relu | siren (MLP activations)
     grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(log2_table_size=17, finest_resolution=1024))
     width: int = 64  # hash model MLP width
@@ -36,13 +41,20 @@ class NeRFModelConfig:
     fourier_width: int = 256
     fourier_depth: int = 8
     siren_omega: float = 30.0
-    num_coarse: int = 64  # fourier: stratified samples per ray
-    num_fine: int = 64  # fourier: importance samples per ray
-    occupancy_resolution: int = 64  # hash: cells per axis per cascade
-    cascades: int = 1  # hash: 1 for bounded scenes, more for unbounded
+    num_coarse: int = 64  # hierarchical sampler: stratified samples per ray
+    num_fine: int = 64  # hierarchical sampler: importance samples per ray
+    occupancy_resolution: int = 64  # occupancy sampler: cells per axis per cascade
+    cascades: int = 1  # occupancy sampler: 1 for bounded scenes, more for unbounded
     occupancy_threshold: float = 0.01  # opacity of one step below which a cell counts as empty
-    march_steps: int = 384  # hash: steps across the box diagonal (sets the step size)
-    cone_angle: float = 0.0  # hash: step grows as t * cone_angle (0: uniform; 1/256 for unbounded)
+    march_steps: int = 384  # occupancy sampler: steps across the box diagonal (sets the step size)
+    cone_angle: float = 0.0  # occupancy sampler: step grows as t * cone_angle (0: uniform; 1/256 unbounded)
+
+    def resolved_sampler(self) -> str:
+        if self.sampler == "auto":
+            return "occupancy" if self.kind == "hash" else "hierarchical"
+        if self.sampler not in ("occupancy", "hierarchical"):
+            raise ValueError(f"NeRF sampler must be occupancy, hierarchical or auto, got {self.sampler!r}")
+        return self.sampler
     max_samples_per_ray: int = 1024
 
 
@@ -61,22 +73,25 @@ class NeRFModel(nn.Module):
         else:
             self.register_buffer("background_color", torch.tensor(background, dtype=torch.float32))
         self.learn_background = learn_background
-        if config.kind == "hash":
+        if config.kind not in ("hash", "fourier"):
+            raise ValueError(f"NeRF model kind must be 'hash' or 'fourier', got {config.kind!r}")
+        self.sampler = config.resolved_sampler()
+        self.occupancy = None
+        field_box = aabb
+        if self.sampler == "occupancy":
             self.occupancy = OccupancyGrid(aabb, config.occupancy_resolution, config.cascades,
                                            config.occupancy_threshold)
-            outer = self.occupancy.outer_box()
-            self.field = HashNeRFField(outer, config.grid, config.width, activation=config.activation)
+            field_box = self.occupancy.outer_box()
             diagonal = float((aabb[1] - aabb[0]).norm())
             self.step_size = diagonal / config.march_steps
-            self.schedule = march_schedule(float((outer[1] - outer[0]).norm()) + 1e-3 + 10 * diagonal,
+            self.schedule = march_schedule(float((field_box[1] - field_box[0]).norm()) + 1e-3 + 10 * diagonal,
                                            self.step_size, config.cone_angle)
-        elif config.kind == "fourier":
-            self.occupancy = None
-            self.field = FourierNeRFField(aabb, config.pos_freqs, config.dir_freqs, config.fourier_width,
+        if config.kind == "hash":
+            self.field = HashNeRFField(field_box, config.grid, config.width, activation=config.activation)
+        else:
+            self.field = FourierNeRFField(field_box, config.pos_freqs, config.dir_freqs, config.fourier_width,
                                           config.fourier_depth, activation=config.activation,
                                           siren_omega=config.siren_omega)
-        else:
-            raise ValueError(f"NeRF model kind must be 'hash' or 'fourier', got {config.kind!r}")
 
     # --- DensityModel interface ---------------------------------------------------------------
 
@@ -98,20 +113,20 @@ class NeRFModel(nn.Module):
                     background: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                     max_samples: Optional[int] = None, distortion: bool = False) -> dict[str, torch.Tensor]:
         """rays_o, rays_d (N, 3), rays_d unit -> rgb (N, 3), t (N,), acc (N,), plus ``num_samples``
-        (a 0-d tensor) and for the fourier model ``rgb_coarse``. ``background`` (3,) or (N, 3)
+        (a 0-d tensor) and for the hierarchical sampler ``rgb_coarse``. ``background`` (3,) or (N, 3)
         overrides the model's background colour (training with random backgrounds).
 
-        ``max_samples`` (hash model, training): when the rays need more samples, only the first
+        ``max_samples`` (occupancy sampler, training): when the rays need more samples, only the first
         ``num_rays`` rays are rendered and the outputs have ``num_rays`` rows. Without gradients
         and jitter (inference), rays stop early once opaque (transmittance < 1e-3). ``distortion``
-        (hash model, training) adds ``distortion`` (rays,): mip-NeRF 360's distortion loss per ray."""
+        (occupancy sampler, training) adds ``distortion`` (rays,): mip-NeRF 360's distortion loss per ray."""
         bg = self.background() if background is None else background
-        if self.config.kind == "hash":
-            out = self._render_hash(rays_o, rays_d, perturb, generator, max_samples, distortion)
+        if self.sampler == "occupancy":
+            out = self._render_marched(rays_o, rays_d, perturb, generator, max_samples, distortion)
             if bg.ndim == 2:
                 bg = bg[:out["rgb"].shape[0]]
         else:
-            out = self._render_fourier(rays_o, rays_d, perturb, generator, bg)
+            out = self._render_hierarchical(rays_o, rays_d, perturb, generator, bg)
         acc = out["acc"]
         out["t"] = out["t"] / acc.clamp_min(1e-6)
         out["rgb"] = add_background(out["rgb"], acc, bg)
@@ -119,7 +134,7 @@ class NeRFModel(nn.Module):
 
     # --- samplers ---------------------------------------------------------------------------
 
-    def _render_hash(self, rays_o, rays_d, perturb, generator, max_samples=None, distortion=False):
+    def _render_marched(self, rays_o, rays_d, perturb, generator, max_samples=None, distortion=False):
         # march only through the box around the occupied cells (samples elsewhere would be dropped)
         box = self.occupancy.occupied_box().to(rays_o.device)
         near, far = ray_aabb(rays_o, rays_d, box, min_near=0.0)
@@ -127,7 +142,7 @@ class NeRFModel(nn.Module):
         if far_max > float(self.schedule[-1]):  # cameras further out than the schedule reaches
             self.schedule = march_schedule(1.5 * far_max, self.step_size, self.config.cone_angle)
         if not torch.is_grad_enabled() and not perturb:
-            return self._render_hash_early_stop(rays_o, rays_d, near, far)
+            return self._render_marched_early_stop(rays_o, rays_d, near, far)
         ray_index, t, deltas = march_rays(self.occupancy, self.schedule, rays_o, rays_d, near, far, perturb,
                                           self.config.max_samples_per_ray, generator)
         num_rays = rays_o.shape[0]
@@ -139,7 +154,7 @@ class NeRFModel(nn.Module):
             ray_index, t, deltas = ray_index[keep], t[keep], deltas[keep]
         points = rays_o[ray_index] + rays_d[ray_index] * t[:, None]
         if ray_index.numel():
-            sigma, rgb = self.field(points, rays_d[ray_index])
+            sigma, rgb = _field_in_buckets(self.field, points, rays_d[ray_index])
         else:
             sigma, rgb = points.new_zeros(0), points.new_zeros(0, 3)
         out = composite_packed(sigma.float(), rgb.float(), t, deltas, ray_index, num_rays)
@@ -150,7 +165,7 @@ class NeRFModel(nn.Module):
             out["distortion"] = distortion_loss_packed(weights, t, deltas, ray_index, num_rays)
         return out
 
-    def _render_hash_early_stop(self, rays_o, rays_d, near, far, window: int = 48, min_transmittance: float = 1e-3):
+    def _render_marched_early_stop(self, rays_o, rays_d, near, far, window: int = 48, min_transmittance: float = 1e-3):
         """Inference: march ``window`` schedule steps at a time and drop rays once opaque."""
         n = rays_o.shape[0]
         rgb, depth = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
@@ -167,7 +182,7 @@ class NeRFModel(nn.Module):
                                               window + 1)
             if ray_index.numel():
                 points = rays_o[alive][ray_index] + rays_d[alive][ray_index] * t[:, None]
-                sigma, col = self.field(points, rays_d[alive][ray_index])
+                sigma, col = _field_in_buckets(self.field, points, rays_d[alive][ray_index])
                 part = composite_packed(sigma.float(), col.float(), t, deltas, ray_index, alive.numel())
                 T = transmittance[alive]
                 rgb[alive] += T[:, None] * part["rgb"]
@@ -181,7 +196,7 @@ class NeRFModel(nn.Module):
         return {"rgb": rgb, "acc": 1.0 - transmittance, "t": depth, "num_samples": torch.tensor(total),
                 "num_rays": torch.tensor(n)}
 
-    def _render_fourier(self, rays_o, rays_d, perturb, generator, bg):
+    def _render_hierarchical(self, rays_o, rays_d, perturb, generator, bg):
         n = rays_o.shape[0]
         near, far = ray_aabb(rays_o, rays_d, self.aabb, min_near=0.0)
         hit = far > near + 1e-6
@@ -220,6 +235,20 @@ class NeRFModel(nn.Module):
         if self.occupancy is not None:
             self.occupancy.update(lambda p: self.field.density(p)[0], self.step_size, all_cells, fraction,
                                   generator)
+
+
+def _field_in_buckets(field: nn.Module, points: torch.Tensor, dirs: torch.Tensor, bucket: int = 1024):
+    """field(points, dirs) with the row count padded up to a multiple of ``bucket`` under CPU autocast.
+
+    oneDNN compiles a bf16 matrix-product kernel per shape; marched batches have a new sample count
+    every step, and the recompilation made the 8x256 MLP's training step ~1.6x slower (measured).
+    Rounding the count up keeps a few dozen shapes, each compiled once. points, dirs: (N, 3)."""
+    n = points.shape[0]
+    if points.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or n % bucket == 0:
+        return field(points, dirs)
+    pad = bucket - n % bucket
+    sigma, rgb = field(torch.cat([points, points[-1:].expand(pad, 3)]), torch.cat([dirs, dirs[-1:].expand(pad, 3)]))
+    return sigma[:n], rgb[:n]
 
 
 def default_aabb(bounds, radius: float = 1.0, padding: float = 0.05):
