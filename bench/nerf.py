@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.nn.hashgrid import HashGridConfig  # noqa: E402
 from pipeline.nn.nerf_field import HashNeRFField  # noqa: E402
+from pipeline.runtime import flush_denormals  # noqa: E402
 
 NO_GPU = "not measured: no GPU in this session"
 
@@ -115,6 +116,7 @@ def train_quality(name: str, workdir: Path, budget: float, extra: list[str]) -> 
 
 
 def main():
+    flush_denormals()  # before torch starts its threads (see pipeline.runtime)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quality", default="", help="comma list of lego, builtin, lego-fourier")
     parser.add_argument("--budget", type=float, default=600.0)

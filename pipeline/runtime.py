@@ -56,3 +56,14 @@ def autocast(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cpu" and cpu_has_bf16_matmul():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def flush_denormals() -> bool:
+    """Treat float32 denormals as zero in this process; call it first thing in an entry point.
+
+    Trained MLPs keep a few weights in the denormal range (~1e-4 of them in the lego NeRF: units
+    whose gradient stopped), and every multiply by one takes a slow microcode path: the trained
+    8x256 MLP evaluated 16k points in 2.05 s instead of 0.26 s (1 thread). The flag is per thread and
+    worker threads inherit it when they start, so it must be set before torch starts its thread
+    pool; set later, it only reaches the calling thread. Returns whether the CPU supports it."""
+    return bool(torch.set_flush_denormal(True))

@@ -122,6 +122,13 @@ def test_occupancy_grid_marks_the_dense_region_and_the_marcher_skips_empty_space
     assert float(z.min()) > -0.45 and float(z.max()) < 0.45  # within the ball's occupied cells
 
 
+def test_a_field_of_uniform_density_keeps_every_cell_occupied():
+    # an untrained field evaluated in bf16 returns one density everywhere: nothing may be skipped yet
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)
+    grid.update(lambda p: torch.full((p.shape[0],), 0.37), step_size=0.01, all_cells=True)
+    assert grid.occupancy_fraction() == 1.0
+
+
 def test_occupancy_cells_fewer_than_two_views_see_stay_empty():
     from pipeline.cameras import Cameras
 

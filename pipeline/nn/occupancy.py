@@ -132,7 +132,9 @@ class OccupancyGrid(nn.Module):
             current[sampled] = torch.maximum(current[sampled] * self.decay, fresh[sampled])
         mean = self.density.mean()
         threshold = min(float(mean), self.threshold / step_size)
-        self.occupied.copy_((self.density > threshold) & self.visible)
+        # >=: a field whose densities all tie (an untrained one in bf16 gives one value everywhere)
+        # stays occupied; with > it emptied the grid at once and training never saw a sample
+        self.occupied.copy_((self.density >= threshold) & self.visible)
         self.updates += 1
 
     def occupied_box(self) -> torch.Tensor:
