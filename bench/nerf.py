@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.nn.hashgrid import HashGridConfig  # noqa: E402
 from pipeline.nn.nerf_field import HashNeRFField  # noqa: E402
-from pipeline.runtime import flush_denormals  # noqa: E402
+from pipeline.runtime import autocast, cpu_has_bf16_matmul, flush_denormals  # noqa: E402
 
 NO_GPU = "not measured: no GPU in this session"
 
@@ -41,8 +41,9 @@ def ray_samples(num_rays: int, per_ray: int, device, seed: int = 0):
 
 
 def step_throughput(backend: str, device, num_rays=1024, per_ray=64, repeats=5, compile_field=False,
-                    grid=HashGridConfig(log2_table_size=17, finest_resolution=1024)) -> float:
-    """Samples per second of one full training step: field forward, backward and Adam."""
+                    grid=HashGridConfig(log2_table_size=17, finest_resolution=1024), mixed=False) -> float:
+    """Samples per second of one full training step: field forward, backward and Adam. ``mixed``:
+    the MLPs under the stage's bf16 autocast (``pipeline.runtime.autocast``: CUDA or AMX CPUs)."""
     torch.manual_seed(0)
     grid = HashGridConfig(**{**grid.__dict__, "backend": backend})
     field = HashNeRFField(torch.tensor([[-1.0] * 3, [1.0] * 3]), grid).to(device)
@@ -55,8 +56,9 @@ def step_throughput(backend: str, device, num_rays=1024, per_ray=64, repeats=5, 
     target = torch.rand(points.shape[0], 3, device=device)
 
     def step():
-        sigma, rgb = forward(points, dirs)
-        loss = ((rgb - target) ** 2).mean() + 1e-3 * sigma.mean()
+        with autocast(device, mixed):
+            sigma, rgb = forward(points, dirs)
+        loss = ((rgb.float() - target) ** 2).mean() + 1e-3 * sigma.float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -140,6 +142,10 @@ def main():
         rows.append(("CPU train step, reference hash grid (samples/s)", f"{ref:.3g}", machine))
         rows.append(("CPU train step, naive hash grid (samples/s)", f"{naive:.3g}", machine))
         rows.append(("CPU reference / naive", f"{ref / naive:.1f}x", "target >= 10x"))
+        if cpu_has_bf16_matmul():
+            mixed = step_throughput("torch", cpu, mixed=True)
+            rows.append(("CPU train step, reference + bf16 autocast on AMX (samples/s)", f"{mixed:.3g}",
+                         f"{mixed / naive:.1f}x naive (float32), {mixed / ref:.2f}x float32 reference"))
         cpu_grid = HashGridConfig(log2_table_size=17, finest_resolution=1024)
         t_ref = encoding_fwd_bwd_time("torch", cpu, 1 << 16, 5, cpu_grid)
         t_naive = encoding_fwd_bwd_time("naive", cpu, 1 << 16, 3, cpu_grid)
