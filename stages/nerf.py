@@ -6,8 +6,8 @@ Reads ``W/poses/transforms.json``; writes ``W/nerf/``: ``model.pt`` (config + we
 
 Training samples random pixels of the training views. With the occupancy sampler the ray batch
 is sized so that the samples per step stay near ``samples_per_batch`` (the occupancy grid makes
-samples per ray vary). It stops at ``max_steps`` or ``max_time_s``, whichever comes first, with the learning rate
-decayed over that progress. Checkpoints go to the stage's resume folder every
+samples per ray vary). It stops at ``max_steps`` or ``max_time_s``, whichever comes first, with
+the learning rate decayed over that progress. Checkpoints go to the stage's resume folder every
 ``checkpoint_every`` steps and when training is interrupted; re-running resumes from the last one
 (step, weights, optimiser, occupancy grid, RNG states and elapsed time).
 """
@@ -42,8 +42,7 @@ class NerfConfig:
     # --- optimisation
     max_steps: int = 20000
     max_time_s: float = 600.0  # wall-clock training budget (0 = none); evaluation is not counted
-    samples_per_batch: int = 65536  # occupancy sampler: target samples per step; hierarchical: rays *
-    # (coarse + fine)
+    samples_per_batch: int = 65536  # occupancy sampler: target samples per step (hierarchical: rays x (coarse + fine))
     initial_rays: int = 2048  # occupancy sampler: first ray batch before it adapts to the sample budget
     max_rays: int = 16384
     lr: float = 0.01
@@ -60,8 +59,8 @@ class NerfConfig:
     cpu_threads: int = 0  # torch threads during this stage on CPU (0 = torch's default); 1 is faster
     # than 2 when other processes keep the cores busy (threads then wait on each other)
     mixed_precision: bool = True  # bfloat16 autocast of the networks on CUDA
-    # ... and on CPUs with AMX bf16 units (elsewhere it stays off). lego-200, 600 s, 1 thread: the
-    # hash model lost 2 dB in bf16 (24.66 vs 26.66), the 8x256 Fourier MLP trains 2.4x faster
+    # the same on CPUs with AMX bf16 units (a no-op on other CPUs). lego-200, 600 s, 1 thread: the
+    # hash model lost 2 dB in bf16 (24.66 vs 26.66); the 8x256 Fourier MLP trains 2.4x faster
     cpu_mixed_precision: bool = False
     checkpoint_every: int = 500
     # --- evaluation
@@ -159,7 +158,7 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     step, elapsed, total_samples = 0, 0.0, 0
-    marched = cfg.model.resolved_sampler() == "occupancy"
+    marched = model.sampler == "occupancy"
     n_rays = cfg.initial_rays if marched else max(
         64, cfg.samples_per_batch // (cfg.model.num_coarse + cfg.model.num_fine))
     ckpt_path = resume_dir / CHECKPOINT_NAME if resume_dir is not None else None

@@ -48,6 +48,7 @@ class NeRFModelConfig:
     occupancy_threshold: float = 0.01  # opacity of one step below which a cell counts as empty
     march_steps: int = 384  # occupancy sampler: steps across the box diagonal (sets the step size)
     cone_angle: float = 0.0  # occupancy sampler: step grows as t * cone_angle (0: uniform; 1/256 unbounded)
+    max_samples_per_ray: int = 1024
 
     def resolved_sampler(self) -> str:
         if self.sampler == "auto":
@@ -55,7 +56,6 @@ class NeRFModelConfig:
         if self.sampler not in ("occupancy", "hierarchical"):
             raise ValueError(f"NeRF sampler must be occupancy, hierarchical or auto, got {self.sampler!r}")
         return self.sampler
-    max_samples_per_ray: int = 1024
 
 
 class NeRFModel(nn.Module):
