@@ -112,7 +112,8 @@ def corner_indices_and_weights(x: torch.Tensor, scale: torch.Tensor, stride: tor
         linear = bx[:num_dense] + by[:num_dense] * s + bz[:num_dense] * (s * s) + offset[:num_dense, None]
         axis_steps = torch.stack([torch.ones_like(stride[:num_dense]), stride[:num_dense],
                                   stride[:num_dense] ** 2], -1)  # (Ld, 3)
-        corner_offsets = _corner_bits(x.device) @ axis_steps.T  # (8, Ld)
+        # (8, Ld); elementwise, not a matmul: CUDA has no integer matrix product
+        corner_offsets = (_corner_bits(x.device)[:, None, :] * axis_steps[None]).sum(-1, dtype=torch.int32)
         torch.add(linear[None], corner_offsets[:, :, None], out=idx[:, :num_dense])
     if num_dense < L:
         h = slice(num_dense, L)
@@ -154,7 +155,7 @@ def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     flat_idx = idx.reshape(-1)
     F = table.shape[1]
     wide = _WIDE.get(F * table.element_size())
-    if wide is not None and table.is_contiguous():
+    if wide is not None and table.is_contiguous() and table.device.type == "cpu":
         rows = table.view(wide).view(-1).index_select(0, flat_idx)
         return rows.view(table.dtype).view(*idx.shape, F)
     return table.index_select(0, flat_idx).view(*idx.shape, F)
@@ -168,6 +169,8 @@ def _scatter_add_rows(table: torch.Tensor, idx: torch.Tensor, values: torch.Tens
     F = table.shape[1]
     flat_idx = idx.reshape(-1)
     values = values.reshape(-1, F)
+    if table.device.type != "cpu":  # one row-wise kernel on GPUs (the 1-D tricks are for CPU loops)
+        return torch.zeros_like(table).index_add_(0, flat_idx, values.to(table.dtype))
     if F % 2 == 0 and table.dtype in _COMPLEX:
         out = torch.zeros(table.shape[0], F // 2, dtype=_COMPLEX[table.dtype], device=table.device)
         src = torch.view_as_complex(values.contiguous().view(-1, F // 2, 2))
@@ -228,7 +231,7 @@ def _backward_create_graph(ctx, grad_out, x, table, idx, scale):
 def _table_grad(table, idx, weights, grad_planar):
     """dLoss/dtable (R, F) from corner rows idx and weights (8, L, N), grad_planar (L, F, N)."""
     L, n, F = weights.shape[1], weights.shape[2], table.shape[1]
-    if F % 2 == 0 and table.dtype in _COMPLEX:
+    if F % 2 == 0 and table.dtype in _COMPLEX and table.device.type == "cpu":
         # feature pairs as complex numbers: one contiguous real x complex product per pair writes
         # the interleaved values the scatter reads (a strided write per feature is ~3x slower)
         pairs = torch.view_as_complex(grad_planar.view(L, F // 2, 2, n).transpose(2, 3).contiguous())
