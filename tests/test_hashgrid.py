@@ -161,3 +161,42 @@ def test_triton_backend_gives_input_gradients_through_the_reference_on_cuda():
     (g_tri,) = torch.autograd.grad(grid(x, backend="triton").sum(), [x])
     (g_ref,) = torch.autograd.grad(grid(x, backend="torch").sum(), [x])
     assert torch.allclose(g_tri, g_ref, atol=1e-4)
+
+
+_INTERPRETER_CHECK = """
+import torch
+from pipeline.nn.hashgrid import HashGridConfig, level_layout, hashgrid_torch
+from pipeline.nn.hashgrid_triton import hashgrid_triton
+torch.manual_seed(0)
+layout = level_layout(HashGridConfig(levels=6, log2_table_size=10, base_resolution=4, finest_resolution=64))
+table = torch.randn(int(layout["size"].sum()), 2).requires_grad_(True)
+x = torch.rand(300, 3)
+args = (layout["scale"], layout["stride"], layout["dense"], layout["offset"], int(layout["table_mask"]))
+weights = torch.randn(300, 12)
+ref = hashgrid_torch(x, table, *args)
+out = hashgrid_triton(x, table, *args)
+(g_ref,) = torch.autograd.grad((ref * weights).sum(), table)
+(g_out,) = torch.autograd.grad((out * weights).sum(), table)
+print(float((out - ref).norm() / ref.norm()), float((g_out - g_ref).norm() / g_ref.norm()))
+"""
+
+
+def test_triton_kernels_match_the_reference_in_the_triton_interpreter():
+    """The Triton kernels' index and interpolation logic, run on the CPU by Triton's interpreter
+    (needs the triton package; it is not a dependency, so CI skips this)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (pip install triton to run the kernels in its interpreter)")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    done = subprocess.run([sys.executable, "-c", _INTERPRETER_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    forward_error, gradient_error = map(float, done.stdout.split())
+    assert forward_error < 1e-6 and gradient_error < 1e-6
