@@ -34,7 +34,7 @@ from pipeline.nn.sdf_mesh import sample_sdf_grid
 from pipeline.nn.sdf_network import SDFNetworkConfig
 from pipeline.nn.sphere_tracing import TracingConfig
 from pipeline.render import render_image
-from pipeline.runtime import torch_threads
+from pipeline.runtime import pick_device, torch_threads
 from pipeline.stage import Stage, StageContext
 from pipeline.workspace import Workspace, WorkspaceError, write_json
 from stages.idr_data import MaskOptions, RayBank, estimate_background, load_masks, load_views
@@ -76,6 +76,7 @@ class IDRConfig:
     checkpoint_every_s: float = 60.0
     seed: int = 0
     cpu_threads: int = 1  # torch CPU threads while the stage runs (restored after); 0 = torch's default
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
     sdf: SDFNetworkConfig = field(default_factory=SDFNetworkConfig)
     renderer: RendererConfig = field(default_factory=RendererConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
@@ -144,7 +145,7 @@ def evaluate_views(model: IDRModel, views, scene: Scene, out_dir: Path, depth_sc
     (out_dir / "depth").mkdir(parents=True, exist_ok=True)
     per_view = []
     for v, i in enumerate(views.indices):
-        out = render_image(model, views.cameras[v], chunk=chunk)
+        out = render_image(model, views.cameras[v].to(model.background.device), chunk=chunk)
         rgb, acc = out["rgb"].numpy(), out["acc"].numpy() > 0.5
         name = scene.frames[i].name
         normal = np.where(acc[..., None], (out["normal"].numpy() + 1) / 2, 1.0)
@@ -165,7 +166,9 @@ def extract_mesh(model: IDRModel, cfg: IDRConfig, to_original) -> tuple[np.ndarr
     """Marching cubes of f over the bounding cube; vertices in original units, optional colours."""
     r = cfg.tracing.radius
     bounds = np.array([[-r] * 3, [r] * 3])
-    values = sample_sdf_grid(model.query_sdf, bounds, cfg.mesh_resolution, lipschitz=cfg.tracing.lipschitz)
+    device = model.background.device
+    values = sample_sdf_grid(lambda p: model.query_sdf(p.to(device)), bounds, cfg.mesh_resolution,
+                             lipschitz=cfg.tracing.lipschitz)
     verts, faces = marching_cubes(values, bounds, 0.0)
     if cfg.mesh_min_component > 0:
         verts, faces = keep_large_components(verts, faces, cfg.mesh_min_component)
@@ -174,10 +177,10 @@ def extract_mesh(model: IDRModel, cfg: IDRConfig, to_original) -> tuple[np.ndarr
         parts = []
         pts_all = torch.from_numpy(verts).float()
         for s in range(0, len(pts_all), 32768):
-            pts = pts_all[s:s + 32768]
+            pts = pts_all[s:s + 32768].to(device)
             _, _, grad = model.sdf_network.sdf_and_gradient(pts)
             # look at each vertex head-on, along its inward normal
-            parts.append(model.query_color(pts, -grad).numpy())
+            parts.append(model.query_color(pts, -grad).cpu().numpy())
         colors = np.concatenate(parts)
     return to_original(verts), faces, colors
 
@@ -254,12 +257,14 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     ctx.log.info(f"idr: {len(train_idx)} training views ({len(bank)} rays), {len(test_idx)} held out, "
                  f"encoding {cfg.sdf.encoding}, background {np.round(background, 3).tolist()}")
 
-    model = build_model(cfg, background)
-    corrections = PoseCorrections(len(train_idx)) if cfg.train_cameras else None
+    device = pick_device(cfg.device)
+    model = build_model(cfg, background).to(device)
+    corrections = PoseCorrections(len(train_idx)).to(device) if cfg.train_cameras else None
+    train_cameras = train_views.cameras.to(device)
     settings = TrainSettings(cfg.iterations, cfg.max_time_s, cfg.batch_rays, cfg.eikonal_points, cfg.lr,
                              cfg.lr_grid, cfg.lr_cameras, cfg.lr_final_factor, cfg.checkpoint_every_s, cfg.seed,
                              config_hash(cfg), cfg.camera_gauge)
-    summary = train(model, train_views.cameras, corrections, bank, cfg.loss, settings, ctx.resume_dir, ctx.log)
+    summary = train(model, train_cameras, corrections, bank, cfg.loss, settings, ctx.resume_dir, ctx.log)
     model.eval()
 
     extra = {}
@@ -267,7 +272,7 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
                      "stopped_by_time": summary["stopped_by_time"], "encoding": cfg.sdf.encoding}
     if corrections is not None:
         with torch.no_grad():
-            refined = corrections.apply(train_views.cameras.c2w, torch.arange(len(train_idx))).numpy()
+            refined = corrections.apply(train_cameras.c2w, torch.arange(len(train_idx), device=device)).cpu().numpy()
         extra["cameras"] = {"indices": train_idx, "c2w": refined}
         write_json(ctx.out_dir / "cameras.json", {
             "frame": "normalised (see poses/normalization.json), OpenCV camera-to-world",

@@ -58,7 +58,7 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
     smooth = loss_cfg.smoothness_weight > 0 and len(idx_s) > 0
     if smooth:  # displaced surface points share the eikonal batch (their gradients serve both terms)
         near = surface_points.detach()
-        near = near + loss_cfg.smoothness_std * torch.randn(near.shape, generator=generator, device=near.device)
+        near = near + loss_cfg.smoothness_std * torch.randn(near.shape, generator=generator).to(near.device)
         eik = torch.cat([eik, near])
     _, _, grad_eik = model.sdf_network.sdf_and_gradient(eik, create_graph=True)
     l_smooth = smoothness_loss(grad_surface, grad_eik[eikonal_points:]) if smooth else grad_eik.sum() * 0.0
@@ -105,6 +105,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
           settings: TrainSettings, resume_dir: Path, log) -> dict:
     """Train until ``iterations`` or ``max_time_s`` (counted across resumes). Returns a summary."""
     generator = torch.Generator().manual_seed(settings.seed)
+    device = model.background.device
     optimizer = make_optimizer(model, corrections, settings)
     ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
     start, elapsed = 0, 0.0
@@ -137,7 +138,8 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
             group["lr"] = group["base_lr"] * settings.lr_final_factor ** frac
         alpha = mask_alpha(loss_cfg, frac)
         model.renderer.set_progress(frac)
-        batch = bank.sample(settings.batch_rays, generator)
+        # rays are drawn on the CPU (one generator: the same batches on any device), then moved
+        batch = tuple(t.to(device) for t in bank.sample(settings.batch_rays, generator))
         loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha, settings.eikonal_points,
                                     generator)
         optimizer.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ from pipeline.nn.idr_losses import LossConfig, eikonal_loss, mask_alpha, mask_lo
 from pipeline.nn.idr_model import NeuralRenderer, RendererConfig, sample_network
 from pipeline.nn.sdf_network import SDFNetwork, SDFNetworkConfig
 from pipeline.nn.sphere_tracing import TracingConfig, trace_surface
+from tests.conftest import requires_cuda
 
 
 def sphere_sdf(radius=0.5):
@@ -401,6 +402,18 @@ def test_idr_learns_the_sphere_silhouette(sphere_workspace):
     run_stage(idr.STAGE, sphere_workspace, config)
     metrics = json.loads((sphere_workspace.stage_dir("idr") / "metrics.json").read_text())
     assert metrics["mask_iou"] > 0.8, metrics
+
+
+@requires_cuda
+def test_idr_stage_trains_on_cuda_with_hash_geometry_and_trainable_cameras(sphere_workspace):
+    from pipeline.stage import run_stage
+    import stages.idr as idr
+
+    config = tiny_config(device="cuda", train_cameras="true", **{"sdf.encoding": "hashgrid"})
+    run_stage(idr.STAGE, sphere_workspace, config)
+    metrics = json.loads((sphere_workspace.stage_dir("idr") / "metrics.json").read_text())
+    assert metrics["iterations"] == 25 and np.isfinite(metrics["psnr"])
+    assert (sphere_workspace.stage_dir("idr") / "cameras.json").exists()
 
 
 def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path, one_thread):

@@ -188,11 +188,13 @@ class IDRModel(nn.Module):
 
 
 def uniform_ball_points(count: int, radius: float, generator=None, device="cpu") -> torch.Tensor:
-    """``count`` points uniform in the ball of ``radius``: (count, 3)."""
-    dirs = torch.randn(count, 3, generator=generator, device=device)
+    """``count`` points uniform in the ball of ``radius``: (count, 3) on ``device``, drawn on the
+    generator's device (a CPU generator gives the same points for every device)."""
+    source = generator.device if generator is not None else device
+    dirs = torch.randn(count, 3, generator=generator, device=source)
     dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    r = radius * torch.rand(count, 1, generator=generator, device=device) ** (1.0 / 3.0)
-    return dirs * r
+    r = radius * torch.rand(count, 1, generator=generator, device=source) ** (1.0 / 3.0)
+    return (dirs * r).to(device)
 
 
 __all__ = ["RendererConfig", "NeuralRenderer", "IDRModel", "sample_network", "uniform_ball_points"]
