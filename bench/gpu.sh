@@ -3,6 +3,7 @@
 # the CUDA tests, the hash-grid kernel and training-step speed, and lego-200 PSNR in 60 s.
 #   OUT=/tmp/gpu LEGO=../shared/data/lego-200 bash bench/gpu.sh
 # Python packages the machine lacks travel as wheels in .whl/ (kornia, omegaconf, plyfile).
+# About 5-6 minutes on an H200 (first run 2026-11-30: bench/RESULTS.md, "GPU: NVIDIA H200").
 set -u
 export PYTHONUNBUFFERED=1 RECON_QUIET=1
 OUT=${OUT:-/tmp/recon-gpu}
@@ -15,18 +16,17 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 echo "== CUDA tests"; date
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_hashgrid.py tests/test_nerf.py 2>&1 | tail -8 | tee "$OUT/tests.txt"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_hashgrid.py tests/test_idr.py -k "cuda or triton" 2>&1 \
+  | tail -8 | tee "$OUT/tests.txt"
 echo "== speed"; date
 timeout 150 python3 bench/nerf.py --skip-speed 2>&1 | tee "$OUT/speed.txt"
-lego() {  # name, then nerf config overrides
-  local name=$1; shift
-  echo "== lego-200 60 s: $name $*"; date
+lego() {  # quality item (lego-gpu, lego, lego-fourier), then nerf config overrides
+  local item=$1; shift
+  echo "== $item 60 s: $*"; date
   local sets=(); for s in "$@"; do sets+=(--set "$s"); done
-  timeout 150 python3 bench/nerf.py --skip-speed --skip-gpu --quality lego --budget 60 --lego "$LEGO" \
-    --workdir "/tmp/w-$name" --set device=cuda ${sets[@]+"${sets[@]}"} 2>&1 | tail -3 | tee "$OUT/lego-$name.txt"
+  timeout 150 python3 bench/nerf.py --skip-speed --skip-gpu --quality "$item" --budget 60 --fourier-budget 60 \
+    --lego "$LEGO" --workdir "/tmp/w-$item" --set device=cuda ${sets[@]+"${sets[@]}"} 2>&1 | tail -3 | tee "$OUT/$item.txt"
 }
-GPU_SIZED=(model.grid.log2_table_size=19 model.grid.finest_resolution=2048 samples_per_batch=262144 max_rays=65536 initial_rays=8192)
-lego gpu-bf16 "${GPU_SIZED[@]}"
-lego gpu-fp32 "${GPU_SIZED[@]}" mixed_precision=false
-lego cpu-config
+lego lego-gpu
+lego lego-fourier
 date

@@ -144,7 +144,7 @@ def train_quality(name: str, workdir: Path, budget: float, extra: list[str], leg
 
         data = generate(workdir / "synthetic-data", SyntheticConfig())
     run_stage(POSES, ws, PosesConfig(data=str(data)))
-    config_name = "nerf-fourier" if name.endswith("fourier") else "nerf-hash"
+    config_name = {"fourier": "nerf-fourier", "gpu": "nerf-hash-gpu"}.get(name.rsplit("-", 1)[-1], "nerf-hash")
     cfg = nerf.default_config(config_name, [f"max_time_s={budget}", *extra])
     run_stage(nerf.STAGE, ws, cfg, force=True)
     return json.loads((ws.stage_dir("nerf") / "metrics.json").read_text())
@@ -153,7 +153,7 @@ def train_quality(name: str, workdir: Path, budget: float, extra: list[str], leg
 def main():
     flush_denormals()  # before torch starts its threads (see pipeline.runtime)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quality", default="", help="comma list of lego, builtin, lego-fourier")
+    parser.add_argument("--quality", default="", help="comma list of lego, builtin, lego-fourier, lego-gpu (nerf-hash-gpu.yaml)")
     parser.add_argument("--budget", type=float, default=600.0)
     parser.add_argument("--fourier-budget", type=float, default=1200.0)
     parser.add_argument("--workdir", default="/tmp/recon-bench-nerf")
