@@ -2,7 +2,10 @@
 # One GPU session's measurements in one call (see /work/.library/device/METHOD.md: few, full calls):
 # the CUDA tests, the hash-grid kernel and training-step speed, and lego-200 PSNR in 60 s.
 #   OUT=/tmp/gpu LEGO=../shared/data/lego-200 bash bench/gpu.sh
-# Python packages the machine lacks travel as wheels in .whl/ (kornia, omegaconf, plyfile).
+# Python packages the machine lacks travel as wheels in .whl/ (kornia, kornia_rs, omegaconf, plyfile)
+# and ../shared does not travel: copy lego-200 into an ignored folder first, e.g. .gpudata/, name both
+# in the device call's carry and run:  OUT=$OUT LEGO=.gpudata/lego-200 bash bench/gpu.sh
+# (.whl/ and .gpudata/ listed in .git/info/exclude; delete .gpudata/ afterwards).
 # About 5-6 minutes on an H200 (first run 2026-11-30: bench/RESULTS.md, "GPU: NVIDIA H200").
 set -u
 export PYTHONUNBUFFERED=1 RECON_QUIET=1
