@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -32,6 +33,7 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles).
 
