@@ -137,7 +137,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * settings.lr_final_factor ** frac
         alpha = mask_alpha(loss_cfg, frac)
-        model.renderer.set_progress(frac)
+        model.set_progress(frac)
         # rays are drawn on the CPU (one generator: the same batches on any device), then moved
         batch = tuple(t.to(device) for t in bank.sample(settings.batch_rays, generator))
         loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha, settings.eikonal_points,
@@ -161,7 +161,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
                              elapsed + time.time() - t_session, generator, settings)
             last_save = time.time()
     bar.close()
-    model.renderer.set_progress(1.0)
+    model.set_progress(1.0)
     total = elapsed + time.time() - t_session
     _save_checkpoint(ckpt_path, model, corrections, optimizer, iteration, total, generator, settings)
     return {"iterations": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time,

@@ -86,6 +86,25 @@ def level_layout(config: HashGridConfig) -> dict[str, torch.Tensor]:
             "size": torch.tensor(sizes, dtype=torch.int64), "table_mask": torch.tensor(table - 1, dtype=torch.int32)}
 
 
+def coarse_to_fine_weights(levels: int, progress: float, span: float) -> torch.Tensor | None:
+    """(levels,) weights that fade a grid's levels in, coarsest first, over the first ``span`` of
+    training (BARF, Lin et al. 2021; Neuralangelo's progressive levels). None when every level is
+    fully on (``span`` <= 0 or ``progress`` >= ``span``)."""
+    if span <= 0 or progress >= span:
+        return None
+    alpha = progress / span * levels
+    ramp = (alpha - torch.arange(levels, dtype=torch.float32)).clamp(0.0, 1.0)
+    return (1.0 - torch.cos(ramp * torch.pi)) / 2.0
+
+
+def weight_levels(features: torch.Tensor, weights: torch.Tensor | None, levels: int) -> torch.Tensor:
+    """features (N, levels * F) with each level's F features scaled by weights (levels,)."""
+    if weights is None:
+        return features
+    per_level = features.reshape(*features.shape[:-1], levels, -1)
+    return (per_level * weights.to(features)[:, None]).reshape(features.shape)
+
+
 def corner_indices_and_weights(x: torch.Tensor, scale: torch.Tensor, stride: torch.Tensor, dense: torch.Tensor,
                                offset: torch.Tensor, table_mask: int, with_frac: bool = False):
     """Rows of the flat table and trilinear weights of the 8 corners of every point at every level.

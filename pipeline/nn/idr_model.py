@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.nn.encodings import FourierEncoding
+from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding, coarse_to_fine_weights, weight_levels
 from pipeline.nn.sdf_network import SDFNetwork, SDFNetworkConfig
 from pipeline.nn.sphere_tracing import SurfaceHits, TracingConfig, trace_surface
 
@@ -71,8 +72,6 @@ class NeuralRenderer(nn.Module):
         self.encoding = None
         position_dim = 3
         if config.position_encoding == "hashgrid":
-            from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding
-
             self.encoding = HashGridEncoding(HashGridConfig(
                 levels=config.hash_levels, features_per_level=config.hash_features_per_level,
                 log2_table_size=config.hash_log2_size, base_resolution=config.hash_base_resolution,
@@ -94,23 +93,15 @@ class NeuralRenderer(nn.Module):
 
     def level_weights(self) -> torch.Tensor | None:
         """(levels,) BARF weights of the appearance grid's levels at the current progress."""
-        span = self.config.coarse_to_fine
-        if self.encoding is None or span <= 0 or self.progress >= span:
+        if self.encoding is None:
             return None
-        levels = self.config.hash_levels
-        alpha = self.progress / span * levels
-        ramp = (alpha - torch.arange(levels, dtype=torch.float32)).clamp(0.0, 1.0)
-        return (1.0 - torch.cos(ramp * torch.pi)) / 2.0
+        return coarse_to_fine_weights(self.config.hash_levels, self.progress, self.config.coarse_to_fine)
 
     def encode_points(self, points: torch.Tensor) -> torch.Tensor:
         if self.encoding is None:
             return points
         unit = ((points / self.config.bound + 1.0) * 0.5).clamp(0.0, 1.0)
-        features = self.encoding(unit)
-        weights = self.level_weights()
-        if weights is not None:
-            per_level = features.reshape(*features.shape[:-1], self.config.hash_levels, -1)
-            features = (per_level * weights.to(features)[:, None]).reshape(features.shape)
+        features = weight_levels(self.encoding(unit), self.level_weights(), self.config.hash_levels)
         return torch.cat([points, features], -1)
 
     def forward(self, points, normals, view_dirs, feature):
@@ -132,6 +123,11 @@ class IDRModel(nn.Module):
         self.renderer = NeuralRenderer(sdf.feature_dim, renderer)
         self.tracing = tracing
         self.register_buffer("background", torch.as_tensor(background, dtype=torch.float32).reshape(3))
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] for the coarse-to-fine schedules; 1 = inference."""
+        self.sdf_network.set_progress(progress)
+        self.renderer.set_progress(progress)
 
     # --- the pieces of one training step -------------------------------------------------
 

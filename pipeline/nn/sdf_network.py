@@ -20,8 +20,11 @@ import torch
 from torch import nn
 
 from pipeline.nn.encodings import FourierEncoding
+from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding, coarse_to_fine_weights, weight_levels
 
 ENCODINGS = ("fourier", "hashgrid")
+GRADIENTS = ("analytic", "numerical")
+_FOURIER_EPS = 1e-3
 
 
 @dataclass
@@ -45,14 +48,19 @@ class SDFNetworkConfig:
     # reference ("torch") and autograd ("naive") backends give them, triton and tcnn do not
     hash_backend: str = "torch"
     bound: float = 1.0
+    # grad_x f by "analytic" differentiation (IDR) or "numerical" central differences (Neuralangelo,
+    # Li et al. 2023): on a hash grid the analytic gradient only sees the one cell a point lies in, so
+    # the eikonal loss and the normals shape each cell on its own and the surface turns bumpy; a
+    # difference over a step of a cell or more couples neighbouring cells and needs no second derivatives
+    gradient: str = "analytic"
+    # step of the central differences; 0 = the cell size of the finest grid level in use (hash grid,
+    # shrinking as coarse_to_fine brings finer levels in) or 1e-3 (Fourier)
+    numerical_eps: float = 0.0
+    # the geometry grid's levels fade in, coarsest first, over this share of training (Neuralangelo)
+    coarse_to_fine: float = 0.0
 
 
 def _build_hashgrid(config: SDFNetworkConfig) -> nn.Module:
-    try:
-        from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding
-    except ImportError as exc:  # shared with the NeRF fields; say what is missing
-        raise ImportError(f"the hashgrid SDF encoding needs pipeline.nn.hashgrid ({exc}); "
-                          "use sdf.encoding=fourier instead") from exc
     return HashGridEncoding(HashGridConfig(levels=config.hash_levels,
                                            features_per_level=config.hash_features_per_level,
                                            log2_table_size=config.hash_log2_size,
@@ -71,6 +79,9 @@ class SDFNetwork(nn.Module):
         super().__init__()
         if config.encoding not in ENCODINGS:
             raise ValueError(f"unknown SDF encoding {config.encoding!r}; choose one of {ENCODINGS}")
+        if config.gradient not in GRADIENTS:
+            raise ValueError(f"unknown sdf.gradient {config.gradient!r}; choose one of {GRADIENTS}")
+        self.progress = 1.0  # training progress (coarse-to-fine); not saved: a loaded model uses every level
         self.config = config
         if config.encoding == "fourier":
             self.encoding = FourierEncoding(3, config.num_freqs, include_input=True)
@@ -136,7 +147,31 @@ class SDFNetwork(nn.Module):
         if self.config.encoding == "fourier":
             return self.encoding(points)
         unit = (points / self.config.bound + 1.0) * 0.5  # the grid takes [0, 1]^3
-        return torch.cat([points, self.encoding(unit.clamp(0.0, 1.0))], -1)
+        features = weight_levels(self.encoding(unit.clamp(0.0, 1.0)), self.level_weights(), self.config.hash_levels)
+        return torch.cat([points, features], -1)
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] (coarse-to-fine levels and the numerical step); 1 = inference."""
+        self.progress = float(progress)
+
+    def level_weights(self) -> torch.Tensor | None:
+        """(levels,) weights of the geometry grid's levels now; None = all on (or no grid)."""
+        if self.config.encoding != "hashgrid":
+            return None
+        return coarse_to_fine_weights(self.config.hash_levels, self.progress, self.config.coarse_to_fine)
+
+    def numerical_step(self) -> float:
+        """Step of the central differences, in the units of x: ``numerical_eps`` when set, else the
+        cell of the finest grid level in use (levels partly faded in count by their weight)."""
+        c = self.config
+        if c.numerical_eps > 0:
+            return c.numerical_eps
+        if c.encoding != "hashgrid":
+            return _FOURIER_EPS
+        weights = self.level_weights()
+        finest = (c.hash_levels - 1) if weights is None else max(0.0, float(weights.sum()) - 1.0)
+        growth = (c.hash_max_resolution / c.hash_base_resolution) ** (1.0 / max(1, c.hash_levels - 1))
+        return 2.0 * c.bound / (c.hash_base_resolution * growth ** finest)
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = self.encode(points)
@@ -156,11 +191,29 @@ class SDFNetwork(nn.Module):
     def sdf_and_gradient(self, points: torch.Tensor, create_graph: bool = False):
         """sdf (N,), feature (N, F) and grad_x f (N, 3); ``create_graph`` keeps the gradient
         differentiable (needed when a loss depends on it: eikonal, normals in the renderer)."""
+        if self.config.gradient == "numerical":
+            return self._numerical_sdf_and_gradient(points, create_graph)
         with torch.enable_grad():
             x = points if points.requires_grad else points.detach().requires_grad_(True)
             sdf, feature = self.forward(x)
             (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
         return sdf, feature, grad
 
+    def _numerical_sdf_and_gradient(self, points: torch.Tensor, create_graph: bool):
+        """Central differences along the axes, one batched forward of 7N points. The result is
+        differentiable to the parameters (and to ``points``) with first derivatives only."""
+        eps = self.numerical_step()
+        n = points.shape[0]
+        axes = torch.eye(3, dtype=points.dtype, device=points.device) * eps
+        offsets = torch.cat([axes, -axes])  # (6, 3): +x, +y, +z, -x, -y, -z
+        with torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
+            stencil = (points[None] + offsets[:, None]).reshape(-1, 3)
+            sdf_all, feature_all = self.forward(torch.cat([points, stencil]))
+            plus, minus = sdf_all[n:].reshape(6, n)[:3], sdf_all[n:].reshape(6, n)[3:]
+            grad = ((plus - minus) / (2.0 * eps)).T
+        if not create_graph:
+            grad = grad.detach()
+        return sdf_all[:n], feature_all[:n], grad
 
-__all__ = ["SDFNetworkConfig", "SDFNetwork", "ENCODINGS"]
+
+__all__ = ["SDFNetworkConfig", "SDFNetwork", "ENCODINGS", "GRADIENTS"]
