@@ -49,6 +49,8 @@ class IDRConfig:
     max_time_s: float = 780.0  # training budget in seconds (counted across resumes); outputs come after
     batch_rays: int = 512  # rays per step
     mask_fraction: float = 0.6  # share of each batch drawn inside the masks
+    edge_fraction: float = 0.0  # share of each batch drawn within edge_width px of a silhouette edge (first)
+    edge_width: int = 2
     eikonal_points: int = 256  # uniform points in the bounding sphere per step (plus the surface points)
     lr: float = 1e-3  # MLPs
     lr_grid: float = 1e-2  # hash-grid table (encoding=hashgrid)
@@ -66,7 +68,7 @@ class IDRConfig:
     background: str = "auto"  # colour of rays that miss: auto (median outside the masks) | white | black
     mask_source: str = "auto"  # auto (dataset, or mask_folder when set) | dataset | folder | threshold
     mask_folder: str = ""  # masks named like the views (white = object)
-    mask_threshold: float = 0.1  # threshold masks: a pixel is object if it differs from the background by more
+    mask_threshold: float = 0.2  # threshold masks: a pixel is object if it differs from the background by more
     mask_background: str = "black"  # threshold masks: the plain background colour, black | white
     mesh_resolution: int = 256  # marching-cubes grid over the bounding sphere's cube
     mesh_min_component: float = 0.01  # drop mesh pieces smaller than this share of the faces
@@ -253,7 +255,7 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
     train_views = load_views(scene, train_idx, load_masks(scene, train_idx, mask_options), cfg.downscale)
     background = _background(cfg, train_views)
-    bank = RayBank(train_views, cfg.tracing.radius, cfg.mask_fraction)
+    bank = RayBank(train_views, cfg.tracing.radius, cfg.mask_fraction, cfg.edge_fraction, cfg.edge_width)
     ctx.log.info(f"idr: {len(train_idx)} training views ({len(bank)} rays), {len(test_idx)} held out, "
                  f"encoding {cfg.sdf.encoding}, background {np.round(background, 3).tolist()}")
 

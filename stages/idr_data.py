@@ -18,7 +18,7 @@ MASK_HELP = ("give masks in one of these ways: (1) a dataset with masks (alpha c
              "mask/ folder of IDR/DTU data, mask_path in transforms.json); (2) mask_source=folder "
              "mask_folder=DIR with one image per view named like the view (white = object); "
              "(3) mask_source=threshold for a plain background (mask_background=black|white, "
-             "mask_threshold=0.1: pixels differing from the background by more than that are object)")
+             "mask_threshold=0.2: pixels differing from the background by more than that are object)")
 
 
 @dataclass
@@ -29,12 +29,14 @@ class MaskOptions:
     background: str = "black"
 
 
-def threshold_mask(image: np.ndarray, background: str, threshold: float) -> np.ndarray:
+def threshold_mask(image: np.ndarray, background: str, threshold: float, max_hole_fraction: float = 0.002) -> np.ndarray:
     """Object mask of a photo on a plain background. image: (H, W, 3) in [0, 1] -> (H, W) bool.
 
     A pixel is object when any channel differs from the background colour by more than
-    ``threshold``; holes are filled and only the largest connected region is kept (shadows and
-    sensor noise in the background otherwise leave specks)."""
+    ``threshold``; only the largest connected region is kept (shadows and sensor noise in the
+    background otherwise leave specks) and holes up to ``max_hole_fraction`` of the image are filled
+    (dark texture inside the object). Larger holes stay: they are background seen through the
+    object, like the gaps between the Middlebury temple's columns."""
     from scipy import ndimage
 
     bg = 0.0 if background == "black" else 1.0
@@ -44,7 +46,12 @@ def threshold_mask(image: np.ndarray, background: str, threshold: float) -> np.n
     if count > 1:
         sizes = ndimage.sum(mask, labels, range(1, count + 1))
         mask = labels == (1 + int(np.argmax(sizes)))
-    return ndimage.binary_fill_holes(mask)
+    holes, count = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+    if count:
+        sizes = np.asarray(ndimage.sum(np.ones_like(mask), holes, range(1, count + 1)))
+        small = np.flatnonzero(sizes <= max_hole_fraction * mask.size) + 1
+        mask = mask | np.isin(holes, small)
+    return mask
 
 
 def _folder_mask(folder: Path, name: str, index: int) -> np.ndarray:
@@ -135,15 +142,26 @@ def estimate_background(views: Views) -> np.ndarray:
     return np.median(np.concatenate(samples), axis=0).astype(np.float32)
 
 
+def mask_edges(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Pixels within ``width`` pixels of a silhouette edge, on either side: mask (H, W) bool -> (H, W) bool."""
+    m = mask.float()[None, None]
+    size = 2 * width + 1
+    dilated = torch.nn.functional.max_pool2d(m, size, stride=1, padding=width)
+    eroded = -torch.nn.functional.max_pool2d(-m, size, stride=1, padding=width)
+    return (dilated != eroded)[0, 0]
+
+
 class RayBank:
     """Every training pixel whose ray meets the bounding sphere, sampled with a fixed share inside
-    the masks (the RGB loss only sees those; the mask loss sees all).
+    the masks (the RGB loss only sees those; the mask loss sees all) and, optionally, a share near
+    the silhouette edges (``edge_fraction``: thin gaps and outlines get more mask-loss rays).
 
     view (M,) int64 index into the views; uv (M, 2) pixel centres; rgb (M, 3); mask (M,) bool.
     """
 
-    def __init__(self, views: Views, radius: float, mask_fraction: float = 0.6):
-        parts = {"view": [], "uv": [], "rgb": [], "mask": []}
+    def __init__(self, views: Views, radius: float, mask_fraction: float = 0.6, edge_fraction: float = 0.0,
+                 edge_width: int = 2):
+        parts = {"view": [], "uv": [], "rgb": [], "mask": [], "edge": []}
         for v, (img, m) in enumerate(zip(views.images, views.masks)):
             h, w = m.shape
             uv = pixel_grid(w, h)
@@ -156,25 +174,33 @@ class RayBank:
             parts["uv"].append(uv[keep])
             parts["rgb"].append(torch.from_numpy(img.reshape(-1, 3))[keep])
             parts["mask"].append(mask[keep])
+            parts["edge"].append(mask_edges(torch.from_numpy(m), edge_width).reshape(-1)[keep])
+        edge = torch.cat(parts.pop("edge"))
         for key, value in parts.items():
             setattr(self, key, torch.cat(value))
         self.inside_idx = self.mask.nonzero().squeeze(1)
         self.outside_idx = (~self.mask).nonzero().squeeze(1)
+        self.edge_idx = edge.nonzero().squeeze(1)
         if len(self.inside_idx) == 0:
             raise SceneError("every training mask is empty: the object is not visible in any view; "
                              f"check the masks ({MASK_HELP})")
         self.mask_fraction = mask_fraction if len(self.outside_idx) else 1.0
+        self.edge_fraction = edge_fraction if len(self.edge_idx) else 0.0
 
     def __len__(self) -> int:
         return len(self.view)
 
     def sample(self, count: int, generator: Optional[torch.Generator] = None):
         """``count`` random rays: (view (N,), uv (N, 2), rgb (N, 3), mask (N,))."""
-        n_in = int(round(count * self.mask_fraction))
-        pick_in = self.inside_idx[torch.randint(len(self.inside_idx), (n_in,), generator=generator)]
-        pick_out = self.outside_idx[torch.randint(len(self.outside_idx), (count - n_in,), generator=generator)] \
-            if count > n_in else self.inside_idx[:0]
-        idx = torch.cat([pick_in, pick_out])
+        n_edge = int(round(count * self.edge_fraction))
+        n_in = int(round((count - n_edge) * self.mask_fraction))
+        n_out = count - n_edge - n_in
+
+        def draw(pool, n):
+            return pool[torch.randint(len(pool), (n,), generator=generator)] if n > 0 else pool[:0]
+
+        idx = torch.cat([draw(self.inside_idx, n_in), draw(self.outside_idx if len(self.outside_idx) else
+                                                            self.inside_idx, n_out), draw(self.edge_idx, n_edge)])
         return self.view[idx], self.uv[idx], self.rgb[idx], self.mask[idx]
 
 

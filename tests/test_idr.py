@@ -344,7 +344,12 @@ def test_threshold_mask_of_a_black_background():
     image[disk] = rng.uniform(0.3, 0.9, (int(disk.sum()), 3))
     image[30, 30] = 0.0  # a dark pixel inside the object is a hole to fill
     image[5, 5] = 0.8  # a speck in the background is dropped
-    assert mask_iou(threshold_mask(image, "black", 0.1), disk) > 0.97
+    mask = threshold_mask(image, "black", 0.1)
+    assert mask[30, 30] and not mask[5, 5] and mask_iou(mask, disk) > 0.97
+    gap = (np.abs(u - 32) < 3) & (np.abs(v - 30) < 8)  # 75 px of background seen through the object
+    image[gap] = 0.0
+    mask = threshold_mask(image, "black", 0.1, max_hole_fraction=0.01)  # holes up to 41 px are filled
+    assert not mask[gap].any() and mask_iou(mask, disk & ~gap) > 0.97
 
 
 # --- the stage on a tiny rendered scene --------------------------------------------------------
@@ -451,6 +456,27 @@ def test_idr_stage_trains_on_cuda_with_hash_geometry_and_trainable_cameras(spher
     metrics = json.loads((sphere_workspace.stage_dir("idr") / "metrics.json").read_text())
     assert metrics["iterations"] == 25 and np.isfinite(metrics["psnr"])
     assert (sphere_workspace.stage_dir("idr") / "cameras.json").exists()
+
+
+def test_ray_bank_draws_a_share_of_rays_near_the_silhouette_edges(sphere_workspace):
+    from stages.idr_data import MaskOptions, RayBank, load_masks, load_views, mask_edges
+
+    square = torch.zeros(9, 9, dtype=torch.bool)
+    square[2:7, 2:7] = True
+    edges = mask_edges(square, 1)
+    # a 1 px band on each side of the outline: the 7x7 dilated square less the 3x3 eroded one
+    assert edges.sum() == 7 * 7 - 3 * 3 and edges[1:8, 1:8].sum() == 40 and not edges[3:6, 3:6].any()
+
+    scene = sphere_workspace.load_scene()
+    idx = scene.split("train")
+    views = load_views(scene, idx, load_masks(scene, idx, MaskOptions()), 1)
+    bank = RayBank(views, 1.0, mask_fraction=0.5, edge_fraction=0.25, edge_width=2)
+    view, uv, _, mask = bank.sample(4000, torch.Generator().manual_seed(0))
+    near_edge = torch.stack([mask_edges(torch.from_numpy(views.masks[v]), 2)[int(y), int(x)]
+                             for v, (x, y) in zip(view.tolist(), uv.tolist())])
+    # the last quarter comes from the edge band; the rest keeps the inside/outside split
+    assert near_edge[3000:].all() and near_edge[:3000].float().mean() < 0.5
+    assert mask[:1500].all() and not mask[1500:3000].any()
 
 
 def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path, one_thread):
