@@ -199,8 +199,7 @@ class RayBank:
         def draw(pool, n):
             return pool[torch.randint(len(pool), (n,), generator=generator)] if n > 0 else pool[:0]
 
-        idx = torch.cat([draw(self.inside_idx, n_in), draw(self.outside_idx if len(self.outside_idx) else
-                                                            self.inside_idx, n_out), draw(self.edge_idx, n_edge)])
+        idx = torch.cat([draw(self.inside_idx, n_in), draw(self.outside_idx, n_out), draw(self.edge_idx, n_edge)])
         return self.view[idx], self.uv[idx], self.rgb[idx], self.mask[idx]
 
 

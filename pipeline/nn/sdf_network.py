@@ -170,8 +170,9 @@ class SDFNetwork(nn.Module):
             return _FOURIER_EPS
         weights = self.level_weights()
         finest = (c.hash_levels - 1) if weights is None else max(0.0, float(weights.sum()) - 1.0)
-        growth = (c.hash_max_resolution / c.hash_base_resolution) ** (1.0 / max(1, c.hash_levels - 1))
-        return 2.0 * c.bound / (c.hash_base_resolution * growth ** finest)
+        scales = self.encoding.scale  # cells per unit of each level (the grid's own layout)
+        growth = float(scales[1] / scales[0]) if len(scales) > 1 else 1.0
+        return 2.0 * c.bound / (float(scales[0]) * growth ** finest)
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = self.encode(points)
@@ -209,8 +210,8 @@ class SDFNetwork(nn.Module):
         with torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
             stencil = (points[None] + offsets[:, None]).reshape(-1, 3)
             sdf_all, feature_all = self.forward(torch.cat([points, stencil]))
-            plus, minus = sdf_all[n:].reshape(6, n)[:3], sdf_all[n:].reshape(6, n)[3:]
-            grad = ((plus - minus) / (2.0 * eps)).T
+            shifted = sdf_all[n:].reshape(6, n)
+            grad = ((shifted[:3] - shifted[3:]) / (2.0 * eps)).T
         if not create_graph:
             grad = grad.detach()
         return sdf_all[:n], feature_all[:n], grad
