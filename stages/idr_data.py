@@ -11,6 +11,7 @@ import torch
 
 from datasets.scene import Scene, SceneError, load_image_file
 from pipeline.cameras import Cameras, Intrinsics, pixel_grid
+from pipeline.masks import mask_edges
 from pipeline.nn.sphere_tracing import ray_sphere_intersection
 
 MASK_SOURCES = ("auto", "dataset", "folder", "threshold")
@@ -140,15 +141,6 @@ def estimate_background(views: Views) -> np.ndarray:
     if not samples:
         return np.ones(3, dtype=np.float32)
     return np.median(np.concatenate(samples), axis=0).astype(np.float32)
-
-
-def mask_edges(mask: torch.Tensor, width: int) -> torch.Tensor:
-    """Pixels within ``width`` pixels of a silhouette edge, on either side: mask (H, W) bool -> (H, W) bool."""
-    m = mask.float()[None, None]
-    size = 2 * width + 1
-    dilated = torch.nn.functional.max_pool2d(m, size, stride=1, padding=width)
-    eroded = -torch.nn.functional.max_pool2d(-m, size, stride=1, padding=width)
-    return (dilated != eroded)[0, 0]
 
 
 class RayBank:

@@ -23,6 +23,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.log import TrainingProgress, get_logger, progress
+from pipeline.masks import mask_edges
 from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig, default_aabb
 from pipeline.runtime import autocast, pick_device, torch_threads
@@ -54,6 +55,9 @@ class NerfConfig:
     occupancy_warmup_steps: int = 128  # update every cell during these steps
     occupancy_fraction: float = 0.125  # cells re-sampled per update after warm-up
     occupancy_min_views: int = 2  # occupancy sampler: cells fewer training views see stay empty (floaters; 0 = off)
+    edge_fraction: float = 0.0  # share of each batch's rays drawn near the alpha silhouettes (needs alpha)
+    edge_width: int = 2  # pixels on either side of a silhouette edge
+    error_fraction: float = 0.0  # share of each batch's rays drawn in proportion to each pixel's last error
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch threads during this stage on CPU (0 = torch's default); 1 is faster
@@ -76,8 +80,9 @@ class NerfConfig:
 class PixelData:
     """The training pixels of a scene: colours (P, 3 or 4) and, per pixel, its view and (u, v)."""
 
-    def __init__(self, scene, indices: list[int], device, use_alpha: bool):
-        colors, offsets = [], [0]
+    def __init__(self, scene, indices: list[int], device, use_alpha: bool, edge_fraction: float = 0.0,
+                 edge_width: int = 2):
+        colors, offsets, edges = [], [0], []
         self.sizes = []
         for i in indices:
             img = scene.load_rgba(i) if use_alpha else scene.load_image(i)
@@ -85,18 +90,47 @@ class PixelData:
                 img = np.concatenate([img, np.ones_like(img[..., :1])], -1)
             h, w = img.shape[:2]
             colors.append(torch.from_numpy(np.ascontiguousarray(img.reshape(-1, img.shape[-1]))))
+            if use_alpha and edge_fraction > 0:
+                edge = mask_edges(torch.from_numpy(img[..., 3] > 0.5), edge_width).reshape(-1)
+                edges.append(torch.nonzero(edge)[:, 0] + offsets[-1])
             self.sizes.append((h, w))
             offsets.append(offsets[-1] + h * w)
         self.colors = torch.cat(colors).to(device)
+        self.edge_pixels = torch.cat(edges).to(device) if edges else None
+        self.edge_fraction = edge_fraction if self.edge_pixels is not None and len(self.edge_pixels) else 0.0
+        self.error_fraction = 0.0
+        self.pixel_error: Optional[torch.Tensor] = None  # (P,) each pixel's last squared error
+        self.last_pixels: Optional[torch.Tensor] = None  # (n,) the pixels of the last batch
         self.offsets = torch.tensor(offsets, device=device)
         self.widths = torch.tensor([w for _, w in self.sizes], device=device)
         self.cameras = scene.cameras(indices, device=device)
         self.num_pixels = offsets[-1]
 
+    def enable_error_map(self, fraction: float) -> None:
+        """Draw ``fraction`` of each batch in proportion to the pixels' last errors (instant-ngp's
+        error-map sampling). Unseen pixels start at the largest error so that every one is drawn."""
+        self.error_fraction = fraction
+        self.pixel_error = torch.ones(self.num_pixels, device=self.colors.device)
+
+    def record_error(self, pixels: torch.Tensor, error: torch.Tensor) -> None:
+        """pixels (n,) int64 from the last batch, error (n,) their squared errors."""
+        if self.pixel_error is not None:
+            self.pixel_error[pixels] = error.detach().float()
+
     def sample(self, n: int, generator: torch.Generator):
         """n random pixels -> rays_o, rays_d (n, 3), colours (n, C)."""
         device = self.colors.device
         pix = torch.randint(0, self.num_pixels, (n,), generator=generator, device=device)
+        n_edge = int(round(n * self.edge_fraction))
+        if n_edge:
+            pick = torch.randint(0, len(self.edge_pixels), (n_edge,), generator=generator, device=device)
+            pix[:n_edge] = self.edge_pixels[pick]
+        n_error = int(round(n * self.error_fraction))
+        if n_error:
+            cdf = torch.cumsum(self.pixel_error, 0, dtype=torch.float64)
+            u = torch.rand(n_error, generator=generator, device=device, dtype=torch.float64) * cdf[-1]
+            pix[n_edge:n_edge + n_error] = torch.searchsorted(cdf, u).clamp_max(self.num_pixels - 1)
+        self.last_pixels = pix
         view = torch.searchsorted(self.offsets, pix, right=True) - 1
         local = pix - self.offsets[view]
         w = self.widths[view]
@@ -161,6 +195,8 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
     marched = model.sampler == "occupancy"
     n_rays = cfg.initial_rays if marched else max(
         64, cfg.samples_per_batch // (cfg.model.num_coarse + cfg.model.num_fine))
+    if cfg.error_fraction > 0:
+        data.enable_error_map(cfg.error_fraction)
     ckpt_path = resume_dir / CHECKPOINT_NAME if resume_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -169,6 +205,8 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
         generator.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
         torch.set_rng_state(state["torch_rng"])
         step, elapsed, total_samples, n_rays = state["step"], state["elapsed"], state["samples"], state["n_rays"]
+        if data.pixel_error is not None and state.get("pixel_error") is not None:
+            data.pixel_error.copy_(state["pixel_error"])
         log.info(f"nerf: resumed from {ckpt_path} at step {step} ({elapsed:.0f}s trained)")
 
     rng_at_step_start = (generator.get_state(), torch.get_rng_state())
@@ -177,7 +215,8 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
         # RNG states from the start of the step being run: an interrupted step is redone exactly
         return {"step": step, "elapsed": elapsed, "samples": total_samples, "n_rays": n_rays,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": rng_at_step_start[0], "torch_rng": rng_at_step_start[1]}
+                "generator": rng_at_step_start[0], "torch_rng": rng_at_step_start[1],
+                "pixel_error": data.pixel_error}
 
     use_alpha = data.colors.shape[1] == 4
     has_time_budget = cfg.max_time_s and cfg.max_time_s > 0
@@ -227,8 +266,11 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
                 # steer the ray count so the next step evaluates about samples_per_batch samples
                 wanted = n_rays * cfg.samples_per_batch / num_samples
                 n_rays = int(min(cfg.max_rays, max(256, 0.7 * n_rays + 0.3 * wanted)))
+            if data.pixel_error is not None:  # last in the step: an interrupted step leaves the map as it was
+                data.record_error(data.last_pixels[:target.shape[0]], ((out["rgb"].detach() - target) ** 2).mean(-1))
             step += 1
             elapsed += time.perf_counter() - t_start
+            rng_at_step_start = (generator.get_state(), torch.get_rng_state())  # what the next step starts from
             if step % 10 == 0 or step == 1:
                 mse = float(torch.mean((out["rgb"].detach() - target) ** 2))
                 last_loss, last_psnr = float(loss.detach()), -10 * np.log10(max(mse, 1e-10))
@@ -324,7 +366,7 @@ def _run(ctx: StageContext, cfg: NerfConfig) -> dict:
         eval_idx = eval_idx[:cfg.eval_max_views]
     use_alpha = cfg.background != "scene" and scene.has_masks and all(
         scene.frames[i].image_path.suffix.lower() == ".png" for i in train_idx)
-    data = PixelData(scene, train_idx, device, use_alpha)
+    data = PixelData(scene, train_idx, device, use_alpha, cfg.edge_fraction, cfg.edge_width)
     if not use_alpha and cfg.background in ("random", "learned"):
         ctx.log.info("nerf: images have no alpha; training against their own background")
     aabb = scene_aabb(scene, cfg)

@@ -459,7 +459,8 @@ def test_idr_stage_trains_on_cuda_with_hash_geometry_and_trainable_cameras(spher
 
 
 def test_ray_bank_draws_a_share_of_rays_near_the_silhouette_edges(sphere_workspace):
-    from stages.idr_data import MaskOptions, RayBank, load_masks, load_views, mask_edges
+    from pipeline.masks import mask_edges
+    from stages.idr_data import MaskOptions, RayBank, load_masks, load_views
 
     square = torch.zeros(9, 9, dtype=torch.bool)
     square[2:7, 2:7] = True

@@ -353,6 +353,72 @@ def test_resume_after_an_interruption_restores_step_optimiser_and_rng(tmp_path, 
         assert torch.equal(a, b), name
 
 
+def test_resume_from_a_periodic_checkpoint_after_a_kill_repeats_nothing(tmp_path, one_thread, monkeypatch):
+    """A killed process leaves only the last periodic checkpoint; resuming from it (with the
+    error map and edge rays on, whose state is saved too) ends where an uninterrupted run ends."""
+    import shutil
+
+    import stages.nerf as nerf
+
+    ws = _tiny_workspace(tmp_path)
+    scene = ws.load_scene()
+    cfg = _tiny_config(error_fraction=0.5, edge_fraction=0.25)
+    cpu = torch.device("cpu")
+
+    def data():
+        return nerf.PixelData(scene, scene.split("train"), cpu, True, cfg.edge_fraction, cfg.edge_width)
+
+    aabb = nerf.scene_aabb(scene, cfg)
+    torch.manual_seed(0)
+    straight = nerf.build_model(cfg, aabb, "white")
+    run_dir, killed_dir = tmp_path / "run", tmp_path / "killed"
+    run_dir.mkdir()
+    killed_dir.mkdir()
+    save = nerf.save_checkpoint
+
+    def save_and_keep_step_3(path, state):  # the file a kill after step 3 would leave
+        save(path, state)
+        if state["step"] == 3:
+            shutil.copy(path, killed_dir / nerf.CHECKPOINT_NAME)
+
+    monkeypatch.setattr(nerf, "save_checkpoint", save_and_keep_step_3)
+    nerf.train(straight, data(), cfg, cpu, run_dir)
+    monkeypatch.setattr(nerf, "save_checkpoint", save)
+
+    torch.manual_seed(0)
+    resumed = nerf.build_model(cfg, aabb, "white")
+    stats = nerf.train(resumed, data(), cfg, cpu, killed_dir)
+    assert stats["steps"] == 8
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_edge_and_error_rays_go_where_they_are_asked(tmp_path):
+    import stages.nerf as nerf
+    from pipeline.masks import mask_edges
+
+    ws = _tiny_workspace(tmp_path)
+    scene = ws.load_scene()
+    data = nerf.PixelData(scene, scene.split("train"), torch.device("cpu"), True, edge_fraction=0.5)
+    generator = torch.Generator().manual_seed(0)
+    alpha = data.colors[:, 3] > 0.5
+    edge = torch.zeros(data.num_pixels, dtype=torch.bool)
+    for v, (h, w) in enumerate(data.sizes):
+        start = int(data.offsets[v])
+        edge[start:start + h * w] = mask_edges(alpha[start:start + h * w].view(h, w), 2).reshape(-1)
+    data.sample(1000, generator)
+    assert bool(edge[data.last_pixels[:500]].all())
+    assert float(edge[data.last_pixels[500:]].float().mean()) < 0.9  # the rest stays uniform
+
+    data = nerf.PixelData(scene, scene.split("train"), torch.device("cpu"), True)
+    data.enable_error_map(0.5)
+    hot = torch.arange(10, 20)
+    data.record_error(torch.arange(data.num_pixels), torch.zeros(data.num_pixels))
+    data.record_error(hot, torch.ones(10))
+    data.sample(1000, generator)
+    assert bool(torch.isin(data.last_pixels[:500], hot).all())
+
+
 def test_the_stage_trains_evaluates_and_reloads(tmp_path, one_thread):
     import stages.nerf as nerf
     from pipeline.stage import run_stage
