@@ -41,9 +41,9 @@ class NerfConfig:
     scene_radius: float = 1.0  # the box [-r, r]^3 when the scene has no bounds (normalised frame)
     background: str = "random"  # training background: random (needs alpha) | white | black | learned | scene
     # --- optimisation
-    max_steps: int = 20000
+    max_steps: int = 60000
     max_time_s: float = 600.0  # wall-clock training budget (0 = none); evaluation is not counted
-    samples_per_batch: int = 65536  # occupancy sampler: target samples per step (hierarchical: rays x (coarse + fine))
+    samples_per_batch: int = 8192  # occupancy sampler: target samples per step (hierarchical: rays x (coarse + fine))
     initial_rays: int = 2048  # occupancy sampler: first ray batch before it adapts to the sample budget
     max_rays: int = 16384
     lr: float = 0.01
@@ -66,7 +66,7 @@ class NerfConfig:
     # the same on CPUs with AMX bf16 units (a no-op on other CPUs). lego-200, 600 s, 1 thread: the
     # hash model lost 2 dB in bf16 (24.66 vs 26.66); the 8x256 Fourier MLP trains 2.4x faster
     cpu_mixed_precision: bool = False
-    checkpoint_every: int = 500
+    checkpoint_every: int = 2000
     # --- evaluation
     eval_chunk: int = 8192
     eval_max_views: int = 0  # 0 = all views of the eval split
