@@ -4,12 +4,14 @@ Reads ``W/poses/transforms.json``; writes ``W/nerf/``: ``model.pt`` (config + we
 (test-view PNGs), ``depth/`` (z-depth ``.npy`` in the ORIGINAL scene units) and ``metrics.json``
 (PSNR, SSIM, LPIPS or null with the reason, training time, steps, samples/s).
 
-Training samples random pixels of the training views. With the occupancy sampler the ray batch
-is sized so that the samples per step stay near ``samples_per_batch`` (the occupancy grid makes
-samples per ray vary). It stops at ``max_steps`` or ``max_time_s``, whichever comes first, with
-the learning rate decayed over that progress. Checkpoints go to the stage's resume folder every
-``checkpoint_every`` steps and when training is interrupted; re-running resumes from the last one
-(step, weights, optimiser, occupancy grid, RNG states and elapsed time).
+Training samples random pixels of the training views (options: a share near the alpha
+silhouettes, ``edge_fraction``, or drawn by each pixel's last error, ``error_fraction``). With the
+occupancy sampler the ray batch is sized so that the samples per step stay near
+``samples_per_batch`` (the occupancy grid makes samples per ray vary). It stops at ``max_steps``
+or ``max_time_s``, whichever comes first, with the learning rate decayed over that progress.
+Checkpoints go to the stage's resume folder every ``checkpoint_every`` steps and when training is
+interrupted; re-running resumes from the last one (step, weights, optimiser, occupancy grid, RNG
+states, error map and elapsed time).
 """
 from __future__ import annotations
 
