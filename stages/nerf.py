@@ -102,7 +102,6 @@ class PixelData:
         self.edge_fraction = edge_fraction if self.edge_pixels is not None and len(self.edge_pixels) else 0.0
         self.error_fraction = 0.0
         self.pixel_error: Optional[torch.Tensor] = None  # (P,) each pixel's last squared error
-        self.last_pixels: Optional[torch.Tensor] = None  # (n,) the pixels of the last batch
         self.offsets = torch.tensor(offsets, device=device)
         self.widths = torch.tensor([w for _, w in self.sizes], device=device)
         self.cameras = scene.cameras(indices, device=device)
@@ -115,12 +114,11 @@ class PixelData:
         self.pixel_error = torch.ones(self.num_pixels, device=self.colors.device)
 
     def record_error(self, pixels: torch.Tensor, error: torch.Tensor) -> None:
-        """pixels (n,) int64 from the last batch, error (n,) their squared errors."""
-        if self.pixel_error is not None:
-            self.pixel_error[pixels] = error.detach().float()
+        """pixels (n,) int64 from :meth:`sample`, error (n,) their squared errors (error map enabled)."""
+        self.pixel_error[pixels] = error.detach().float()
 
     def sample(self, n: int, generator: torch.Generator):
-        """n random pixels -> rays_o, rays_d (n, 3), colours (n, C)."""
+        """n random pixels -> rays_o, rays_d (n, 3), colours (n, C), pixels (n,) (rows of ``colors``)."""
         device = self.colors.device
         pix = torch.randint(0, self.num_pixels, (n,), generator=generator, device=device)
         n_edge = int(round(n * self.edge_fraction))
@@ -132,13 +130,12 @@ class PixelData:
             cdf = torch.cumsum(self.pixel_error, 0, dtype=torch.float64)
             u = torch.rand(n_error, generator=generator, device=device, dtype=torch.float64) * cdf[-1]
             pix[n_edge:n_edge + n_error] = torch.searchsorted(cdf, u).clamp_max(self.num_pixels - 1)
-        self.last_pixels = pix
         view = torch.searchsorted(self.offsets, pix, right=True) - 1
         local = pix - self.offsets[view]
         w = self.widths[view]
         uv = torch.stack([(local % w).float(), (local // w).float()], -1) + 0.5
         rays_o, rays_d, _ = self.cameras[view].generate_rays(uv)
-        return rays_o, rays_d, self.colors[pix]
+        return rays_o, rays_d, self.colors[pix], pix
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +235,7 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
                 with _autocast(device, cfg):
                     model.update_occupancy(all_cells=step < cfg.occupancy_warmup_steps, generator=generator,
                                            fraction=cfg.occupancy_fraction)
-            rays_o, rays_d, target = data.sample(n_rays, generator)
+            rays_o, rays_d, target, pixels = data.sample(n_rays, generator)
             bg = None
             if use_alpha:
                 if cfg.background == "random":
@@ -269,7 +266,7 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
                 wanted = n_rays * cfg.samples_per_batch / num_samples
                 n_rays = int(min(cfg.max_rays, max(256, 0.7 * n_rays + 0.3 * wanted)))
             if data.pixel_error is not None:  # last in the step: an interrupted step leaves the map as it was
-                data.record_error(data.last_pixels[:target.shape[0]], ((out["rgb"].detach() - target) ** 2).mean(-1))
+                data.record_error(pixels[:target.shape[0]], ((out["rgb"].detach() - target) ** 2).mean(-1))
             step += 1
             elapsed += time.perf_counter() - t_start
             rng_at_step_start = (generator.get_state(), torch.get_rng_state())  # what the next step starts from

@@ -406,17 +406,17 @@ def test_edge_and_error_rays_go_where_they_are_asked(tmp_path):
     for v, (h, w) in enumerate(data.sizes):
         start = int(data.offsets[v])
         edge[start:start + h * w] = mask_edges(alpha[start:start + h * w].view(h, w), 2).reshape(-1)
-    data.sample(1000, generator)
-    assert bool(edge[data.last_pixels[:500]].all())
-    assert float(edge[data.last_pixels[500:]].float().mean()) < 0.9  # the rest stays uniform
+    pixels = data.sample(1000, generator)[3]
+    assert bool(edge[pixels[:500]].all())
+    assert float(edge[pixels[500:]].float().mean()) < 0.9  # the rest stays uniform
 
     data = nerf.PixelData(scene, scene.split("train"), torch.device("cpu"), True)
     data.enable_error_map(0.5)
     hot = torch.arange(10, 20)
     data.record_error(torch.arange(data.num_pixels), torch.zeros(data.num_pixels))
     data.record_error(hot, torch.ones(10))
-    data.sample(1000, generator)
-    assert bool(torch.isin(data.last_pixels[:500], hot).all())
+    pixels = data.sample(1000, generator)[3]
+    assert bool(torch.isin(pixels[:500], hot).all())
 
 
 def test_the_stage_trains_evaluates_and_reloads(tmp_path, one_thread):
