@@ -128,6 +128,35 @@ def gpu_rows(gpu: torch.device) -> list[tuple]:
     return rows
 
 
+def training_loop_rates(workdir: Path, lego: Path, backends=("torch", "cpu"), warmup=300, steps=300) -> dict:
+    """Samples/s of the nerf stage's own training loop (``stages.nerf.train``, nerf-hash.yaml) on
+    lego-200 for each hash-grid backend: ``warmup`` steps first (the occupancy grid's dense warm-up
+    updates), then ``steps`` timed steps. Real batches: marched samples, occupancy updates, Adam."""
+    from pipeline.stage import run_stage
+    from pipeline.workspace import Workspace
+    from stages.poses import STAGE as POSES
+    from stages.poses import PosesConfig
+
+    import stages.nerf as nerf
+
+    ws = Workspace(workdir / "lego-loop")
+    run_stage(POSES, ws, PosesConfig(data=str(lego)))
+    scene = ws.load_scene()
+    train_idx = scene.split("train")
+    rates = {}
+    for backend in backends:
+        torch.manual_seed(0)
+        cfg = nerf.default_config("nerf-hash", [f"model.grid.backend={backend}", "max_time_s=0",
+                                                f"max_steps={warmup}"])
+        data = nerf.PixelData(scene, train_idx, torch.device("cpu"), True)
+        model = nerf.build_model(cfg, nerf.scene_aabb(scene, cfg), scene.background)
+        model.occupancy.restrict_to_views(data.cameras, cfg.occupancy_min_views)
+        nerf.train(model, data, cfg, torch.device("cpu"), None)
+        cfg.max_steps = steps
+        rates[backend] = nerf.train(model, data, cfg, torch.device("cpu"), None)["samples_per_s"]
+    return rates
+
+
 def train_quality(name: str, workdir: Path, budget: float, extra: list[str], lego: Path = LEGO) -> dict:
     from pipeline.stage import run_stage
     from pipeline.workspace import Workspace
@@ -161,6 +190,7 @@ def main():
     parser.add_argument("--from-workspace", action="append", default=[], help="NAME=W: report W/nerf/metrics.json")
     parser.add_argument("--skip-speed", action="store_true", help="no CPU speed rows")
     parser.add_argument("--skip-gpu", action="store_true", help="no GPU speed rows (when CUDA is present)")
+    parser.add_argument("--skip-loop", action="store_true", help="no lego-200 training-loop row (~1 minute)")
     parser.add_argument("--lego", default=str(LEGO), help="the lego-200 folder")
     parser.add_argument("--set", action="append", default=[], help="extra nerf config override key=value")
     args = parser.parse_args()
@@ -181,11 +211,30 @@ def main():
             mixed = step_throughput("torch", cpu, mixed=True)
             rows.append(("CPU train step, reference + bf16 autocast on AMX (samples/s)", f"{mixed:.3g}",
                          f"{mixed / naive:.1f}x naive (float32), {mixed / ref:.2f}x float32 reference"))
+        from pipeline.nn import hashgrid_cpu
+
         cpu_grid = HashGridConfig(log2_table_size=17, finest_resolution=1024)
+        if hashgrid_cpu.available():
+            kernel = step_throughput("cpu", cpu)
+            rows.append(("CPU train step, C++ kernels (backend `cpu`, the default on CPU) (samples/s)",
+                         f"{kernel:.3g}", f"**{kernel / naive:.1f}x naive**, {kernel / ref:.2f}x the reference"))
+        else:
+            rows.append(("CPU train step, C++ kernels (backend `cpu`)", "-",
+                         f"unavailable: {hashgrid_cpu.unavailable_reason()}"[:160]))
         t_ref = encoding_fwd_bwd_time("torch", cpu, 1 << 16, 5, cpu_grid)
         t_naive = encoding_fwd_bwd_time("naive", cpu, 1 << 16, 3, cpu_grid)
         rows.append(("CPU hash grid alone, fwd+bwd 65k points, reference / naive", f"{t_naive / t_ref:.1f}x",
                      f"{t_ref * 1e3:.0f} ms vs {t_naive * 1e3:.0f} ms (L=16, F=2, T=2^17)"))
+        if hashgrid_cpu.available():
+            t_kernel = encoding_fwd_bwd_time("cpu", cpu, 1 << 16, 5, cpu_grid)
+            rows.append(("CPU hash grid alone, fwd+bwd 65k points, C++ kernels / naive", f"{t_naive / t_kernel:.1f}x",
+                         f"{t_kernel * 1e3:.0f} ms ({t_ref / t_kernel:.1f}x the reference)"))
+        if Path(args.lego).is_dir() and not args.skip_loop:
+            rates = training_loop_rates(Path(args.workdir), Path(args.lego))
+            if "cpu" in rates and hashgrid_cpu.available():
+                rows.append(("CPU nerf training loop on lego-200, 300 steps after 300 (samples/s)",
+                             f"{rates['cpu']:.3g} vs {rates['torch']:.3g}",
+                             f"C++ kernels vs the reference: {rates['cpu'] / rates['torch']:.2f}x"))
         try:  # the reference's CPU work compiled kernel by kernel (backend "compiled")
             kernels = step_throughput("compiled", cpu)
             t_kernels = encoding_fwd_bwd_time("compiled", cpu, 1 << 16, 5, cpu_grid)

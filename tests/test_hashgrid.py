@@ -69,6 +69,89 @@ def test_compiled_cpu_kernels_agree_with_the_eager_reference():
     assert hashgrid_compiled.fused_available(), "the compiled path failed and fell back"
 
 
+def _require_cpu_kernels():
+    from pipeline.nn import hashgrid_cpu
+
+    if not hashgrid_cpu.available():
+        pytest.skip(f"C++ hash-grid kernels unavailable: {hashgrid_cpu.unavailable_reason()}")
+
+
+@pytest.mark.parametrize("features", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_kernels_agree_with_the_reference(features, dtype):
+    _require_cpu_kernels()
+    grid = _grid(HashGridConfig(**{**SMALL.__dict__, "features_per_level": features}), dtype=dtype)
+    x = torch.rand(3000, 3, dtype=dtype, requires_grad=True)
+    a, b = grid(x, backend="cpu"), grid(x, backend="torch")
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(a, b, rtol=tol, atol=tol)
+    weights = torch.randn_like(a)
+    g_cpu = torch.autograd.grad((a * weights).sum(), [x, grid.table])
+    g_ref = torch.autograd.grad((b * weights).sum(), [x, grid.table])
+    for ours, ref in zip(g_cpu, g_ref):
+        assert torch.allclose(ours, ref, rtol=100 * tol, atol=100 * tol)
+
+
+def test_cpu_kernel_table_gradient_is_the_same_for_any_thread_count():
+    _require_cpu_kernels()
+    grid = _grid()
+    x = torch.rand(5000, 3)
+    grads = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            grads.append(torch.autograd.grad(grid(x, backend="cpu").square().sum(), grid.table)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1])  # each level is scattered by one thread, in point order
+
+
+def test_cpu_kernels_give_second_derivatives_for_an_eikonal_loss():
+    _require_cpu_kernels()
+    grid = _grid(dtype=torch.float64)
+    head = torch.randn(grid.out_dim, dtype=torch.float64)
+    x = torch.rand(200, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for backend in ("cpu", "torch"):
+        f = torch.tanh(grid(x, backend=backend)) @ head
+        (grad_x,) = torch.autograd.grad(f.sum(), x, create_graph=True)
+        eikonal = ((grad_x.norm(dim=-1) - 1) ** 2).mean()
+        results.append(torch.autograd.grad(eikonal, [grid.table, x]))
+    for ours, ref in zip(*results):
+        assert torch.allclose(ours, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_cpu_kernels_stay_in_bounds_for_points_outside_the_box_and_nan():
+    _require_cpu_kernels()
+    from pipeline.nn.hashgrid_cpu import hashgrid_cpu
+
+    grid = _grid()
+    args = (grid.table, grid.scale, grid.stride, grid.dense, grid.offset, grid.table_mask)
+    outside = torch.tensor([[1.5, -0.2, 0.5], [1e30, -1e30, 2.0]])
+    clamped = outside.clamp(0, 1)
+    assert torch.allclose(hashgrid_cpu(outside, *args), hashgrid_cpu(clamped, *args))  # the kernel clamps too
+    nan_out = hashgrid_cpu(torch.tensor([[float("nan"), 0.5, 0.5]]), *args)  # no stray read: NaN features
+    assert nan_out.shape == (1, grid.out_dim)
+
+
+def test_auto_uses_the_cpu_kernels_and_falls_back_to_the_reference_without_a_compiler(monkeypatch, tmp_path):
+    from pipeline.nn import hashgrid_cpu
+
+    grid = _grid(HashGridConfig(**{**SMALL.__dict__, "backend": "auto"}))
+    expected = "cpu" if hashgrid_cpu.available() else "torch"
+    assert grid.resolve_backend(torch.device("cpu")) == expected
+    # a machine without a working compiler: a clear log line, and the reference runs
+    monkeypatch.setattr(hashgrid_cpu, "_state", {"lib": None, "error": None})
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("RECON_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashgrid_cpu.shutil, "which", lambda name: None)
+    assert not hashgrid_cpu.available() and "no C++ compiler" in hashgrid_cpu.unavailable_reason()
+    assert grid.resolve_backend(torch.device("cpu")) == "torch"
+    x = torch.rand(100, 3)
+    assert torch.allclose(grid(x, backend="cpu"), grid(x, backend="torch"))
+
+
 def test_second_derivatives_for_an_eikonal_loss_match_the_naive_backend():
     # IDR's eikonal loss differentiates grad_x f again (create_graph=True): the reference backend
     # must give the same second-order gradients as plain autograd, for the table and for x

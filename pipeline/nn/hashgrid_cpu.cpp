@@ -1,0 +1,247 @@
+// Multiresolution hash grid on the CPU: forward, table gradient and input gradient in plain C++
+// (no torch headers, so it compiles in about a second; loaded with ctypes by hashgrid_cpu.py).
+//
+// Same layout, hash and arithmetic as the PyTorch reference (pipeline/nn/hashgrid.py): one flat
+// table (rows, F) with per-level offsets; coarse "dense" levels index row = x + s*y + s^2*z, finer
+// levels hash (x ^ y*2654435761 ^ z*805459861) & mask, in uint32 arithmetic; corner c = 4bx+2by+bz.
+// Each point's 8 corners live in registers: nothing per corner is written to memory, which is what
+// the eager reference spends most of its time on.
+//
+// Threads: the forward and the input gradient split the points; the table gradient splits the
+// LEVELS (each level owns its rows of the table), so the scatter needs no atomics and its result
+// does not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr uint32_t kPrimeY = 2654435761u;
+constexpr uint32_t kPrimeZ = 805459861u;
+
+struct Levels {
+    const double* scale;    // (L,) cells per unit
+    const int32_t* stride;  // (L,) vertices per axis
+    const int32_t* offset;  // (L,) first row of the level
+    int32_t num_dense;      // levels [0, num_dense) are dense
+    int32_t levels;
+    uint32_t mask;          // table size - 1
+};
+
+template <typename T>
+struct Cell {
+    uint32_t row[8];
+    T w[3][2];  // per axis: weight of the lower and the upper vertex
+};
+
+template <typename T>
+inline T clamp01(T v) { return v < T(0) ? T(0) : (v > T(1) ? T(1) : v); }  // NaN stays NaN
+
+template <typename T>
+inline void locate(const T* p, const Levels& lv, int level, Cell<T>& cell) {
+    const T s = static_cast<T>(lv.scale[level]);
+    int32_t base[3];
+    for (int d = 0; d < 3; ++d) {
+        const T pos = clamp01(p[d]) * s;
+        const T fl = std::floor(pos);
+        const T frac = pos - fl;
+        base[d] = std::isfinite(fl) ? static_cast<int32_t>(fl) : 0;
+        cell.w[d][0] = T(1) - frac;
+        cell.w[d][1] = frac;
+    }
+    const uint32_t off = static_cast<uint32_t>(lv.offset[level]);
+    if (level < lv.num_dense) {
+        const int32_t st = lv.stride[level];
+        for (int d = 0; d < 3; ++d) base[d] = std::min(std::max(base[d], 0), st - 2);  // never out of bounds
+        const uint32_t sx = 1, sy = static_cast<uint32_t>(st), sz = sy * sy;
+        const uint32_t origin = off + base[0] * sx + base[1] * sy + base[2] * sz;
+        for (int c = 0; c < 8; ++c)
+            cell.row[c] = origin + ((c >> 2) & 1) * sx + ((c >> 1) & 1) * sy + (c & 1) * sz;
+    } else {
+        const uint32_t hx[2] = {static_cast<uint32_t>(base[0]), static_cast<uint32_t>(base[0]) + 1u};
+        const uint32_t y0 = static_cast<uint32_t>(base[1]) * kPrimeY, z0 = static_cast<uint32_t>(base[2]) * kPrimeZ;
+        const uint32_t hy[2] = {y0, y0 + kPrimeY};
+        const uint32_t hz[2] = {z0, z0 + kPrimeZ};
+        for (int c = 0; c < 8; ++c)
+            cell.row[c] = ((hx[(c >> 2) & 1] ^ hy[(c >> 1) & 1] ^ hz[c & 1]) & lv.mask) + off;
+    }
+}
+
+template <typename T>
+inline T corner_weight(const Cell<T>& cell, int c) {
+    // (wx * wy) * wz: the reference's order of products
+    return cell.w[0][(c >> 2) & 1] * cell.w[1][(c >> 1) & 1] * cell.w[2][c & 1];
+}
+
+template <typename Fn>
+void parallel_for(int64_t count, int threads, Fn fn) {
+    threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
+    if (threads == 1) {
+        fn(0, count, 0);
+        return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(threads - 1);
+    const int64_t chunk = (count + threads - 1) / threads;
+    for (int t = 1; t < threads; ++t) {
+        const int64_t begin = std::min(count, t * chunk), end = std::min(count, begin + chunk);
+        pool.emplace_back(fn, begin, end, t);
+    }
+    fn(0, std::min(count, chunk), 0);
+    for (auto& th : pool) th.join();
+}
+
+template <typename T, int F>
+void forward_points(const T* x, const T* table, T* out, int64_t begin, int64_t end, const Levels& lv) {
+    const int L = lv.levels;
+    Cell<T> cell;
+    for (int64_t i = begin; i < end; ++i) {
+        T* o = out + i * L * F;
+        for (int l = 0; l < L; ++l) {
+            locate(x + 3 * i, lv, l, cell);
+            T acc[F];
+            for (int f = 0; f < F; ++f) acc[f] = T(0);
+            for (int c = 0; c < 8; ++c) {
+                const T w = corner_weight(cell, c);
+                const T* r = table + static_cast<int64_t>(cell.row[c]) * F;
+                for (int f = 0; f < F; ++f) acc[f] += w * r[f];
+            }
+            for (int f = 0; f < F; ++f) o[l * F + f] = acc[f];
+        }
+    }
+}
+
+template <typename T, int F>
+void table_grad_levels(const T* x, const T* grad_out, T* grad_table, int64_t n, int first_level, int level_step,
+                       const Levels& lv) {
+    // levels first, first + step, ...: each thread owns whole levels, coarse and fine alike (the fine,
+    // hashed levels miss the cache more; interleaving balances the threads)
+    const int L = lv.levels;
+    Cell<T> cell;
+    for (int l = first_level; l < L; l += level_step) {
+        for (int64_t i = 0; i < n; ++i) {
+            const T* g = grad_out + i * L * F + l * F;
+            bool any = false;
+            for (int f = 0; f < F; ++f) any |= g[f] != T(0);
+            if (!any) continue;  // e.g. samples the loss does not see
+            locate(x + 3 * i, lv, l, cell);
+            for (int c = 0; c < 8; ++c) {
+                const T w = corner_weight(cell, c);
+                T* r = grad_table + static_cast<int64_t>(cell.row[c]) * F;
+                for (int f = 0; f < F; ++f) r[f] += w * g[f];
+            }
+        }
+    }
+}
+
+template <typename T, int F>
+void input_grad_points(const T* x, const T* table, const T* grad_out, T* grad_x, int64_t begin, int64_t end,
+                       const Levels& lv) {
+    const int L = lv.levels;
+    Cell<T> cell;
+    for (int64_t i = begin; i < end; ++i) {
+        T gx[3] = {T(0), T(0), T(0)};
+        for (int l = 0; l < L; ++l) {
+            locate(x + 3 * i, lv, l, cell);
+            const T* g = grad_out + i * L * F + l * F;
+            T gpos[3] = {T(0), T(0), T(0)};
+            for (int c = 0; c < 8; ++c) {
+                const int b[3] = {(c >> 2) & 1, (c >> 1) & 1, c & 1};
+                const T* r = table + static_cast<int64_t>(cell.row[c]) * F;
+                T dot = T(0);  // dLoss / dweight_c
+                for (int f = 0; f < F; ++f) dot += r[f] * g[f];
+                for (int d = 0; d < 3; ++d) {
+                    const T others = cell.w[(d + 1) % 3][b[(d + 1) % 3]] * cell.w[(d + 2) % 3][b[(d + 2) % 3]];
+                    gpos[d] += b[d] ? dot * others : -dot * others;
+                }
+            }
+            const T s = static_cast<T>(lv.scale[l]);
+            for (int d = 0; d < 3; ++d) gx[d] += gpos[d] * s;
+        }
+        for (int d = 0; d < 3; ++d) grad_x[3 * i + d] = gx[d];
+    }
+}
+
+template <typename T, int F>
+void run_forward(const T* x, const T* table, T* out, int64_t n, const Levels& lv, int threads) {
+    parallel_for(n, threads, [&](int64_t b, int64_t e, int) { forward_points<T, F>(x, table, out, b, e, lv); });
+}
+
+template <typename T, int F>
+void run_table_grad(const T* x, const T* grad_out, T* grad_table, int64_t n, const Levels& lv, int threads) {
+    threads = std::max(1, std::min(threads, lv.levels));
+    parallel_for(threads, threads, [&](int64_t b, int64_t, int) {
+        table_grad_levels<T, F>(x, grad_out, grad_table, n, static_cast<int>(b), threads, lv);
+    });
+}
+
+template <typename T, int F>
+void run_input_grad(const T* x, const T* table, const T* grad_out, T* grad_x, int64_t n, const Levels& lv,
+                    int threads) {
+    parallel_for(n, threads, [&](int64_t b, int64_t e, int) {
+        input_grad_points<T, F>(x, table, grad_out, grad_x, b, e, lv);
+    });
+}
+
+// F is a template parameter (the inner loops unroll); the features-per-level of instant-ngp and our configs
+#define DISPATCH_F(F_VALUE, CALL)                \
+    switch (F_VALUE) {                           \
+        case 1: { constexpr int F = 1; CALL; return 0; } \
+        case 2: { constexpr int F = 2; CALL; return 0; } \
+        case 4: { constexpr int F = 4; CALL; return 0; } \
+        case 8: { constexpr int F = 8; CALL; return 0; } \
+        default: return 1;                       \
+    }
+
+}  // namespace
+
+extern "C" {
+
+// All arrays contiguous. x (N, 3), table (R, F), out / grad_out (N, L * F), grad_table (R, F) zeroed
+// by the caller, grad_x (N, 3). Returns 0, or 1 for an unsupported F.
+int hashgrid_forward_f32(const float* x, const float* table, float* out, int64_t n, int32_t features,
+                         const double* scale, const int32_t* stride, const int32_t* offset, int32_t num_dense,
+                         int32_t levels, uint32_t mask, int32_t threads) {
+    const Levels lv{scale, stride, offset, num_dense, levels, mask};
+    DISPATCH_F(features, (run_forward<float, F>(x, table, out, n, lv, threads)))
+}
+
+int hashgrid_forward_f64(const double* x, const double* table, double* out, int64_t n, int32_t features,
+                         const double* scale, const int32_t* stride, const int32_t* offset, int32_t num_dense,
+                         int32_t levels, uint32_t mask, int32_t threads) {
+    const Levels lv{scale, stride, offset, num_dense, levels, mask};
+    DISPATCH_F(features, (run_forward<double, F>(x, table, out, n, lv, threads)))
+}
+
+int hashgrid_table_grad_f32(const float* x, const float* grad_out, float* grad_table, int64_t n, int32_t features,
+                            const double* scale, const int32_t* stride, const int32_t* offset, int32_t num_dense,
+                            int32_t levels, uint32_t mask, int32_t threads) {
+    const Levels lv{scale, stride, offset, num_dense, levels, mask};
+    DISPATCH_F(features, (run_table_grad<float, F>(x, grad_out, grad_table, n, lv, threads)))
+}
+
+int hashgrid_table_grad_f64(const double* x, const double* grad_out, double* grad_table, int64_t n,
+                            int32_t features, const double* scale, const int32_t* stride, const int32_t* offset,
+                            int32_t num_dense, int32_t levels, uint32_t mask, int32_t threads) {
+    const Levels lv{scale, stride, offset, num_dense, levels, mask};
+    DISPATCH_F(features, (run_table_grad<double, F>(x, grad_out, grad_table, n, lv, threads)))
+}
+
+int hashgrid_input_grad_f32(const float* x, const float* table, const float* grad_out, float* grad_x, int64_t n,
+                            int32_t features, const double* scale, const int32_t* stride, const int32_t* offset,
+                            int32_t num_dense, int32_t levels, uint32_t mask, int32_t threads) {
+    const Levels lv{scale, stride, offset, num_dense, levels, mask};
+    DISPATCH_F(features, (run_input_grad<float, F>(x, table, grad_out, grad_x, n, lv, threads)))
+}
+
+int hashgrid_input_grad_f64(const double* x, const double* table, const double* grad_out, double* grad_x,
+                            int64_t n, int32_t features, const double* scale, const int32_t* stride,
+                            const int32_t* offset, int32_t num_dense, int32_t levels, uint32_t mask,
+                            int32_t threads) {
+    const Levels lv{scale, stride, offset, num_dense, levels, mask};
+    DISPATCH_F(features, (run_input_grad<double, F>(x, table, grad_out, grad_x, n, lv, threads)))
+}
+
+}  // extern "C"
