@@ -75,6 +75,9 @@ inline T corner_weight(const Cell<T>& cell, int c) {
     return cell.w[0][(c >> 2) & 1] * cell.w[1][(c >> 1) & 1] * cell.w[2][c & 1];
 }
 
+// points per thread below which more threads cost more (to start) than they save
+constexpr int64_t kMinPointsPerThread = 2048;
+
 template <typename Fn>
 void parallel_for(int64_t count, int threads, Fn fn) {
     threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
@@ -166,12 +169,14 @@ void input_grad_points(const T* x, const T* table, const T* grad_out, T* grad_x,
 
 template <typename T, int F>
 void run_forward(const T* x, const T* table, T* out, int64_t n, const Levels& lv, int threads) {
+    threads = static_cast<int>(std::min<int64_t>(threads, 1 + n / kMinPointsPerThread));
     parallel_for(n, threads, [&](int64_t b, int64_t e, int) { forward_points<T, F>(x, table, out, b, e, lv); });
 }
 
 template <typename T, int F>
 void run_table_grad(const T* x, const T* grad_out, T* grad_table, int64_t n, const Levels& lv, int threads) {
-    threads = std::max(1, std::min(threads, lv.levels));
+    threads = static_cast<int>(std::min<int64_t>({threads, lv.levels, 1 + n / kMinPointsPerThread}));
+    threads = std::max(1, threads);
     parallel_for(threads, threads, [&](int64_t b, int64_t, int) {
         table_grad_levels<T, F>(x, grad_out, grad_table, n, static_cast<int>(b), threads, lv);
     });
@@ -180,6 +185,7 @@ void run_table_grad(const T* x, const T* grad_out, T* grad_table, int64_t n, con
 template <typename T, int F>
 void run_input_grad(const T* x, const T* table, const T* grad_out, T* grad_x, int64_t n, const Levels& lv,
                     int threads) {
+    threads = static_cast<int>(std::min<int64_t>(threads, 1 + n / kMinPointsPerThread));
     parallel_for(n, threads, [&](int64_t b, int64_t e, int) {
         input_grad_points<T, F>(x, table, grad_out, grad_x, b, e, lv);
     });
