@@ -136,16 +136,16 @@ def test_cpu_kernels_stay_in_bounds_for_points_outside_the_box_and_nan():
 
 
 def test_auto_uses_the_cpu_kernels_and_falls_back_to_the_reference_without_a_compiler(monkeypatch, tmp_path):
-    from pipeline.nn import hashgrid_cpu
+    from pipeline.nn import cpu_kernels, hashgrid_cpu
 
     grid = _grid(HashGridConfig(**{**SMALL.__dict__, "backend": "auto"}))
     expected = "cpu" if hashgrid_cpu.available() else "torch"
     assert grid.resolve_backend(torch.device("cpu")) == expected
     # a machine without a working compiler: a clear log line, and the reference runs
-    monkeypatch.setattr(hashgrid_cpu, "_state", {"lib": None, "error": None})
+    monkeypatch.setattr(cpu_kernels, "_state", {"lib": None, "error": None})
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("RECON_KERNEL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(hashgrid_cpu.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)
     assert not hashgrid_cpu.available() and "no C++ compiler" in hashgrid_cpu.unavailable_reason()
     assert grid.resolve_backend(torch.device("cpu")) == "torch"
     x = torch.rand(100, 3)

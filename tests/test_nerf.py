@@ -122,6 +122,28 @@ def test_occupancy_grid_marks_the_dense_region_and_the_marcher_skips_empty_space
     assert float(z.min()) > -0.45 and float(z.max()) < 0.45  # within the ball's occupied cells
 
 
+@pytest.mark.parametrize("cascades", [1, 3])
+@pytest.mark.parametrize("perturb", [False, True])
+def test_the_cpu_marcher_keeps_the_same_samples_as_the_tensor_marcher(cascades, perturb):
+    from pipeline.nn import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip(f"C++ kernels unavailable: {cpu_kernels.unavailable_reason()}")
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16, cascades=cascades)
+    gen = torch.Generator().manual_seed(0)
+    grid.occupied.copy_(torch.rand(grid.occupied.shape, generator=gen) < 0.3)
+    rays_o = torch.randn(300, 3, generator=gen) * 0.5 * cascades
+    rays_d = torch.nn.functional.normalize(torch.randn(300, 3, generator=gen), dim=-1)
+    near = torch.rand(300, generator=gen)
+    far = near + 4 * torch.rand(300, generator=gen)
+    schedule = march_schedule(8.0, 0.02, cone_angle=0.004 if cascades > 1 else 0.0)
+    kernel, tensors = (march_rays(grid, schedule, rays_o, rays_d, near, far, perturb, 256,
+                                  torch.Generator().manual_seed(1), use_kernel=use) for use in (True, False))
+    assert kernel[0].numel() > 1000
+    assert torch.equal(kernel[0], tensors[0])  # the same samples of the same rays, in the same order
+    assert torch.allclose(kernel[1], tensors[1]) and torch.allclose(kernel[2], tensors[2])
+
+
 def test_a_field_of_uniform_density_keeps_every_cell_occupied():
     # an untrained field evaluated in bf16 returns one density everywhere: nothing may be skipped yet
     grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)

@@ -1,124 +1,31 @@
-"""CPU kernels of the hash grid (backend ``cpu``): ``hashgrid_cpu.cpp`` built once with the system's
-C++ compiler and called through ctypes.
+"""CPU kernels of the hash grid (backend ``cpu``): ``hashgrid_cpu.cpp``, built and loaded by
+:mod:`pipeline.nn.cpu_kernels`.
 
 Why a kernel: the eager reference materialises every corner's row and weight, ``(8, L, N)`` tensors,
 and spends most of a training step gathering and scattering them; the kernel keeps a point's 8
-corners in registers. It includes no torch headers, so it builds in about a second (no ninja, no
-extension toolchain), and it is cached on disk per source, compiler and CPU
-(``$RECON_KERNEL_CACHE``, default ``~/.cache/recon/kernels``). Same layout, hash and results as the
-reference (to float rounding; ``tests/test_hashgrid.py``). The table gradient splits the levels
-between threads, so it needs no atomics and does not depend on the thread count.
-
-Where no compiler works, :func:`available` is false (the reason is logged once) and ``auto`` falls
-back to the PyTorch reference. ``RECON_CPU_KERNELS=0`` turns the kernels off.
+corners in registers. Same layout, hash and results as the reference (to float rounding;
+``tests/test_hashgrid.py``). The table gradient splits the levels between threads, so it needs no
+atomics and does not depend on the thread count. Where the kernels are unavailable (no compiler,
+``RECON_CPU_KERNELS=0``) ``auto`` runs the PyTorch reference.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("hashgrid_cpu.cpp")
-_log = logging.getLogger("recon.hashgrid")
-_state: dict = {"lib": None, "error": None}
+from pipeline.nn import cpu_kernels
+from pipeline.nn.cpu_kernels import available, unavailable_reason
+
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _SUPPORTED_F = (1, 2, 4, 8)
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the CPU's model and flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
-        return "\n".join(sorted(set(keep)))
-    except OSError:
-        return platform.processor()
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("RECON_KERNEL_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "recon" / "kernels"
-
-
-def _build(compiler: str) -> Path:
-    source = SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    flag_sets = (["-O3", "-march=native"], ["-O3"])  # some compilers (Apple clang on arm64) lack -march=native
-    key = hashlib.sha256(source + version.encode() + _cpu_signature().encode() + platform.machine().encode())
-    out_dir = _cache_dir() / key.hexdigest()[:16]
-    target = out_dir / "hashgrid_cpu.so"
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for flags in flag_sets:
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-        os.close(fd)
-        cmd = [compiler, *flags, "-std=c++17", "-shared", "-fPIC", "-pthread", str(SOURCE), "-o", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if result.returncode == 0:
-            os.replace(tmp, target)  # atomic: a concurrent build never loads half a file
-            return target
-        os.unlink(tmp)
-        errors.append(f"{' '.join(cmd)}:\n{result.stderr.strip()[-2000:]}")
-    raise RuntimeError("\n".join(errors))
-
-
-def load() -> ctypes.CDLL | None:
-    """The compiled kernels, building them on first use; None (reason logged once) when unavailable."""
-    if _state["lib"] is not None or _state["error"] is not None:
-        return _state["lib"]
-    if os.environ.get("RECON_CPU_KERNELS", "1") == "0":
-        _state["error"] = "turned off by RECON_CPU_KERNELS=0"
-        return None
-    compiler = _compiler()
-    try:
-        if compiler is None:
-            raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
-        lib = ctypes.CDLL(str(_build(compiler)))
-    except Exception as exc:  # no compiler, a failed build, a read-only cache: the reference still works
-        _state["error"] = str(exc)
-        _log.warning("CPU hash-grid kernels unavailable, using the PyTorch reference: %s", exc)
-        return None
-    for dtype in _DTYPES.values():
-        for name in ("forward", "table_grad", "input_grad"):
-            getattr(lib, f"hashgrid_{name}_{dtype}").restype = ctypes.c_int
-    _state["lib"] = lib
-    return lib
-
-
-def available() -> bool:
-    return load() is not None
-
-
-def unavailable_reason() -> str | None:
-    load()
-    return _state["error"]
+_ptr = cpu_kernels.ptr
 
 
 def supports(x: torch.Tensor, table: torch.Tensor) -> bool:
     """Whether these inputs can run on the kernels (CPU, float32/64 of one dtype, F in 1/2/4/8)."""
     return (x.device.type == "cpu" and table.device.type == "cpu" and x.dtype == table.dtype
             and x.dtype in _DTYPES and table.shape[1] in _SUPPORTED_F and available())
-
-
-def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
 
 
 class _LevelArgs:
@@ -138,7 +45,7 @@ class _LevelArgs:
 
 
 def _call(name: str, dtype: torch.dtype, *args) -> None:
-    fn = getattr(load(), f"hashgrid_{name}_{_DTYPES[dtype]}")
+    fn = getattr(cpu_kernels.load(), f"hashgrid_{name}_{_DTYPES[dtype]}")
     if fn(*args) != 0:
         raise ValueError(f"hash grid CPU kernel {name}: unsupported features per level")
 
@@ -189,4 +96,4 @@ def hashgrid_cpu(x, table, scale, stride, dense, offset, table_mask: int) -> tor
     return _HashGridCPUFunction.apply(x, table, scale, stride, dense, offset, table_mask)
 
 
-__all__ = ["available", "supports", "hashgrid_cpu", "unavailable_reason", "load"]
+__all__ = ["available", "supports", "hashgrid_cpu", "unavailable_reason"]
