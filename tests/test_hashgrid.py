@@ -141,6 +141,9 @@ def test_auto_uses_the_cpu_kernels_and_falls_back_to_the_reference_without_a_com
     grid = _grid(HashGridConfig(**{**SMALL.__dict__, "backend": "auto"}))
     expected = "cpu" if hashgrid_cpu.available() else "torch"
     assert grid.resolve_backend(torch.device("cpu")) == expected
+    with cpu_kernels.disabled():  # for A/B runs: the PyTorch versions inside, the kernels after
+        assert grid.resolve_backend(torch.device("cpu")) == "torch"
+    assert grid.resolve_backend(torch.device("cpu")) == expected
     # a machine without a working compiler: a clear log line, and the reference runs
     monkeypatch.setattr(cpu_kernels, "_state", {"lib": None, "error": None})
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))

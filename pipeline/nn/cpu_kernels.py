@@ -9,6 +9,7 @@ versions. ``RECON_CPU_KERNELS=0`` turns the kernels off.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -106,9 +107,21 @@ def unavailable_reason() -> str | None:
     return _state["error"]
 
 
+@contextlib.contextmanager
+def disabled():
+    """Inside this block every caller runs its PyTorch version (benchmarks, A/B comparisons)."""
+    saved = dict(_state)
+    _state.update(lib=None, error="disabled by cpu_kernels.disabled()")
+    try:
+        yield
+    finally:
+        _state.clear()
+        _state.update(saved)
+
+
 def ptr(t: torch.Tensor) -> ctypes.c_void_p:
     """The data pointer of a contiguous CPU tensor, for a C function."""
     return ctypes.c_void_p(t.data_ptr())
 
 
-__all__ = ["available", "load", "unavailable_reason", "ptr", "SOURCES"]
+__all__ = ["available", "load", "unavailable_reason", "disabled", "ptr", "SOURCES"]
