@@ -61,7 +61,15 @@ def _build(compiler: str) -> Path:
     target = out_dir / "recon_cpu_kernels.so"
     if target.exists():
         return target
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: build in the temporary folder (again in each new one)
+        out_dir = Path(tempfile.gettempdir()) / f"recon-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        out_dir = out_dir / key.hexdigest()[:16]
+        target = out_dir / "recon_cpu_kernels.so"
+        if target.exists():
+            return target
+        out_dir.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in (["-O3", "-march=native"], ["-O3"]):  # some compilers (Apple clang on arm64) lack -march=native
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
