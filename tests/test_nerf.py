@@ -193,10 +193,12 @@ def _camera_rays(size=16):
     return rays_o, rays_d
 
 
-@pytest.mark.parametrize("kind,sampler", [("hash", "auto"), ("fourier", "auto"), ("fourier", "occupancy")])
-def test_a_tiny_model_overfits_a_16x16_patch(kind, sampler, one_thread):
+@pytest.mark.parametrize("kind,sampler,grid_backend", [("hash", "auto", "torch"), ("hash", "auto", "cpu"),
+                                                      ("fourier", "auto", None), ("fourier", "occupancy", None)])
+def test_a_tiny_model_overfits_a_16x16_patch(kind, sampler, grid_backend, one_thread):
     torch.manual_seed(0)
-    config = NeRFModelConfig(kind=kind, sampler=sampler, grid=TINY_GRID, width=32, occupancy_resolution=8, march_steps=16,
+    grid = HashGridConfig(**{**TINY_GRID.__dict__, "backend": grid_backend or "torch"})  # cpu: the C++ kernels
+    config = NeRFModelConfig(kind=kind, sampler=sampler, grid=grid, width=32, occupancy_resolution=8, march_steps=16,
                              fourier_width=64, fourier_depth=3, pos_freqs=4, num_coarse=8, num_fine=8)
     model = NeRFModel(config, torch.tensor([[-1.0] * 3, [1.0] * 3]))
     assert isinstance(model, DensityModel)

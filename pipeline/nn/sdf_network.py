@@ -45,7 +45,8 @@ class SDFNetworkConfig:
     hash_base_resolution: int = 16
     hash_max_resolution: int = 512
     # the eikonal loss and the renderer's normals need second derivatives through the grid: the
-    # reference ("torch") and autograd ("naive") backends give them, triton and tcnn do not
+    # reference ("torch") and autograd ("naive") backends give them (and "cpu", through the
+    # reference's differentiable path, so no faster here); triton and tcnn do not
     hash_backend: str = "torch"
     bound: float = 1.0
     # grad_x f by "analytic" differentiation (IDR) or "numerical" central differences (Neuralangelo,
