@@ -199,7 +199,7 @@ def march_rays(grid: OccupancyGrid, schedule: torch.Tensor, rays_o: torch.Tensor
         empty = torch.zeros(0, device=device)
         return torch.zeros(0, dtype=torch.long, device=device), empty, empty
     u = torch.rand((n, width), device=device, generator=generator) if perturb else None
-    if use_kernel and device.type == "cpu" and rays_o.dtype == torch.float32:
+    if use_kernel and device.type == "cpu" and rays_o.dtype == rays_d.dtype == torch.float32:
         from pipeline.nn import cpu_kernels
 
         if cpu_kernels.available():
@@ -231,9 +231,8 @@ def _march_kernel(grid: OccupancyGrid, schedule, rays_o, rays_d, far, first, cou
     center = ((grid.aabb[0] + grid.aabb[1]) / 2).float().contiguous()
     half = ((grid.aabb[1] - grid.aabb[0]) / 2).float().contiguous()
     occupied = grid.occupied.contiguous().view(torch.uint8)
-    inputs = [rays_o.contiguous(), rays_d.contiguous(), far.float().contiguous(), first.contiguous(),
-              count.contiguous(), schedule.float().contiguous()]
-    o, d, far_c, first_c, count_c, sched = inputs
+    o, d, far_c = rays_o.contiguous(), rays_d.contiguous(), far.float().contiguous()
+    first_c, count_c, sched = first.contiguous(), count.contiguous(), schedule.float().contiguous()
     jitter = None
     if u is not None:
         u = u.contiguous()  # a name holds it: the buffer must outlive the call
