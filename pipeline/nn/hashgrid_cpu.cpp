@@ -1,5 +1,5 @@
 // Multiresolution hash grid on the CPU: forward, table gradient and input gradient in plain C++
-// (no torch headers, so it compiles in about a second; loaded with ctypes by hashgrid_cpu.py).
+// (no torch headers, so it compiles in seconds; built and loaded by cpu_kernels.py, called from hashgrid_cpu.py).
 //
 // Same layout, hash and arithmetic as the PyTorch reference (pipeline/nn/hashgrid.py): one flat
 // table (rows, F) with per-level offsets; coarse "dense" levels index row = x + s*y + s^2*z, finer
