@@ -128,6 +128,18 @@ def gpu_rows(gpu: torch.device) -> list[tuple]:
     return rows
 
 
+def posed_workspace(folder: Path, data: Path):
+    """A workspace at ``folder`` whose poses stage has imported the dataset ``data``."""
+    from pipeline.stage import run_stage
+    from pipeline.workspace import Workspace
+    from stages.poses import STAGE as POSES
+    from stages.poses import PosesConfig
+
+    ws = Workspace(folder)
+    run_stage(POSES, ws, PosesConfig(data=str(data)))
+    return ws
+
+
 def training_loop_rates(workdir: Path, lego: Path, warmup=300, steps=300) -> dict:
     """Samples/s of the nerf stage's own training loop (``stages.nerf.train``, nerf-hash.yaml) on
     lego-200, with the C++ CPU kernels (hash grid and ray marcher: "kernels") and without them
@@ -136,16 +148,10 @@ def training_loop_rates(workdir: Path, lego: Path, warmup=300, steps=300) -> dic
     import contextlib
 
     from pipeline.nn import cpu_kernels
-    from pipeline.stage import run_stage
-    from pipeline.workspace import Workspace
-    from stages.poses import STAGE as POSES
-    from stages.poses import PosesConfig
 
     import stages.nerf as nerf
 
-    ws = Workspace(workdir / "lego-loop")
-    run_stage(POSES, ws, PosesConfig(data=str(lego)))
-    scene = ws.load_scene()
+    scene = posed_workspace(workdir / "lego-loop", lego).load_scene()
     train_idx = scene.split("train")
     rates = {}
     for name in ("pytorch", "kernels"):
@@ -163,20 +169,16 @@ def training_loop_rates(workdir: Path, lego: Path, warmup=300, steps=300) -> dic
 
 def train_quality(name: str, workdir: Path, budget: float, extra: list[str], lego: Path = LEGO) -> dict:
     from pipeline.stage import run_stage
-    from pipeline.workspace import Workspace
-    from stages.poses import STAGE as POSES
-    from stages.poses import PosesConfig
 
     import stages.nerf as nerf
 
-    ws = Workspace(workdir / name)
     if name.startswith("lego"):
         data = lego
     else:
         from datasets.synthetic import SyntheticConfig, generate
 
         data = generate(workdir / "synthetic-data", SyntheticConfig())
-    run_stage(POSES, ws, PosesConfig(data=str(data)))
+    ws = posed_workspace(workdir / name, data)
     config_name = {"fourier": "nerf-fourier", "gpu": "nerf-hash-gpu"}.get(name.rsplit("-", 1)[-1], "nerf-hash")
     cfg = nerf.default_config(config_name, [f"max_time_s={budget}", *extra])
     run_stage(nerf.STAGE, ws, cfg, force=True)
@@ -233,12 +235,11 @@ def main():
             t_kernel = encoding_fwd_bwd_time("cpu", cpu, 1 << 16, 5, cpu_grid)
             rows.append(("CPU hash grid alone, fwd+bwd 65k points, C++ kernels / naive", f"{t_naive / t_kernel:.1f}x",
                          f"{t_kernel * 1e3:.0f} ms ({t_ref / t_kernel:.1f}x the reference)"))
-        if Path(args.lego).is_dir() and not args.skip_loop:
-            if hashgrid_cpu.available():
-                rates = training_loop_rates(Path(args.workdir), Path(args.lego))
-                rows.append(("CPU nerf training loop on lego-200, 300 steps after 300 (samples/s)",
-                             f"{rates['kernels']:.3g} vs {rates['pytorch']:.3g}",
-                             f"C++ kernels (grid + marcher) vs PyTorch: {rates['kernels'] / rates['pytorch']:.2f}x"))
+        if Path(args.lego).is_dir() and not args.skip_loop and hashgrid_cpu.available():
+            rates = training_loop_rates(Path(args.workdir), Path(args.lego))
+            rows.append(("CPU nerf training loop on lego-200, 300 steps after 300 (samples/s)",
+                         f"{rates['kernels']:.3g} vs {rates['pytorch']:.3g}",
+                         f"C++ kernels (grid + marcher) vs PyTorch: {rates['kernels'] / rates['pytorch']:.2f}x"))
         try:  # the reference's CPU work compiled kernel by kernel (backend "compiled")
             kernels = step_throughput("compiled", cpu)
             t_kernels = encoding_fwd_bwd_time("compiled", cpu, 1 << 16, 5, cpu_grid)

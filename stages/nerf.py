@@ -225,7 +225,6 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
     try:
         while step < cfg.max_steps and not (has_time_budget and elapsed >= cfg.max_time_s):
             t_start = time.perf_counter()
-            rng_at_step_start = (generator.get_state(), torch.get_rng_state())
             frac = step / cfg.max_steps
             if has_time_budget:
                 frac = max(frac, elapsed / cfg.max_time_s)
