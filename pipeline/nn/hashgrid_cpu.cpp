@@ -5,7 +5,8 @@
 // table (rows, F) with per-level offsets; coarse "dense" levels index row = x + s*y + s^2*z, finer
 // levels hash (x ^ y*2654435761 ^ z*805459861) & mask, in uint32 arithmetic; corner c = 4bx+2by+bz.
 // Each point's 8 corners live in registers: nothing per corner is written to memory, which is what
-// the eager reference spends most of its time on.
+// the eager reference spends most of its time on. All three loops go level by level, in blocks
+// of points whose rows are prefetched (see kBlock).
 //
 // Threads: the forward and the input gradient split the points; the table gradient splits the
 // LEVELS (each level owns its rows of the table), so the scatter needs no atomics and its result
@@ -96,22 +97,50 @@ void parallel_for(int64_t count, int threads, Fn fn) {
     for (auto& th : pool) th.join();
 }
 
+// Points go level by level, not point by point over the levels: one level's rows (up to 1 MB) at a
+// time stay in the caches, where all 16 levels' (13 MB) did not. Within a level they go in blocks
+// of kBlock: the block's cells are located first and their rows prefetched, then used, so the
+// block's cache misses overlap instead of each point waiting for its own. bench/RESULTS.md: both
+// together made the forward 1.6-3x faster on lego-sized batches (8192 samples).
+constexpr int kBlock = 32;
+
+template <typename T>
+struct Block {
+    Cell<T> cell[kBlock];
+    int count;
+};
+
+// locate points [b0, b0 + count) at one level and prefetch their table rows
+template <typename T, int F>
+inline void locate_block(const T* x, const Levels& lv, int level, int64_t b0, int count, const T* table,
+                         Block<T>& block) {
+    block.count = count;
+    for (int k = 0; k < count; ++k) {
+        locate(x + 3 * (b0 + k), lv, level, block.cell[k]);
+        for (int c = 0; c < 8; c += 2)  // corners 2c and 2c+1 differ in z only: often one cache line, not always
+            __builtin_prefetch(table + static_cast<int64_t>(block.cell[k].row[c]) * F);
+    }
+}
+
 template <typename T, int F>
 void forward_points(const T* x, const T* table, T* out, int64_t begin, int64_t end, const Levels& lv) {
     const int L = lv.levels;
-    Cell<T> cell;
-    for (int64_t i = begin; i < end; ++i) {
-        T* o = out + i * L * F;
-        for (int l = 0; l < L; ++l) {
-            locate(x + 3 * i, lv, l, cell);
-            T acc[F];
-            for (int f = 0; f < F; ++f) acc[f] = T(0);
-            for (int c = 0; c < 8; ++c) {
-                const T w = corner_weight(cell, c);
-                const T* r = table + static_cast<int64_t>(cell.row[c]) * F;
-                for (int f = 0; f < F; ++f) acc[f] += w * r[f];
+    Block<T> block;
+    for (int l = 0; l < L; ++l) {
+        for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+            locate_block<T, F>(x, lv, l, b0, static_cast<int>(std::min<int64_t>(kBlock, end - b0)), table, block);
+            for (int k = 0; k < block.count; ++k) {
+                const Cell<T>& cell = block.cell[k];
+                T acc[F];
+                for (int f = 0; f < F; ++f) acc[f] = T(0);
+                for (int c = 0; c < 8; ++c) {
+                    const T w = corner_weight(cell, c);
+                    const T* r = table + static_cast<int64_t>(cell.row[c]) * F;
+                    for (int f = 0; f < F; ++f) acc[f] += w * r[f];
+                }
+                T* o = out + (b0 + k) * L * F + l * F;
+                for (int f = 0; f < F; ++f) o[f] = acc[f];
             }
-            for (int f = 0; f < F; ++f) o[l * F + f] = acc[f];
         }
     }
 }
@@ -122,18 +151,31 @@ void table_grad_levels(const T* x, const T* grad_out, T* grad_table, int64_t n, 
     // levels first, first + step, ...: each thread owns whole levels, coarse and fine alike (the fine,
     // hashed levels miss the cache more; interleaving balances the threads)
     const int L = lv.levels;
-    Cell<T> cell;
+    Block<T> block;
+    int64_t kept[kBlock];
     for (int l = first_level; l < L; l += level_step) {
-        for (int64_t i = 0; i < n; ++i) {
-            const T* g = grad_out + i * L * F + l * F;
-            bool any = false;
-            for (int f = 0; f < F; ++f) any |= g[f] != T(0);
-            if (!any) continue;  // e.g. samples the loss does not see
-            locate(x + 3 * i, lv, l, cell);
-            for (int c = 0; c < 8; ++c) {
-                const T w = corner_weight(cell, c);
-                T* r = grad_table + static_cast<int64_t>(cell.row[c]) * F;
-                for (int f = 0; f < F; ++f) r[f] += w * g[f];
+        for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+            const int64_t b1 = std::min<int64_t>(n, b0 + kBlock);
+            int m = 0;
+            for (int64_t i = b0; i < b1; ++i) {
+                const T* g = grad_out + i * L * F + l * F;
+                bool any = false;
+                for (int f = 0; f < F; ++f) any |= g[f] != T(0);
+                if (any) kept[m++] = i;  // others, e.g. samples the loss does not see, add nothing
+            }
+            for (int k = 0; k < m; ++k) {
+                locate(x + 3 * kept[k], lv, l, block.cell[k]);
+                for (int c = 0; c < 8; c += 2)
+                    __builtin_prefetch(grad_table + static_cast<int64_t>(block.cell[k].row[c]) * F, 1);
+            }
+            for (int k = 0; k < m; ++k) {
+                const Cell<T>& cell = block.cell[k];
+                const T* g = grad_out + kept[k] * L * F + l * F;
+                for (int c = 0; c < 8; ++c) {
+                    const T w = corner_weight(cell, c);
+                    T* r = grad_table + static_cast<int64_t>(cell.row[c]) * F;
+                    for (int f = 0; f < F; ++f) r[f] += w * g[f];
+                }
             }
         }
     }
@@ -142,28 +184,32 @@ void table_grad_levels(const T* x, const T* grad_out, T* grad_table, int64_t n, 
 template <typename T, int F>
 void input_grad_points(const T* x, const T* table, const T* grad_out, T* grad_x, int64_t begin, int64_t end,
                        const Levels& lv) {
+    // level by level in blocks, like the forward; grad_x sums the levels in the same order as a per-point loop
     const int L = lv.levels;
-    Cell<T> cell;
-    for (int64_t i = begin; i < end; ++i) {
-        T gx[3] = {T(0), T(0), T(0)};
-        for (int l = 0; l < L; ++l) {
-            locate(x + 3 * i, lv, l, cell);
-            const T* g = grad_out + i * L * F + l * F;
-            T gpos[3] = {T(0), T(0), T(0)};
-            for (int c = 0; c < 8; ++c) {
-                const int b[3] = {(c >> 2) & 1, (c >> 1) & 1, c & 1};
-                const T* r = table + static_cast<int64_t>(cell.row[c]) * F;
-                T dot = T(0);  // dLoss / dweight_c
-                for (int f = 0; f < F; ++f) dot += r[f] * g[f];
-                for (int d = 0; d < 3; ++d) {
-                    const T others = cell.w[(d + 1) % 3][b[(d + 1) % 3]] * cell.w[(d + 2) % 3][b[(d + 2) % 3]];
-                    gpos[d] += b[d] ? dot * others : -dot * others;
+    Block<T> block;
+    for (int64_t i = 3 * begin; i < 3 * end; ++i) grad_x[i] = T(0);
+    for (int l = 0; l < L; ++l) {
+        const T s = static_cast<T>(lv.scale[l]);
+        for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+            locate_block<T, F>(x, lv, l, b0, static_cast<int>(std::min<int64_t>(kBlock, end - b0)), table, block);
+            for (int k = 0; k < block.count; ++k) {
+                const Cell<T>& cell = block.cell[k];
+                const int64_t i = b0 + k;
+                const T* g = grad_out + i * L * F + l * F;
+                T gpos[3] = {T(0), T(0), T(0)};
+                for (int c = 0; c < 8; ++c) {
+                    const int b[3] = {(c >> 2) & 1, (c >> 1) & 1, c & 1};
+                    const T* r = table + static_cast<int64_t>(cell.row[c]) * F;
+                    T dot = T(0);  // dLoss / dweight_c
+                    for (int f = 0; f < F; ++f) dot += r[f] * g[f];
+                    for (int d = 0; d < 3; ++d) {
+                        const T others = cell.w[(d + 1) % 3][b[(d + 1) % 3]] * cell.w[(d + 2) % 3][b[(d + 2) % 3]];
+                        gpos[d] += b[d] ? dot * others : -dot * others;
+                    }
                 }
+                for (int d = 0; d < 3; ++d) grad_x[3 * i + d] += gpos[d] * s;
             }
-            const T s = static_cast<T>(lv.scale[l]);
-            for (int d = 0; d < 3; ++d) gx[d] += gpos[d] * s;
         }
-        for (int d = 0; d < 3; ++d) grad_x[3 * i + d] = gx[d];
     }
 }
 
