@@ -144,6 +144,20 @@ def test_the_cpu_marcher_keeps_the_same_samples_as_the_tensor_marcher(cascades, 
     assert torch.allclose(kernel[1], tensors[1]) and torch.allclose(kernel[2], tensors[2])
 
 
+def test_the_occupied_box_follows_every_change_of_the_grid():
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=4)
+    assert torch.equal(grid.occupied_box(), grid.aabb)  # all occupied at first
+    grid.occupied.zero_()
+    grid.occupied.view(4, 4, 4)[1, 2, 3] = True  # changed in place
+    assert torch.allclose(grid.occupied_box(), torch.tensor([[-0.5, 0.0, 0.5], [0.0, 0.5, 1.0]]))
+    grid.update(lambda p: (p[:, 0] < -0.6).float() * 100, step_size=0.01, all_cells=True)
+    assert torch.allclose(grid.occupied_box(), torch.tensor([[-1.0, -1.0, -1.0], [-0.5, 1.0, 1.0]]))
+    restored = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=4)
+    restored.occupied_box()
+    restored.load_state_dict(grid.state_dict())  # resume
+    assert torch.equal(restored.occupied_box(), grid.occupied_box())
+
+
 def test_a_field_of_uniform_density_keeps_every_cell_occupied():
     # an untrained field evaluated in bf16 returns one density everywhere: nothing may be skipped yet
     grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)

@@ -143,7 +143,18 @@ class OccupancyGrid(nn.Module):
     def occupied_box(self) -> torch.Tensor:
         """(2, 3) the smallest box around all occupied cells (all cascades); empty (min > max) when
         no cell is occupied. Rays are clipped to it: no candidate samples are made in front of or
-        behind the object (the marcher's cost grows with the candidates, not the kept samples)."""
+        behind the object (the marcher's cost grows with the candidates, not the kept samples).
+        Kept until ``occupied`` or ``aabb`` changes (training asks every step, the grid changes
+        every 16)."""
+        key = (self.occupied.data_ptr(), self.occupied._version, self.aabb.data_ptr(), self.aabb._version)
+        cached = getattr(self, "_box_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        box = self._occupied_box()
+        self._box_cache = (key, box)
+        return box
+
+    def _occupied_box(self) -> torch.Tensor:
         R = self.resolution
         lo_all, hi_all = [], []
         for c in range(self.cascades):
