@@ -124,7 +124,8 @@ def test_occupancy_grid_marks_the_dense_region_and_the_marcher_skips_empty_space
 
 @pytest.mark.parametrize("cascades", [1, 3])
 @pytest.mark.parametrize("perturb", [False, True])
-def test_the_cpu_marcher_keeps_the_same_samples_as_the_tensor_marcher(cascades, perturb):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_cpu_marcher_keeps_the_same_samples_as_the_tensor_marcher(cascades, perturb, threads):
     from pipeline.nn import cpu_kernels
 
     if not cpu_kernels.available():
@@ -132,14 +133,20 @@ def test_the_cpu_marcher_keeps_the_same_samples_as_the_tensor_marcher(cascades, 
     grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16, cascades=cascades)
     gen = torch.Generator().manual_seed(0)
     grid.occupied.copy_(torch.rand(grid.occupied.shape, generator=gen) < 0.3)
-    rays_o = torch.randn(300, 3, generator=gen) * 0.5 * cascades
-    rays_d = torch.nn.functional.normalize(torch.randn(300, 3, generator=gen), dim=-1)
-    near = torch.rand(300, generator=gen)
-    far = near + 4 * torch.rand(300, generator=gen)
+    rays = 2000  # enough candidates for the kernel to split the rays between threads
+    rays_o = torch.randn(rays, 3, generator=gen) * 0.5 * cascades
+    rays_d = torch.nn.functional.normalize(torch.randn(rays, 3, generator=gen), dim=-1)
+    near = torch.rand(rays, generator=gen)
+    far = near + 4 * torch.rand(rays, generator=gen)
     schedule = march_schedule(8.0, 0.02, cone_angle=0.004 if cascades > 1 else 0.0)
-    kernel, tensors = (march_rays(grid, schedule, rays_o, rays_d, near, far, perturb, 256,
-                                  torch.Generator().manual_seed(1), use_kernel=use) for use in (True, False))
-    assert kernel[0].numel() > 1000
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kernel, tensors = (march_rays(grid, schedule, rays_o, rays_d, near, far, perturb, 256,
+                                      torch.Generator().manual_seed(1), use_kernel=use) for use in (True, False))
+    finally:
+        torch.set_num_threads(saved_threads)
+    assert kernel[0].numel() > 10000
     assert torch.equal(kernel[0], tensors[0])  # the same samples of the same rays, in the same order
     assert torch.allclose(kernel[1], tensors[1]) and torch.allclose(kernel[2], tensors[2])
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 SOURCES = (Path(__file__).with_name("hashgrid_cpu.cpp"), Path(__file__).with_name("occupancy_cpu.cpp"))
+HEADERS = (Path(__file__).with_name("cpu_parallel.h"),)
 _log = logging.getLogger("recon.kernels")
 _state: dict = {"lib": None, "error": None}
 # return types of the exported functions (ctypes assumes int otherwise)
@@ -55,7 +56,7 @@ def _cache_dir() -> Path:
 
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + version.encode()
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + version.encode()
                          + _cpu_signature().encode() + platform.machine().encode())
     out_dir = _cache_dir() / key.hexdigest()[:16]
     target = out_dir / "recon_cpu_kernels.so"
@@ -71,11 +72,18 @@ def _build(compiler: str) -> Path:
             return target
         out_dir.mkdir(parents=True, exist_ok=True)
     errors = []
-    for flags in (["-O3", "-march=native"], ["-O3"]):  # some compilers (Apple clang on arm64) lack -march=native
+    # OpenMP first: the kernels then share torch's threads (cpu_parallel.h says why); some compilers
+    # lack -fopenmp (Apple clang) or -march=native (Apple clang on arm64)
+    for flags in (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3", "-march=native"], ["-O3"]):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
         cmd = [compiler, *flags, "-std=c++17", "-shared", "-fPIC", "-pthread", *map(str, SOURCES), "-o", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if result.returncode == 0:
+            try:  # an OpenMP runtime the process cannot load (or a foreign one) shows here, not later
+                ctypes.CDLL(tmp)
+            except OSError as exc:
+                result = subprocess.CompletedProcess(cmd, 1, "", f"built, but does not load: {exc}")
         if result.returncode == 0:
             os.replace(tmp, target)  # atomic: a concurrent build never loads half a file
             return target

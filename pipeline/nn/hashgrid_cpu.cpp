@@ -14,8 +14,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <thread>
-#include <vector>
+
+#include "cpu_parallel.h"
 
 namespace {
 
@@ -79,23 +79,6 @@ inline T corner_weight(const Cell<T>& cell, int c) {
 // points per thread below which more threads cost more (to start) than they save
 constexpr int64_t kMinPointsPerThread = 2048;
 
-template <typename Fn>
-void parallel_for(int64_t count, int threads, Fn fn) {
-    threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
-    if (threads == 1) {
-        fn(0, count, 0);
-        return;
-    }
-    std::vector<std::thread> pool;
-    pool.reserve(threads - 1);
-    const int64_t chunk = (count + threads - 1) / threads;
-    for (int t = 1; t < threads; ++t) {
-        const int64_t begin = std::min(count, t * chunk), end = std::min(count, begin + chunk);
-        pool.emplace_back(fn, begin, end, t);
-    }
-    fn(0, std::min(count, chunk), 0);
-    for (auto& th : pool) th.join();
-}
 
 // Points go level by level, not point by point over the levels: one level's rows (up to 1 MB) at a
 // time stay in the caches, where all 16 levels' (13 MB) did not. Within a level they go in blocks
@@ -216,14 +199,14 @@ void input_grad_points(const T* x, const T* table, const T* grad_out, T* grad_x,
 template <typename T, int F>
 void run_forward(const T* x, const T* table, T* out, int64_t n, const Levels& lv, int threads) {
     threads = static_cast<int>(std::min<int64_t>(threads, 1 + n / kMinPointsPerThread));
-    parallel_for(n, threads, [&](int64_t b, int64_t e, int) { forward_points<T, F>(x, table, out, b, e, lv); });
+    recon::parallel_for(n, threads, [&](int64_t b, int64_t e, int) { forward_points<T, F>(x, table, out, b, e, lv); });
 }
 
 template <typename T, int F>
 void run_table_grad(const T* x, const T* grad_out, T* grad_table, int64_t n, const Levels& lv, int threads) {
     threads = static_cast<int>(std::min<int64_t>({threads, lv.levels, 1 + n / kMinPointsPerThread}));
     threads = std::max(1, threads);
-    parallel_for(threads, threads, [&](int64_t b, int64_t, int) {
+    recon::parallel_for(threads, threads, [&](int64_t b, int64_t, int) {
         table_grad_levels<T, F>(x, grad_out, grad_table, n, static_cast<int>(b), threads, lv);
     });
 }
@@ -232,7 +215,7 @@ template <typename T, int F>
 void run_input_grad(const T* x, const T* table, const T* grad_out, T* grad_x, int64_t n, const Levels& lv,
                     int threads) {
     threads = static_cast<int>(std::min<int64_t>(threads, 1 + n / kMinPointsPerThread));
-    parallel_for(n, threads, [&](int64_t b, int64_t e, int) {
+    recon::parallel_for(n, threads, [&](int64_t b, int64_t e, int) {
         input_grad_points<T, F>(x, table, grad_out, grad_x, b, e, lv);
     });
 }

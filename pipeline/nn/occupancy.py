@@ -251,7 +251,8 @@ def _march_kernel(grid: OccupancyGrid, schedule, rays_o, rays_d, far, first, cou
     written = cpu_kernels.load().march_occupied_f32(
         ptr(o), ptr(d), ptr(far_c), ptr(first_c), ptr(count_c), jitter, ctypes.c_int64(n), ctypes.c_int64(width),
         ptr(sched), ctypes.c_int64(sched.numel()), ptr(occupied), ctypes.c_int32(grid.resolution),
-        ctypes.c_int32(grid.cascades), ptr(center), ptr(half), ptr(ray_index), ptr(t), ptr(delta))
+        ctypes.c_int32(grid.cascades), ptr(center), ptr(half), ptr(ray_index), ptr(t), ptr(delta),
+        ctypes.c_int32(torch.get_num_threads()))
     return ray_index[:written], t[:written], delta[:written]
 
 

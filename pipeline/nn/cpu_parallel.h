@@ -1,0 +1,45 @@
+// parallel_for for the CPU kernels (hashgrid_cpu.cpp, occupancy_cpu.cpp).
+//
+// Built with OpenMP (cpu_kernels.py tries -fopenmp first) the work runs on the process's OpenMP
+// threads, which are torch's own: torch links libgomp.so.1 and so do we, and the loader keeps one.
+// That matters on a 2-core machine: after each parallel torch op its idle worker spins on the
+// second core for milliseconds, so a thread of our own started then waits for it (measured: a
+// 2-thread kernel call right after a torch op ran no faster than on one thread). Without OpenMP
+// it falls back to std::thread.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace recon {
+
+// fn(begin, end, part) over `parts` contiguous ranges of [0, count)
+template <typename Fn>
+void parallel_for(int64_t count, int parts, Fn fn) {
+    parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, count)));
+    if (parts == 1) {
+        fn(0, count, 0);
+        return;
+    }
+    const int64_t chunk = (count + parts - 1) / parts;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int t = 0; t < parts; ++t) {
+        const int64_t begin = std::min(count, t * chunk), end = std::min(count, begin + chunk);
+        fn(begin, end, t);
+    }
+#else
+    std::vector<std::thread> pool;
+    pool.reserve(parts - 1);
+    for (int t = 1; t < parts; ++t) {
+        const int64_t begin = std::min(count, t * chunk), end = std::min(count, begin + chunk);
+        pool.emplace_back(fn, begin, end, t);
+    }
+    fn(0, std::min(count, chunk), 0);
+    for (auto& th : pool) th.join();
+#endif
+}
+
+}  // namespace recon
