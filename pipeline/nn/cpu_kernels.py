@@ -80,7 +80,7 @@ def _build(compiler: str) -> Path:
         cmd = [compiler, *flags, "-std=c++17", "-shared", "-fPIC", "-pthread", *map(str, SOURCES), "-o", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if result.returncode == 0:
-            try:  # an OpenMP runtime the process cannot load (or a foreign one) shows here, not later
+            try:  # a library the process cannot load (say, a missing OpenMP runtime) shows here, not later
                 ctypes.CDLL(tmp)
             except OSError as exc:
                 result = subprocess.CompletedProcess(cmd, 1, "", f"built, but does not load: {exc}")
