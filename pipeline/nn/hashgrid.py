@@ -15,8 +15,9 @@ backends read and write the same layout and a model trained with one loads with 
   ``index_add_`` (no per-corner copies of the table). It also gives gradients w.r.t. the input.
 - ``cpu``: C++ kernels (``pipeline/nn/hashgrid_cpu.cpp``, built with the system compiler on first
   use and cached), chosen by ``auto`` on the CPU: each point's 8 corners stay in registers, nothing
-  per corner is materialised. On the 2-core development CPU: grid forward + backward 2.3x the
-  reference, a 65k-sample field step 2.1x, the NeRF training loop 1.16-1.43x (bench/RESULTS.md).
+  per corner is materialised; they go level by level and run on torch's OpenMP threads. On the
+  2-core development CPU: grid forward + backward 3.4-5.8x the reference, a 65k-sample field step
+  3.6-4.0x, the NeRF training loop 2.3x (bench/RESULTS.md).
   Falls back to ``torch`` without a compiler.
 - ``compiled``: the reference with its CPU work compiled by ``torch.compile``
   (``pipeline/nn/hashgrid_compiled.py``: corners, gathers and interpolation fused in one loop;
