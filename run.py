@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import ConfigError  # noqa: E402
 from pipeline.log import get_logger  # noqa: E402
-from pipeline.runtime import flush_denormals  # noqa: E402
+from pipeline.runtime import flush_denormals, keep_freed_memory  # noqa: E402
 from pipeline.stage import run_stage  # noqa: E402
 from pipeline.workspace import Workspace, WorkspaceError  # noqa: E402
 
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     flush_denormals()
+    keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("--") and argv[0] not in ("-h", "--help")) or "=" in argv[0]:
         argv = ["demo"] + argv  # `python run.py max_time_s=60` is the demo with an override

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from datasets.nerfstudio import opengl_to_opencv  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.runtime import flush_denormals  # noqa: E402
+from pipeline.runtime import flush_denormals, keep_freed_memory  # noqa: E402
 from pipeline.stage import run_stage  # noqa: E402
 from pipeline.workspace import Workspace  # noqa: E402
 from stages import idr  # noqa: E402
@@ -134,6 +134,7 @@ def fmt(v) -> str:
 
 def main(argv=None) -> int:
     flush_denormals()  # before torch starts its threads (see pipeline.runtime)
+    keep_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma list of {SCENES}")
     parser.add_argument("--time", type=float, default=780.0, help="training budget per run (s)")

@@ -60,6 +60,31 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep the memory torch frees for the next allocation, instead of handing it
+    back to the OS; call it first thing in an entry point (next to :func:`flush_denormals`).
+
+    Every CPU op allocates its output afresh. By default glibc serves blocks above a (moving)
+    threshold with a new mmap, and trims the heap's free top back to the OS, so a (N, 64) float
+    activation comes back as fresh pages that fault in one by one (4096 faults per 16 MB). Measured
+    on the 2-core development VM: the fused MLP's forward ran 16-23 ms inside a training step and
+    8-11 ms with memory kept; nerf-fourier training steps 15-20% faster. Memory stays at its peak
+    instead of shrinking between steps. Returns whether the C library took the settings (glibc only)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit systems (HEAP_MAX_SIZE / 2)
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def flush_denormals() -> bool:
     """Treat float32 denormals as zero in this process; call it first thing in an entry point.
 

@@ -1,6 +1,7 @@
 """NeRF: volume rendering, sampling, occupancy grid, fitting, resume, and the stage end to end."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,21 @@ def test_autocast_runs_matrix_products_in_bf16_only_where_the_hardware_has_them(
     with autocast(torch.device("cpu")):
         expected = torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
         assert layer(x).dtype == expected
+
+
+def test_freed_memory_is_kept_for_the_next_step_where_the_c_library_is_glibc():
+    import platform
+    import subprocess
+    import sys
+
+    # in a fresh interpreter: the setting is for the whole process, as run.py makes it
+    code = ("from pipeline.runtime import keep_freed_memory; import torch; ok = keep_freed_memory(); "
+            "x = [torch.ones(1 << 22) for _ in range(3)]; del x; print(ok, float(torch.ones(1 << 22).sum()))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    assert result.returncode == 0, result.stderr
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert result.stdout.split() == [str(glibc), str(float(1 << 22))]
 
 
 @pytest.mark.parametrize("kind,sampler", [("hash", "occupancy"), ("fourier", "hierarchical"), ("fourier", "occupancy")])
