@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.nn.hashgrid import HashGridConfig  # noqa: E402
 from pipeline.nn.nerf_field import HashNeRFField  # noqa: E402
-from pipeline.runtime import autocast, cpu_has_bf16_matmul, flush_denormals  # noqa: E402
+from pipeline.runtime import autocast, cpu_has_bf16_matmul, flush_denormals, keep_freed_memory  # noqa: E402
 
 NO_GPU = "not measured: no GPU in this session"
 LEGO = ROOT.parent / "shared" / "data" / "lego-200"
@@ -57,13 +57,14 @@ class ConstantEncoding(torch.nn.Module):
 
 def step_throughput(backend: str, device, num_rays=1024, per_ray=64, repeats=5, compile_field=False,
                     grid=HashGridConfig(log2_table_size=17, finest_resolution=1024), mixed=False,
-                    free_grid=False) -> float:
+                    free_grid=False, mlp_backend="torch") -> float:
     """Samples per second of one full training step: field forward, backward and Adam. ``mixed``:
     the MLPs under the stage's bf16 autocast (``pipeline.runtime.autocast``: CUDA or AMX CPUs).
-    ``free_grid``: the hash grid replaced by :class:`ConstantEncoding` (the rest of the step alone)."""
+    ``free_grid``: the hash grid replaced by :class:`ConstantEncoding` (the rest of the step alone).
+    ``mlp_backend``: torch (one op per layer) or auto (the fused C++ MLP on CPU, ``mlp_cpu.cpp``)."""
     torch.manual_seed(0)
     grid = HashGridConfig(**{**grid.__dict__, "backend": backend})
-    field = HashNeRFField(torch.tensor([[-1.0] * 3, [1.0] * 3]), grid).to(device)
+    field = HashNeRFField(torch.tensor([[-1.0] * 3, [1.0] * 3]), grid, mlp_backend=mlp_backend).to(device)
     if free_grid:
         field.encoding = ConstantEncoding(field.encoding.out_dim).to(device)
     try:  # the training stage's optimiser (stages/nerf.py make_optimizer): fused Adam where it exists
@@ -204,6 +205,7 @@ def train_quality(name: str, workdir: Path, budget: float, extra: list[str], leg
 
 def main():
     flush_denormals()  # before torch starts its threads (see pipeline.runtime)
+    keep_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quality", default="", help="comma list of lego, builtin, lego-fourier, lego-gpu (nerf-hash-gpu.yaml)")
     parser.add_argument("--budget", type=float, default=600.0)
@@ -238,16 +240,20 @@ def main():
 
         cpu_grid = HashGridConfig(log2_table_size=17, finest_resolution=1024)
         if hashgrid_cpu.available():
-            kernel = step_throughput("cpu", cpu)
-            rows.append(("CPU train step, C++ kernels (backend `cpu`, the default on CPU) (samples/s)",
+            grid_only = step_throughput("cpu", cpu)
+            rows.append(("CPU train step, C++ hash grid, torch MLPs (samples/s)", f"{grid_only:.3g}",
+                         f"{grid_only / naive:.1f}x naive, {grid_only / ref:.2f}x the reference"))
+            kernel = step_throughput("cpu", cpu, mlp_backend="auto")
+            rows.append(("CPU train step, C++ kernels: hash grid and fused MLPs (the default on CPU) (samples/s)",
                          f"{kernel:.3g}", f"**{kernel / naive:.1f}x naive**, {kernel / ref:.2f}x the reference"))
         else:
             rows.append(("CPU train step, C++ kernels (backend `cpu`)", "-",
                          f"unavailable: {hashgrid_cpu.unavailable_reason()}"[:160]))
-        ceiling = step_throughput("torch", cpu, free_grid=True)
-        rows.append(("CPU train step, hash grid replaced by a constant (samples/s): the ceiling of any grid",
-                     f"{ceiling:.3g}", f"{ceiling / naive:.1f}x naive: MLPs, encodings of directions, loss and "
-                     f"Adam alone"))
+        for mlp in ("torch", "auto") if hashgrid_cpu.available() else ("torch",):
+            ceiling = step_throughput("torch", cpu, free_grid=True, mlp_backend=mlp)
+            rows.append((f"CPU train step, hash grid replaced by a constant, {'fused' if mlp == 'auto' else 'torch'} "
+                         "MLPs (samples/s): the ceiling of any grid", f"{ceiling:.3g}",
+                         f"{ceiling / naive:.1f}x naive: MLPs, encodings of directions, loss and Adam alone"))
         t_ref = encoding_fwd_bwd_time("torch", cpu, 1 << 16, 5, cpu_grid)
         t_naive = encoding_fwd_bwd_time("naive", cpu, 1 << 16, 3, cpu_grid)
         rows.append(("CPU hash grid alone, fwd+bwd 65k points, reference / naive", f"{t_naive / t_ref:.1f}x",

@@ -40,14 +40,17 @@ class HashNeRFField(nn.Module):
     """instant-ngp field. aabb: (2, 3) box that the hash grid covers."""
 
     def __init__(self, aabb: torch.Tensor, grid: HashGridConfig = HashGridConfig(), width: int = 64,
-                 density_layers: int = 1, color_layers: int = 2, geo_feat_dim: int = 15, activation: str = "relu"):
+                 density_layers: int = 1, color_layers: int = 2, geo_feat_dim: int = 15, activation: str = "relu",
+                 mlp_backend: str = "auto"):
         super().__init__()
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3))
         self.encoding = HashGridEncoding(grid)
         self.dir_encoding = SphericalHarmonics(4)
         self.geo_feat_dim = geo_feat_dim
-        self.density_mlp = MLP(self.encoding.out_dim, 1 + geo_feat_dim, width, density_layers, activation=activation)
-        self.color_mlp = MLP(self.dir_encoding.out_dim + geo_feat_dim, 3, width, color_layers, activation=activation)
+        self.density_mlp = MLP(self.encoding.out_dim, 1 + geo_feat_dim, width, density_layers, activation=activation,
+                               backend=mlp_backend)
+        self.color_mlp = MLP(self.dir_encoding.out_dim + geo_feat_dim, 3, width, color_layers, activation=activation,
+                             backend=mlp_backend)
 
     def normalize(self, points: torch.Tensor) -> torch.Tensor:
         return (points - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
@@ -71,7 +74,8 @@ class FourierNeRFField(nn.Module):
     """Classic NeRF MLP on positional encodings (points mapped to [-1, 1]^3 by the aabb)."""
 
     def __init__(self, aabb: torch.Tensor, pos_freqs: int = 10, dir_freqs: int = 4, width: int = 256,
-                 depth: int = 8, skips=(4,), activation: str = "relu", siren_omega: float = 30.0):
+                 depth: int = 8, skips=(4,), activation: str = "relu", siren_omega: float = 30.0,
+                 mlp_backend: str = "auto"):
         super().__init__()
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3))
         siren = activation == "siren"
@@ -79,8 +83,8 @@ class FourierNeRFField(nn.Module):
         self.pos_encoding = FourierEncoding(3, 0 if siren else pos_freqs)
         self.dir_encoding = FourierEncoding(3, dir_freqs)
         self.trunk = MLP(self.pos_encoding.out_dim, width + 1, width, depth, skips=skips, activation=activation,
-                         siren_omega=siren_omega)
-        self.color_mlp = MLP(width + self.dir_encoding.out_dim, 3, width // 2, 1, activation="relu")
+                         siren_omega=siren_omega, backend=mlp_backend)
+        self.color_mlp = MLP(width + self.dir_encoding.out_dim, 3, width // 2, 1, activation="relu", backend=mlp_backend)
 
     def normalize(self, points: torch.Tensor) -> torch.Tensor:
         return (points - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2.0 - 1.0

@@ -36,6 +36,7 @@ class NeRFModelConfig:
     activation: str = "relu"  # relu | siren (MLP activations)
     grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(log2_table_size=17, finest_resolution=1024))
     width: int = 64  # hash model MLP width
+    mlp_backend: str = "auto"  # auto (the fused C++ kernel for float32 CPU ReLU MLPs) | torch | cpu (mlp.py)
     pos_freqs: int = 10  # fourier model
     dir_freqs: int = 4
     fourier_width: int = 256
@@ -87,11 +88,12 @@ class NeRFModel(nn.Module):
             self.schedule = march_schedule(float((field_box[1] - field_box[0]).norm()) + 1e-3 + 10 * diagonal,
                                            self.step_size, config.cone_angle)
         if config.kind == "hash":
-            self.field = HashNeRFField(field_box, config.grid, config.width, activation=config.activation)
+            self.field = HashNeRFField(field_box, config.grid, config.width, activation=config.activation,
+                                       mlp_backend=config.mlp_backend)
         else:
             self.field = FourierNeRFField(field_box, config.pos_freqs, config.dir_freqs, config.fourier_width,
                                           config.fourier_depth, activation=config.activation,
-                                          siren_omega=config.siren_omega)
+                                          siren_omega=config.siren_omega, mlp_backend=config.mlp_backend)
 
     # --- DensityModel interface ---------------------------------------------------------------
 

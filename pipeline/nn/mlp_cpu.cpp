@@ -1,0 +1,271 @@
+// Fully fused ReLU MLP on the CPU (tiny-cuda-nn's FullyFusedMLP, for CPU caches): forward and
+// backward of x -> [Linear -> ReLU] * (L - 1) -> Linear, in plain C++ (built and loaded by
+// cpu_kernels.py, called from mlp_cpu.py).
+//
+// Why: the instant-ngp field's layers are thin (64 wide, outputs of 16 and 3). Run as separate torch
+// ops, each layer streams its (N, 64) activations through memory several times (matmul, bias,
+// ReLU, ReLU's backward, the bias gradient's sum), and the thin output layers run at a tenth of
+// the machine's matmul rate. Here each thread takes blocks of kBlockRows points through every
+// layer while they sit in L2; only the hidden activations the backward needs are written out.
+//
+// Every product is one register-blocked kernel, C (+)= A B with B's rows contiguous and padded to
+// whole vectors (8 floats): the forward multiplies by W^T, the input gradient by W, and the weight
+// gradient accumulates A^T dZ into per-thread sums, added up at the end (so the result does not
+// depend on how the points fall into blocks, only on the thread count, to float rounding).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu_parallel.h"
+
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+typedef float v8 __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+constexpr int kBlockRows = 192;  // a block of 64-wide activations is 48 KB: it stays in L2
+constexpr int kTileRows = 6;     // 6 rows x 16 columns = 12 accumulators (+2 B, +1 A): 15 of 16 AVX registers
+
+inline v8 load8(const float* p) {
+    v8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+inline v8 splat(float a) { return v8{a, a, a, a, a, a, a, a}; }
+inline v8 fma8(v8 a, v8 b, v8 c) {
+#if defined(__FMA__)
+    return _mm256_fmadd_ps(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+inline int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+// C[R x 8NV] (+)= sum_k A[r * a_row + k * a_k] B[k * ldb + j], then (when not accumulating) plus
+// bias[j] and, with relu, max(0, .): the layer's epilogue while the tile is still in registers
+template <int R, int NV>
+inline void tile(int K, const float* A, int64_t a_row, int64_t a_k, const float* B, int64_t ldb, float* C,
+                 int64_t ldc, bool accumulate, const float* bias, bool relu) {
+    v8 c[R][NV];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? load8(C + r * ldc + v * kLanes) : v8{};
+    for (int k = 0; k < K; ++k) {
+        v8 b[NV];
+        for (int v = 0; v < NV; ++v) b[v] = load8(B + k * ldb + v * kLanes);
+        for (int r = 0; r < R; ++r) {
+            const v8 a = splat(A[r * a_row + k * a_k]);
+            for (int v = 0; v < NV; ++v) c[r][v] = fma8(a, b[v], c[r][v]);
+        }
+    }
+    if (bias != nullptr) {
+        for (int v = 0; v < NV; ++v) {
+            const v8 b = load8(bias + v * kLanes);
+            for (int r = 0; r < R; ++r) c[r][v] += b;
+        }
+    }
+    if (relu) {
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NV; ++v) c[r][v] = c[r][v] > v8{} ? c[r][v] : v8{};
+    }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) store8(C + r * ldc + v * kLanes, c[r][v]);
+}
+
+template <int NV>
+inline void tile_rows(int rows, int K, const float* A, int64_t a_row, int64_t a_k, const float* B, int64_t ldb,
+                      float* C, int64_t ldc, bool accumulate, const float* bias, bool relu) {
+    switch (rows) {
+        case 6: tile<6, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
+        case 5: tile<5, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
+        case 4: tile<4, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
+        case 3: tile<3, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
+        case 2: tile<2, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
+        default: tile<1, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
+    }
+}
+
+// C[M x cols] (+)= A[M x K] B[K x cols]; cols, ldb and ldc are whole vectors (multiples of 8).
+// A is addressed A[m * a_row + k * a_k], so A^T is the same matrix with the strides swapped.
+// bias (cols,) and relu: see tile.
+void gemm(int M, int cols, int K, const float* A, int64_t a_row, int64_t a_k, const float* B, int64_t ldb,
+          float* C, int64_t ldc, bool accumulate, const float* bias = nullptr, bool relu = false) {
+    for (int j = 0; j < cols; j += 2 * kLanes) {  // a 16-column panel of B (K x 16) stays in L1
+        const bool wide = cols - j >= 2 * kLanes;
+        for (int m = 0; m < M; m += kTileRows) {
+            const int rows = std::min(kTileRows, M - m);
+            const float* a = A + m * a_row;
+            float* c = C + m * ldc + j;
+            const float* b = bias != nullptr ? bias + j : nullptr;
+            if (wide)
+                tile_rows<2>(rows, K, a, a_row, a_k, B + j, ldb, c, ldc, accumulate, b, relu);
+            else
+                tile_rows<1>(rows, K, a, a_row, a_k, B + j, ldb, c, ldc, accumulate, b, relu);
+        }
+    }
+}
+
+struct Layer {
+    int in, out;
+    int64_t in_pad, out_pad;
+    std::vector<float> wt;    // (in, out_pad): W^T, for the forward
+    std::vector<float> w;     // (out, in_pad): W, for the input gradient
+    std::vector<float> bias;  // (out_pad,)
+};
+
+std::vector<Layer> pack(int num_layers, const int32_t* dims, const float* const* weights, const float* const* biases) {
+    std::vector<Layer> layers(num_layers);
+    for (int l = 0; l < num_layers; ++l) {
+        Layer& L = layers[l];
+        L.in = dims[l];
+        L.out = dims[l + 1];
+        L.in_pad = padded(L.in);
+        L.out_pad = padded(L.out);
+        L.wt.assign(L.in * L.out_pad, 0.0f);
+        L.w.assign(L.out * L.in_pad, 0.0f);
+        L.bias.assign(L.out_pad, 0.0f);
+        const float* W = weights[l];  // torch's (out, in)
+        for (int o = 0; o < L.out; ++o)
+            for (int i = 0; i < L.in; ++i) {
+                L.wt[i * L.out_pad + o] = W[o * L.in + i];
+                L.w[o * L.in_pad + i] = W[o * L.in + i];
+            }
+        if (biases != nullptr && biases[l] != nullptr) std::copy(biases[l], biases[l] + L.out, L.bias.begin());
+    }
+    return layers;
+}
+
+int64_t widest(const std::vector<Layer>& layers) {
+    int64_t w = 0;
+    for (const Layer& L : layers) w = std::max({w, L.in_pad, L.out_pad});
+    return w;
+}
+
+void forward_rows(const std::vector<Layer>& layers, const float* x, float* const* hidden, float* out, int64_t begin,
+                  int64_t end) {
+    const int64_t width = widest(layers);
+    std::vector<float> buffers(2 * kBlockRows * width);
+    const int last = static_cast<int>(layers.size()) - 1;
+    for (int64_t r0 = begin; r0 < end; r0 += kBlockRows) {
+        const int m = static_cast<int>(std::min<int64_t>(kBlockRows, end - r0));
+        const float* a = x + r0 * layers[0].in;
+        int64_t lda = layers[0].in;
+        for (int l = 0; l <= last; ++l) {
+            const Layer& L = layers[l];
+            float* keep = l < last ? (hidden != nullptr ? hidden[l] + r0 * L.out : nullptr) : out + r0 * L.out;
+            // a layer as wide as whole vectors writes straight into its output; others go through a buffer
+            const bool direct = keep != nullptr && L.out == L.out_pad;
+            float* c = direct ? keep : buffers.data() + (l % 2) * kBlockRows * width;
+            gemm(m, static_cast<int>(L.out_pad), L.in, a, lda, 1, L.wt.data(), L.out_pad, c, L.out_pad, false,
+                 L.bias.data(), l < last);
+            if (keep != nullptr && !direct)
+                for (int r = 0; r < m; ++r) std::memcpy(keep + r * L.out, c + r * L.out_pad, L.out * sizeof(float));
+            a = c;
+            lda = L.out_pad;
+        }
+    }
+}
+
+struct Gradients {  // one thread's sums
+    std::vector<std::vector<float>> wt;    // per layer (in, out_pad): dW^T
+    std::vector<std::vector<float>> bias;  // per layer (out_pad,)
+};
+
+void backward_rows(const std::vector<Layer>& layers, const float* x, const float* const* hidden,
+                   const float* grad_out, float* grad_x, Gradients& g, int64_t begin, int64_t end) {
+    const int64_t width = widest(layers);
+    std::vector<float> dz_buffer(kBlockRows * width), din_buffer(kBlockRows * width);
+    const int last = static_cast<int>(layers.size()) - 1;
+    for (int64_t r0 = begin; r0 < end; r0 += kBlockRows) {
+        const int m = static_cast<int>(std::min<int64_t>(kBlockRows, end - r0));
+        float* dz = dz_buffer.data();
+        float* din = din_buffer.data();
+        int64_t ldz = layers[last].out_pad;
+        for (int r = 0; r < m; ++r) {
+            std::memcpy(dz + r * ldz, grad_out + (r0 + r) * layers[last].out, layers[last].out * sizeof(float));
+            std::fill(dz + r * ldz + layers[last].out, dz + (r + 1) * ldz, 0.0f);
+        }
+        for (int l = last; l >= 0; --l) {
+            const Layer& L = layers[l];
+            const float* input = l == 0 ? x + r0 * L.in : hidden[l - 1] + r0 * L.in;
+            // dW^T (in, out_pad) += input^T (in, m) dz (m, out_pad)
+            gemm(L.in, static_cast<int>(L.out_pad), m, input, 1, L.in, dz, ldz, g.wt[l].data(), L.out_pad, true);
+            float* db = g.bias[l].data();
+            for (int r = 0; r < m; ++r)
+                for (int64_t j = 0; j < L.out_pad; ++j) db[j] += dz[r * ldz + j];
+            if (l == 0 && grad_x == nullptr) break;
+            // d input (m, in_pad) = dz (m, out) W (out, in_pad)
+            gemm(m, static_cast<int>(L.in_pad), L.out, dz, ldz, 1, L.w.data(), L.in_pad, din, L.in_pad, false);
+            if (l == 0) {
+                for (int r = 0; r < m; ++r)
+                    std::memcpy(grad_x + (r0 + r) * L.in, din + r * L.in_pad, L.in * sizeof(float));
+                break;
+            }
+            for (int r = 0; r < m; ++r) {  // through the ReLU of the layer below: its output > 0
+                float* row = din + r * L.in_pad;
+                const float* h = input + r * L.in;
+                for (int j = 0; j < L.in; ++j) row[j] = h[j] > 0.0f ? row[j] : 0.0f;
+            }
+            std::swap(dz, din);
+            ldz = L.in_pad;
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// x (n, dims[0]) -> out (n, dims[L]); weights[l] (dims[l+1], dims[l]) and biases[l] (dims[l+1],)
+// as torch.nn.Linear keeps them. hidden: L - 1 buffers (n, dims[l+1]) that receive the hidden
+// activations (after ReLU) for the backward, or null.
+int mlp_forward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t* dims, const float* const* weights,
+                    const float* const* biases, float* const* hidden, float* out, int32_t threads) {
+    if (num_layers < 1) return 1;
+    const std::vector<Layer> layers = pack(num_layers, dims, weights, biases);
+    const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
+    recon::parallel_for(blocks, threads, [&](int64_t b, int64_t e, int) {
+        forward_rows(layers, x, hidden, out, b * kBlockRows, std::min(n, e * kBlockRows));
+    });
+    return 0;
+}
+
+// The gradients of mlp_forward_f32 from grad_out (n, dims[L]) and its saved hidden activations:
+// grad_weights[l] and grad_biases[l] (overwritten), and grad_x (n, dims[0]) unless null.
+int mlp_backward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t* dims, const float* const* weights,
+                     const float* const* hidden, const float* grad_out, float* grad_x, float* const* grad_weights,
+                     float* const* grad_biases, int32_t threads) {
+    if (num_layers < 1) return 1;
+    const std::vector<Layer> layers = pack(num_layers, dims, weights, nullptr);
+    const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
+    const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks)));
+    std::vector<Gradients> sums(parts);
+    for (Gradients& g : sums)
+        for (const Layer& L : layers) {
+            g.wt.emplace_back(L.in * L.out_pad, 0.0f);
+            g.bias.emplace_back(L.out_pad, 0.0f);
+        }
+    recon::parallel_for(blocks, parts, [&](int64_t b, int64_t e, int part) {
+        backward_rows(layers, x, hidden, grad_out, grad_x, sums[part], b * kBlockRows, std::min(n, e * kBlockRows));
+    });
+    for (int l = 0; l < num_layers; ++l) {
+        const Layer& L = layers[l];
+        for (int o = 0; o < L.out; ++o) {
+            for (int i = 0; i < L.in; ++i) {
+                float s = 0.0f;
+                for (const Gradients& g : sums) s += g.wt[l][i * L.out_pad + o];
+                grad_weights[l][o * L.in + i] = s;
+            }
+            float s = 0.0f;
+            for (const Gradients& g : sums) s += g.bias[l][o];
+            grad_biases[l][o] = s;
+        }
+    }
+    return 0;
+}
+
+}  // extern "C"

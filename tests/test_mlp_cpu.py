@@ -1,0 +1,106 @@
+"""The fused CPU kernel of ReLU MLPs (pipeline/nn/mlp_cpu.cpp): the same values and gradients as
+one torch op per layer, whatever the shapes, thread count and order of derivatives."""
+import pytest
+import torch
+
+from pipeline.nn import cpu_kernels, mlp_cpu
+from pipeline.nn.mlp import MLP
+
+
+@pytest.fixture(autouse=True)
+def _require_kernels():
+    if not cpu_kernels.available():
+        pytest.skip(f"C++ CPU kernels unavailable: {cpu_kernels.unavailable_reason()}")
+
+
+def _pair(in_dim, out_dim, width, hidden, seed=0):
+    """The same MLP twice: fused kernel and torch layers."""
+    torch.manual_seed(seed)
+    fused = MLP(in_dim, out_dim, width, hidden, backend="cpu")
+    reference = MLP(in_dim, out_dim, width, hidden, backend="torch")
+    reference.load_state_dict(fused.state_dict())
+    with torch.no_grad():  # biases away from 0, so that ReLUs cut in different places per unit
+        for layer in fused._layers():
+            layer.bias.uniform_(-0.5, 0.5)
+    reference.load_state_dict(fused.state_dict())
+    return fused, reference
+
+
+# the hash field's two MLPs, odd widths that do not fill vectors, a 256-wide one, one layer only
+@pytest.mark.parametrize("in_dim,out_dim,width,hidden,n", [
+    (32, 16, 64, 1, 1000), (31, 3, 64, 2, 777), (5, 7, 13, 3, 200), (283, 3, 128, 1, 300), (4, 2, 64, 0, 50),
+    (32, 16, 64, 1, 1), (32, 16, 64, 1, 0)])
+def test_the_fused_mlp_matches_torch_layers_in_values_and_gradients(in_dim, out_dim, width, hidden, n):
+    fused, reference = _pair(in_dim, out_dim, width, hidden)
+    x = torch.randn(n, in_dim, requires_grad=True)
+    assert fused.runs_fused(x) and not reference.runs_fused(x)
+    a, b = fused(x), reference(x)
+    assert a.shape == b.shape == (n, out_dim)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    head = torch.randn(n, out_dim)
+    grads_fused = torch.autograd.grad((a * head).sum(), [x, *fused.parameters()])
+    grads_torch = torch.autograd.grad((b * head).sum(), [x, *reference.parameters()])
+    for ours, theirs in zip(grads_fused, grads_torch):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * max(1.0, theirs.abs().amax().item() if theirs.numel() else 0.0))
+
+
+def test_the_fused_mlp_gives_the_same_result_on_one_and_two_threads():
+    fused, _ = _pair(32, 16, 64, 1)
+    x = torch.randn(5000, 32, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            out = fused(x)
+            results.append([out, *torch.autograd.grad(out.square().sum(), [x, *fused.parameters()])])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    for one, two in zip(results[0][2:], results[1][2:]):  # weight sums: per-thread partial sums
+        assert torch.allclose(one, two, rtol=1e-5, atol=1e-5 * two.abs().amax().item())
+
+
+def test_the_fused_mlp_gives_second_derivatives():
+    # a gradient penalty on the input gradient differentiates the backward itself (create_graph)
+    fused, reference = _pair(6, 1, 32, 2)
+    x = torch.randn(100, 6, requires_grad=True)
+    results = []
+    for mlp in (fused, reference):
+        (grad_x,) = torch.autograd.grad(mlp(x).sum(), x, create_graph=True)
+        penalty = (grad_x.norm(dim=-1) - 1).square().mean()
+        params = list(mlp.parameters())  # the last bias does not reach grad_x: no gradient
+        grads = torch.autograd.grad(penalty, params, allow_unused=True)
+        results.append([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+    for ours, theirs in zip(*results):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_only_float32_relu_mlps_without_skips_run_fused():
+    x = torch.randn(10, 8)
+    assert MLP(8, 3, 16, 2).runs_fused(x)  # backend auto
+    assert not MLP(8, 3, 16, 2, activation="siren").runs_fused(x)
+    assert not MLP(8, 3, 16, 4, skips=(2,)).runs_fused(x)
+    assert not MLP(8, 3, 16, 2).double().runs_fused(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not MLP(8, 3, 16, 2).runs_fused(x)
+    with cpu_kernels.disabled():  # no compiler (or RECON_CPU_KERNELS=0): torch layers
+        mlp = MLP(8, 3, 16, 2)
+        assert not mlp.runs_fused(x) and mlp(x).shape == (10, 3)
+    with pytest.raises(ValueError, match="MLP backend"):
+        MLP(8, 3, backend="cuda")
+
+
+def test_the_fused_mlp_trains_like_torch_layers():
+    # a few Adam steps on the same data: both reach the same weights (to float rounding)
+    fused, reference = _pair(3, 2, 32, 2)
+    x, y = torch.randn(512, 3), torch.randn(512, 2)
+    for mlp in (fused, reference):
+        opt = torch.optim.Adam(mlp.parameters(), lr=1e-2)
+        for _ in range(20):
+            opt.zero_grad()
+            (mlp(x) - y).square().mean().backward()
+            opt.step()
+    for ours, theirs in zip(fused.parameters(), reference.parameters()):
+        assert torch.allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+    assert mlp_cpu.supports(x, [p for p in fused.parameters() if p.dim() == 2])
