@@ -13,11 +13,11 @@ def _require_kernels():
         pytest.skip(f"C++ CPU kernels unavailable: {cpu_kernels.unavailable_reason()}")
 
 
-def _pair(in_dim, out_dim, width, hidden, seed=0):
+def _pair(in_dim, out_dim, width, hidden, skips=(), seed=0):
     """The same MLP twice: fused kernel and torch layers."""
     torch.manual_seed(seed)
-    fused = MLP(in_dim, out_dim, width, hidden, backend="cpu")
-    reference = MLP(in_dim, out_dim, width, hidden, backend="torch")
+    fused = MLP(in_dim, out_dim, width, hidden, skips=skips, backend="cpu")
+    reference = MLP(in_dim, out_dim, width, hidden, skips=skips, backend="torch")
     reference.load_state_dict(fused.state_dict())
     with torch.no_grad():  # biases away from 0, so that ReLUs cut in different places per unit
         for layer in fused._layers():
@@ -26,12 +26,14 @@ def _pair(in_dim, out_dim, width, hidden, seed=0):
     return fused, reference
 
 
-# the hash field's two MLPs, odd widths that do not fill vectors, a 256-wide one, one layer only
-@pytest.mark.parametrize("in_dim,out_dim,width,hidden,n", [
-    (32, 16, 64, 1, 1000), (31, 3, 64, 2, 777), (5, 7, 13, 3, 200), (283, 3, 128, 1, 300), (4, 2, 64, 0, 50),
-    (32, 16, 64, 1, 1), (32, 16, 64, 1, 0)])
-def test_the_fused_mlp_matches_torch_layers_in_values_and_gradients(in_dim, out_dim, width, hidden, n):
-    fused, reference = _pair(in_dim, out_dim, width, hidden)
+# the hash field's two MLPs, odd widths that do not fill vectors, the NeRF trunk's skip connection
+# (also on odd widths), a 256-wide one, one layer only, one point, none
+@pytest.mark.parametrize("in_dim,out_dim,width,hidden,skips,n", [
+    (32, 16, 64, 1, (), 1000), (31, 3, 64, 2, (), 777), (5, 7, 13, 3, (), 200), (63, 257, 64, 6, (4,), 400),
+    (7, 5, 13, 4, (1, 3), 300), (283, 3, 128, 1, (), 300), (4, 2, 64, 0, (), 50), (32, 16, 64, 1, (), 1),
+    (32, 16, 64, 1, (), 0)])
+def test_the_fused_mlp_matches_torch_layers_in_values_and_gradients(in_dim, out_dim, width, hidden, skips, n):
+    fused, reference = _pair(in_dim, out_dim, width, hidden, skips)
     x = torch.randn(n, in_dim, requires_grad=True)
     assert fused.runs_fused(x) and not reference.runs_fused(x)
     a, b = fused(x), reference(x)
@@ -63,7 +65,7 @@ def test_the_fused_mlp_gives_the_same_result_on_one_and_two_threads():
 
 def test_the_fused_mlp_gives_second_derivatives():
     # a gradient penalty on the input gradient differentiates the backward itself (create_graph)
-    fused, reference = _pair(6, 1, 32, 2)
+    fused, reference = _pair(6, 1, 32, 3, skips=(2,))
     x = torch.randn(100, 6, requires_grad=True)
     results = []
     for mlp in (fused, reference):
@@ -76,11 +78,12 @@ def test_the_fused_mlp_gives_second_derivatives():
         assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
-def test_only_float32_relu_mlps_without_skips_run_fused():
+def test_only_float32_relu_mlps_run_fused():
     x = torch.randn(10, 8)
     assert MLP(8, 3, 16, 2).runs_fused(x)  # backend auto
     assert not MLP(8, 3, 16, 2, activation="siren").runs_fused(x)
-    assert not MLP(8, 3, 16, 4, skips=(2,)).runs_fused(x)
+    assert MLP(8, 3, 16, 4, skips=(2,)).runs_fused(x)
+    assert not MLP(8, 3, 16, 4, skips=(0,)).runs_fused(x)  # [x, x] into the first layer: torch layers
     assert not MLP(8, 3, 16, 2).double().runs_fused(x.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not MLP(8, 3, 16, 2).runs_fused(x)

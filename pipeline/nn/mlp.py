@@ -37,8 +37,8 @@ class MLP(nn.Module):
     has ``skips=(4,)``: the 5th layer sees ``[h, x]``). activation: relu | softplus | siren (sine
     with ``omega_0 = siren_omega``). The output layer is linear; apply output activations outside.
     backend: ``torch`` (one op per layer) | ``cpu`` (the fused C++ kernel, :mod:`pipeline.nn.mlp_cpu`:
-    all layers in one call, 2-2.5x faster on CPU; ReLU without skips, float32, no autocast; otherwise
-    it falls back to torch) | ``auto`` (``cpu`` where it applies).
+    all layers in one call, 1.6-1.9x faster on CPU for 64-wide layers, 1.15x for 256; ReLU,
+    float32, no autocast; otherwise it falls back to torch) | ``auto`` (``cpu`` where it applies).
     """
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 64, num_hidden: int = 2,
@@ -80,14 +80,15 @@ class MLP(nn.Module):
 
     def runs_fused(self, x: torch.Tensor) -> bool:
         """Whether this input goes through the fused CPU kernel."""
-        if self.backend == "torch" or self.activation != "relu" or self.skips:
+        if self.backend == "torch" or self.activation != "relu" or 0 in self.skips:
             return False
         return mlp_cpu.supports(x, [layer.weight for layer in self._layers()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.runs_fused(x):
             layers = self._layers()
-            return mlp_cpu.fused_relu_mlp(x, [layer.weight for layer in layers], [layer.bias for layer in layers])
+            return mlp_cpu.fused_relu_mlp(x, [layer.weight for layer in layers], [layer.bias for layer in layers],
+                                          self.skips)
         h = x
         for i, layer in enumerate(self.hidden):
             if i in self.skips:  # x in h's dtype: under autocast h is bfloat16 and a float32 x

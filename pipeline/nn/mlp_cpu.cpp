@@ -1,6 +1,7 @@
 // Fully fused ReLU MLP on the CPU (tiny-cuda-nn's FullyFusedMLP, for CPU caches): forward and
 // backward of x -> [Linear -> ReLU] * (L - 1) -> Linear, in plain C++ (built and loaded by
-// cpu_kernels.py, called from mlp_cpu.py).
+// cpu_kernels.py, called from mlp_cpu.py). A layer may take the network input again beside the
+// hidden activations ([h, x], NeRF's skip connection).
 //
 // Why: the instant-ngp field's layers are thin (64 wide, outputs of 16 and 3). Run as separate torch
 // ops, each layer streams its (N, 64) activations through memory several times (matmul, bias,
@@ -110,18 +111,23 @@ void gemm(int M, int cols, int K, const float* A, int64_t a_row, int64_t a_k, co
 }
 
 struct Layer {
-    int in, out;
+    int in, out;       // in: the whole input, [h, x] for a skip layer
+    int main;          // the columns of h: in, or in - dims[0] for a skip layer
+    bool skip;
     int64_t in_pad, out_pad;
     std::vector<float> wt;    // (in, out_pad): W^T, for the forward
     std::vector<float> w;     // (out, in_pad): W, for the input gradient
     std::vector<float> bias;  // (out_pad,)
 };
 
-std::vector<Layer> pack(int num_layers, const int32_t* dims, const float* const* weights, const float* const* biases) {
+std::vector<Layer> pack(int num_layers, const int32_t* dims, const int32_t* skips, const float* const* weights,
+                        const float* const* biases) {
     std::vector<Layer> layers(num_layers);
     for (int l = 0; l < num_layers; ++l) {
         Layer& L = layers[l];
-        L.in = dims[l];
+        L.skip = l > 0 && skips != nullptr && skips[l] != 0;
+        L.main = dims[l];
+        L.in = L.main + (L.skip ? dims[0] : 0);
         L.out = dims[l + 1];
         L.in_pad = padded(L.in);
         L.out_pad = padded(L.out);
@@ -160,8 +166,15 @@ void forward_rows(const std::vector<Layer>& layers, const float* x, float* const
             // a layer as wide as whole vectors writes straight into its output; others go through a buffer
             const bool direct = keep != nullptr && L.out == L.out_pad;
             float* c = direct ? keep : buffers.data() + (l % 2) * kBlockRows * width;
-            gemm(m, static_cast<int>(L.out_pad), L.in, a, lda, 1, L.wt.data(), L.out_pad, c, L.out_pad, false,
-                 L.bias.data(), l < last);
+            const int cols = static_cast<int>(L.out_pad);
+            if (!L.skip) {
+                gemm(m, cols, L.in, a, lda, 1, L.wt.data(), L.out_pad, c, L.out_pad, false, L.bias.data(), l < last);
+            } else {  // [h, x] W^T = h W_h^T + x W_x^T: W^T's first rows multiply h, the rest x
+                const int x_dim = layers[0].in;
+                gemm(m, cols, L.main, a, lda, 1, L.wt.data(), L.out_pad, c, L.out_pad, false);
+                gemm(m, cols, x_dim, x + r0 * x_dim, x_dim, 1, L.wt.data() + L.main * L.out_pad, L.out_pad, c,
+                     L.out_pad, true, L.bias.data(), l < last);
+            }
             if (keep != nullptr && !direct)
                 for (int r = 0; r < m; ++r) std::memcpy(keep + r * L.out, c + r * L.out_pad, L.out * sizeof(float));
             a = c;
@@ -178,12 +191,15 @@ struct Gradients {  // one thread's sums
 void backward_rows(const std::vector<Layer>& layers, const float* x, const float* const* hidden,
                    const float* grad_out, float* grad_x, Gradients& g, int64_t begin, int64_t end) {
     const int64_t width = widest(layers);
-    std::vector<float> dz_buffer(kBlockRows * width), din_buffer(kBlockRows * width);
+    const int x_dim = layers[0].in;
+    std::vector<float> dz_buffer(kBlockRows * width), din_buffer(kBlockRows * width), gx(kBlockRows * x_dim);
     const int last = static_cast<int>(layers.size()) - 1;
     for (int64_t r0 = begin; r0 < end; r0 += kBlockRows) {
         const int m = static_cast<int>(std::min<int64_t>(kBlockRows, end - r0));
+        const float* x_block = x + r0 * x_dim;
         float* dz = dz_buffer.data();
         float* din = din_buffer.data();
+        std::fill(gx.begin(), gx.end(), 0.0f);  // the skip layers' share of grad_x
         int64_t ldz = layers[last].out_pad;
         for (int r = 0; r < m; ++r) {
             std::memcpy(dz + r * ldz, grad_out + (r0 + r) * layers[last].out, layers[last].out * sizeof(float));
@@ -191,24 +207,30 @@ void backward_rows(const std::vector<Layer>& layers, const float* x, const float
         }
         for (int l = last; l >= 0; --l) {
             const Layer& L = layers[l];
-            const float* input = l == 0 ? x + r0 * L.in : hidden[l - 1] + r0 * L.in;
-            // dW^T (in, out_pad) += input^T (in, m) dz (m, out_pad)
-            gemm(L.in, static_cast<int>(L.out_pad), m, input, 1, L.in, dz, ldz, g.wt[l].data(), L.out_pad, true);
+            const float* input = l == 0 ? x_block : hidden[l - 1] + r0 * L.main;
+            // dW^T (in, out_pad) += input^T (in, m) dz (m, out_pad); a skip layer's x rows come last
+            gemm(L.main, static_cast<int>(L.out_pad), m, input, 1, L.main, dz, ldz, g.wt[l].data(), L.out_pad, true);
+            if (L.skip)
+                gemm(x_dim, static_cast<int>(L.out_pad), m, x_block, 1, x_dim, dz, ldz,
+                     g.wt[l].data() + L.main * L.out_pad, L.out_pad, true);
             float* db = g.bias[l].data();
             for (int r = 0; r < m; ++r)
                 for (int64_t j = 0; j < L.out_pad; ++j) db[j] += dz[r * ldz + j];
             if (l == 0 && grad_x == nullptr) break;
             // d input (m, in_pad) = dz (m, out) W (out, in_pad)
             gemm(m, static_cast<int>(L.in_pad), L.out, dz, ldz, 1, L.w.data(), L.in_pad, din, L.in_pad, false);
+            if (L.skip && grad_x != nullptr)
+                for (int r = 0; r < m; ++r)
+                    for (int j = 0; j < x_dim; ++j) gx[r * x_dim + j] += din[r * L.in_pad + L.main + j];
             if (l == 0) {
                 for (int r = 0; r < m; ++r)
-                    std::memcpy(grad_x + (r0 + r) * L.in, din + r * L.in_pad, L.in * sizeof(float));
+                    for (int j = 0; j < x_dim; ++j) grad_x[(r0 + r) * x_dim + j] = din[r * L.in_pad + j] + gx[r * x_dim + j];
                 break;
             }
             for (int r = 0; r < m; ++r) {  // through the ReLU of the layer below: its output > 0
                 float* row = din + r * L.in_pad;
-                const float* h = input + r * L.in;
-                for (int j = 0; j < L.in; ++j) row[j] = h[j] > 0.0f ? row[j] : 0.0f;
+                const float* h = input + r * L.main;
+                for (int j = 0; j < L.main; ++j) row[j] = h[j] > 0.0f ? row[j] : 0.0f;
             }
             std::swap(dz, din);
             ldz = L.in_pad;
@@ -220,13 +242,15 @@ void backward_rows(const std::vector<Layer>& layers, const float* x, const float
 
 extern "C" {
 
-// x (n, dims[0]) -> out (n, dims[L]); weights[l] (dims[l+1], dims[l]) and biases[l] (dims[l+1],)
-// as torch.nn.Linear keeps them. hidden: L - 1 buffers (n, dims[l+1]) that receive the hidden
+// x (n, dims[0]) -> out (n, dims[L]); weights[l] (dims[l+1], in_l) and biases[l] (dims[l+1],)
+// as torch.nn.Linear keeps them, where in_l = dims[l], plus dims[0] when skips[l] (the layer takes
+// [h, x]; skips may be null). hidden: L - 1 buffers (n, dims[l+1]) that receive the hidden
 // activations (after ReLU) for the backward, or null.
-int mlp_forward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t* dims, const float* const* weights,
-                    const float* const* biases, float* const* hidden, float* out, int32_t threads) {
+int mlp_forward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t* dims, const int32_t* skips,
+                    const float* const* weights, const float* const* biases, float* const* hidden, float* out,
+                    int32_t threads) {
     if (num_layers < 1) return 1;
-    const std::vector<Layer> layers = pack(num_layers, dims, weights, biases);
+    const std::vector<Layer> layers = pack(num_layers, dims, skips, weights, biases);
     const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
     recon::parallel_for(blocks, threads, [&](int64_t b, int64_t e, int) {
         forward_rows(layers, x, hidden, out, b * kBlockRows, std::min(n, e * kBlockRows));
@@ -236,11 +260,11 @@ int mlp_forward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t
 
 // The gradients of mlp_forward_f32 from grad_out (n, dims[L]) and its saved hidden activations:
 // grad_weights[l] and grad_biases[l] (overwritten), and grad_x (n, dims[0]) unless null.
-int mlp_backward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t* dims, const float* const* weights,
-                     const float* const* hidden, const float* grad_out, float* grad_x, float* const* grad_weights,
-                     float* const* grad_biases, int32_t threads) {
+int mlp_backward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t* dims, const int32_t* skips,
+                     const float* const* weights, const float* const* hidden, const float* grad_out, float* grad_x,
+                     float* const* grad_weights, float* const* grad_biases, int32_t threads) {
     if (num_layers < 1) return 1;
-    const std::vector<Layer> layers = pack(num_layers, dims, weights, nullptr);
+    const std::vector<Layer> layers = pack(num_layers, dims, skips, weights, nullptr);
     const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
     const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks)));
     std::vector<Gradients> sums(parts);
