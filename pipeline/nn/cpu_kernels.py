@@ -57,7 +57,8 @@ def _cache_dir() -> Path:
 
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + version.encode()
+    # this file too: its build flags are part of what gets built
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS + (Path(__file__),)) + version.encode()
                          + _cpu_signature().encode() + platform.machine().encode())
     out_dir = _cache_dir() / key.hexdigest()[:16]
     target = out_dir / "recon_cpu_kernels.so"
@@ -76,6 +77,7 @@ def _build(compiler: str) -> Path:
     # OpenMP first: the kernels then share torch's threads (cpu_parallel.h says why); some compilers
     # lack -fopenmp (Apple clang) or -march=native (Apple clang on arm64)
     for flags in (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3", "-march=native"], ["-O3"]):
+        flags = [*flags, "-fno-trapping-math"]  # lets the compiler vectorise clamps and selects on floats
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
         cmd = [compiler, *flags, "-std=c++17", "-shared", "-fPIC", "-pthread", *map(str, SOURCES), "-o", tmp]
