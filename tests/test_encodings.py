@@ -1,6 +1,7 @@
 """Fourier features, Gaussian Fourier features and spherical harmonics."""
 import math
 
+import pytest
 import torch
 
 from pipeline.nn.encodings import FourierEncoding, GaussianFourierEncoding, SphericalHarmonics
@@ -46,6 +47,21 @@ def test_spherical_harmonics_are_orthonormal_on_the_sphere():
     assert y.shape == (100_000, 16)
     gram = 4 * math.pi * (y.T @ y) / dirs.shape[0]  # Monte Carlo integral of Y_i Y_j over the sphere
     assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=0.06)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+def test_spherical_harmonics_cpu_kernel_gives_the_torch_formulas(degree):
+    from pipeline.nn import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip(f"C++ CPU kernels unavailable: {cpu_kernels.unavailable_reason()}")
+    sh = SphericalHarmonics(degree)
+    dirs = torch.nn.functional.normalize(torch.randn(20_000, 3), dim=-1)
+    fast = sh(dirs)  # float32 directions that need no gradient: the kernel
+    with cpu_kernels.disabled():
+        formulas = sh(dirs)
+    assert fast.shape == formulas.shape == (20_000, degree * degree)
+    assert torch.allclose(fast, formulas, rtol=1e-6, atol=1e-6)
 
 
 def test_encodings_pass_gradients_to_their_input():

@@ -1,5 +1,5 @@
 """The CPU kernels in C++ (``hashgrid_cpu.cpp``: the hash grid; ``occupancy_cpu.cpp``: the ray
-marcher; ``mlp_cpu.cpp``: the fused ReLU MLP), built once into one shared library with the system's C++ compiler and loaded with ctypes.
+marcher; ``mlp_cpu.cpp``: the fused ReLU MLP; ``sh_cpu.cpp``: spherical harmonics), built once into one shared library with the system's C++ compiler and loaded with ctypes.
 
 They include no torch headers, so the build takes a few seconds (no ninja, no extension toolchain);
 the library is cached on disk per source, compiler and CPU (``$RECON_KERNEL_CACHE``, default
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("hashgrid_cpu.cpp", "occupancy_cpu.cpp", "mlp_cpu.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("hashgrid_cpu.cpp", "occupancy_cpu.cpp", "mlp_cpu.cpp",
+                                                          "sh_cpu.cpp"))
 HEADERS = (Path(__file__).with_name("cpu_parallel.h"),)
 _log = logging.getLogger("recon.kernels")
 _state: dict = {"lib": None, "error": None}
@@ -30,7 +31,7 @@ _state: dict = {"lib": None, "error": None}
 _RESTYPES = {f"hashgrid_{name}_{dtype}": ctypes.c_int for name in ("forward", "table_grad", "input_grad")
              for dtype in ("f32", "f64")}
 _RESTYPES["march_occupied_f32"] = ctypes.c_int64
-_RESTYPES.update(mlp_forward_f32=ctypes.c_int, mlp_backward_f32=ctypes.c_int)
+_RESTYPES.update(mlp_forward_f32=ctypes.c_int, mlp_backward_f32=ctypes.c_int, sh_encode_f32=ctypes.c_int)
 
 
 def _compiler() -> str | None:

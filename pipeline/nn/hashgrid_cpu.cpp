@@ -158,12 +158,15 @@ void forward_points(const T* x, const T* table, T* out, int64_t begin, int64_t e
 }
 
 template <typename T, int F>
-void table_grad_levels(const T* x, const T* grad_out, T* grad_table, int64_t n, int first_level, int level_step,
-                       const Levels& lv) {
+void table_grad_levels(const T* x, const T* grad_out, T* grad_table, int64_t n, int64_t rows, int first_level,
+                       int level_step, const Levels& lv) {
     // levels first, first + step, ...: each thread owns whole levels, coarse and fine alike (the fine,
     // hashed levels miss the cache more; interleaving balances the threads)
     const int L = lv.levels;
     for (int l = first_level; l < L; l += level_step) {
+        // the level's rows are zeroed here, by the thread that owns them, just before they are summed
+        const int64_t first_row = lv.offset[l], end_row = l + 1 < L ? lv.offset[l + 1] : rows;
+        std::fill(grad_table + first_row * F, grad_table + end_row * F, T(0));
         auto points_with_gradient = [&](Block<T>& block, int64_t from, int64_t end) {
             const int64_t to = std::min<int64_t>(end, from + kBlock);
             block.count = 0;
@@ -224,11 +227,12 @@ void run_forward(const T* x, const T* table, T* out, int64_t n, const Levels& lv
 }
 
 template <typename T, int F>
-void run_table_grad(const T* x, const T* grad_out, T* grad_table, int64_t n, const Levels& lv, int threads) {
+void run_table_grad(const T* x, const T* grad_out, T* grad_table, int64_t n, int64_t rows, const Levels& lv,
+                    int threads) {
     threads = static_cast<int>(std::min<int64_t>({threads, lv.levels, 1 + n / kMinPointsPerThread}));
     threads = std::max(1, threads);
     recon::parallel_for(threads, threads, [&](int64_t b, int64_t, int) {
-        table_grad_levels<T, F>(x, grad_out, grad_table, n, static_cast<int>(b), threads, lv);
+        table_grad_levels<T, F>(x, grad_out, grad_table, n, rows, static_cast<int>(b), threads, lv);
     });
 }
 
@@ -255,8 +259,8 @@ void run_input_grad(const T* x, const T* table, const T* grad_out, T* grad_x, in
 
 extern "C" {
 
-// All arrays contiguous. x (N, 3), table (R, F), out / grad_out (N, L * F), grad_table (R, F) zeroed
-// by the caller, grad_x (N, 3). Returns 0, or 1 for an unsupported F.
+// All arrays contiguous. x (N, 3), table (R, F), out / grad_out (N, L * F), grad_table (R = rows, F)
+// written whole (zeroed level by level, then summed), grad_x (N, 3). Returns 0, or 1 for an unsupported F.
 int hashgrid_forward_f32(const float* x, const float* table, float* out, int64_t n, int32_t features,
                          const double* scale, const int32_t* stride, const int32_t* offset, int32_t num_dense,
                          int32_t levels, uint32_t mask, int32_t threads) {
@@ -271,18 +275,18 @@ int hashgrid_forward_f64(const double* x, const double* table, double* out, int6
     DISPATCH_F(features, (run_forward<double, F>(x, table, out, n, lv, threads)))
 }
 
-int hashgrid_table_grad_f32(const float* x, const float* grad_out, float* grad_table, int64_t n, int32_t features,
-                            const double* scale, const int32_t* stride, const int32_t* offset, int32_t num_dense,
+int hashgrid_table_grad_f32(const float* x, const float* grad_out, float* grad_table, int64_t rows, int64_t n,
+                            int32_t features, const double* scale, const int32_t* stride, const int32_t* offset, int32_t num_dense,
                             int32_t levels, uint32_t mask, int32_t threads) {
     const Levels lv{scale, stride, offset, num_dense, levels, mask};
-    DISPATCH_F(features, (run_table_grad<float, F>(x, grad_out, grad_table, n, lv, threads)))
+    DISPATCH_F(features, (run_table_grad<float, F>(x, grad_out, grad_table, n, rows, lv, threads)))
 }
 
-int hashgrid_table_grad_f64(const double* x, const double* grad_out, double* grad_table, int64_t n,
-                            int32_t features, const double* scale, const int32_t* stride, const int32_t* offset,
+int hashgrid_table_grad_f64(const double* x, const double* grad_out, double* grad_table, int64_t rows,
+                            int64_t n, int32_t features, const double* scale, const int32_t* stride, const int32_t* offset,
                             int32_t num_dense, int32_t levels, uint32_t mask, int32_t threads) {
     const Levels lv{scale, stride, offset, num_dense, levels, mask};
-    DISPATCH_F(features, (run_table_grad<double, F>(x, grad_out, grad_table, n, lv, threads)))
+    DISPATCH_F(features, (run_table_grad<double, F>(x, grad_out, grad_table, n, rows, lv, threads)))
 }
 
 int hashgrid_input_grad_f32(const float* x, const float* table, const float* grad_out, float* grad_x, int64_t n,

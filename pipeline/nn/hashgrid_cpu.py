@@ -81,9 +81,9 @@ class _HashGridCPUFunction(torch.autograd.Function):
         threads = torch.get_num_threads()
         grad_x = grad_table = None
         if ctx.needs_input_grad[1]:
-            grad_table = torch.zeros_like(table_c)
-            _call("table_grad", x_c.dtype, _ptr(x_c), _ptr(grad), _ptr(grad_table), ctypes.c_int64(n),
-                  ctypes.c_int32(F), *lv.tail(threads))
+            grad_table = torch.empty_like(table_c)  # the kernel zeroes each level's rows in its own thread
+            _call("table_grad", x_c.dtype, _ptr(x_c), _ptr(grad), _ptr(grad_table), ctypes.c_int64(table_c.shape[0]),
+                  ctypes.c_int64(n), ctypes.c_int32(F), *lv.tail(threads))
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x_c)
             _call("input_grad", x_c.dtype, _ptr(x_c), _ptr(table_c), _ptr(grad), _ptr(grad_x), ctypes.c_int64(n),
