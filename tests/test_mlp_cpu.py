@@ -107,3 +107,14 @@ def test_the_fused_mlp_trains_like_torch_layers():
     for ours, theirs in zip(fused.parameters(), reference.parameters()):
         assert torch.allclose(ours, theirs, rtol=1e-3, atol=1e-4)
     assert mlp_cpu.supports(x, [p for p in fused.parameters() if p.dim() == 2])
+
+
+def test_rendering_without_gradients_gives_the_same_values():
+    # under no_grad the kernel keeps no hidden activations (nothing will differentiate them)
+    fused, reference = _pair(31, 3, 64, 2, skips=(1,))
+    x = torch.randn(1000, 31)
+    with torch.no_grad():
+        fast, slow = fused(x), reference(x)
+    assert not fast.requires_grad
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast, fused(x).detach())  # the same kernel with the backward's activations kept

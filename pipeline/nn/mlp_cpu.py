@@ -37,29 +37,34 @@ def _torch_mlp(x: torch.Tensor, params: tuple, skips: tuple) -> torch.Tensor:
     return h
 
 
+def _forward(x: torch.Tensor, params, skips: tuple, keep_hidden: bool):
+    """The kernel's forward: (out, hidden activations or [], dims, skip flags)."""
+    weights = [p.detach().contiguous() for p in params[0::2]]
+    biases = [p.detach().contiguous() for p in params[1::2]]
+    x_c = x.detach().contiguous()
+    n = x_c.shape[0]
+    dims = [weights[0].shape[1]] + [w.shape[0] for w in weights]
+    dims_c = (ctypes.c_int32 * len(dims))(*dims)
+    skip_flags = (ctypes.c_int32 * len(weights))(*[int(i in skips) for i in range(len(weights))])
+    hidden = [torch.empty(n, d) for d in dims[1:-1]] if keep_hidden else []
+    out = torch.empty(n, dims[-1])
+    status = cpu_kernels.load().mlp_forward_f32(
+        cpu_kernels.ptr(x_c), ctypes.c_int64(n), ctypes.c_int32(len(weights)), dims_c, skip_flags, _pointers(weights),
+        _pointers(biases), _pointers(hidden) if hidden else None, cpu_kernels.ptr(out),
+        ctypes.c_int32(torch.get_num_threads()))
+    if status != 0:
+        raise RuntimeError(f"fused MLP kernel: forward failed (status {status})")
+    return out, hidden, dims, skip_flags
+
+
 class _FusedReluMLP(torch.autograd.Function):
     """skips (layer indices whose input is [h, x]), x (N, in), then weight (out, in) and bias (out,)
     per layer -> (N, out_last)."""
 
     @staticmethod
     def forward(ctx, skips, x, *params):
-        weights = [p.detach().contiguous() for p in params[0::2]]
-        biases = [p.detach().contiguous() for p in params[1::2]]
-        x_c = x.detach().contiguous()
-        n = x_c.shape[0]
-        dims = [weights[0].shape[1]] + [w.shape[0] for w in weights]
-        dims_c = (ctypes.c_int32 * len(dims))(*dims)
-        skip_flags = (ctypes.c_int32 * len(weights))(*[int(i in skips) for i in range(len(weights))])
-        hidden = [torch.empty(n, d) for d in dims[1:-1]]
-        out = torch.empty(n, dims[-1])
-        status = cpu_kernels.load().mlp_forward_f32(
-            cpu_kernels.ptr(x_c), ctypes.c_int64(n), ctypes.c_int32(len(weights)), dims_c, skip_flags,
-            _pointers(weights),
-            _pointers(biases), _pointers(hidden) if hidden else None, cpu_kernels.ptr(out),
-            ctypes.c_int32(torch.get_num_threads()))
-        if status != 0:
-            raise RuntimeError(f"fused MLP kernel: forward failed (status {status})")
-        ctx.dims, ctx.skips, ctx.skip_flags = dims, skips, skip_flags
+        out, hidden, ctx.dims, ctx.skip_flags = _forward(x, params, skips, keep_hidden=True)
+        ctx.skips = skips
         ctx.save_for_backward(x, *params, *hidden)
         return out
 
@@ -105,6 +110,8 @@ def fused_relu_mlp(x: torch.Tensor, weights: list[torch.Tensor], biases: list[to
     params = []
     for w, b in zip(weights, biases):
         params += [w, b]
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))):
+        return _forward(x, params, tuple(skips), keep_hidden=False)[0]  # rendering: nothing to keep
     return _FusedReluMLP.apply(tuple(skips), x, *params)
 
 
