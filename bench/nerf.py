@@ -55,13 +55,14 @@ class ConstantEncoding(torch.nn.Module):
         return self.feature.expand(x.shape[0], -1)
 
 
-def step_throughput(backend: str, device, num_rays=1024, per_ray=64, repeats=5, compile_field=False,
-                    grid=HashGridConfig(log2_table_size=17, finest_resolution=1024), mixed=False,
-                    free_grid=False, mlp_backend="torch") -> float:
-    """Samples per second of one full training step: field forward, backward and Adam. ``mixed``:
-    the MLPs under the stage's bf16 autocast (``pipeline.runtime.autocast``: CUDA or AMX CPUs).
-    ``free_grid``: the hash grid replaced by :class:`ConstantEncoding` (the rest of the step alone).
-    ``mlp_backend``: torch (one op per layer) or auto (the fused C++ MLP on CPU, ``mlp_cpu.cpp``)."""
+def make_step(backend: str, device, num_rays=1024, per_ray=64, compile_field=False,
+              grid=HashGridConfig(log2_table_size=17, finest_resolution=1024), mixed=False, free_grid=False,
+              mlp_backend="torch"):
+    """One full training step as a closure (field forward, backward and Adam), warmed up, and its
+    sample count. ``mixed``: the MLPs under the stage's bf16 autocast (``pipeline.runtime.autocast``:
+    CUDA or AMX CPUs). ``free_grid``: the hash grid replaced by :class:`ConstantEncoding` (the rest
+    of the step alone). ``mlp_backend``: torch (one op per layer) or auto (the fused C++ MLP on CPU,
+    ``mlp_cpu.cpp``)."""
     torch.manual_seed(0)
     grid = HashGridConfig(**{**grid.__dict__, "backend": backend})
     field = HashNeRFField(torch.tensor([[-1.0] * 3, [1.0] * 3]), grid, mlp_backend=mlp_backend).to(device)
@@ -82,18 +83,30 @@ def step_throughput(backend: str, device, num_rays=1024, per_ray=64, repeats=5, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-
-    step()  # warm-up (and compilation)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return points.shape[0] / sorted(times)[len(times) // 2]
+
+    for _ in range(3):  # warm-up: compilation, and the allocator's heap growing to its steady size
+        step()  # (the first steps fault in ~20000 fresh pages; pipeline.runtime.keep_freed_memory)
+    return step, points.shape[0]
+
+
+def step_throughput(backend: str, device, repeats=5, **options) -> float:
+    """Samples per second of one training step (median of ``repeats``); options: :func:`make_step`."""
+    return interleaved_throughputs({"step": make_step(backend, device, **options)}, repeats)["step"]
+
+
+def interleaved_throughputs(steps: dict, rounds: int = 5) -> dict:
+    """Samples per second of each ``name: (step, samples)``, timed in turn, one step of each per
+    round (median over rounds): on a machine whose speed drifts from minute to minute (the
+    development VM: up to 2x), ratios between steps timed minutes apart mean little."""
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, (step, _) in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: steps[name][1] / sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def encoding_fwd_bwd_time(backend: str, device, n=1 << 20, repeats=10, grid=HashGridConfig()) -> float:
@@ -160,7 +173,7 @@ def posed_workspace(folder: Path, data: Path):
 
 def training_loop_rates(workdir: Path, lego: Path, warmup=300, steps=300) -> dict:
     """Samples/s of the nerf stage's own training loop (``stages.nerf.train``, nerf-hash.yaml) on
-    lego-200, with the C++ CPU kernels (hash grid and ray marcher: "kernels") and without them
+    lego-200, with the C++ CPU kernels (hash grid, ray marcher, MLPs, SH: "kernels") and without them
     ("pytorch"): ``warmup`` steps first (the occupancy grid's dense warm-up updates), then ``steps``
     timed steps. Real batches: marched samples, occupancy updates, Adam."""
     import contextlib
@@ -227,8 +240,20 @@ def main():
     load = os.getloadavg()[0]
     machine = f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, load {load:.1f}"
     if not args.skip_speed:
-        ref = step_throughput("torch", cpu)
-        naive = step_throughput("naive", cpu, repeats=3)
+        from pipeline.nn import hashgrid_cpu
+
+        # the rows that the 10x target compares, timed interleaved (interleaved_throughputs)
+        kernels_ok = hashgrid_cpu.available()
+        steps = {"ref": make_step("torch", cpu), "naive": make_step("naive", cpu)}
+        if kernels_ok:
+            steps["grid_only"] = make_step("cpu", cpu)
+            steps["kernels"] = make_step("cpu", cpu, mlp_backend="auto")
+        steps["free_torch"] = make_step("torch", cpu, free_grid=True)
+        if kernels_ok:
+            steps["free_fused"] = make_step("torch", cpu, free_grid=True, mlp_backend="auto")
+        rate = interleaved_throughputs(steps, rounds=5)
+        del steps
+        ref, naive = rate["ref"], rate["naive"]
         rows.append(("CPU train step, reference hash grid (samples/s)", f"{ref:.3g}", machine))
         rows.append(("CPU train step, naive hash grid (samples/s)", f"{naive:.3g}", machine))
         rows.append(("CPU reference / naive", f"{ref / naive:.1f}x", "target >= 10x"))
@@ -236,22 +261,19 @@ def main():
             mixed = step_throughput("torch", cpu, mixed=True)
             rows.append(("CPU train step, reference + bf16 autocast on AMX (samples/s)", f"{mixed:.3g}",
                          f"{mixed / naive:.1f}x naive (float32), {mixed / ref:.2f}x float32 reference"))
-        from pipeline.nn import hashgrid_cpu
-
         cpu_grid = HashGridConfig(log2_table_size=17, finest_resolution=1024)
-        if hashgrid_cpu.available():
-            grid_only = step_throughput("cpu", cpu)
+        if kernels_ok:
+            grid_only, kernel = rate["grid_only"], rate["kernels"]
             rows.append(("CPU train step, C++ hash grid, torch MLPs (samples/s)", f"{grid_only:.3g}",
                          f"{grid_only / naive:.1f}x naive, {grid_only / ref:.2f}x the reference"))
-            kernel = step_throughput("cpu", cpu, mlp_backend="auto")
             rows.append(("CPU train step, C++ kernels: hash grid and fused MLPs (the default on CPU) (samples/s)",
                          f"{kernel:.3g}", f"**{kernel / naive:.1f}x naive**, {kernel / ref:.2f}x the reference"))
         else:
             rows.append(("CPU train step, C++ kernels (backend `cpu`)", "-",
                          f"unavailable: {hashgrid_cpu.unavailable_reason()}"[:160]))
-        for mlp in ("torch", "auto") if hashgrid_cpu.available() else ("torch",):
-            ceiling = step_throughput("torch", cpu, free_grid=True, mlp_backend=mlp)
-            rows.append((f"CPU train step, hash grid replaced by a constant, {'fused' if mlp == 'auto' else 'torch'} "
+        for name in ("free_torch", "free_fused") if kernels_ok else ("free_torch",):
+            ceiling = rate[name]
+            rows.append((f"CPU train step, hash grid replaced by a constant, {name.split('_')[1]} "
                          "MLPs (samples/s): the ceiling of any grid", f"{ceiling:.3g}",
                          f"{ceiling / naive:.1f}x naive: MLPs, encodings of directions, loss and Adam alone"))
         t_ref = encoding_fwd_bwd_time("torch", cpu, 1 << 16, 5, cpu_grid)
@@ -266,7 +288,7 @@ def main():
             rates = training_loop_rates(Path(args.workdir), Path(args.lego))
             rows.append(("CPU nerf training loop on lego-200, 300 steps after 300 (samples/s)",
                          f"{rates['kernels']:.3g} vs {rates['pytorch']:.3g}",
-                         f"C++ kernels (grid + marcher) vs PyTorch: {rates['kernels'] / rates['pytorch']:.2f}x"))
+                         f"C++ kernels (grid, marcher, MLPs, SH) vs PyTorch: {rates['kernels'] / rates['pytorch']:.2f}x"))
         try:  # the reference's CPU work compiled kernel by kernel (backend "compiled")
             kernels = step_throughput("compiled", cpu)
             t_kernels = encoding_fwd_bwd_time("compiled", cpu, 1 << 16, 5, cpu_grid)

@@ -58,7 +58,10 @@ class HashNeRFField(nn.Module):
     def density(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """points (N, 3) -> sigma (N,), geometry features (N, geo_feat_dim)."""
         h = self.density_mlp(self.encoding(self.normalize(points)))
-        return trunc_exp(h[:, 0] - 1.0), h[:, 1:]
+        # one split, not an index and a slice: its backward is one concatenation, not two zero-filled
+        # (N, 16) gradients added up
+        sigma_logit, geo_feat = h.split([1, self.geo_feat_dim], dim=-1)
+        return trunc_exp(sigma_logit.squeeze(-1) - 1.0), geo_feat
 
     def color(self, dirs: torch.Tensor, geo_feat: torch.Tensor) -> torch.Tensor:
         """dirs (N, 3) unit, geo_feat (N, F) -> rgb (N, 3) in [0, 1]."""
