@@ -118,3 +118,20 @@ def test_rendering_without_gradients_gives_the_same_values():
     assert not fast.requires_grad
     assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5)
     assert torch.equal(fast, fused(x).detach())  # the same kernel with the backward's activations kept
+
+
+@pytest.mark.parametrize("skips", [(), (2,)])
+def test_an_input_in_parts_is_the_concatenation_and_only_parts_that_need_it_get_gradients(skips):
+    # the colour MLP's input: encoded directions (data) beside geometry features (learned)
+    fused, reference = _pair(16 + 15, 3, 64, 3, skips)
+    directions = torch.randn(700, 16)
+    features = torch.randn(700, 15, requires_grad=True)
+    a = fused([directions, features])
+    b = reference(torch.cat([directions, features], -1))
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    head = torch.randn_like(a)
+    ours = torch.autograd.grad((a * head).sum(), [features, *fused.parameters()])
+    theirs = torch.autograd.grad((b * head).sum(), [features, *reference.parameters()])
+    for g_ours, g_theirs in zip(ours, theirs):
+        assert torch.allclose(g_ours, g_theirs, rtol=1e-4, atol=1e-4 * max(1.0, g_theirs.abs().amax().item()))
+    assert not directions.requires_grad and directions.grad is None

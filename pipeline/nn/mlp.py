@@ -78,17 +78,23 @@ class MLP(nn.Module):
     def _layers(self) -> list[nn.Linear]:
         return [*self.hidden, self.out]
 
-    def runs_fused(self, x: torch.Tensor) -> bool:
+    def runs_fused(self, x: torch.Tensor | Sequence[torch.Tensor]) -> bool:
         """Whether this input goes through the fused CPU kernel."""
         if self.backend == "torch" or self.activation != "relu" or 0 in self.skips:
             return False
         return mlp_cpu.supports(x, [layer.weight for layer in self._layers()])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """x (N, in_dim), or parts (N, w_p) side by side (widths summing to in_dim): the fused kernel
+        reads them where they lie and gives gradients only to those that require them; the torch
+        layers concatenate them."""
         if self.runs_fused(x):
             layers = self._layers()
             return mlp_cpu.fused_relu_mlp(x, [layer.weight for layer in layers], [layer.bias for layer in layers],
                                           self.skips)
+        if not isinstance(x, torch.Tensor):
+            parts = list(x)
+            x = torch.cat([p.to(parts[-1].dtype) for p in parts], -1) if len(parts) > 1 else parts[0]
         h = x
         for i, layer in enumerate(self.hidden):
             if i in self.skips:  # x in h's dtype: under autocast h is bfloat16 and a float32 x

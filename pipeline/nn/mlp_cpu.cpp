@@ -1,7 +1,7 @@
 // Fully fused ReLU MLP on the CPU (tiny-cuda-nn's FullyFusedMLP, for CPU caches): forward and
 // backward of x -> [Linear -> ReLU] * (L - 1) -> Linear, in plain C++ (built and loaded by
 // cpu_kernels.py, called from mlp_cpu.py). A layer may take the network input again beside the
-// hidden activations ([h, x], NeRF's skip connection).
+// hidden activations ([h, x], NeRF's skip connection), and the input may come in parts.
 //
 // Why: the instant-ngp field's layers are thin (64 wide, outputs of 16 and 3). Run as separate torch
 // ops, each layer streams its (N, 64) activations through memory several times (matmul, bias,
@@ -110,13 +110,30 @@ void gemm(int M, int cols, int K, const float* A, int64_t a_row, int64_t a_k, co
     }
 }
 
+// The network input x may come in parts, [x_0, x_1, ...] side by side (the colour MLP's [SH(dir),
+// geometry feature]): read where they lie, no concatenated copy, and each part gets an input
+// gradient only if it asks for one (the directions' encoding never does).
+struct Parts {
+    int count;
+    const float* const* data;  // (n, width[p]) each
+    const int32_t* width;
+    std::vector<int> offset;   // first column of each part in x
+    float* const* grad;        // (n, width[p]) each, or null pointers: no gradient wanted
+    bool any_grad() const {
+        for (int p = 0; p < count; ++p)
+            if (grad != nullptr && grad[p] != nullptr) return true;
+        return false;
+    }
+};
+
 struct Layer {
-    int in, out;       // in: the whole input, [h, x] for a skip layer
-    int main;          // the columns of h: in, or in - dims[0] for a skip layer
-    bool skip;
+    int in, out;    // in: all input columns, [h, x] for a skip layer, x for the first layer
+    int main;       // the columns of h (0 for the first layer)
+    bool takes_x;   // the first layer, and skip layers
     int64_t in_pad, out_pad;
+    int64_t w_ld;             // W's row stride: in_pad + 8, so a part's 8-column panels never run past it
     std::vector<float> wt;    // (in, out_pad): W^T, for the forward
-    std::vector<float> w;     // (out, in_pad): W, for the input gradient
+    std::vector<float> w;     // (out, w_ld): W, for the input gradient
     std::vector<float> bias;  // (out_pad,)
 };
 
@@ -125,20 +142,21 @@ std::vector<Layer> pack(int num_layers, const int32_t* dims, const int32_t* skip
     std::vector<Layer> layers(num_layers);
     for (int l = 0; l < num_layers; ++l) {
         Layer& L = layers[l];
-        L.skip = l > 0 && skips != nullptr && skips[l] != 0;
-        L.main = dims[l];
-        L.in = L.main + (L.skip ? dims[0] : 0);
+        L.takes_x = l == 0 || (skips != nullptr && skips[l] != 0);
+        L.main = l == 0 ? 0 : dims[l];
+        L.in = L.main + (L.takes_x ? dims[0] : 0);
         L.out = dims[l + 1];
         L.in_pad = padded(L.in);
         L.out_pad = padded(L.out);
+        L.w_ld = L.in_pad + kLanes;
         L.wt.assign(L.in * L.out_pad, 0.0f);
-        L.w.assign(L.out * L.in_pad, 0.0f);
+        L.w.assign(L.out * L.w_ld, 0.0f);
         L.bias.assign(L.out_pad, 0.0f);
         const float* W = weights[l];  // torch's (out, in)
         for (int o = 0; o < L.out; ++o)
             for (int i = 0; i < L.in; ++i) {
                 L.wt[i * L.out_pad + o] = W[o * L.in + i];
-                L.w[o * L.in_pad + i] = W[o * L.in + i];
+                L.w[o * L.w_ld + i] = W[o * L.in + i];
             }
         if (biases != nullptr && biases[l] != nullptr) std::copy(biases[l], biases[l] + L.out, L.bias.begin());
     }
@@ -151,30 +169,38 @@ int64_t widest(const std::vector<Layer>& layers) {
     return w;
 }
 
-void forward_rows(const std::vector<Layer>& layers, const float* x, float* const* hidden, float* out, int64_t begin,
+// one layer's product for rows [r0, r0 + m): [h, x parts] W^T + b (ReLU unless the last layer)
+void layer_forward(const Layer& L, const Parts& x, const float* h, int64_t ldh, int64_t r0, int m, float* c,
+                   bool relu) {
+    const int cols = static_cast<int>(L.out_pad);
+    const int segments = (L.main > 0 ? 1 : 0) + (L.takes_x ? x.count : 0);
+    int done = 0;
+    auto product = [&](const float* a, int64_t lda, int k, int first_row) {  // the last one adds b, ReLU
+        const bool final_segment = ++done == segments;
+        gemm(m, cols, k, a, lda, 1, L.wt.data() + first_row * L.out_pad, L.out_pad, c, L.out_pad, done > 1,
+             final_segment ? L.bias.data() : nullptr, final_segment && relu);
+    };
+    if (L.main > 0) product(h, ldh, L.main, 0);
+    if (L.takes_x)
+        for (int p = 0; p < x.count; ++p) product(x.data[p] + r0 * x.width[p], x.width[p], x.width[p], L.main + x.offset[p]);
+}
+
+void forward_rows(const std::vector<Layer>& layers, const Parts& x, float* const* hidden, float* out, int64_t begin,
                   int64_t end) {
     const int64_t width = widest(layers);
     std::vector<float> buffers(2 * kBlockRows * width);
     const int last = static_cast<int>(layers.size()) - 1;
     for (int64_t r0 = begin; r0 < end; r0 += kBlockRows) {
         const int m = static_cast<int>(std::min<int64_t>(kBlockRows, end - r0));
-        const float* a = x + r0 * layers[0].in;
-        int64_t lda = layers[0].in;
+        const float* a = nullptr;  // the previous layer's output block
+        int64_t lda = 0;
         for (int l = 0; l <= last; ++l) {
             const Layer& L = layers[l];
             float* keep = l < last ? (hidden != nullptr ? hidden[l] + r0 * L.out : nullptr) : out + r0 * L.out;
             // a layer as wide as whole vectors writes straight into its output; others go through a buffer
             const bool direct = keep != nullptr && L.out == L.out_pad;
             float* c = direct ? keep : buffers.data() + (l % 2) * kBlockRows * width;
-            const int cols = static_cast<int>(L.out_pad);
-            if (!L.skip) {
-                gemm(m, cols, L.in, a, lda, 1, L.wt.data(), L.out_pad, c, L.out_pad, false, L.bias.data(), l < last);
-            } else {  // [h, x] W^T = h W_h^T + x W_x^T: W^T's first rows multiply h, the rest x
-                const int x_dim = layers[0].in;
-                gemm(m, cols, L.main, a, lda, 1, L.wt.data(), L.out_pad, c, L.out_pad, false);
-                gemm(m, cols, x_dim, x + r0 * x_dim, x_dim, 1, L.wt.data() + L.main * L.out_pad, L.out_pad, c,
-                     L.out_pad, true, L.bias.data(), l < last);
-            }
+            layer_forward(L, x, a, lda, r0, m, c, l < last);
             if (keep != nullptr && !direct)
                 for (int r = 0; r < m; ++r) std::memcpy(keep + r * L.out, c + r * L.out_pad, L.out * sizeof(float));
             a = c;
@@ -188,18 +214,20 @@ struct Gradients {  // one thread's sums
     std::vector<std::vector<float>> bias;  // per layer (out_pad,)
 };
 
-void backward_rows(const std::vector<Layer>& layers, const float* x, const float* const* hidden,
-                   const float* grad_out, float* grad_x, Gradients& g, int64_t begin, int64_t end) {
-    const int64_t width = widest(layers);
-    const int x_dim = layers[0].in;
-    std::vector<float> dz_buffer(kBlockRows * width), din_buffer(kBlockRows * width), gx(kBlockRows * x_dim);
+void backward_rows(const std::vector<Layer>& layers, const Parts& x, const float* const* hidden,
+                   const float* grad_out, Gradients& g, int64_t begin, int64_t end) {
+    const int64_t width = widest(layers) + kLanes;
+    std::vector<float> dz_buffer(kBlockRows * width), din_buffer(kBlockRows * width);
+    std::vector<std::vector<float>> gx(x.count);  // per part: the block's input gradient, summed over layers
+    for (int p = 0; p < x.count; ++p)
+        if (x.grad != nullptr && x.grad[p] != nullptr) gx[p].resize(kBlockRows * x.width[p]);
+    const bool x_grad = x.any_grad();
     const int last = static_cast<int>(layers.size()) - 1;
     for (int64_t r0 = begin; r0 < end; r0 += kBlockRows) {
         const int m = static_cast<int>(std::min<int64_t>(kBlockRows, end - r0));
-        const float* x_block = x + r0 * x_dim;
         float* dz = dz_buffer.data();
         float* din = din_buffer.data();
-        std::fill(gx.begin(), gx.end(), 0.0f);  // the skip layers' share of grad_x
+        for (auto& part : gx) std::fill(part.begin(), part.end(), 0.0f);
         int64_t ldz = layers[last].out_pad;
         for (int r = 0; r < m; ++r) {
             std::memcpy(dz + r * ldz, grad_out + (r0 + r) * layers[last].out, layers[last].out * sizeof(float));
@@ -207,49 +235,66 @@ void backward_rows(const std::vector<Layer>& layers, const float* x, const float
         }
         for (int l = last; l >= 0; --l) {
             const Layer& L = layers[l];
-            const float* input = l == 0 ? x_block : hidden[l - 1] + r0 * L.main;
-            // dW^T (in, out_pad) += input^T (in, m) dz (m, out_pad); a skip layer's x rows come last
-            gemm(L.main, static_cast<int>(L.out_pad), m, input, 1, L.main, dz, ldz, g.wt[l].data(), L.out_pad, true);
-            if (L.skip)
-                gemm(x_dim, static_cast<int>(L.out_pad), m, x_block, 1, x_dim, dz, ldz,
-                     g.wt[l].data() + L.main * L.out_pad, L.out_pad, true);
+            const int cols = static_cast<int>(L.out_pad);
+            const float* h = l > 0 ? hidden[l - 1] + r0 * L.main : nullptr;
+            // dW^T (in, out_pad) += input^T (in, m) dz (m, out_pad), segment by segment
+            if (L.main > 0) gemm(L.main, cols, m, h, 1, L.main, dz, ldz, g.wt[l].data(), L.out_pad, true);
+            if (L.takes_x)
+                for (int p = 0; p < x.count; ++p)
+                    gemm(x.width[p], cols, m, x.data[p] + r0 * x.width[p], 1, x.width[p], dz, ldz,
+                         g.wt[l].data() + (L.main + x.offset[p]) * L.out_pad, L.out_pad, true);
             float* db = g.bias[l].data();
             for (int r = 0; r < m; ++r)
                 for (int64_t j = 0; j < L.out_pad; ++j) db[j] += dz[r * ldz + j];
-            if (l == 0 && grad_x == nullptr) break;
-            // d input (m, in_pad) = dz (m, out) W (out, in_pad)
-            gemm(m, static_cast<int>(L.in_pad), L.out, dz, ldz, 1, L.w.data(), L.in_pad, din, L.in_pad, false);
-            if (L.skip && grad_x != nullptr)
-                for (int r = 0; r < m; ++r)
-                    for (int j = 0; j < x_dim; ++j) gx[r * x_dim + j] += din[r * L.in_pad + L.main + j];
-            if (l == 0) {
-                for (int r = 0; r < m; ++r)
-                    for (int j = 0; j < x_dim; ++j) grad_x[(r0 + r) * x_dim + j] = din[r * L.in_pad + j] + gx[r * x_dim + j];
-                break;
+            // d input (m, columns) = dz (m, out) W (out, columns): the parts that want it, then h
+            if (L.takes_x && x_grad) {
+                for (int p = 0; p < x.count; ++p) {
+                    if (gx[p].empty()) continue;
+                    const int64_t wp = padded(x.width[p]);
+                    gemm(m, static_cast<int>(wp), L.out, dz, ldz, 1, L.w.data() + L.main + x.offset[p], L.w_ld, din,
+                         wp, false);
+                    float* sum = gx[p].data();
+                    for (int r = 0; r < m; ++r)
+                        for (int j = 0; j < x.width[p]; ++j) sum[r * x.width[p] + j] += din[r * wp + j];
+                }
             }
+            if (l == 0) break;
+            const int64_t ldh = padded(L.main);
+            gemm(m, static_cast<int>(ldh), L.out, dz, ldz, 1, L.w.data(), L.w_ld, din, ldh, false);
             for (int r = 0; r < m; ++r) {  // through the ReLU of the layer below: its output > 0
-                float* row = din + r * L.in_pad;
-                const float* h = input + r * L.main;
-                for (int j = 0; j < L.main; ++j) row[j] = h[j] > 0.0f ? row[j] : 0.0f;
+                float* row = din + r * ldh;
+                const float* hr = h + r * L.main;
+                for (int j = 0; j < L.main; ++j) row[j] = hr[j] > 0.0f ? row[j] : 0.0f;
             }
             std::swap(dz, din);
-            ldz = L.in_pad;
+            ldz = ldh;
         }
+        for (int p = 0; p < x.count; ++p)
+            if (!gx[p].empty())
+                std::memcpy(x.grad[p] + r0 * x.width[p], gx[p].data(), static_cast<size_t>(m) * x.width[p] * sizeof(float));
     }
+}
+
+Parts make_parts(int32_t count, const float* const* data, const int32_t* width, float* const* grad) {
+    Parts x{count, data, width, std::vector<int>(count), grad};
+    for (int p = 1; p < count; ++p) x.offset[p] = x.offset[p - 1] + width[p - 1];
+    return x;
 }
 
 }  // namespace
 
 extern "C" {
 
-// x (n, dims[0]) -> out (n, dims[L]); weights[l] (dims[l+1], in_l) and biases[l] (dims[l+1],)
-// as torch.nn.Linear keeps them, where in_l = dims[l], plus dims[0] when skips[l] (the layer takes
-// [h, x]; skips may be null). hidden: L - 1 buffers (n, dims[l+1]) that receive the hidden
-// activations (after ReLU) for the backward, or null.
-int mlp_forward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t* dims, const int32_t* skips,
-                    const float* const* weights, const float* const* biases, float* const* hidden, float* out,
-                    int32_t threads) {
-    if (num_layers < 1) return 1;
+// The network input x (n, dims[0]) comes as num_parts parts side by side: parts[p] (n, part_width[p]),
+// widths summing to dims[0]. -> out (n, dims[L]); weights[l] (dims[l+1], in_l) and biases[l]
+// (dims[l+1],) as torch.nn.Linear keeps them, where in_l = dims[l] (dims[0] for l = 0), plus dims[0]
+// when skips[l] (the layer takes [h, x]; skips may be null). hidden: L - 1 buffers (n, dims[l+1])
+// that receive the hidden activations (after ReLU) for the backward, or null.
+int mlp_forward_f32(const float* const* parts, const int32_t* part_width, int32_t num_parts, int64_t n,
+                    int32_t num_layers, const int32_t* dims, const int32_t* skips, const float* const* weights,
+                    const float* const* biases, float* const* hidden, float* out, int32_t threads) {
+    if (num_layers < 1 || num_parts < 1) return 1;
+    const Parts x = make_parts(num_parts, parts, part_width, nullptr);
     const std::vector<Layer> layers = pack(num_layers, dims, skips, weights, biases);
     const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
     recon::parallel_for(blocks, threads, [&](int64_t b, int64_t e, int) {
@@ -259,22 +304,25 @@ int mlp_forward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t
 }
 
 // The gradients of mlp_forward_f32 from grad_out (n, dims[L]) and its saved hidden activations:
-// grad_weights[l] and grad_biases[l] (overwritten), and grad_x (n, dims[0]) unless null.
-int mlp_backward_f32(const float* x, int64_t n, int32_t num_layers, const int32_t* dims, const int32_t* skips,
-                     const float* const* weights, const float* const* hidden, const float* grad_out, float* grad_x,
+// grad_weights[l] and grad_biases[l] (overwritten), and grad_parts[p] (n, part_width[p]) for each
+// part whose pointer is not null (grad_parts itself may be null: no input gradient).
+int mlp_backward_f32(const float* const* parts, const int32_t* part_width, int32_t num_parts, int64_t n,
+                     int32_t num_layers, const int32_t* dims, const int32_t* skips, const float* const* weights,
+                     const float* const* hidden, const float* grad_out, float* const* grad_parts,
                      float* const* grad_weights, float* const* grad_biases, int32_t threads) {
-    if (num_layers < 1) return 1;
+    if (num_layers < 1 || num_parts < 1) return 1;
+    const Parts x = make_parts(num_parts, parts, part_width, grad_parts);
     const std::vector<Layer> layers = pack(num_layers, dims, skips, weights, nullptr);
     const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
-    const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks)));
-    std::vector<Gradients> sums(parts);
+    const int threads_used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks)));
+    std::vector<Gradients> sums(threads_used);
     for (Gradients& g : sums)
         for (const Layer& L : layers) {
             g.wt.emplace_back(L.in * L.out_pad, 0.0f);
             g.bias.emplace_back(L.out_pad, 0.0f);
         }
-    recon::parallel_for(blocks, parts, [&](int64_t b, int64_t e, int part) {
-        backward_rows(layers, x, hidden, grad_out, grad_x, sums[part], b * kBlockRows, std::min(n, e * kBlockRows));
+    recon::parallel_for(blocks, threads_used, [&](int64_t b, int64_t e, int part) {
+        backward_rows(layers, x, hidden, grad_out, sums[part], b * kBlockRows, std::min(n, e * kBlockRows));
     });
     for (int l = 0; l < num_layers; ++l) {
         const Layer& L = layers[l];

@@ -2,21 +2,27 @@
 :mod:`pipeline.nn.cpu_kernels`): forward and backward of every layer in one call.
 
 :func:`fused_relu_mlp` computes exactly what ``Linear -> ReLU -> ... -> Linear`` computes, skip
-connections included (to float rounding: sums run in another order) and is differentiable in the input, weights and biases. A
-backward with ``create_graph=True`` re-runs the layers as torch ops, so higher derivatives work too.
+connections included (to float rounding: sums run in another order), and is differentiable in the
+input, weights and biases. The input may come in parts (``[x_0, x_1]`` standing for their
+concatenation, which is never built; only the parts that require grad get a gradient). A backward
+with ``create_graph=True`` re-runs the layers as torch ops, so higher derivatives work too.
 """
 from __future__ import annotations
 
 import ctypes
+from typing import Sequence
 
 import torch
 
 from pipeline.nn import cpu_kernels
 
 
-def supports(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
-    """Whether this input and these layers can run on the kernel: float32 on the CPU, no autocast."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+def supports(x: torch.Tensor | Sequence[torch.Tensor], weights: list[torch.Tensor]) -> bool:
+    """Whether this input (or these input parts) and layers can run on the kernel: 2-d float32 CPU
+    tensors with the same number of rows, no autocast."""
+    parts = [x] if isinstance(x, torch.Tensor) else list(x)
+    return (all(x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 for x in parts)
+            and len({x.shape[0] for x in parts}) == 1
             and all(w.device.type == "cpu" and w.dtype == torch.float32 for w in weights)
             and not torch.is_autocast_enabled("cpu") and cpu_kernels.available())
 
@@ -25,7 +31,8 @@ def _pointers(tensors) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() if t is not None else None for t in tensors])
 
 
-def _torch_mlp(x: torch.Tensor, params: tuple, skips: tuple) -> torch.Tensor:
+def _torch_mlp(parts: Sequence[torch.Tensor], params: tuple, skips: tuple) -> torch.Tensor:
+    x = torch.cat(list(parts), -1) if len(parts) > 1 else parts[0]
     layers = len(params) // 2
     h = x
     for i in range(layers):
@@ -37,82 +44,95 @@ def _torch_mlp(x: torch.Tensor, params: tuple, skips: tuple) -> torch.Tensor:
     return h
 
 
-def _forward(x: torch.Tensor, params, skips: tuple, keep_hidden: bool):
-    """The kernel's forward: (out, hidden activations or [], dims, skip flags)."""
-    weights = [p.detach().contiguous() for p in params[0::2]]
-    biases = [p.detach().contiguous() for p in params[1::2]]
-    x_c = x.detach().contiguous()
-    n = x_c.shape[0]
-    dims = [weights[0].shape[1]] + [w.shape[0] for w in weights]
-    dims_c = (ctypes.c_int32 * len(dims))(*dims)
-    skip_flags = (ctypes.c_int32 * len(weights))(*[int(i in skips) for i in range(len(weights))])
-    hidden = [torch.empty(n, d) for d in dims[1:-1]] if keep_hidden else []
-    out = torch.empty(n, dims[-1])
-    status = cpu_kernels.load().mlp_forward_f32(
-        cpu_kernels.ptr(x_c), ctypes.c_int64(n), ctypes.c_int32(len(weights)), dims_c, skip_flags, _pointers(weights),
-        _pointers(biases), _pointers(hidden) if hidden else None, cpu_kernels.ptr(out),
-        ctypes.c_int32(torch.get_num_threads()))
-    if status != 0:
-        raise RuntimeError(f"fused MLP kernel: forward failed (status {status})")
-    return out, hidden, dims, skip_flags
+class _Call:
+    """The C arguments that describe one network and its input (kept alive for the calls)."""
+
+    def __init__(self, parts, params, skips: tuple):
+        self.parts = [x.detach().contiguous() for x in parts]
+        self.weights = [p.detach().contiguous() for p in params[0::2]]
+        self.biases = [p.detach().contiguous() for p in params[1::2]]
+        self.n = self.parts[0].shape[0]
+        widths = [x.shape[1] for x in self.parts]
+        self.dims = [sum(widths)] + [w.shape[0] for w in self.weights]
+        self.layers = len(self.weights)
+        self.head = (_pointers(self.parts), (ctypes.c_int32 * len(widths))(*widths), ctypes.c_int32(len(widths)),
+                     ctypes.c_int64(self.n), ctypes.c_int32(self.layers),
+                     (ctypes.c_int32 * len(self.dims))(*self.dims),
+                     (ctypes.c_int32 * self.layers)(*[int(i in skips) for i in range(self.layers)]),
+                     _pointers(self.weights))
+
+    def forward(self, keep_hidden: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = [torch.empty(self.n, d) for d in self.dims[1:-1]] if keep_hidden else []
+        out = torch.empty(self.n, self.dims[-1])
+        status = cpu_kernels.load().mlp_forward_f32(
+            *self.head, _pointers(self.biases), _pointers(hidden) if hidden else None, cpu_kernels.ptr(out),
+            ctypes.c_int32(torch.get_num_threads()))
+        if status != 0:
+            raise RuntimeError(f"fused MLP kernel: forward failed (status {status})")
+        return out, hidden
+
+    def backward(self, hidden, grad_out, wanted: list[bool]):
+        """-> gradients of the parts (None where not wanted), of the weights and of the biases."""
+        grad = grad_out.float().contiguous()
+        grad_parts = [torch.empty_like(x) if want else None for x, want in zip(self.parts, wanted)]
+        grad_w = [torch.empty_like(w) for w in self.weights]
+        grad_b = [torch.empty(w.shape[0]) for w in self.weights]
+        status = cpu_kernels.load().mlp_backward_f32(
+            *self.head, _pointers(hidden) if hidden else None, cpu_kernels.ptr(grad),
+            _pointers(grad_parts) if any(wanted) else None, _pointers(grad_w), _pointers(grad_b),
+            ctypes.c_int32(torch.get_num_threads()))
+        if status != 0:
+            raise RuntimeError(f"fused MLP kernel: backward failed (status {status})")
+        return grad_parts, grad_w, grad_b
 
 
 class _FusedReluMLP(torch.autograd.Function):
-    """skips (layer indices whose input is [h, x]), x (N, in), then weight (out, in) and bias (out,)
-    per layer -> (N, out_last)."""
+    """skips (layer indices whose input is [h, x]), the number of input parts, the parts (N, w_p),
+    then weight (out, in) and bias (out,) per layer -> (N, out_last)."""
 
     @staticmethod
-    def forward(ctx, skips, x, *params):
-        out, hidden, ctx.dims, ctx.skip_flags = _forward(x, params, skips, keep_hidden=True)
-        ctx.skips = skips
-        ctx.save_for_backward(x, *params, *hidden)
+    def forward(ctx, skips, num_parts, *tensors):
+        parts, params = tensors[:num_parts], tensors[num_parts:]
+        call = _Call(parts, params, skips)
+        out, hidden = call.forward(keep_hidden=True)
+        ctx.call, ctx.skips, ctx.num_parts = call, skips, num_parts
+        ctx.save_for_backward(*parts, *params, *hidden)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
-        layers = len(ctx.dims) - 1
-        x, params, hidden = saved[0], saved[1:1 + 2 * layers], list(saved[1 + 2 * layers:])
-        needs = ctx.needs_input_grad[1:]  # x, then the parameters
+        k, layers = ctx.num_parts, ctx.call.layers
+        parts, params, hidden = saved[:k], saved[k:k + 2 * layers], list(saved[k + 2 * layers:])
+        needs = ctx.needs_input_grad[2:]  # the parts, then the parameters
         if torch.is_grad_enabled():  # create_graph: differentiate the same layers as torch ops
-            inputs = [t for t, need in zip((x, *params), needs) if need]
+            inputs = [t for t, need in zip((*parts, *params), needs) if need]
             with torch.enable_grad():
-                out = _torch_mlp(x, params, ctx.skips)
+                out = _torch_mlp(parts, params, ctx.skips)
             grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=True))
-            return (None, *(next(grads) if need else None for need in needs))
-        weights = [p.detach().contiguous() for p in params[0::2]]
-        x_c, grad = x.detach().contiguous(), grad_out.float().contiguous()
-        n = x_c.shape[0]
-        grad_x = torch.empty_like(x_c) if needs[0] else None
-        grad_w = [torch.empty_like(w) for w in weights]
-        grad_b = [torch.empty(w.shape[0]) for w in weights]
-        dims_c = (ctypes.c_int32 * len(ctx.dims))(*ctx.dims)
-        status = cpu_kernels.load().mlp_backward_f32(
-            cpu_kernels.ptr(x_c), ctypes.c_int64(n), ctypes.c_int32(layers), dims_c, ctx.skip_flags, _pointers(weights),
-            _pointers(hidden) if hidden else None, cpu_kernels.ptr(grad),
-            cpu_kernels.ptr(grad_x) if grad_x is not None else None, _pointers(grad_w), _pointers(grad_b),
-            ctypes.c_int32(torch.get_num_threads()))
-        if status != 0:
-            raise RuntimeError(f"fused MLP kernel: backward failed (status {status})")
-        grads = [grad_x]
+            return (None, None, *(next(grads) if need else None for need in needs))
+        grad_parts, grad_w, grad_b = ctx.call.backward(hidden, grad_out, list(needs[:k]))
+        grads = list(grad_parts)
         for w, b in zip(grad_w, grad_b):
             grads += [w, b]
-        return (None, *(g if need else None for g, need in zip(grads, needs)))
+        return (None, None, *(g if need else None for g, need in zip(grads, needs)))
 
 
-def fused_relu_mlp(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
-                   skips: tuple[int, ...] = ()) -> torch.Tensor:
-    """x (N, in) -> (N, out): ``Linear(weights[i], biases[i])`` with ReLU between the layers (not after
-    the last); layer ``i in skips`` (not 0) takes ``[h, x]``, as :class:`pipeline.nn.mlp.MLP` does.
-    Call :func:`supports` first."""
+def fused_relu_mlp(x: torch.Tensor | Sequence[torch.Tensor], weights: list[torch.Tensor],
+                   biases: list[torch.Tensor], skips: tuple[int, ...] = ()) -> torch.Tensor:
+    """x (N, in), or parts (N, w_p) whose concatenation is the input -> (N, out):
+    ``Linear(weights[i], biases[i])`` with ReLU between the layers (not after the last); layer
+    ``i in skips`` (not 0) takes ``[h, x]``, as :class:`pipeline.nn.mlp.MLP` does. Call
+    :func:`supports` first."""
     if 0 in skips:
         raise ValueError("the first layer cannot take a skip connection (its input is x already)")
+    parts = [x] if isinstance(x, torch.Tensor) else list(x)
     params = []
     for w, b in zip(weights, biases):
         params += [w, b]
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))):
-        return _forward(x, params, tuple(skips), keep_hidden=False)[0]  # rendering: nothing to keep
-    return _FusedReluMLP.apply(tuple(skips), x, *params)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*parts, *params))):
+        return _Call(parts, params, tuple(skips)).forward(keep_hidden=False)[0]  # rendering: nothing to keep
+    return _FusedReluMLP.apply(tuple(skips), len(parts), *parts, *params)
 
 
 __all__ = ["supports", "fused_relu_mlp"]

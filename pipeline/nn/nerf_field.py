@@ -66,7 +66,8 @@ class HashNeRFField(nn.Module):
     def color(self, dirs: torch.Tensor, geo_feat: torch.Tensor) -> torch.Tensor:
         """dirs (N, 3) unit, geo_feat (N, F) -> rgb (N, 3) in [0, 1]."""
         d = self.dir_encoding(dirs)
-        return torch.sigmoid(self.color_mlp(torch.cat([d.to(geo_feat.dtype), geo_feat], -1)))
+        # the MLP takes [d, geo_feat] as two parts: the fused kernel never builds the concatenation
+        return torch.sigmoid(self.color_mlp([d.to(geo_feat.dtype), geo_feat]))
 
     def forward(self, points: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma, feat = self.density(points)
