@@ -135,3 +135,12 @@ def test_an_input_in_parts_is_the_concatenation_and_only_parts_that_need_it_get_
     for g_ours, g_theirs in zip(ours, theirs):
         assert torch.allclose(g_ours, g_theirs, rtol=1e-4, atol=1e-4 * max(1.0, g_theirs.abs().amax().item()))
     assert not directions.requires_grad and directions.grad is None
+
+
+def test_torch_layers_take_an_input_in_parts_too():
+    # siren (and CUDA, float64, autocast) run torch layers: the parts are concatenated there
+    torch.manual_seed(0)
+    mlp = MLP(5, 2, 16, 2, activation="siren")
+    a, b = torch.randn(40, 2), torch.randn(40, 3)
+    assert not mlp.runs_fused([a, b])
+    assert torch.equal(mlp([a, b]), mlp(torch.cat([a, b], -1)))
