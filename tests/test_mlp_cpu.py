@@ -144,3 +144,11 @@ def test_torch_layers_take_an_input_in_parts_too():
     a, b = torch.randn(40, 2), torch.randn(40, 3)
     assert not mlp.runs_fused([a, b])
     assert torch.equal(mlp([a, b]), mlp(torch.cat([a, b], -1)))
+
+
+def test_an_input_of_the_wrong_width_is_an_error_not_a_stray_read():
+    mlp = MLP(8, 3, 16, 2, backend="cpu")
+    with pytest.raises(ValueError, match="input has 7 columns"):
+        mlp(torch.randn(10, 7))
+    with pytest.raises(ValueError, match="input parts"):
+        mlp([torch.randn(10, 4), torch.randn(10, 5)])

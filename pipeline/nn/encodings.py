@@ -102,7 +102,7 @@ class SphericalHarmonics(nn.Module):
         self.out_dim = degree * degree
 
     def forward(self, dirs: torch.Tensor) -> torch.Tensor:
-        if (dirs.device.type == "cpu" and dirs.dtype == torch.float32 and dirs.dim() == 2
+        if (dirs.device.type == "cpu" and dirs.dtype == torch.float32 and dirs.dim() == 2 and dirs.shape[1] == 3
                 and not (dirs.requires_grad and torch.is_grad_enabled()) and cpu_kernels.available()):
             return self._cpu_kernel(dirs)  # directions of rays: data, never differentiated in training
         x, y, z = dirs.unbind(-1)

@@ -55,6 +55,11 @@ class _Call:
         widths = [x.shape[1] for x in self.parts]
         self.dims = [sum(widths)] + [w.shape[0] for w in self.weights]
         self.layers = len(self.weights)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):  # the kernel trusts these shapes
+            expected = (self.dims[i] if i else 0) + (self.dims[0] if i == 0 or i in skips else 0)
+            if w.dim() != 2 or w.shape[1] != expected or b.shape != (w.shape[0],):
+                raise ValueError(f"fused MLP: layer {i} has weight {tuple(w.shape)} and bias {tuple(b.shape)}, "
+                                 f"but its input has {expected} columns (input parts {widths}, skips {skips})")
         self.head = (_pointers(self.parts), (ctypes.c_int32 * len(widths))(*widths), ctypes.c_int32(len(widths)),
                      ctypes.c_int64(self.n), ctypes.c_int32(self.layers),
                      (ctypes.c_int32 * len(self.dims))(*self.dims),
