@@ -1,5 +1,6 @@
 """The CPU kernels in C++ (``hashgrid_cpu.cpp``: the hash grid; ``occupancy_cpu.cpp``: the ray
-marcher; ``mlp_cpu.cpp``: the fused ReLU MLP; ``sh_cpu.cpp``: spherical harmonics), built once into one shared library with the system's C++ compiler and loaded with ctypes.
+marcher; ``mlp_cpu.cpp``: the fused ReLU MLP; ``sh_cpu.cpp``: spherical harmonics), built once
+into one shared library with the system's C++ compiler and loaded with ctypes.
 
 They include no torch headers, so the build takes a few seconds (no ninja, no extension toolchain);
 the library is cached on disk per source, compiler and CPU (``$RECON_KERNEL_CACHE``, default

@@ -1,4 +1,4 @@
-// parallel_for for the CPU kernels (hashgrid_cpu.cpp, occupancy_cpu.cpp).
+// parallel_for for the CPU kernels (hashgrid_cpu.cpp, occupancy_cpu.cpp, mlp_cpu.cpp, sh_cpu.cpp).
 //
 // Built with OpenMP (cpu_kernels.py tries -fopenmp first) the work runs on the process's OpenMP
 // threads, which are torch's own: torch links libgomp.so.1 and so do we, and the loader keeps one.

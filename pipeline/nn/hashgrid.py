@@ -14,10 +14,10 @@ backends read and write the same layout and a model trained with one loads with 
   ``index_select`` on the flat table, and a custom autograd function scatters gradients back with
   ``index_add_`` (no per-corner copies of the table). It also gives gradients w.r.t. the input.
 - ``cpu``: C++ kernels (``pipeline/nn/hashgrid_cpu.cpp``, built with the system compiler on first
-  use and cached), chosen by ``auto`` on the CPU: each point's 8 corners stay in registers, nothing
-  per corner is materialised; they go level by level and run on torch's OpenMP threads. On the
-  2-core development CPU: grid forward + backward 3.4-5.8x the reference, a 65k-sample field step
-  3.6-4.0x, the NeRF training loop 2.3x (bench/RESULTS.md).
+  use and cached), chosen by ``auto`` on the CPU: nothing per corner is materialised (blocks of
+  32 points are located in small arrays, 8 points per vector instruction); they go level by level
+  and run on torch's OpenMP threads. On the 2-core development CPU: grid forward + backward
+  4.6-5.3x the reference and 19-22x the naive backend (bench/RESULTS.md).
   Falls back to ``torch`` without a compiler.
 - ``compiled``: the reference with its CPU work compiled by ``torch.compile``
   (``pipeline/nn/hashgrid_compiled.py``: corners, gathers and interpolation fused in one loop;

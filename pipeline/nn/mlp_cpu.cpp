@@ -47,8 +47,8 @@ inline v8 fma8(v8 a, v8 b, v8 c) {
 }
 inline int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
-// C[R x 8NV] (+)= sum_k A[r * a_row + k * a_k] B[k * ldb + j], then (when not accumulating) plus
-// bias[j] and, with relu, max(0, .): the layer's epilogue while the tile is still in registers
+// C[R x 8NV] (+)= sum_k A[r * a_row + k * a_k] B[k * ldb + j], then plus bias[j] (unless null) and,
+// with relu, max(0, .): the layer's epilogue, on its last product, while the tile is in registers
 template <int R, int NV>
 inline void tile(int K, const float* A, int64_t a_row, int64_t a_k, const float* B, int64_t ldb, float* C,
                  int64_t ldc, bool accumulate, const float* bias, bool relu) {
