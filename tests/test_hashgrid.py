@@ -92,6 +92,20 @@ def test_cpu_kernels_agree_with_the_reference(features, dtype):
         assert torch.allclose(ours, ref, rtol=100 * tol, atol=100 * tol)
 
 
+def test_cpu_kernels_skip_points_without_gradient_and_give_the_same_gradients():
+    # a renderer zeroes the gradients of hidden samples: the backward runs the other points only
+    _require_cpu_kernels()
+    grid = _grid()
+    x = torch.rand(3000, 3, requires_grad=True)
+    weights = torch.randn(3000, grid.out_dim) * (torch.rand(3000, 1) < 0.3)
+    g_cpu = torch.autograd.grad((grid(x, backend="cpu") * weights).sum(), [x, grid.table])
+    g_ref = torch.autograd.grad((grid(x, backend="torch") * weights).sum(), [x, grid.table])
+    for ours, ref in zip(g_cpu, g_ref):
+        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4)
+    hidden = weights.eq(0).all(1)
+    assert torch.count_nonzero(g_cpu[0][hidden]) == 0
+
+
 def test_cpu_kernel_table_gradient_is_the_same_for_any_thread_count():
     _require_cpu_kernels()
     grid = _grid()

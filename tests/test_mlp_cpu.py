@@ -152,3 +152,20 @@ def test_an_input_of_the_wrong_width_is_an_error_not_a_stray_read():
         mlp(torch.randn(10, 7))
     with pytest.raises(ValueError, match="input parts"):
         mlp([torch.randn(10, 4), torch.randn(10, 5)])
+
+
+@pytest.mark.parametrize("share_alive", [0.4, 0.0])
+def test_rows_without_gradient_are_skipped_and_the_gradients_stay_the_same(share_alive):
+    # a renderer zeroes the gradients of samples hidden behind opaque ones: the kernel runs the
+    # backward of the other rows only, and the parts' gradients are zero on the skipped rows
+    fused, reference = _pair(16 + 15, 3, 64, 3, (2,))
+    directions = torch.randn(900, 16)
+    features = torch.randn(900, 15, requires_grad=True)
+    head = torch.randn(900, 3) * (torch.rand(900, 1) < share_alive)
+    assert (head.ne(0).any(1).float().mean() < mlp_cpu.COMPACT_BELOW)  # the gathering path runs
+    ours = torch.autograd.grad((fused([directions, features]) * head).sum(), [features, *fused.parameters()])
+    theirs = torch.autograd.grad((reference(torch.cat([directions, features], -1)) * head).sum(),
+                                 [features, *reference.parameters()])
+    for g_ours, g_theirs in zip(ours, theirs):
+        assert torch.allclose(g_ours, g_theirs, rtol=1e-4, atol=1e-4 * max(1.0, g_theirs.abs().amax().item()))
+    assert torch.equal(ours[0][head.eq(0).all(1)], torch.zeros(int(head.eq(0).all(1).sum()), 15))

@@ -11,8 +11,8 @@ from pipeline.cameras import Intrinsics, look_at
 from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig
 from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
-from pipeline.nn.volume_rendering import (composite_dense, composite_packed, distortion_loss_packed, ray_aabb, sample_pdf,
-                                          stratified_samples)
+from pipeline.nn.volume_rendering import (composite_dense, composite_packed, distortion_loss_packed, gate_gradients,
+                                          ray_aabb, sample_pdf, stratified_samples, transmittance_packed)
 from pipeline.render import DensityModel
 
 TINY_GRID = HashGridConfig(levels=6, features_per_level=2, log2_table_size=12, base_resolution=4,
@@ -63,6 +63,27 @@ def test_packed_compositing_matches_dense_and_has_the_same_gradients():
     g_dense = torch.autograd.grad(dense["rgb"].sum(), sigma)[0]
     g_packed = torch.autograd.grad(packed["rgb"].sum(), sigma)[0]
     assert torch.allclose(g_dense, g_packed, atol=1e-5)
+
+
+def test_samples_behind_an_opaque_wall_can_be_left_out_of_the_backward_only():
+    # one ray: two samples in front of a wall, the wall, two samples behind it
+    sigma = torch.tensor([0.5, 0.5, 200.0, 3.0, 3.0], requires_grad=True)
+    rgb = torch.rand(5, 3, requires_grad=True)
+    t, deltas, ray_index = torch.arange(5.0) * 0.1, torch.full((5,), 0.1), torch.zeros(5, dtype=torch.long)
+    transmittance = transmittance_packed(sigma, deltas, ray_index)
+    weights = composite_packed(sigma, rgb, t, deltas, ray_index, 1)["weights"]
+    assert torch.allclose(transmittance * (1 - torch.exp(-sigma * deltas)), weights)
+    visible = transmittance >= 1e-4
+    assert visible.tolist() == [True, True, True, False, False]
+    gated_sigma, gated_rgb = gate_gradients(visible, sigma, rgb)
+    plain = composite_packed(sigma, rgb, t, deltas, ray_index, 1)["rgb"]
+    gated = composite_packed(gated_sigma, gated_rgb, t, deltas, ray_index, 1)["rgb"]
+    assert torch.equal(plain, gated)  # the forward is exact
+    g_plain = torch.autograd.grad(plain.sum(), [sigma, rgb])
+    g_gated = torch.autograd.grad(gated.sum(), [sigma, rgb])
+    for ours, theirs in zip(g_gated, g_plain):
+        assert torch.equal(ours[:3], theirs[:3])  # the visible samples' gradients are untouched
+        assert torch.count_nonzero(ours[3:]) == 0 and theirs[3:].abs().max() < 1e-7  # the hidden: ~0 -> 0
 
 
 def test_distortion_loss_matches_the_double_sum_and_prefers_compact_weights():
@@ -215,13 +236,15 @@ def _camera_rays(size=16):
     return rays_o, rays_d
 
 
-@pytest.mark.parametrize("kind,sampler,grid_backend", [("hash", "auto", "torch"), ("hash", "auto", "cpu"),
-                                                      ("fourier", "auto", None), ("fourier", "occupancy", None)])
-def test_a_tiny_model_overfits_a_16x16_patch(kind, sampler, grid_backend, one_thread):
+@pytest.mark.parametrize("kind,sampler,grid_backend,gate", [
+    ("hash", "auto", "torch", 0.0), ("hash", "auto", "cpu", 1e-4), ("fourier", "auto", None, 0.0),
+    ("fourier", "occupancy", None, 0.0), ("fourier", "occupancy", None, 1e-4)])
+def test_a_tiny_model_overfits_a_16x16_patch(kind, sampler, grid_backend, gate, one_thread):
     torch.manual_seed(0)
     grid = HashGridConfig(**{**TINY_GRID.__dict__, "backend": grid_backend or "torch"})  # cpu: the C++ kernels
     config = NeRFModelConfig(kind=kind, sampler=sampler, grid=grid, width=32, occupancy_resolution=8, march_steps=16,
-                             fourier_width=64, fourier_depth=3, pos_freqs=4, num_coarse=8, num_fine=8)
+                             fourier_width=64, fourier_depth=3, pos_freqs=4, num_coarse=8, num_fine=8,
+                             grad_min_transmittance=gate)
     model = NeRFModel(config, torch.tensor([[-1.0] * 3, [1.0] * 3]))
     assert isinstance(model, DensityModel)
     rays_o, rays_d = _camera_rays()

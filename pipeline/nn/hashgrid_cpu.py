@@ -19,6 +19,7 @@ from pipeline.nn.cpu_kernels import available, unavailable_reason
 
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _SUPPORTED_F = (1, 2, 4, 8)
+COMPACT_BELOW = 0.9  # the backward gathers the points with a gradient when fewer than this share has one
 _ptr = cpu_kernels.ptr
 
 
@@ -77,6 +78,12 @@ class _HashGridCPUFunction(torch.autograd.Function):
             return _backward_create_graph(ctx, grad_out, x, table, idx, scale)
         x_c, table_c = x.detach().contiguous(), table.detach().contiguous()
         grad = grad_out.to(table_c.dtype).contiguous()
+        # points whose features get no gradient (samples hidden behind opaque ones, see
+        # volume_rendering.gate_gradients) add nothing: when they are many, only the others run
+        live = torch.nonzero(grad.ne(0).any(1))[:, 0]
+        full_n = x_c.shape[0]
+        if live.numel() < COMPACT_BELOW * full_n:
+            x_c, grad = x_c.index_select(0, live), grad.index_select(0, live)
         n, F = x_c.shape[0], table_c.shape[1]
         threads = torch.get_num_threads()
         grad_x = grad_table = None
@@ -88,6 +95,8 @@ class _HashGridCPUFunction(torch.autograd.Function):
             grad_x = torch.empty_like(x_c)
             _call("input_grad", x_c.dtype, _ptr(x_c), _ptr(table_c), _ptr(grad), _ptr(grad_x), ctypes.c_int64(n),
                   ctypes.c_int32(F), *lv.tail(threads))
+            if n < full_n:
+                grad_x = torch.zeros(full_n, 3, dtype=grad_x.dtype).index_copy_(0, live, grad_x)
         return grad_x, grad_table, None, None, None, None, None
 
 

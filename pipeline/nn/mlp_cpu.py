@@ -17,6 +17,11 @@ import torch
 from pipeline.nn import cpu_kernels
 
 
+# the backward gathers the rows with a gradient when fewer than this share of them has one (the
+# gathering copies every saved activation once; it pays off well before half the rows drop out)
+COMPACT_BELOW = 0.9
+
+
 def supports(x: torch.Tensor | Sequence[torch.Tensor], weights: list[torch.Tensor]) -> bool:
     """Whether this input (or these input parts) and layers can run on the kernel: 2-d float32 CPU
     tensors with the same number of rows, no autocast."""
@@ -48,6 +53,7 @@ class _Call:
     """The C arguments that describe one network and its input (kept alive for the calls)."""
 
     def __init__(self, parts, params, skips: tuple):
+        self.params, self.skips = params, skips
         self.parts = [x.detach().contiguous() for x in parts]
         self.weights = [p.detach().contiguous() for p in params[0::2]]
         self.biases = [p.detach().contiguous() for p in params[1::2]]
@@ -77,8 +83,15 @@ class _Call:
         return out, hidden
 
     def backward(self, hidden, grad_out, wanted: list[bool]):
-        """-> gradients of the parts (None where not wanted), of the weights and of the biases."""
+        """-> gradients of the parts (None where not wanted), of the weights and of the biases.
+
+        Rows whose output gradient is all zero add nothing to any gradient (a renderer zeroes the
+        samples hidden behind opaque ones, :func:`pipeline.nn.volume_rendering.gate_gradients`):
+        when they are many, the others are gathered and only they run backward."""
         grad = grad_out.float().contiguous()
+        live = torch.nonzero(grad.ne(0).any(1))[:, 0]
+        if live.numel() < COMPACT_BELOW * self.n:
+            return self._backward_rows(live, hidden, grad, wanted)
         grad_parts = [torch.empty_like(x) if want else None for x, want in zip(self.parts, wanted)]
         grad_w = [torch.empty_like(w) for w in self.weights]
         grad_b = [torch.empty(w.shape[0]) for w in self.weights]
@@ -88,6 +101,18 @@ class _Call:
             ctypes.c_int32(torch.get_num_threads()))
         if status != 0:
             raise RuntimeError(f"fused MLP kernel: backward failed (status {status})")
+        return grad_parts, grad_w, grad_b
+
+    def _backward_rows(self, rows: torch.Tensor, hidden, grad: torch.Tensor, wanted: list[bool]):
+        """The backward of the rows ``rows`` (M,) alone; the other rows' input gradients are zero."""
+        if rows.numel() == 0:
+            return ([torch.zeros_like(x) if want else None for x, want in zip(self.parts, wanted)],
+                    [torch.zeros_like(w) for w in self.weights], [torch.zeros(w.shape[0]) for w in self.weights])
+        sub = _Call([x.index_select(0, rows) for x in self.parts], self.params, self.skips)
+        sub_parts, grad_w, grad_b = sub.backward([h.index_select(0, rows) for h in hidden],
+                                                 grad.index_select(0, rows), wanted)
+        grad_parts = [torch.zeros_like(x).index_copy_(0, rows, g) if g is not None else None
+                      for x, g in zip(self.parts, sub_parts)]
         return grad_parts, grad_w, grad_b
 
 

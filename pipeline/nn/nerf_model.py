@@ -24,7 +24,8 @@ from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_field import FourierNeRFField, HashNeRFField
 from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
 from pipeline.nn.volume_rendering import (add_background, composite_dense, composite_packed, distortion_loss_packed,
-                                          ray_aabb, sample_pdf, stratified_samples)
+                                          gate_gradients, ray_aabb, sample_pdf, stratified_samples,
+                                          transmittance_packed)
 
 
 @dataclass
@@ -50,6 +51,9 @@ class NeRFModelConfig:
     march_steps: int = 384  # occupancy sampler: steps across the box diagonal (sets the step size)
     cone_angle: float = 0.0  # occupancy sampler: step grows as t * cone_angle (0: uniform; 1/256 unbounded)
     max_samples_per_ray: int = 1024
+    # occupancy sampler, training: samples whose transmittance is below this get no gradient (0 =
+    # off); the fused CPU MLPs then skip them in their backward passes (nerfacc's early_stop_eps)
+    grad_min_transmittance: float = 0.0
 
     def resolved_sampler(self) -> str:
         if self.sampler == "auto":
@@ -157,6 +161,9 @@ class NeRFModel(nn.Module):
         points = rays_o[ray_index] + rays_d[ray_index] * t[:, None]
         if ray_index.numel():
             sigma, rgb = _field_in_buckets(self.field, points, rays_d[ray_index])
+            if self.config.grad_min_transmittance > 0 and sigma.requires_grad:
+                visible = transmittance_packed(sigma, deltas, ray_index) >= self.config.grad_min_transmittance
+                sigma, rgb = gate_gradients(visible, sigma, rgb)
         else:
             sigma, rgb = points.new_zeros(0), points.new_zeros(0, 3)
         out = composite_packed(sigma.float(), rgb.float(), t, deltas, ray_index, num_rays)

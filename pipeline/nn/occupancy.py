@@ -109,7 +109,7 @@ class OccupancyGrid(nn.Module):
     def update(self, density_fn, step_size: float, all_cells: bool, fraction: float = 0.25,
                generator: torch.Generator | None = None, chunk: int = 1 << 16) -> None:
         """Re-sample the density of all cells (warm-up) or of ``fraction`` random cells plus as many
-        occupied ones; density_fn: points (M, 3) -> sigma (M,)."""
+        occupied ones (all of them when fewer); density_fn: points (M, 3) -> sigma (M,)."""
         R, device = self.resolution, self.density.device
         n_cells = R ** 3
         for c in range(self.cascades):
@@ -119,11 +119,11 @@ class OccupancyGrid(nn.Module):
                 k = max(1, int(n_cells * fraction))
                 uniform = torch.randint(0, n_cells, (k,), device=device, generator=generator)
                 occupied = self.occupied[c].nonzero()[:, 0]
-                if occupied.numel():
-                    pick = torch.randint(0, occupied.numel(), (k,), device=device, generator=generator)
-                    cells = torch.cat([uniform, occupied[pick]])
-                else:
-                    cells = uniform
+                if occupied.numel() > k:
+                    occupied = occupied[torch.randint(0, occupied.numel(), (k,), device=device, generator=generator)]
+                # every occupied cell once when there are fewer than k (nerfacc): drawing k of them with
+                # replacement sampled a lego's ~6k occupied cells 5 times each, for 40% of the update's cost
+                cells = torch.cat([uniform, occupied])
             jitter = torch.rand(cells.shape[0], 3, device=device, generator=generator)
             points = self.cell_points(c, cells, jitter)
             sigma = torch.cat([density_fn(points[i:i + chunk]).float() for i in range(0, points.shape[0], chunk)])

@@ -107,6 +107,36 @@ def exclusive_cumsum_per_ray(values: torch.Tensor, ray_index: torch.Tensor) -> t
     return (excl_global - start_value).to(values.dtype)
 
 
+def transmittance_packed(sigma: torch.Tensor, deltas: torch.Tensor, ray_index: torch.Tensor) -> torch.Tensor:
+    """The transmittance in front of each packed sample (no gradient): sigma, deltas, ray_index (M,)
+    sorted by ray -> T (M,) = exp(-sum of sigma delta over the ray's earlier samples)."""
+    with torch.no_grad():
+        return torch.exp(-exclusive_cumsum_per_ray(sigma.detach().float() * deltas, ray_index))
+
+
+class _GateGradients(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, keep, *tensors):
+        ctx.save_for_backward(keep)
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        (keep,) = ctx.saved_tensors
+        return (None, *(None if g is None else g * keep.view(-1, *([1] * (g.dim() - 1))).to(g.dtype)
+                        for g in grads))
+
+
+def gate_gradients(keep: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors unchanged, but their backward passes zero where ``keep`` (M,) bool is False.
+
+    tensors: (M, ...) per-sample outputs of a field. Used for samples hidden behind opaque ones
+    (transmittance below ~1e-4): their gradients are that much smaller than the visible samples',
+    and rows of exact zeros let the fused MLP skip them in its backward (nerfacc drops such
+    samples altogether, forward included; here the rendered values stay exact)."""
+    return _GateGradients.apply(keep, *tensors)
+
+
 def distortion_loss_packed(weights: torch.Tensor, t: torch.Tensor, deltas: torch.Tensor, ray_index: torch.Tensor,
                            num_rays: int) -> torch.Tensor:
     """mip-NeRF 360's distortion loss per ray (R,) for packed samples: weights, t (interval
@@ -136,5 +166,5 @@ def add_background(rgb: torch.Tensor, acc: torch.Tensor, background: torch.Tenso
 
 
 __all__ = ["ray_aabb", "stratified_samples", "sample_pdf", "composite_dense", "composite_packed", "add_background",
-           "exclusive_cumsum_per_ray", "distortion_loss_packed",
+           "exclusive_cumsum_per_ray", "distortion_loss_packed", "transmittance_packed", "gate_gradients",
            "BACKGROUND_MODES"]
