@@ -169,3 +169,15 @@ def test_rows_without_gradient_are_skipped_and_the_gradients_stay_the_same(share
     for g_ours, g_theirs in zip(ours, theirs):
         assert torch.allclose(g_ours, g_theirs, rtol=1e-4, atol=1e-4 * max(1.0, g_theirs.abs().amax().item()))
     assert torch.equal(ours[0][head.eq(0).all(1)], torch.zeros(int(head.eq(0).all(1).sum()), 15))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_live_rows_are_the_rows_with_a_non_zero_entry(dtype):
+    grad = torch.randn(1000, 7, dtype=dtype) * (torch.rand(1000, 1) < 0.5)
+    grad[3] = 0.0
+    grad[3, 6] = 1e-30  # one non-zero at the end of a row still counts
+    grad[5] = -0.0
+    grad[8, 2] = float("nan")  # must reach the gradients: not dropped
+    expected = torch.nonzero((grad != 0).any(1) | grad.isnan().any(1))[:, 0]
+    assert torch.equal(cpu_kernels.live_rows(grad.contiguous()), expected)
+    assert cpu_kernels.live_rows(torch.zeros(0, 7, dtype=dtype)).numel() == 0

@@ -1,5 +1,6 @@
 """The CPU kernels in C++ (``hashgrid_cpu.cpp``: the hash grid; ``occupancy_cpu.cpp``: the ray
-marcher; ``mlp_cpu.cpp``: the fused ReLU MLP; ``sh_cpu.cpp``: spherical harmonics), built once
+marcher; ``mlp_cpu.cpp``: the fused ReLU MLP; ``sh_cpu.cpp``: spherical harmonics; ``rows_cpu.cpp``:
+the rows of a gradient that hold non-zeros), built once
 into one shared library with the system's C++ compiler and loaded with ctypes.
 
 They include no torch headers, so the build takes a few seconds (no ninja, no extension toolchain);
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("hashgrid_cpu.cpp", "occupancy_cpu.cpp", "mlp_cpu.cpp",
-                                                          "sh_cpu.cpp"))
+                                                          "sh_cpu.cpp", "rows_cpu.cpp"))
 HEADERS = (Path(__file__).with_name("cpu_parallel.h"),)
 _log = logging.getLogger("recon.kernels")
 _state: dict = {"lib": None, "error": None}
@@ -32,7 +33,8 @@ _state: dict = {"lib": None, "error": None}
 _RESTYPES = {f"hashgrid_{name}_{dtype}": ctypes.c_int for name in ("forward", "table_grad", "input_grad")
              for dtype in ("f32", "f64")}
 _RESTYPES["march_occupied_f32"] = ctypes.c_int64
-_RESTYPES.update(mlp_forward_f32=ctypes.c_int, mlp_backward_f32=ctypes.c_int, sh_encode_f32=ctypes.c_int)
+_RESTYPES.update(mlp_forward_f32=ctypes.c_int, mlp_backward_f32=ctypes.c_int, sh_encode_f32=ctypes.c_int,
+                 live_rows_f32=ctypes.c_int64, live_rows_f64=ctypes.c_int64)
 
 
 def _compiler() -> str | None:
@@ -145,4 +147,15 @@ def ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-__all__ = ["available", "load", "unavailable_reason", "disabled", "ptr", "SOURCES"]
+def live_rows(grad: torch.Tensor) -> torch.Tensor:
+    """grad (N, C) contiguous float32/float64 on the CPU -> (M,) int64: its rows with a non-zero
+    entry, in order (call :func:`available` first). The backward passes of the kernels run only
+    these when the others are many (one scan, stopping at each row's first non-zero)."""
+    rows = torch.empty(grad.shape[0], dtype=torch.int64)
+    fn = load().live_rows_f32 if grad.dtype == torch.float32 else load().live_rows_f64
+    count = fn(ptr(grad), ctypes.c_int64(grad.shape[0]), ctypes.c_int64(grad.shape[1]),
+               ptr(rows))
+    return rows[:count]
+
+
+__all__ = ["available", "load", "unavailable_reason", "disabled", "ptr", "live_rows", "SOURCES"]

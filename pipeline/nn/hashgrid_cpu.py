@@ -80,7 +80,7 @@ class _HashGridCPUFunction(torch.autograd.Function):
         grad = grad_out.to(table_c.dtype).contiguous()
         # points whose features get no gradient (samples hidden behind opaque ones, see
         # volume_rendering.gate_gradients) add nothing: when they are many, only the others run
-        live = torch.nonzero(grad.ne(0).any(1))[:, 0]
+        live = cpu_kernels.live_rows(grad)
         full_n = x_c.shape[0]
         if live.numel() < COMPACT_BELOW * full_n:
             x_c, grad = x_c.index_select(0, live), grad.index_select(0, live)

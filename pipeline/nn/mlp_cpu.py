@@ -89,7 +89,7 @@ class _Call:
         samples hidden behind opaque ones, :func:`pipeline.nn.volume_rendering.gate_gradients`):
         when they are many, the others are gathered and only they run backward."""
         grad = grad_out.float().contiguous()
-        live = torch.nonzero(grad.ne(0).any(1))[:, 0]
+        live = cpu_kernels.live_rows(grad)
         if live.numel() < COMPACT_BELOW * self.n:
             return self._backward_rows(live, hidden, grad, wanted)
         grad_parts = [torch.empty_like(x) if want else None for x, want in zip(self.parts, wanted)]

@@ -52,8 +52,8 @@ class NeRFModelConfig:
     cone_angle: float = 0.0  # occupancy sampler: step grows as t * cone_angle (0: uniform; 1/256 unbounded)
     max_samples_per_ray: int = 1024
     # occupancy sampler, training: samples whose transmittance is below this get no gradient (0 =
-    # off); the fused CPU MLPs then skip them in their backward passes (nerfacc's early_stop_eps)
-    grad_min_transmittance: float = 0.0
+    # off); the CPU kernels then skip them in their backward passes (nerfacc's early_stop_eps)
+    grad_min_transmittance: float = 1e-4
 
     def resolved_sampler(self) -> str:
         if self.sampler == "auto":
