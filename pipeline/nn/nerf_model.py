@@ -125,7 +125,9 @@ class NeRFModel(nn.Module):
         ``max_samples`` (occupancy sampler, training): when the rays need more samples, only the first
         ``num_rays`` rays are rendered and the outputs have ``num_rays`` rows. Without gradients
         and jitter (inference), rays stop early once opaque (transmittance < 1e-3). ``distortion``
-        (occupancy sampler, training) adds ``distortion`` (rays,): mip-NeRF 360's distortion loss per ray."""
+        (occupancy sampler, training) adds ``distortion`` (rays,): mip-NeRF 360's distortion loss per ray.
+        With gradients (occupancy sampler), samples whose transmittance is below
+        ``config.grad_min_transmittance`` get none (``gate_gradients``; the values are unchanged)."""
         bg = self.background() if background is None else background
         if self.sampler == "occupancy":
             out = self._render_marched(rays_o, rays_d, perturb, generator, max_samples, distortion)
