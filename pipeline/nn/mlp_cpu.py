@@ -92,6 +92,10 @@ class _Call:
         live = cpu_kernels.live_rows(grad)
         if live.numel() < COMPACT_BELOW * self.n:
             return self._backward_rows(live, hidden, grad, wanted)
+        return self._backward_all(hidden, grad, wanted)
+
+    def _backward_all(self, hidden, grad: torch.Tensor, wanted: list[bool]):
+        """The kernel's backward over every row; grad (n, out) float32, contiguous."""
         grad_parts = [torch.empty_like(x) if want else None for x, want in zip(self.parts, wanted)]
         grad_w = [torch.empty_like(w) for w in self.weights]
         grad_b = [torch.empty(w.shape[0]) for w in self.weights]
@@ -109,8 +113,8 @@ class _Call:
             return ([torch.zeros_like(x) if want else None for x, want in zip(self.parts, wanted)],
                     [torch.zeros_like(w) for w in self.weights], [torch.zeros(w.shape[0]) for w in self.weights])
         sub = _Call([x.index_select(0, rows) for x in self.parts], self.params, self.skips)
-        sub_parts, grad_w, grad_b = sub.backward([h.index_select(0, rows) for h in hidden],
-                                                 grad.index_select(0, rows), wanted)
+        sub_parts, grad_w, grad_b = sub._backward_all([h.index_select(0, rows) for h in hidden],
+                                                      grad.index_select(0, rows), wanted)
         grad_parts = [torch.zeros_like(x).index_copy_(0, rows, g) if g is not None else None
                       for x, g in zip(self.parts, sub_parts)]
         return grad_parts, grad_w, grad_b

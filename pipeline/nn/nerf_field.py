@@ -95,10 +95,12 @@ class FourierNeRFField(nn.Module):
 
     def density(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(self.pos_encoding(self.normalize(points)))
-        return torch.relu(h[:, 0]), h[:, 1:]
+        sigma, feat = h.split([1, h.shape[-1] - 1], dim=-1)  # as HashNeRFField.density: one split
+        return torch.relu(sigma.squeeze(-1)), feat
 
     def color(self, dirs: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.color_mlp(torch.cat([feat, self.dir_encoding(dirs).to(feat.dtype)], -1)))
+        # two parts, as HashNeRFField.color: the fused kernel never builds the concatenation
+        return torch.sigmoid(self.color_mlp([feat, self.dir_encoding(dirs).to(feat.dtype)]))
 
     def forward(self, points: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma, feat = self.density(points)
