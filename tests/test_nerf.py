@@ -9,7 +9,7 @@ import torch
 
 from pipeline.cameras import Intrinsics, look_at
 from pipeline.nn.hashgrid import HashGridConfig
-from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig
+from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig, _eval_front_first
 from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
 from pipeline.nn.volume_rendering import (composite_dense, composite_packed, distortion_loss_packed, gate_gradients,
                                           ray_aabb, sample_pdf, stratified_samples, transmittance_packed)
@@ -84,6 +84,36 @@ def test_samples_behind_an_opaque_wall_can_be_left_out_of_the_backward_only():
     for ours, theirs in zip(g_gated, g_plain):
         assert torch.equal(ours[:3], theirs[:3])  # the visible samples' gradients are untouched
         assert torch.count_nonzero(ours[3:]) == 0 and theirs[3:].abs().max() < 1e-7  # the hidden: ~0 -> 0
+
+
+def test_training_evaluates_samples_behind_an_opaque_front_never():
+    class Wall(torch.nn.Module):  # density 200 for 0.45 < z < 0.55, 0.5 elsewhere; colour from the position
+        def __init__(self):
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.tensor(1.0))
+            self.evaluated = 0
+
+        def forward(self, points, dirs):
+            self.evaluated += points.shape[0]
+            wall = (points[:, 2] > 0.45) & (points[:, 2] < 0.55)
+            return self.gain * torch.where(wall, 200.0, 0.5), torch.sigmoid(self.gain * points)
+
+    # ray 0 meets the wall in the back half of its samples, ray 1 in the front half, ray 2 has one sample
+    z = torch.cat([torch.arange(10) * 0.1, 0.3 + torch.arange(10) * 0.1, torch.tensor([0.2])])
+    ray_index = torch.tensor([0] * 10 + [1] * 10 + [2])
+    points = torch.stack([torch.zeros(21), torch.zeros(21), z], -1)
+    dirs, deltas = torch.tensor([0.0, 0.0, 1.0]).expand(21, 3), torch.full((21,), 0.1)
+    field = Wall()
+    kept, sigma, rgb = _eval_front_first(field, points, dirs, ray_index, deltas, split=0.5, min_transmittance=1e-4)
+    assert kept.tolist() == list(range(15)) + [20]  # ray 1's back half (behind the wall) is left out
+    assert field.evaluated == 16
+    full_sigma, full_rgb = field(points, dirs)
+    assert torch.equal(sigma, full_sigma[kept]) and torch.equal(rgb, full_rgb[kept])
+    split = composite_packed(sigma, rgb, z[kept], deltas[kept], ray_index[kept], 3)
+    full = composite_packed(full_sigma, full_rgb, z, deltas, ray_index, 3)
+    assert torch.allclose(split["rgb"], full["rgb"], atol=1e-4) and torch.allclose(split["acc"], full["acc"], atol=1e-4)
+    split["rgb"].sum().backward()
+    assert field.gain.grad is not None and torch.isfinite(field.gain.grad)
 
 
 def test_distortion_loss_matches_the_double_sum_and_prefers_compact_weights():
@@ -238,13 +268,14 @@ def _camera_rays(size=16):
 
 @pytest.mark.parametrize("kind,sampler,grid_backend,gate", [
     ("hash", "auto", "torch", 0.0), ("hash", "auto", "cpu", 1e-4), ("fourier", "auto", None, 0.0),
-    ("fourier", "occupancy", None, 0.0), ("fourier", "occupancy", None, 1e-4)])
+    ("fourier", "occupancy", None, 0.0), ("fourier", "occupancy", None, 1e-4), ("fourier", "occupancy", None, "split")])
 def test_a_tiny_model_overfits_a_16x16_patch(kind, sampler, grid_backend, gate, one_thread):
     torch.manual_seed(0)
     grid = HashGridConfig(**{**TINY_GRID.__dict__, "backend": grid_backend or "torch"})  # cpu: the C++ kernels
     config = NeRFModelConfig(kind=kind, sampler=sampler, grid=grid, width=32, occupancy_resolution=8, march_steps=16,
                              fourier_width=64, fourier_depth=3, pos_freqs=4, num_coarse=8, num_fine=8,
-                             grad_min_transmittance=gate)
+                             grad_min_transmittance=1e-4 if gate == "split" else gate,
+                             hidden_split=0.5 if gate == "split" else 0.0)
     model = NeRFModel(config, torch.tensor([[-1.0] * 3, [1.0] * 3]))
     assert isinstance(model, DensityModel)
     rays_o, rays_d = _camera_rays()
@@ -531,3 +562,13 @@ def test_config_files_load():
         cfg = nerf.default_config(name)
         assert cfg.model.kind in ("hash", "fourier")
     assert nerf.default_config("nerf-siren").model.activation == "siren"
+
+
+def test_the_density_activation_is_exp_with_its_gradient_clamped_at_plus_minus_15():
+    from pipeline.nn.nerf_field import trunc_exp
+
+    x = torch.tensor([-20.0, -3.0, 0.0, 2.5, 15.0, 30.0], requires_grad=True)
+    y = trunc_exp(x)
+    assert torch.equal(y, torch.exp(x.detach()))
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(grad, torch.exp(x.detach().clamp(-15, 15)), rtol=1e-6)

@@ -10,6 +10,8 @@ MLPs can use SIREN (sine) activations instead of ReLU (``activation="siren"``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,18 +20,23 @@ from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding
 from pipeline.nn.mlp import MLP
 
 
+_EXP_MIN, _EXP_MAX = math.exp(-15.0), math.exp(15.0)
+
+
 class _TruncExp(torch.autograd.Function):
     """exp(x) whose gradient is clamped at x = 15 (instant-ngp's density activation)."""
 
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.exp(x)
+        y = torch.exp(x)
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * torch.exp(x.clamp(-15, 15))
+        # exp(clamp(x, -15, 15)) is exp(x) clamped to [e^-15, e^15]: the saved output, not a second exp
+        (y,) = ctx.saved_tensors
+        return grad * y.clamp(_EXP_MIN, _EXP_MAX)
 
 
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,10 @@ class NeRFModelConfig:
     # occupancy sampler, training: samples whose transmittance is below this get no gradient (0 =
     # off); the CPU kernels then skip them in their backward passes (nerfacc's early_stop_eps)
     grad_min_transmittance: float = 1e-4
+    # occupancy sampler, training: evaluate this front share of each ray's samples first, and the
+    # rest only on rays still visible behind it (transmittance >= grad_min_transmittance); 0 = one
+    # pass over all samples. The samples left out would get weights below grad_min_transmittance.
+    hidden_split: float = 0.0
 
     def resolved_sampler(self) -> str:
         if self.sampler == "auto":
@@ -162,9 +166,15 @@ class NeRFModel(nn.Module):
             ray_index, t, deltas = ray_index[keep], t[keep], deltas[keep]
         points = rays_o[ray_index] + rays_d[ray_index] * t[:, None]
         if ray_index.numel():
-            sigma, rgb = _field_in_buckets(self.field, points, rays_d[ray_index])
-            if self.config.grad_min_transmittance > 0 and sigma.requires_grad:
-                visible = transmittance_packed(sigma, deltas, ray_index) >= self.config.grad_min_transmittance
+            eps = self.config.grad_min_transmittance
+            if 0 < self.config.hidden_split < 1 and eps > 0 and torch.is_grad_enabled():
+                kept, sigma, rgb = _eval_front_first(self.field, points, rays_d[ray_index], ray_index, deltas,
+                                                     self.config.hidden_split, eps)
+                ray_index, t, deltas = ray_index[kept], t[kept], deltas[kept]
+            else:
+                sigma, rgb = _field_in_buckets(self.field, points, rays_d[ray_index])
+            if eps > 0 and sigma.requires_grad:
+                visible = transmittance_packed(sigma, deltas, ray_index) >= eps
                 sigma, rgb = gate_gradients(visible, sigma, rgb)
         else:
             sigma, rgb = points.new_zeros(0), points.new_zeros(0, 3)
@@ -260,6 +270,36 @@ def _field_in_buckets(field: nn.Module, points: torch.Tensor, dirs: torch.Tensor
     pad = bucket - n % bucket
     sigma, rgb = field(torch.cat([points, points[-1:].expand(pad, 3)]), torch.cat([dirs, dirs[-1:].expand(pad, 3)]))
     return sigma[:n], rgb[:n]
+
+
+def _eval_front_first(field: nn.Module, points, dirs, ray_index, deltas, split: float, min_transmittance: float):
+    """field on packed samples in two passes: the first ``split`` of each ray's samples, then the
+    rest of the rays whose transmittance after that front is still >= ``min_transmittance``.
+
+    Behind an opaque front every sample's weight is below ``min_transmittance``: leaving them out
+    changes the rendered colour and opacity by less than that, and saves their forward (about a
+    fifth of the samples of a trained lego). points, dirs: (N, 3); ray_index: (N,) sorted; deltas:
+    (N,). Returns ``kept`` (M,) the evaluated samples' indices in packed order, sigma (M,), rgb (M, 3)."""
+    n = ray_index.numel()
+    starts = torch.ones(n, dtype=torch.bool, device=ray_index.device)
+    starts[1:] = ray_index[1:] != ray_index[:-1]
+    segment = torch.cumsum(starts, 0) - 1  # each sample's ray among the rays with samples
+    first = torch.nonzero(starts)[:, 0]
+    counts = torch.diff(first, append=first.new_tensor([n]))
+    position = torch.arange(n, device=ray_index.device) - first[segment]
+    front = position < torch.ceil(counts[segment] * split)
+    front_idx = torch.nonzero(front)[:, 0]
+    sigma_f, rgb_f = _field_in_buckets(field, points[front_idx], dirs[front_idx])
+    with torch.no_grad():
+        optical = torch.zeros(first.numel(), device=deltas.device).index_add_(
+            0, segment[front_idx], sigma_f.float() * deltas[front_idx])
+        visible = torch.exp(-optical) >= min_transmittance
+    back_idx = torch.nonzero(~front & visible[segment])[:, 0]
+    if back_idx.numel() == 0:
+        return front_idx, sigma_f, rgb_f
+    sigma_b, rgb_b = _field_in_buckets(field, points[back_idx], dirs[back_idx])
+    kept, order = torch.sort(torch.cat([front_idx, back_idx]))
+    return kept, torch.cat([sigma_f, sigma_b])[order], torch.cat([rgb_f, rgb_b])[order]
 
 
 def default_aabb(bounds, radius: float = 1.0, padding: float = 0.05):
