@@ -114,6 +114,8 @@ def test_training_evaluates_samples_behind_an_opaque_front_never():
     assert torch.allclose(split["rgb"], full["rgb"], atol=1e-4) and torch.allclose(split["acc"], full["acc"], atol=1e-4)
     split["rgb"].sum().backward()
     assert field.gain.grad is not None and torch.isfinite(field.gain.grad)
+    with pytest.raises(ValueError, match="hidden_split"):
+        NeRFModel(NeRFModelConfig(hidden_split=1.0), torch.tensor([[-1.0] * 3, [1.0] * 3]))
 
 
 def test_distortion_loss_matches_the_double_sum_and_prefers_compact_weights():

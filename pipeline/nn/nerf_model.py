@@ -73,6 +73,9 @@ class NeRFModel(nn.Module):
 
     def __init__(self, config: NeRFModelConfig, aabb, background=(1.0, 1.0, 1.0), learn_background: bool = False):
         super().__init__()
+        if not 0.0 <= config.hidden_split < 1.0:
+            raise ValueError(f"model.hidden_split must be in [0, 1) (0: off; 0.5 evaluates each ray's front half "
+                             f"first), got {config.hidden_split}")
         self.config = config
         aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
         self.register_buffer("aabb", aabb)
@@ -167,7 +170,7 @@ class NeRFModel(nn.Module):
         points = rays_o[ray_index] + rays_d[ray_index] * t[:, None]
         if ray_index.numel():
             eps = self.config.grad_min_transmittance
-            if 0 < self.config.hidden_split < 1 and eps > 0 and torch.is_grad_enabled():
+            if self.config.hidden_split > 0 and eps > 0 and torch.is_grad_enabled():
                 kept, sigma, rgb = _eval_front_first(self.field, points, rays_d[ray_index], ray_index, deltas,
                                                      self.config.hidden_split, eps)
                 ray_index, t, deltas = ray_index[kept], t[kept], deltas[kept]
