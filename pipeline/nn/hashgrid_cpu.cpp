@@ -111,7 +111,9 @@ inline void locate_block(const T* x, const Levels& lv, int level, const T* rows,
         for (int k = 0; k < kBlock; ++k)
             block.cw[c][k] = block.w[0][(c >> 2) & 1][k] * block.w[1][(c >> 1) & 1][k] * block.w[2][c & 1][k];
     for (int k = 0; k < block.count; ++k)
-        for (int c = 0; c < 4; ++c)  // corners c and c+4 differ in x only: x0 ^ h and (x0+1) ^ h share a cache line when x0 is even
+        // corners c and c+4 differ in x only, whose prime is 1: x0 ^ h and (x0+1) ^ h share a cache line
+        // when x0 is even, and dense rows are neighbours; one prefetch per pair
+        for (int c = 0; c < 4; ++c)
             __builtin_prefetch(rows + static_cast<int64_t>(block.row[c][k]) * F, for_write ? 1 : 0);
 }
 

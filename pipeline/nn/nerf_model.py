@@ -24,7 +24,7 @@ from pipeline.nn.hashgrid import HashGridConfig
 from pipeline.nn.nerf_field import FourierNeRFField, HashNeRFField
 from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
 from pipeline.nn.volume_rendering import (add_background, composite_dense, composite_packed, distortion_loss_packed,
-                                          gate_gradients, ray_aabb, sample_pdf, stratified_samples,
+                                          gate_gradients, position_in_ray, ray_aabb, sample_pdf, stratified_samples,
                                           transmittance_packed)
 
 
@@ -283,21 +283,15 @@ def _eval_front_first(field: nn.Module, points, dirs, ray_index, deltas, split: 
     changes the rendered colour and opacity by less than that, and saves their forward (about a
     fifth of the samples of a trained lego). points, dirs: (N, 3); ray_index: (N,) sorted; deltas:
     (N,). Returns ``kept`` (M,) the evaluated samples' indices in packed order, sigma (M,), rgb (M, 3)."""
-    n = ray_index.numel()
-    starts = torch.ones(n, dtype=torch.bool, device=ray_index.device)
-    starts[1:] = ray_index[1:] != ray_index[:-1]
-    segment = torch.cumsum(starts, 0) - 1  # each sample's ray among the rays with samples
-    first = torch.nonzero(starts)[:, 0]
-    counts = torch.diff(first, append=first.new_tensor([n]))
-    position = torch.arange(n, device=ray_index.device) - first[segment]
-    front = position < torch.ceil(counts[segment] * split)
+    samples_per_ray = torch.bincount(ray_index)
+    front = position_in_ray(ray_index) < torch.ceil(samples_per_ray[ray_index] * split)
     front_idx = torch.nonzero(front)[:, 0]
     sigma_f, rgb_f = _field_in_buckets(field, points[front_idx], dirs[front_idx])
     with torch.no_grad():
-        optical = torch.zeros(first.numel(), device=deltas.device).index_add_(
-            0, segment[front_idx], sigma_f.float() * deltas[front_idx])
+        optical = torch.zeros(samples_per_ray.numel(), device=deltas.device).index_add_(
+            0, ray_index[front_idx], sigma_f.float() * deltas[front_idx])
         visible = torch.exp(-optical) >= min_transmittance
-    back_idx = torch.nonzero(~front & visible[segment])[:, 0]
+    back_idx = torch.nonzero(~front & visible[ray_index])[:, 0]
     if back_idx.numel() == 0:
         return front_idx, sigma_f, rgb_f
     sigma_b, rgb_b = _field_in_buckets(field, points[back_idx], dirs[back_idx])

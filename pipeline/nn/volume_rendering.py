@@ -94,6 +94,18 @@ def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, de
     return {"rgb": out_rgb, "acc": acc, "t": depth, "weights": weights}
 
 
+def _ray_starts(ray_index: torch.Tensor) -> torch.Tensor:
+    """(M,) bool: where each ray's packed samples begin (ray_index sorted)."""
+    first = torch.ones_like(ray_index, dtype=torch.bool)
+    first[1:] = ray_index[1:] != ray_index[:-1]
+    return first
+
+
+def position_in_ray(ray_index: torch.Tensor) -> torch.Tensor:
+    """ray_index (M,) packed and sorted -> (M,) int64: each sample's position along its ray (0, 1, ...)."""
+    return torch.arange(ray_index.shape[0], device=ray_index.device) - _first_index_per_sample(_ray_starts(ray_index))
+
+
 def exclusive_cumsum_per_ray(values: torch.Tensor, ray_index: torch.Tensor) -> torch.Tensor:
     """values, ray_index (M,) packed and sorted by ray -> (M,): the sum of the values of the same
     ray's earlier samples. A global cumsum (float64: it runs over all samples) minus the running
@@ -101,9 +113,7 @@ def exclusive_cumsum_per_ray(values: torch.Tensor, ray_index: torch.Tensor) -> t
     exactly for the samples j of the same ray before i."""
     cs = torch.cumsum(values.double(), 0)
     excl_global = cs - values.double()
-    first = torch.ones_like(ray_index, dtype=torch.bool)
-    first[1:] = ray_index[1:] != ray_index[:-1]
-    start_value = excl_global.gather(0, _first_index_per_sample(first))
+    start_value = excl_global.gather(0, _first_index_per_sample(_ray_starts(ray_index)))
     return (excl_global - start_value).to(values.dtype)
 
 
@@ -166,5 +176,5 @@ def add_background(rgb: torch.Tensor, acc: torch.Tensor, background: torch.Tenso
 
 
 __all__ = ["ray_aabb", "stratified_samples", "sample_pdf", "composite_dense", "composite_packed", "add_background",
-           "exclusive_cumsum_per_ray", "distortion_loss_packed", "transmittance_packed", "gate_gradients",
-           "BACKGROUND_MODES"]
+           "exclusive_cumsum_per_ray", "position_in_ray", "distortion_loss_packed", "transmittance_packed",
+           "gate_gradients", "BACKGROUND_MODES"]
