@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -38,6 +39,31 @@ void parallel_for(int64_t count, int parts, Fn fn) {
         pool.emplace_back(fn, begin, end, t);
     }
     fn(0, std::min(count, chunk), 0);
+    for (auto& th : pool) th.join();
+#endif
+}
+
+// fn(i) for each i in [0, count), handed out one at a time to `parts` threads, in order: for a few
+// items of unequal cost
+template <typename Fn>
+void parallel_for_dynamic(int64_t count, int parts, Fn fn) {
+    parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, count)));
+    if (parts == 1) {
+        for (int64_t i = 0; i < count; ++i) fn(i);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(parts) schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) fn(i);
+#else
+    std::atomic<int64_t> next{0};
+    auto work = [&]() {
+        for (int64_t i = next++; i < count; i = next++) fn(i);
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(parts - 1);
+    for (int t = 1; t < parts; ++t) pool.emplace_back(work);
+    work();
     for (auto& th : pool) th.join();
 #endif
 }
