@@ -33,13 +33,15 @@ GPU_GRID = HashGridConfig()  # instant-ngp's defaults: L=16, F=2, T=2^19, resolu
 
 
 def ray_samples(num_rays: int, per_ray: int, device, seed: int = 0):
-    """Points along random rays through the unit box, in marching order (like real training)."""
+    """Points along random rays through the unit box, in marching order (like real training): points
+    (N, 3), each ray's direction (R, 3) and each point's ray (N,), as the renderer gives the field."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     origins = torch.rand(num_rays, 3, generator=gen) * 2 - 1
     dirs = torch.nn.functional.normalize(torch.randn(num_rays, 3, generator=gen), dim=-1)
     t = torch.linspace(0, 1.0, per_ray)
     points = (origins[:, None] + dirs[:, None] * t[None, :, None]).clamp(-1, 1).reshape(-1, 3)
-    return points.to(device), dirs.repeat_interleave(per_ray, 0).to(device)
+    ray_index = torch.arange(num_rays).repeat_interleave(per_ray)
+    return points.to(device), dirs.to(device), ray_index.to(device)
 
 
 class ConstantEncoding(torch.nn.Module):
@@ -73,12 +75,12 @@ def make_step(backend: str, device, num_rays=1024, per_ray=64, compile_field=Fal
     except (RuntimeError, TypeError):
         opt = torch.optim.Adam(field.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15, foreach=True)
     forward = torch.compile(field) if compile_field else field
-    points, dirs = ray_samples(num_rays, per_ray, device)
+    points, dirs, ray_index = ray_samples(num_rays, per_ray, device)
     target = torch.rand(points.shape[0], 3, device=device)
 
     def step():
         with autocast(device, mixed):
-            sigma, rgb = forward(points, dirs)
+            sigma, rgb = forward(points, dirs, ray_index)
         loss = ((rgb.float() - target) ** 2).mean() + 1e-3 * sigma.float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -181,3 +181,38 @@ def test_live_rows_are_the_rows_with_a_non_zero_entry(dtype):
     expected = torch.nonzero((grad != 0).any(1) | grad.isnan().any(1))[:, 0]
     assert torch.equal(cpu_kernels.live_rows(grad.contiguous()), expected)
     assert cpu_kernels.live_rows(torch.zeros(0, 7, dtype=dtype)).numel() == 0
+
+
+@pytest.mark.parametrize("hidden,order,share_alive", [(2, "sorted", 1.0), (1, "shuffled", 1.0), (2, "sorted", 0.3),
+                                                      (0, "sorted", 1.0)])
+def test_features_shared_by_the_samples_of_a_ray_are_the_gathered_input(hidden, order, share_alive):
+    # the colour MLP's encoded directions, one row per ray: the kernel multiplies them by the first
+    # layer once per ray and sums their gradient over each ray's samples
+    fused, reference = _pair(16 + 15, 3 if hidden else 8, 64, hidden)
+    rays = torch.randn(50, 16, requires_grad=True)
+    ray_index = torch.randint(0, 50, (900,))
+    ray_index = torch.sort(ray_index).values if order == "sorted" else ray_index
+    features = torch.randn(900, 15, requires_grad=True)
+    head = torch.randn(900, fused.out_dim) * (torch.rand(900, 1) < share_alive)
+    a = fused(features, per_ray=(rays, ray_index))
+    b = reference(torch.cat([rays[ray_index], features], -1))
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    ours = torch.autograd.grad((a * head).sum(), [rays, features, *fused.parameters()])
+    theirs = torch.autograd.grad((b * head).sum(), [rays, features, *reference.parameters()])
+    for g_ours, g_theirs in zip(ours, theirs):
+        assert torch.allclose(g_ours, g_theirs, rtol=1e-4, atol=1e-4 * max(1.0, g_theirs.abs().amax().item()))
+    with torch.no_grad():  # rendering
+        assert torch.allclose(fused(features, per_ray=(rays, ray_index)), b, rtol=1e-5, atol=1e-5)
+
+
+def test_features_per_ray_give_second_derivatives_and_refuse_a_bad_index():
+    fused, reference = _pair(4 + 3, 1, 32, 2)
+    rays, ray_index = torch.randn(10, 4), torch.arange(100) // 10
+    x = torch.randn(100, 3, requires_grad=True)
+    penalties = []
+    for out in (fused(x, per_ray=(rays, ray_index)), reference(torch.cat([rays[ray_index], x], -1))):
+        (grad_x,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        penalties.append(grad_x.square().sum())
+    assert torch.allclose(*penalties, rtol=1e-4)
+    with pytest.raises(ValueError, match="index"):
+        fused(x, per_ray=(rays, ray_index + 1))  # ray 10 of 10

@@ -93,7 +93,7 @@ def test_training_evaluates_samples_behind_an_opaque_front_never():
             self.gain = torch.nn.Parameter(torch.tensor(1.0))
             self.evaluated = 0
 
-        def forward(self, points, dirs):
+        def forward(self, points, dirs, ray_index=None):
             self.evaluated += points.shape[0]
             wall = (points[:, 2] > 0.45) & (points[:, 2] < 0.55)
             return self.gain * torch.where(wall, 200.0, 0.5), torch.sigmoid(self.gain * points)
@@ -102,12 +102,12 @@ def test_training_evaluates_samples_behind_an_opaque_front_never():
     z = torch.cat([torch.arange(10) * 0.1, 0.3 + torch.arange(10) * 0.1, torch.tensor([0.2])])
     ray_index = torch.tensor([0] * 10 + [1] * 10 + [2])
     points = torch.stack([torch.zeros(21), torch.zeros(21), z], -1)
-    dirs, deltas = torch.tensor([0.0, 0.0, 1.0]).expand(21, 3), torch.full((21,), 0.1)
+    rays_d, deltas = torch.tensor([0.0, 0.0, 1.0]).expand(3, 3), torch.full((21,), 0.1)
     field = Wall()
-    kept, sigma, rgb = _eval_front_first(field, points, dirs, ray_index, deltas, split=0.5, min_transmittance=1e-4)
+    kept, sigma, rgb = _eval_front_first(field, points, rays_d, ray_index, deltas, split=0.5, min_transmittance=1e-4)
     assert kept.tolist() == list(range(15)) + [20]  # ray 1's back half (behind the wall) is left out
     assert field.evaluated == 16
-    full_sigma, full_rgb = field(points, dirs)
+    full_sigma, full_rgb = field(points, rays_d[ray_index])
     assert torch.equal(sigma, full_sigma[kept]) and torch.equal(rgb, full_rgb[kept])
     split = composite_packed(sigma, rgb, z[kept], deltas[kept], ray_index[kept], 3)
     full = composite_packed(full_sigma, full_rgb, z, deltas, ray_index, 3)
@@ -353,9 +353,9 @@ def test_marched_samples_are_padded_to_buckets_only_under_cpu_autocast(one_threa
 
     calls = []
 
-    def field(points, dirs):
+    def field(points, dirs, ray_index=None):
         calls.append(points.shape[0])
-        return points.sum(-1), dirs * 2
+        return points.sum(-1), (dirs if ray_index is None else dirs[ray_index]) * 2
 
     points, dirs = torch.randn(1000, 3), torch.randn(1000, 3)
     sigma, rgb = _field_in_buckets(field, points, dirs, bucket=256)
@@ -364,6 +364,11 @@ def test_marched_samples_are_padded_to_buckets_only_under_cpu_autocast(one_threa
         sigma_b, rgb_b = _field_in_buckets(field, points, dirs, bucket=256)
     assert calls[-1] == 1024  # one fixed shape for oneDNN instead of a new one per batch
     assert torch.equal(sigma_b, sigma) and torch.equal(rgb_b, rgb)
+    # directions per ray: the padding repeats the last sample's ray
+    rays_d, ray_index = torch.randn(40, 3), torch.arange(1000) // 25
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sigma_r, rgb_r = _field_in_buckets(field, points, rays_d, ray_index, bucket=256)
+    assert calls[-1] == 1024 and torch.equal(sigma_r, sigma) and torch.equal(rgb_r, rays_d[ray_index] * 2)
 
 
 def test_siren_mlp_uses_sine_activations_with_its_initialisation():
@@ -574,3 +579,25 @@ def test_the_density_activation_is_exp_with_its_gradient_clamped_at_plus_minus_1
     assert torch.equal(y, torch.exp(x.detach()))
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert torch.allclose(grad, torch.exp(x.detach().clamp(-15, 15)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["hash", "fourier"])
+def test_fields_take_directions_per_ray_or_per_sample_alike(kind):
+    # the renderer passes each ray's direction once with the samples' ray indices
+    from pipeline.nn.nerf_field import FourierNeRFField, HashNeRFField
+
+    torch.manual_seed(0)
+    box = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    field = HashNeRFField(box, TINY_GRID) if kind == "hash" else FourierNeRFField(box, width=32, depth=3, skips=(2,))
+    rays_d = torch.nn.functional.normalize(torch.randn(30, 3), dim=-1)
+    ray_index = torch.sort(torch.randint(0, 30, (500,))).values
+    points = torch.rand(500, 3) * 2 - 1
+    per_sample = field(points, rays_d[ray_index])
+    per_ray = field(points, rays_d, ray_index)
+    for a, b in zip(per_sample, per_ray):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    head = torch.randn(500, 3)
+    grads = [torch.autograd.grad((rgb * head).sum() + sigma.sum(), list(field.parameters()))
+             for sigma, rgb in (per_sample, per_ray)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, a.abs().amax().item()))

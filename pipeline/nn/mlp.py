@@ -84,10 +84,26 @@ class MLP(nn.Module):
             return False
         return mlp_cpu.supports(x, [layer.weight for layer in self._layers()])
 
-    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor],
+                per_ray: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x (N, in_dim), or parts (N, w_p) side by side (widths summing to in_dim): the fused kernel
         reads them where they lie and gives gradients only to those that require them; the torch
-        layers concatenate them."""
+        layers concatenate them.
+
+        per_ray: ``(features (R, k), ray_index (N,))``, the input's first k columns shared by the
+        samples of a ray: row i's are ``features[ray_index[i]]`` (x then holds the other
+        ``in_dim - k``). The fused kernel multiplies them by the first layer's weights once per ray."""
+        first = self._layers()[0]
+        if per_ray is not None:
+            features, ray_index = per_ray
+            k = features.shape[-1]
+            if (not self.skips and first.out_features % 8 == 0 and self.runs_fused(x)
+                    and features.device.type == "cpu" and features.dtype == torch.float32):
+                layers = self._layers()
+                term = torch.nn.functional.linear(features, first.weight[:, :k])  # (R, width): once per ray
+                return mlp_cpu.fused_relu_mlp(x, [first.weight[:, k:]] + [layer.weight for layer in layers[1:]],
+                                              [layer.bias for layer in layers], (), row_term=(term, ray_index))
+            x = [features[ray_index], *([x] if isinstance(x, torch.Tensor) else x)]
         if self.runs_fused(x):
             layers = self._layers()
             return mlp_cpu.fused_relu_mlp(x, [layer.weight for layer in layers], [layer.bias for layer in layers],

@@ -49,11 +49,25 @@ inline v8 fma8(v8 a, v8 b, v8 c) {
 }
 inline int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
-// C[R x 8NV] (+)= sum_k A[r * a_row + k * a_k] B[k * ldb + j], then plus bias[j] (unless null) and,
-// with relu, max(0, .): the layer's epilogue, on its last product, while the tile is in registers
+// What a layer's last product adds to its tiles while they are in registers: bias[j] (unless null),
+// the row term add[index[r] * add_ld + j] (unless null: see RowTerm), then with relu max(0, .)
+struct Epilogue {
+    const float* bias = nullptr;
+    bool relu = false;
+    const float* add = nullptr;
+    const int64_t* index = nullptr;
+    int64_t add_ld = 0;
+    // the same for the tile that starts at row m and column j
+    Epilogue at(int64_t m, int64_t j) const {
+        return {bias != nullptr ? bias + j : nullptr, relu, add != nullptr ? add + j : nullptr,
+                index != nullptr ? index + m : nullptr, add_ld};
+    }
+};
+
+// C[R x 8NV] (+)= sum_k A[r * a_row + k * a_k] B[k * ldb + j], then the epilogue
 template <int R, int NV>
 inline void tile(int K, const float* A, int64_t a_row, int64_t a_k, const float* B, int64_t ldb, float* C,
-                 int64_t ldc, bool accumulate, const float* bias, bool relu) {
+                 int64_t ldc, bool accumulate, const Epilogue& e) {
     v8 c[R][NV];
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? load8(C + r * ldc + v * kLanes) : v8{};
@@ -65,13 +79,19 @@ inline void tile(int K, const float* A, int64_t a_row, int64_t a_k, const float*
             for (int v = 0; v < NV; ++v) c[r][v] = fma8(a, b[v], c[r][v]);
         }
     }
-    if (bias != nullptr) {
+    if (e.bias != nullptr) {
         for (int v = 0; v < NV; ++v) {
-            const v8 b = load8(bias + v * kLanes);
+            const v8 b = load8(e.bias + v * kLanes);
             for (int r = 0; r < R; ++r) c[r][v] += b;
         }
     }
-    if (relu) {
+    if (e.add != nullptr) {
+        for (int r = 0; r < R; ++r) {
+            const float* row = e.add + e.index[r] * e.add_ld;
+            for (int v = 0; v < NV; ++v) c[r][v] += load8(row + v * kLanes);
+        }
+    }
+    if (e.relu) {
         for (int r = 0; r < R; ++r)
             for (int v = 0; v < NV; ++v) c[r][v] = c[r][v] > v8{} ? c[r][v] : v8{};
     }
@@ -81,33 +101,33 @@ inline void tile(int K, const float* A, int64_t a_row, int64_t a_k, const float*
 
 template <int NV>
 inline void tile_rows(int rows, int K, const float* A, int64_t a_row, int64_t a_k, const float* B, int64_t ldb,
-                      float* C, int64_t ldc, bool accumulate, const float* bias, bool relu) {
+                      float* C, int64_t ldc, bool accumulate, const Epilogue& e) {
     switch (rows) {
-        case 6: tile<6, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
-        case 5: tile<5, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
-        case 4: tile<4, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
-        case 3: tile<3, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
-        case 2: tile<2, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
-        default: tile<1, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, bias, relu); break;
+        case 6: tile<6, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, e); break;
+        case 5: tile<5, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, e); break;
+        case 4: tile<4, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, e); break;
+        case 3: tile<3, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, e); break;
+        case 2: tile<2, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, e); break;
+        default: tile<1, NV>(K, A, a_row, a_k, B, ldb, C, ldc, accumulate, e); break;
     }
 }
 
 // C[M x cols] (+)= A[M x K] B[K x cols]; cols, ldb and ldc are whole vectors (multiples of 8).
 // A is addressed A[m * a_row + k * a_k], so A^T is the same matrix with the strides swapped.
-// bias (cols,) and relu: see tile.
+// The epilogue's bias (cols,) and row term: see Epilogue.
 void gemm(int M, int cols, int K, const float* A, int64_t a_row, int64_t a_k, const float* B, int64_t ldb,
-          float* C, int64_t ldc, bool accumulate, const float* bias = nullptr, bool relu = false) {
+          float* C, int64_t ldc, bool accumulate, const Epilogue& epilogue = Epilogue{}) {
     for (int j = 0; j < cols; j += 2 * kLanes) {  // a 16-column panel of B (K x 16) stays in L1
         const bool wide = cols - j >= 2 * kLanes;
         for (int m = 0; m < M; m += kTileRows) {
             const int rows = std::min(kTileRows, M - m);
             const float* a = A + m * a_row;
             float* c = C + m * ldc + j;
-            const float* b = bias != nullptr ? bias + j : nullptr;
+            const Epilogue e = epilogue.at(m, j);
             if (wide)
-                tile_rows<2>(rows, K, a, a_row, a_k, B + j, ldb, c, ldc, accumulate, b, relu);
+                tile_rows<2>(rows, K, a, a_row, a_k, B + j, ldb, c, ldc, accumulate, e);
             else
-                tile_rows<1>(rows, K, a, a_row, a_k, B + j, ldb, c, ldc, accumulate, b, relu);
+                tile_rows<1>(rows, K, a, a_row, a_k, B + j, ldb, c, ldc, accumulate, e);
         }
     }
 }
@@ -126,6 +146,17 @@ struct Parts {
             if (grad != nullptr && grad[p] != nullptr) return true;
         return false;
     }
+};
+
+// A term added to the first layer's output before its ReLU, looked up per row: row i gets
+// values[index[i]]. The colour MLP's directions: its first layer's product with the directions'
+// encoding, computed once per ray (values (rays, dims[1])) instead of once per sample.
+struct RowTerm {
+    const float* values = nullptr;  // (rows, width), width = dims[1], a whole number of vectors
+    const int64_t* index = nullptr;  // (n,): each row's row of values
+    int64_t rows = 0;
+    float* grad = nullptr;  // (rows, width): the gradient of values (backward; null: none wanted)
+    bool active() const { return values != nullptr; }
 };
 
 struct Layer {
@@ -171,24 +202,33 @@ int64_t widest(const std::vector<Layer>& layers) {
     return w;
 }
 
-// one layer's product for rows [r0, r0 + m): [h, x parts] W^T + b (ReLU unless the last layer)
+// one layer's product for rows [r0, r0 + m): [h, x parts] W^T + b (+ the row term, when given:
+// the first layer), then ReLU unless the last layer
 void layer_forward(const Layer& L, const Parts& x, const float* h, int64_t ldh, int64_t r0, int m, float* c,
-                   bool relu) {
+                   bool relu, const RowTerm& term) {
     const int cols = static_cast<int>(L.out_pad);
     const int segments = (L.main > 0 ? 1 : 0) + (L.takes_x ? x.count : 0);
     int done = 0;
     auto product = [&](const float* a, int64_t lda, int k, int first_row) {  // the last one adds b, ReLU
-        const bool final_segment = ++done == segments;
-        gemm(m, cols, k, a, lda, 1, L.wt.data() + first_row * L.out_pad, L.out_pad, c, L.out_pad, done > 1,
-             final_segment ? L.bias.data() : nullptr, final_segment && relu);
+        Epilogue e;
+        if (++done == segments) {
+            e.bias = L.bias.data();
+            e.relu = relu;
+            if (term.active()) {
+                e.add = term.values;
+                e.index = term.index + r0;
+                e.add_ld = L.out_pad;
+            }
+        }
+        gemm(m, cols, k, a, lda, 1, L.wt.data() + first_row * L.out_pad, L.out_pad, c, L.out_pad, done > 1, e);
     };
     if (L.main > 0) product(h, ldh, L.main, 0);
     if (L.takes_x)
         for (int p = 0; p < x.count; ++p) product(x.data[p] + r0 * x.width[p], x.width[p], x.width[p], L.main + x.offset[p]);
 }
 
-void forward_rows(const std::vector<Layer>& layers, const Parts& x, float* const* hidden, float* out, int64_t begin,
-                  int64_t end) {
+void forward_rows(const std::vector<Layer>& layers, const Parts& x, const RowTerm& term, float* const* hidden,
+                  float* out, int64_t begin, int64_t end) {
     const int64_t width = widest(layers);
     std::vector<float> buffers(2 * kBlockRows * width);
     const int last = static_cast<int>(layers.size()) - 1;
@@ -202,7 +242,7 @@ void forward_rows(const std::vector<Layer>& layers, const Parts& x, float* const
             // a layer as wide as whole vectors writes straight into its output; others go through a buffer
             const bool direct = keep != nullptr && L.out == L.out_pad;
             float* c = direct ? keep : buffers.data() + (l % 2) * kBlockRows * width;
-            layer_forward(L, x, a, lda, r0, m, c, l < last);
+            layer_forward(L, x, a, lda, r0, m, c, l < last, l == 0 ? term : RowTerm{});
             if (keep != nullptr && !direct)
                 for (int r = 0; r < m; ++r) std::memcpy(keep + r * L.out, c + r * L.out_pad, L.out * sizeof(float));
             a = c;
@@ -211,12 +251,14 @@ void forward_rows(const std::vector<Layer>& layers, const Parts& x, float* const
     }
 }
 
-struct Gradients {  // one thread's sums
+struct Gradients {  // one chunk's sums
     std::vector<std::vector<float>> wt;    // per layer (in, out_pad): dW^T
     std::vector<std::vector<float>> bias;  // per layer (out_pad,)
+    std::vector<float> term;               // the row term's rows [term_first, ...) that the chunk's rows use
+    int64_t term_first = 0;
 };
 
-void backward_rows(const std::vector<Layer>& layers, const Parts& x, const float* const* hidden,
+void backward_rows(const std::vector<Layer>& layers, const Parts& x, const RowTerm& term, const float* const* hidden,
                    const float* grad_out, Gradients& g, int64_t begin, int64_t end) {
     const int64_t width = widest(layers) + kLanes;
     std::vector<float> dz_buffer(kBlockRows * width), din_buffer(kBlockRows * width);
@@ -239,6 +281,11 @@ void backward_rows(const std::vector<Layer>& layers, const Parts& x, const float
             const Layer& L = layers[l];
             const int cols = static_cast<int>(L.out_pad);
             const float* h = l > 0 ? hidden[l - 1] + r0 * L.main : nullptr;
+            if (l == 0 && !g.term.empty())  // the row term's gradient: dz summed over the rows that share a row of it
+                for (int r = 0; r < m; ++r) {
+                    float* sum = g.term.data() + (term.index[r0 + r] - g.term_first) * ldz;
+                    for (int64_t j = 0; j < ldz; ++j) sum[j] += dz[r * ldz + j];
+                }
             // dW^T (in, out_pad) += input^T (in, m) dz (m, out_pad), segment by segment
             if (L.main > 0) gemm(L.main, cols, m, h, 1, L.main, dz, ldz, g.wt[l].data(), L.out_pad, true);
             if (L.takes_x)
@@ -291,29 +338,39 @@ extern "C" {
 // widths summing to dims[0]. -> out (n, dims[L]); weights[l] (dims[l+1], in_l) and biases[l]
 // (dims[l+1],) as torch.nn.Linear keeps them, where in_l = dims[l] (dims[0] for l = 0), plus dims[0]
 // when skips[l] (the layer takes [h, x]; skips may be null). hidden: L - 1 buffers (n, dims[l+1])
-// that receive the hidden activations (after ReLU) for the backward, or null.
+// that receive the hidden activations (after ReLU) for the backward, or null. term_values
+// (term_rows, dims[1]) and term_index (n,), or nulls: the first layer's output of row i gets
+// term_values[term_index[i]] added before its ReLU (RowTerm); dims[1] must then be a multiple of 8.
+// Returns 0, 1 for bad layer or part counts, 2 for a row term of another width.
 int mlp_forward_f32(const float* const* parts, const int32_t* part_width, int32_t num_parts, int64_t n,
                     int32_t num_layers, const int32_t* dims, const int32_t* skips, const float* const* weights,
-                    const float* const* biases, float* const* hidden, float* out, int32_t threads) {
+                    const float* const* biases, float* const* hidden, float* out, int32_t threads,
+                    const float* term_values, const int64_t* term_index, int64_t term_rows) {
     if (num_layers < 1 || num_parts < 1) return 1;
+    if (term_values != nullptr && dims[1] % kLanes != 0) return 2;
     const Parts x = make_parts(num_parts, parts, part_width, nullptr);
+    const RowTerm term{term_values, term_index, term_rows, nullptr};
     const std::vector<Layer> layers = pack(num_layers, dims, skips, weights, biases);
     const int64_t chunks = (n + kChunkRows - 1) / kChunkRows;
     recon::parallel_for_dynamic(chunks, threads, [&](int64_t c) {
-        forward_rows(layers, x, hidden, out, c * kChunkRows, std::min(n, (c + 1) * kChunkRows));
+        forward_rows(layers, x, term, hidden, out, c * kChunkRows, std::min(n, (c + 1) * kChunkRows));
     });
     return 0;
 }
 
 // The gradients of mlp_forward_f32 from grad_out (n, dims[L]) and its saved hidden activations:
 // grad_weights[l] and grad_biases[l] (overwritten), and grad_parts[p] (n, part_width[p]) for each
-// part whose pointer is not null (grad_parts itself may be null: no input gradient).
+// part whose pointer is not null (grad_parts itself may be null: no input gradient); with a row
+// term (term_index (n,), term_rows), grad_term (term_rows, dims[1]) receives its gradient (overwritten).
 int mlp_backward_f32(const float* const* parts, const int32_t* part_width, int32_t num_parts, int64_t n,
                      int32_t num_layers, const int32_t* dims, const int32_t* skips, const float* const* weights,
                      const float* const* hidden, const float* grad_out, float* const* grad_parts,
-                     float* const* grad_weights, float* const* grad_biases, int32_t threads) {
+                     float* const* grad_weights, float* const* grad_biases, int32_t threads,
+                     const int64_t* term_index, int64_t term_rows, float* grad_term) {
     if (num_layers < 1 || num_parts < 1) return 1;
+    if (grad_term != nullptr && dims[1] % kLanes != 0) return 2;
     const Parts x = make_parts(num_parts, parts, part_width, grad_parts);
+    const RowTerm term{nullptr, term_index, term_rows, grad_term};
     const std::vector<Layer> layers = pack(num_layers, dims, skips, weights, nullptr);
     const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
     const int threads_used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks)));
@@ -335,8 +392,19 @@ int mlp_backward_f32(const float* const* parts, const int32_t* part_width, int32
             g.bias.emplace_back(L.out_pad, 0.0f);
         }
         const int64_t begin = std::min(n, c * blocks_per_chunk * kBlockRows);
-        backward_rows(layers, x, hidden, grad_out, g, begin, std::min(n, (c + 1) * blocks_per_chunk * kBlockRows));
+        const int64_t end = std::min(n, (c + 1) * blocks_per_chunk * kBlockRows);
+        if (grad_term != nullptr && end > begin) {  // the rows of the term these rows use: one ray range when sorted
+            const auto [lo, hi] = std::minmax_element(term_index + begin, term_index + end);
+            g.term_first = *lo;
+            g.term.assign((*hi - *lo + 1) * dims[1], 0.0f);
+        }
+        backward_rows(layers, x, term, hidden, grad_out, g, begin, end);
     });
+    if (grad_term != nullptr) {  // the chunks' sums, in chunk order
+        std::fill(grad_term, grad_term + term_rows * dims[1], 0.0f);
+        for (const Gradients& g : sums)
+            for (size_t i = 0; i < g.term.size(); ++i) grad_term[g.term_first * dims[1] + i] += g.term[i];
+    }
     for (int l = 0; l < num_layers; ++l) {
         const Layer& L = layers[l];
         for (int o = 0; o < L.out; ++o) {

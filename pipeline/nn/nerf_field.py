@@ -70,15 +70,21 @@ class HashNeRFField(nn.Module):
         sigma_logit, geo_feat = h.split([1, self.geo_feat_dim], dim=-1)
         return trunc_exp(sigma_logit.squeeze(-1) - 1.0), geo_feat
 
-    def color(self, dirs: torch.Tensor, geo_feat: torch.Tensor) -> torch.Tensor:
-        """dirs (N, 3) unit, geo_feat (N, F) -> rgb (N, 3) in [0, 1]."""
-        d = self.dir_encoding(dirs)
+    def color(self, dirs: torch.Tensor, geo_feat: torch.Tensor, ray_index: torch.Tensor | None = None) -> torch.Tensor:
+        """dirs (N, 3) unit, geo_feat (N, F) -> rgb (N, 3) in [0, 1]. With ray_index (N,), dirs are
+        per ray, (R, 3): sample i looks along ``dirs[ray_index[i]]``, and the directions are encoded
+        (and, on the fused kernel, multiplied by the first layer) once per ray."""
+        d = self.dir_encoding(dirs).to(geo_feat.dtype)
+        if ray_index is not None:
+            return torch.sigmoid(self.color_mlp([geo_feat], per_ray=(d, ray_index)))
         # the MLP takes [d, geo_feat] as two parts: the fused kernel never builds the concatenation
-        return torch.sigmoid(self.color_mlp([d.to(geo_feat.dtype), geo_feat]))
+        return torch.sigmoid(self.color_mlp([d, geo_feat]))
 
-    def forward(self, points: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, points: torch.Tensor, dirs: torch.Tensor,
+                ray_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """points (N, 3), dirs (N, 3), or (R, 3) per ray with ray_index (N,) -> sigma (N,), rgb (N, 3)."""
         sigma, feat = self.density(points)
-        return sigma, self.color(dirs, feat)
+        return sigma, self.color(dirs, feat, ray_index)
 
 
 class FourierNeRFField(nn.Module):
@@ -109,9 +115,12 @@ class FourierNeRFField(nn.Module):
         # two parts, as HashNeRFField.color: the fused kernel never builds the concatenation
         return torch.sigmoid(self.color_mlp([feat, self.dir_encoding(dirs).to(feat.dtype)]))
 
-    def forward(self, points: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, points: torch.Tensor, dirs: torch.Tensor,
+                ray_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`HashNeRFField.forward` (per-ray dirs are gathered: the direction is a small part of
+        this field's colour MLP)."""
         sigma, feat = self.density(points)
-        return sigma, self.color(dirs, feat)
+        return sigma, self.color(dirs if ray_index is None else dirs[ray_index], feat)
 
 
 __all__ = ["HashNeRFField", "FourierNeRFField", "trunc_exp"]

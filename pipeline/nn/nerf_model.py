@@ -171,11 +171,11 @@ class NeRFModel(nn.Module):
         if ray_index.numel():
             eps = self.config.grad_min_transmittance
             if self.config.hidden_split > 0 and eps > 0 and torch.is_grad_enabled():
-                kept, sigma, rgb = _eval_front_first(self.field, points, rays_d[ray_index], ray_index, deltas,
+                kept, sigma, rgb = _eval_front_first(self.field, points, rays_d, ray_index, deltas,
                                                      self.config.hidden_split, eps)
                 ray_index, t, deltas = ray_index[kept], t[kept], deltas[kept]
             else:
-                sigma, rgb = _field_in_buckets(self.field, points, rays_d[ray_index])
+                sigma, rgb = _field_in_buckets(self.field, points, rays_d, ray_index)
             if eps > 0 and sigma.requires_grad:
                 visible = transmittance_packed(sigma, deltas, ray_index) >= eps
                 sigma, rgb = gate_gradients(visible, sigma, rgb)
@@ -206,7 +206,7 @@ class NeRFModel(nn.Module):
                                               window + 1)
             if ray_index.numel():
                 points = rays_o[alive][ray_index] + rays_d[alive][ray_index] * t[:, None]
-                sigma, col = _field_in_buckets(self.field, points, rays_d[alive][ray_index])
+                sigma, col = _field_in_buckets(self.field, points, rays_d[alive], ray_index)
                 part = composite_packed(sigma.float(), col.float(), t, deltas, ray_index, alive.numel())
                 T = transmittance[alive]
                 rgb[alive] += T[:, None] * part["rgb"]
@@ -261,32 +261,40 @@ class NeRFModel(nn.Module):
                                   generator)
 
 
-def _field_in_buckets(field: nn.Module, points: torch.Tensor, dirs: torch.Tensor, bucket: int = 1024):
-    """field(points, dirs) with the row count padded up to a multiple of ``bucket`` under CPU autocast.
+def _field_in_buckets(field: nn.Module, points: torch.Tensor, dirs: torch.Tensor, ray_index: torch.Tensor | None = None,
+                      bucket: int = 1024):
+    """field(points, dirs[, ray_index]) with the row count padded up to a multiple of ``bucket`` under
+    CPU autocast.
 
     oneDNN compiles a bf16 matrix-product kernel per shape; marched batches have a new sample count
     every step, and the recompilation made the 8x256 MLP's training step ~1.6x slower (measured).
-    Rounding the count up keeps a few dozen shapes, each compiled once. points, dirs: (N, 3)."""
+    Rounding the count up keeps a few dozen shapes, each compiled once. points: (N, 3); dirs: (N, 3),
+    or (R, 3) per ray with ray_index (N,) (the field encodes each ray's direction once)."""
     n = points.shape[0]
+    per_ray = () if ray_index is None else (ray_index,)
     if points.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or n % bucket == 0:
-        return field(points, dirs)
+        return field(points, dirs, *per_ray)
     pad = bucket - n % bucket
-    sigma, rgb = field(torch.cat([points, points[-1:].expand(pad, 3)]), torch.cat([dirs, dirs[-1:].expand(pad, 3)]))
+    if ray_index is None:
+        dirs = torch.cat([dirs, dirs[-1:].expand(pad, 3)])
+    else:
+        per_ray = (torch.cat([ray_index, ray_index[-1:].expand(pad)]),)
+    sigma, rgb = field(torch.cat([points, points[-1:].expand(pad, 3)]), dirs, *per_ray)
     return sigma[:n], rgb[:n]
 
 
-def _eval_front_first(field: nn.Module, points, dirs, ray_index, deltas, split: float, min_transmittance: float):
+def _eval_front_first(field: nn.Module, points, rays_d, ray_index, deltas, split: float, min_transmittance: float):
     """field on packed samples in two passes: the first ``split`` of each ray's samples, then the
     rest of the rays whose transmittance after that front is still >= ``min_transmittance``.
 
     Behind an opaque front every sample's weight is below ``min_transmittance``: leaving them out
     changes the rendered colour and opacity by less than that, and saves their forward (about a
-    fifth of the samples of a trained lego). points, dirs: (N, 3); ray_index: (N,) sorted; deltas:
-    (N,). Returns ``kept`` (M,) the evaluated samples' indices in packed order, sigma (M,), rgb (M, 3)."""
+    fifth of the samples of a trained lego). points: (N, 3); rays_d: (R, 3); ray_index: (N,) sorted;
+    deltas: (N,). Returns ``kept`` (M,) the evaluated samples' indices in packed order, sigma (M,), rgb (M, 3)."""
     samples_per_ray = torch.bincount(ray_index)
     front = position_in_ray(ray_index) < torch.ceil(samples_per_ray[ray_index] * split)
     front_idx = torch.nonzero(front)[:, 0]
-    sigma_f, rgb_f = _field_in_buckets(field, points[front_idx], dirs[front_idx])
+    sigma_f, rgb_f = _field_in_buckets(field, points[front_idx], rays_d, ray_index[front_idx])
     with torch.no_grad():
         optical = torch.zeros(samples_per_ray.numel(), device=deltas.device).index_add_(
             0, ray_index[front_idx], sigma_f.float() * deltas[front_idx])
@@ -294,7 +302,7 @@ def _eval_front_first(field: nn.Module, points, dirs, ray_index, deltas, split: 
     back_idx = torch.nonzero(~front & visible[ray_index])[:, 0]
     if back_idx.numel() == 0:
         return front_idx, sigma_f, rgb_f
-    sigma_b, rgb_b = _field_in_buckets(field, points[back_idx], dirs[back_idx])
+    sigma_b, rgb_b = _field_in_buckets(field, points[back_idx], rays_d, ray_index[back_idx])
     kept, order = torch.sort(torch.cat([front_idx, back_idx]))
     return kept, torch.cat([sigma_f, sigma_b])[order], torch.cat([rgb_f, rgb_b])[order]
 
