@@ -93,13 +93,13 @@ class MLP(nn.Module):
         per_ray: ``(features (R, k), ray_index (N,))``, the input's first k columns shared by the
         samples of a ray: row i's are ``features[ray_index[i]]`` (x then holds the other
         ``in_dim - k``). The fused kernel multiplies them by the first layer's weights once per ray."""
-        first = self._layers()[0]
         if per_ray is not None:
             features, ray_index = per_ray
             k = features.shape[-1]
+            layers = self._layers()
+            first = layers[0]
             if (not self.skips and first.out_features % 8 == 0 and self.runs_fused(x)
                     and features.device.type == "cpu" and features.dtype == torch.float32):
-                layers = self._layers()
                 term = torch.nn.functional.linear(features, first.weight[:, :k])  # (R, width): once per ray
                 return mlp_cpu.fused_relu_mlp(x, [first.weight[:, k:]] + [layer.weight for layer in layers[1:]],
                                               [layer.bias for layer in layers], (), row_term=(term, ray_index))
