@@ -152,10 +152,8 @@ struct Parts {
 // values[index[i]]. The colour MLP's directions: its first layer's product with the directions'
 // encoding, computed once per ray (values (rays, dims[1])) instead of once per sample.
 struct RowTerm {
-    const float* values = nullptr;  // (rows, width), width = dims[1], a whole number of vectors
+    const float* values = nullptr;   // (rows, width), width = dims[1], a whole number of vectors (forward)
     const int64_t* index = nullptr;  // (n,): each row's row of values
-    int64_t rows = 0;
-    float* grad = nullptr;  // (rows, width): the gradient of values (backward; null: none wanted)
     bool active() const { return values != nullptr; }
 };
 
@@ -349,7 +347,7 @@ int mlp_forward_f32(const float* const* parts, const int32_t* part_width, int32_
     if (num_layers < 1 || num_parts < 1) return 1;
     if (term_values != nullptr && dims[1] % kLanes != 0) return 2;
     const Parts x = make_parts(num_parts, parts, part_width, nullptr);
-    const RowTerm term{term_values, term_index, term_rows, nullptr};
+    const RowTerm term{term_values, term_index};
     const std::vector<Layer> layers = pack(num_layers, dims, skips, weights, biases);
     const int64_t chunks = (n + kChunkRows - 1) / kChunkRows;
     recon::parallel_for_dynamic(chunks, threads, [&](int64_t c) {
@@ -370,7 +368,7 @@ int mlp_backward_f32(const float* const* parts, const int32_t* part_width, int32
     if (num_layers < 1 || num_parts < 1) return 1;
     if (grad_term != nullptr && dims[1] % kLanes != 0) return 2;
     const Parts x = make_parts(num_parts, parts, part_width, grad_parts);
-    const RowTerm term{nullptr, term_index, term_rows, grad_term};
+    const RowTerm term{nullptr, term_index};
     const std::vector<Layer> layers = pack(num_layers, dims, skips, weights, nullptr);
     const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
     const int threads_used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks)));
