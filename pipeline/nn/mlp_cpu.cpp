@@ -337,13 +337,13 @@ extern "C" {
 // (dims[l+1],) as torch.nn.Linear keeps them, where in_l = dims[l] (dims[0] for l = 0), plus dims[0]
 // when skips[l] (the layer takes [h, x]; skips may be null). hidden: L - 1 buffers (n, dims[l+1])
 // that receive the hidden activations (after ReLU) for the backward, or null. term_values
-// (term_rows, dims[1]) and term_index (n,), or nulls: the first layer's output of row i gets
+// (rows, dims[1]) and term_index (n,), or nulls: the first layer's output of row i gets
 // term_values[term_index[i]] added before its ReLU (RowTerm); dims[1] must then be a multiple of 8.
 // Returns 0, 1 for bad layer or part counts, 2 for a row term of another width.
 int mlp_forward_f32(const float* const* parts, const int32_t* part_width, int32_t num_parts, int64_t n,
                     int32_t num_layers, const int32_t* dims, const int32_t* skips, const float* const* weights,
                     const float* const* biases, float* const* hidden, float* out, int32_t threads,
-                    const float* term_values, const int64_t* term_index, int64_t term_rows) {
+                    const float* term_values, const int64_t* term_index) {
     if (num_layers < 1 || num_parts < 1) return 1;
     if (term_values != nullptr && dims[1] % kLanes != 0) return 2;
     const Parts x = make_parts(num_parts, parts, part_width, nullptr);

@@ -88,8 +88,7 @@ class _Call:
         values, index = self.term if self.term is not None else (None, None)
         status = cpu_kernels.load().mlp_forward_f32(
             *self.head, _pointers(self.biases), _pointers(hidden) if hidden else None, cpu_kernels.ptr(out),
-            ctypes.c_int32(torch.get_num_threads()), _pointer(values), _pointer(index),
-            ctypes.c_int64(0 if values is None else values.shape[0]))
+            ctypes.c_int32(torch.get_num_threads()), _pointer(values), _pointer(index))
         if status != 0:
             raise RuntimeError(f"fused MLP kernel: forward failed (status {status})")
         return out, hidden
@@ -193,8 +192,9 @@ def fused_relu_mlp(x: torch.Tensor | Sequence[torch.Tensor], weights: list[torch
             raise ValueError(f"fused MLP: the row term must be float32 (R, {width}) with {width} a multiple of 8, "
                              f"got {values.dtype} {tuple(values.shape)}")
         index = index.to(torch.int64)
-        if index.shape != (parts[0].shape[0],) or (index.numel() and not (
-                0 <= int(index.min()) and int(index.max()) < values.shape[0])):
+        bounds = torch.aminmax(index) if index.numel() else None  # one pass over the samples
+        if index.shape != (parts[0].shape[0],) or (bounds is not None and not (
+                0 <= int(bounds.min) and int(bounds.max) < values.shape[0])):
             raise ValueError(f"fused MLP: the row term's index must be ({parts[0].shape[0]},) with values in "
                              f"[0, {values.shape[0]})")
         term = (values, index)

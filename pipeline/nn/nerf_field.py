@@ -111,16 +111,18 @@ class FourierNeRFField(nn.Module):
         sigma, feat = h.split([1, h.shape[-1] - 1], dim=-1)  # as HashNeRFField.density: one split
         return torch.relu(sigma.squeeze(-1)), feat
 
-    def color(self, dirs: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    def color(self, dirs: torch.Tensor, feat: torch.Tensor, ray_index: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`HashNeRFField.color`; per-ray directions are encoded once per ray and the
+        encodings gathered (the direction is a small part of this field's colour MLP)."""
+        d = self.dir_encoding(dirs).to(feat.dtype)
         # two parts, as HashNeRFField.color: the fused kernel never builds the concatenation
-        return torch.sigmoid(self.color_mlp([feat, self.dir_encoding(dirs).to(feat.dtype)]))
+        return torch.sigmoid(self.color_mlp([feat, d if ray_index is None else d[ray_index]]))
 
     def forward(self, points: torch.Tensor, dirs: torch.Tensor,
                 ray_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`HashNeRFField.forward` (per-ray dirs are gathered: the direction is a small part of
-        this field's colour MLP)."""
+        """As :meth:`HashNeRFField.forward`."""
         sigma, feat = self.density(points)
-        return sigma, self.color(dirs if ray_index is None else dirs[ray_index], feat)
+        return sigma, self.color(dirs, feat, ray_index)
 
 
 __all__ = ["HashNeRFField", "FourierNeRFField", "trunc_exp"]
