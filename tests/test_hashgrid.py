@@ -47,6 +47,23 @@ def test_reference_and_naive_backends_agree(features):
     _assert_backends_agree(grid, x, "torch", "naive", x_rtol=1e-3, x_atol=1e-2)
 
 
+
+@pytest.mark.parametrize("features", [2, 4])
+def test_reference_taking_levels_a_group_at_a_time_gives_the_same_results(monkeypatch, features):
+    # big batches go through the reference a few levels at a time (small temporaries); here one
+    # level per group, second derivatives included, against the naive backend
+    import pipeline.nn.hashgrid as hashgrid
+
+    monkeypatch.setattr(hashgrid, "_GROUP_BYTES", 1)
+    assert len(hashgrid._level_groups(500, 6, features, 4, torch.device("cpu"))) == 6
+    grid = _grid(HashGridConfig(**{**SMALL.__dict__, "features_per_level": features}))
+    x = torch.rand(500, 3, requires_grad=True)
+    _assert_backends_agree(grid, x, "torch", "naive", x_rtol=1e-3, x_atol=1e-2)
+    eikonal = [(torch.autograd.grad(grid(x, backend=b).sum(), x, create_graph=True)[0] ** 2).sum()
+               for b in ("torch", "naive")]
+    second = [torch.autograd.grad(e, grid.table)[0] for e in eikonal]
+    assert torch.allclose(second[0], second[1], rtol=1e-4, atol=1e-3)
+
 def _assert_backends_agree(grid, x, backend, other, x_rtol, x_atol):
     """Same features, same table gradients and (to x_rtol / x_atol) the same input gradients."""
     a, b = grid(x, backend=backend), grid(x, backend=other)

@@ -9,10 +9,11 @@ the trilinear interpolation of its cell's 8 corners; the output concatenates the
 All levels share ONE flat parameter table ``(sum of level sizes, F)`` with per-level offsets, so the
 backends read and write the same layout and a model trained with one loads with another:
 
-- ``torch``: the vectorised PyTorch reference. Corner indices and weights of every level are
-  computed at once (int32, broadcasting over the 2x2x2 corners), features come from ONE
+- ``torch``: the vectorised PyTorch reference. Corner indices and weights of all levels are
+  computed together (int32, broadcasting over the 2x2x2 corners), features come from ONE
   ``index_select`` on the flat table, and a custom autograd function scatters gradients back with
   ``index_add_`` (no per-corner copies of the table). It also gives gradients w.r.t. the input.
+  Large batches on the CPU go a group of levels at a time, so that no temporary passes 16 MiB.
 - ``cpu``: C++ kernels (``pipeline/nn/hashgrid_cpu.cpp``, built with the system compiler on first
   use and cached), chosen by ``auto`` on the CPU: nothing per corner is materialised (blocks of
   32 points are located in small arrays, 8 points per vector instruction); they go level by level
@@ -186,58 +187,94 @@ def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, flat_idx).view(*idx.shape, F)
 
 
-def _scatter_add_rows(table: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A zero tensor like table (R, F) with values (..., F) (same leading shape as idx) added at idx.
+def _scatter_add_rows(table: torch.Tensor, idx: torch.Tensor, values: torch.Tensor,
+                      into: torch.Tensor | None = None) -> torch.Tensor:
+    """``into`` (a zero tensor like table (R, F) when None) with values (..., F) (same leading shape
+    as idx) added at idx.
 
     One 1-D ``index_add_`` per column (pair of columns as a complex number): the 1-D CPU kernel is a
     tight loop and takes the int32 indices as they are (no int64 copy of the index)."""
-    F = table.shape[1]
+    R, F = table.shape
     flat_idx = idx.reshape(-1)
     values = values.reshape(-1, F)
+    out = torch.zeros_like(table) if into is None else into
     if table.device.type != "cpu":  # one row-wise kernel on GPUs (the 1-D tricks are for CPU loops)
-        return torch.zeros_like(table).index_add_(0, flat_idx, values.to(table.dtype))
+        return out.index_add_(0, flat_idx, values.to(table.dtype))
     if F % 2 == 0 and table.dtype in _COMPLEX:
-        out = torch.zeros(table.shape[0], F // 2, dtype=_COMPLEX[table.dtype], device=table.device)
+        pairs = torch.view_as_complex(out.view(R, F // 2, 2))
         src = torch.view_as_complex(values.contiguous().view(-1, F // 2, 2))
         for j in range(F // 2):
-            out[:, j].index_add_(0, flat_idx, src[:, j])
-        return torch.view_as_real(out).view(table.shape[0], F)
-    out = torch.zeros_like(table)
+            pairs[:, j].index_add_(0, flat_idx, src[:, j])
+        return out
     for j in range(F):
         out[:, j].index_add_(0, flat_idx, values[:, j])
     return out
+
+
+# The reference's temporaries (8, levels, N[, F]) are kept under this size by taking the levels a
+# group at a time on the CPU: glibc hands out larger blocks as fresh mmaps (even with
+# pipeline.runtime.keep_freed_memory, whose threshold cannot pass 32 MiB), so their pages fault in
+# again on every call. Measured on the 2-core VM, 65536 samples (the speed bench's step): 57-81k
+# page faults and 0.2-0.56 s of system time per training step with all 16 levels at once.
+_GROUP_BYTES = 16 << 20
+
+
+def _level_groups(n: int, levels: int, features: int, element_size: int, device: torch.device) -> list[slice]:
+    """Consecutive groups of levels whose per-corner temporaries stay under ``_GROUP_BYTES`` on the
+    CPU (one group on GPUs, whose caching allocator reuses its blocks)."""
+    if device.type != "cpu":
+        return [slice(0, levels)]
+    per_level = 8 * n * max(features, 1) * element_size  # the gathered rows (8, 1, N, F)
+    size = max(1, min(levels, _GROUP_BYTES // max(per_level, 1)))
+    return [slice(start, min(start + size, levels)) for start in range(0, levels, size)]
 
 
 class _HashGridFunction(torch.autograd.Function):
     """Gather + interpolate in forward; a scatter-add into the flat table in backward.
 
     Output (N, L * F) is returned as the transpose of a planar (L * F, N) tensor: the MLP's matmul
-    reads it without a copy.
+    reads it without a copy. Levels go a group at a time (:func:`_level_groups`); each group's
+    corner rows and weights are kept for the backward.
     """
 
     @staticmethod
     def forward(ctx, x, table, scale, stride, dense, offset, table_mask):
-        idx, weights, frac = corner_indices_and_weights(x.detach(), scale, stride, dense, offset, table_mask, True)
         n, L, F = x.shape[0], scale.shape[0], table.shape[1]
-        feats = _gather_rows(table.detach(), idx)  # (8, L, N, F)
+        groups = _level_groups(n, L, F, table.element_size(), x.device)
         out = torch.empty(L, F, n, dtype=table.dtype, device=x.device)
-        for f in range(F):
-            acc = out[:, f]
-            torch.mul(feats[0, ..., f], weights[0], out=acc)
-            for c in range(1, 8):
-                acc.addcmul_(feats[c, ..., f], weights[c])
-        ctx.save_for_backward(idx, weights, frac if ctx.needs_input_grad[0] else None, scale, table, x)
+        saved = []
+        for g in groups:
+            idx, weights, frac = corner_indices_and_weights(x.detach(), scale[g], stride[g], dense[g], offset[g],
+                                                            table_mask, True)
+            feats = _gather_rows(table.detach(), idx)  # (8, Lg, N, F)
+            for f in range(F):
+                acc = out[g, f]
+                torch.mul(feats[0, ..., f], weights[0], out=acc)
+                for c in range(1, 8):
+                    acc.addcmul_(feats[c, ..., f], weights[c])
+            saved += [idx, weights, frac if ctx.needs_input_grad[0] else None]
+        ctx.groups = groups
+        ctx.save_for_backward(scale, table, x, *saved)
         return out.view(L * F, n).t()
 
     @staticmethod
     def backward(ctx, grad_out):
-        idx, weights, frac, scale, table, x = ctx.saved_tensors
+        scale, table, x, *saved = ctx.saved_tensors
+        groups = ctx.groups
+        parts = [saved[3 * i:3 * i + 3] for i in range(len(groups))]  # (idx, weights, frac) per group
         if torch.is_grad_enabled():
+            idx = torch.cat([p[0] for p in parts], 1)
             return _backward_create_graph(ctx, grad_out, x, table, idx, scale)
-        L, n = weights.shape[1], weights.shape[2]
-        grad_planar = grad_out.t().contiguous().view(L, table.shape[1], n).to(table.dtype)  # (L, F, N)
-        grad_table = _table_grad(table, idx, weights, grad_planar) if ctx.needs_input_grad[1] else None
-        grad_x = _input_grad(table, idx, frac, scale, grad_planar) if ctx.needs_input_grad[0] else None
+        L, F, n = scale.shape[0], table.shape[1], x.shape[0]
+        grad_planar = grad_out.t().contiguous().view(L, F, n).to(table.dtype)  # (L, F, N)
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        grad_x = None
+        for g, (idx, weights, frac) in zip(groups, parts):
+            if grad_table is not None:
+                _table_grad(table, idx, weights, grad_planar[g], into=grad_table)
+            if ctx.needs_input_grad[0]:
+                part = _input_grad(table, idx, frac, scale[g], grad_planar[g])
+                grad_x = part if grad_x is None else grad_x.add_(part)
         return grad_x, grad_table, None, None, None, None, None
 
 
@@ -253,8 +290,9 @@ def _backward_create_graph(ctx, grad_out, x, table, idx, scale):
     return grad_x, grad_table, None, None, None, None, None
 
 
-def _table_grad(table, idx, weights, grad_planar):
-    """dLoss/dtable (R, F) from corner rows idx and weights (8, L, N), grad_planar (L, F, N)."""
+def _table_grad(table, idx, weights, grad_planar, into=None):
+    """dLoss/dtable (R, F) from corner rows idx and weights (8, L, N), grad_planar (L, F, N); added
+    to ``into`` when given."""
     L, n, F = weights.shape[1], weights.shape[2], table.shape[1]
     if F % 2 == 0 and table.dtype in _COMPLEX and table.device.type == "cpu":
         # feature pairs as complex numbers: one contiguous real x complex product per pair writes
@@ -263,11 +301,11 @@ def _table_grad(table, idx, weights, grad_planar):
         per_corner = torch.empty(8, L, n, F // 2, dtype=pairs.dtype, device=table.device)
         for j in range(F // 2):
             torch.mul(weights, pairs[None, :, j], out=per_corner[..., j])
-        return _scatter_add_rows(table, idx, torch.view_as_real(per_corner).view(8, L, n, F))
+        return _scatter_add_rows(table, idx, torch.view_as_real(per_corner).view(8, L, n, F), into)
     per_corner = torch.empty(8, L, n, F, dtype=table.dtype, device=table.device)
     for f in range(F):
         torch.mul(weights, grad_planar[None, :, f], out=per_corner[..., f])
-    return _scatter_add_rows(table, idx, per_corner)
+    return _scatter_add_rows(table, idx, per_corner, into)
 
 
 def _input_grad(table, idx, frac, scale, grad_planar):
