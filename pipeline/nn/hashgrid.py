@@ -18,7 +18,7 @@ backends read and write the same layout and a model trained with one loads with 
   use and cached), chosen by ``auto`` on the CPU: nothing per corner is materialised (blocks of
   32 points are located in small arrays, 8 points per vector instruction); they go level by level
   and run on torch's OpenMP threads. On the 2-core development CPU: grid forward + backward
-  4.6-5.3x the reference and 19-22x the naive backend (bench/RESULTS.md).
+  3-6x the reference and 20-30x the naive backend (bench/RESULTS.md).
   Falls back to ``torch`` without a compiler.
 - ``compiled``: the reference with its CPU work compiled by ``torch.compile``
   (``pipeline/nn/hashgrid_compiled.py``: corners, gathers and interpolation fused in one loop;
