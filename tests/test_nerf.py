@@ -219,6 +219,22 @@ def test_the_occupied_box_follows_every_change_of_the_grid():
     assert torch.equal(restored.occupied_box(), grid.occupied_box())
 
 
+
+def test_occupancy_update_gives_the_same_grid_for_any_chunk_of_points():
+    grids, calls = [], []
+    for chunk in (None, 1000):  # default (2^14 points per call on the CPU) and small chunks
+        grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=32)
+
+        def density(p):
+            calls.append(p.shape[0])
+            return (p.norm(dim=-1) < 0.5).float() * 100
+
+        seeded = torch.Generator().manual_seed(0)  # the same jitter in both
+        grid.update(density, step_size=0.01, all_cells=True, chunk=chunk, generator=seeded)
+        grids.append(grid.density.clone())
+    assert max(calls) == 1 << 14 and 1000 in calls
+    assert torch.equal(grids[0], grids[1])
+
 def test_a_field_of_uniform_density_keeps_every_cell_occupied():
     # an untrained field evaluated in bf16 returns one density everywhere: nothing may be skipped yet
     grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=8)
