@@ -69,7 +69,10 @@ def keep_freed_memory() -> bool:
     activation comes back as fresh pages that fault in one by one (4096 faults per 16 MB). Measured
     on the 2-core development VM: the fused MLP's forward ran 16-23 ms inside a training step and
     8-11 ms with memory kept; nerf-fourier training steps 15-20% faster. Memory stays at its peak
-    instead of shrinking between steps. Returns whether the C library took the settings (glibc only)."""
+    instead of shrinking between steps. Blocks above 32 MiB (the highest threshold glibc takes) are
+    still fresh mappings each time: code that allocates per step on the CPU keeps its temporaries
+    below that (the reference hash grid's level groups, the occupancy update's chunks). Returns whether
+    the C library took the settings (glibc only)."""
     import ctypes
     import sys
 

@@ -212,10 +212,9 @@ def _scatter_add_rows(table: torch.Tensor, idx: torch.Tensor, values: torch.Tens
 
 
 # The reference's temporaries (8, levels, N[, F]) are kept under this size by taking the levels a
-# group at a time on the CPU: glibc hands out larger blocks as fresh mmaps (even with
-# pipeline.runtime.keep_freed_memory, whose threshold cannot pass 32 MiB), so their pages fault in
-# again on every call. Measured on the 2-core VM, 65536 samples (the speed bench's step): 57-81k
-# page faults and 0.2-0.56 s of system time per training step with all 16 levels at once.
+# group at a time on the CPU: larger blocks fault in afresh on every call (see
+# pipeline.runtime.keep_freed_memory). Measured on the 2-core VM, 65536 samples (the speed bench's
+# step): 57-81k page faults and 0.2-0.56 s of system time per step with all 16 levels at once.
 _GROUP_BYTES = 16 << 20
 
 

@@ -113,9 +113,9 @@ class OccupancyGrid(nn.Module):
         ``chunk`` points at a time (default: 2^16 on GPUs, 2^14 on the CPU)."""
         R, device = self.resolution, self.density.device
         if chunk is None:
-            # on the CPU, an 8x256 MLP's activations for 2^16 points (64 MiB) pass glibc's mmap
-            # threshold and fault in afresh on every call: nerf-fourier with torch's MLPs, 20k page
-            # faults per training step on average and 12% slower training (bench/RESULTS.md)
+            # on the CPU, an 8x256 MLP's activations for 2^16 points (64 MiB) would fault in afresh
+            # on every call (pipeline.runtime.keep_freed_memory): nerf-fourier with torch's MLPs
+            # averaged 20k page faults per training step and trained 12% slower (bench/RESULTS.md)
             chunk = 1 << 16 if device.type == "cuda" else 1 << 14
         n_cells = R ** 3
         for c in range(self.cascades):
