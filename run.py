@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import ConfigError  # noqa: E402
-from pipeline.log import get_logger  # noqa: E402
-from pipeline.runtime import flush_denormals, keep_freed_memory  # noqa: E402
-from pipeline.stage import run_stage  # noqa: E402
-from pipeline.workspace import Workspace, WorkspaceError  # noqa: E402
+from pipeline.runner.config import ConfigError  # noqa: E402
+from pipeline.runner.log import get_logger  # noqa: E402
+from pipeline.runner.runtime import flush_denormals, keep_freed_memory  # noqa: E402
+from pipeline.runner.stage import run_stage  # noqa: E402
+from pipeline.runner.workspace import Workspace, WorkspaceError  # noqa: E402
 
 DEMO_DIR = ROOT / "outputs" / "demo"
 

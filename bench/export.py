@@ -37,9 +37,9 @@ def measure_one(height: int, chunk: int, samples: int, device: str) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.camera_paths import intrinsics_from_fov
-    from pipeline.cameras import Cameras, look_at
-    from pipeline.render import render_image
+    from pipeline.geometry.camera_paths import intrinsics_from_fov
+    from pipeline.geometry.cameras import Cameras, look_at
+    from pipeline.models.render import render_image
     from tests.test_export_models import SphereDensity
 
     width, height = RESOLUTIONS[height]

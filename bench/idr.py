@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from datasets.nerfstudio import opengl_to_opencv  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.runtime import flush_denormals, keep_freed_memory  # noqa: E402
-from pipeline.stage import run_stage  # noqa: E402
-from pipeline.workspace import Workspace  # noqa: E402
+from pipeline.runner.config import load_config  # noqa: E402
+from pipeline.runner.runtime import flush_denormals, keep_freed_memory  # noqa: E402
+from pipeline.runner.stage import run_stage  # noqa: E402
+from pipeline.runner.workspace import Workspace  # noqa: E402
 from stages import idr  # noqa: E402
 from stages.poses import STAGE as POSES, PosesConfig  # noqa: E402
 
@@ -66,7 +66,7 @@ def pose_errors(cameras_json: Path, truth: dict) -> dict:
     and after the similarity that best aligns them with the truth (``aligned_*``, the usual
     evaluation of pose refinement, e.g. BARF): images fix the scene only up to a similarity, so
     the trained frame may sit a fraction of a degree from the true one."""
-    from pipeline.alignment import align_cameras, pose_errors as aligned_errors
+    from pipeline.geometry.alignment import align_cameras, pose_errors as aligned_errors
 
     views = json.loads(cameras_json.read_text())["views"]
     rot, trans, rot0 = [], [], []
@@ -90,7 +90,7 @@ def pose_errors(cameras_json: Path, truth: dict) -> dict:
 def aligned_mesh_chamfer(ws: Workspace, alignment, gt_mesh: Path) -> dict:
     """Chamfer of W/idr/mesh.ply (original units) after moving it by ``alignment`` (a similarity
     from the trained normalised frame to the true normalised frame)."""
-    from pipeline.mesh import read_ply
+    from pipeline.geometry.mesh import read_ply
 
     norm = ws.normalization()
     verts, faces, _ = read_ply(ws.stage_dir("idr") / "mesh.ply")
@@ -133,7 +133,7 @@ def fmt(v) -> str:
 
 
 def main(argv=None) -> int:
-    flush_denormals()  # before torch starts its threads (see pipeline.runtime)
+    flush_denormals()  # before torch starts its threads (see pipeline.runner.runtime)
     keep_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma list of {SCENES}")

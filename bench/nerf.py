@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.nn.hashgrid import HashGridConfig  # noqa: E402
-from pipeline.nn.nerf_field import HashNeRFField  # noqa: E402
-from pipeline.runtime import autocast, cpu_has_bf16_matmul, flush_denormals, keep_freed_memory  # noqa: E402
+from pipeline.models.components.hashgrid import HashGridConfig  # noqa: E402
+from pipeline.models.nerf.field import HashNeRFField  # noqa: E402
+from pipeline.runner.runtime import autocast, cpu_has_bf16_matmul, flush_denormals, keep_freed_memory  # noqa: E402
 
 NO_GPU = "not measured: no GPU in this session"
 LEGO = ROOT.parent / "shared" / "data" / "lego-200"
@@ -61,7 +61,7 @@ def make_step(backend: str, device, num_rays=1024, per_ray=64, compile_field=Fal
               grid=HashGridConfig(log2_table_size=17, finest_resolution=1024), mixed=False, free_grid=False,
               mlp_backend="torch"):
     """One full training step as a closure (field forward, backward and Adam), warmed up, and its
-    sample count. ``mixed``: the MLPs under the stage's bf16 autocast (``pipeline.runtime.autocast``:
+    sample count. ``mixed``: the MLPs under the stage's bf16 autocast (``pipeline.runner.runtime.autocast``:
     CUDA or AMX CPUs). ``free_grid``: the hash grid replaced by :class:`ConstantEncoding` (the rest
     of the step alone). ``mlp_backend``: torch (one op per layer) or auto (the fused C++ MLP on CPU,
     ``mlp_cpu.cpp``)."""
@@ -89,7 +89,7 @@ def make_step(backend: str, device, num_rays=1024, per_ray=64, compile_field=Fal
             torch.cuda.synchronize()
 
     for _ in range(3):  # warm-up: compilation, and the allocator's heap growing to its steady size
-        step()  # (the first steps fault in ~20000 fresh pages; pipeline.runtime.keep_freed_memory)
+        step()  # (the first steps fault in ~20000 fresh pages; pipeline.runner.runtime.keep_freed_memory)
     return step, points.shape[0]
 
 
@@ -113,7 +113,7 @@ def interleaved_throughputs(steps: dict, rounds: int = 5) -> dict:
 
 def encoding_fwd_bwd_time(backend: str, device, n=1 << 20, repeats=10, grid=HashGridConfig()) -> float:
     """Seconds for one forward + backward of the hash grid alone on n random points (median)."""
-    from pipeline.nn.hashgrid import HashGridEncoding
+    from pipeline.models.components.hashgrid import HashGridEncoding
 
     grid = HashGridEncoding(HashGridConfig(**{**grid.__dict__, "backend": backend})).to(device)
     x = torch.rand(n, 3, device=device)
@@ -163,8 +163,8 @@ def gpu_rows(gpu: torch.device) -> list[tuple]:
 
 def posed_workspace(folder: Path, data: Path):
     """A workspace at ``folder`` whose poses stage has imported the dataset ``data``."""
-    from pipeline.stage import run_stage
-    from pipeline.workspace import Workspace
+    from pipeline.runner.stage import run_stage
+    from pipeline.runner.workspace import Workspace
     from stages.poses import STAGE as POSES
     from stages.poses import PosesConfig
 
@@ -180,7 +180,7 @@ def training_loop_rates(workdir: Path, lego: Path, warmup=300, steps=300) -> dic
     timed steps. Real batches: marched samples, occupancy updates, Adam."""
     import contextlib
 
-    from pipeline.nn import cpu_kernels
+    from pipeline.kernels import cpu_kernels
 
     import stages.nerf as nerf
 
@@ -201,7 +201,7 @@ def training_loop_rates(workdir: Path, lego: Path, warmup=300, steps=300) -> dic
 
 
 def train_quality(name: str, workdir: Path, budget: float, extra: list[str], lego: Path = LEGO) -> dict:
-    from pipeline.stage import run_stage
+    from pipeline.runner.stage import run_stage
 
     import stages.nerf as nerf
 
@@ -219,7 +219,7 @@ def train_quality(name: str, workdir: Path, budget: float, extra: list[str], leg
 
 
 def main():
-    flush_denormals()  # before torch starts its threads (see pipeline.runtime)
+    flush_denormals()  # before torch starts its threads (see pipeline.runner.runtime)
     keep_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quality", default="", help="comma list of lego, builtin, lego-fourier, lego-gpu (nerf-hash-gpu.yaml)")
@@ -242,7 +242,7 @@ def main():
     load = os.getloadavg()[0]
     machine = f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, load {load:.1f}"
     if not args.skip_speed:
-        from pipeline.nn import hashgrid_cpu
+        from pipeline.kernels import hashgrid_cpu
 
         # the rows that the 10x target compares, timed interleaved (interleaved_throughputs)
         kernels_ok = hashgrid_cpu.available()
@@ -294,7 +294,7 @@ def main():
         try:  # the reference's CPU work compiled kernel by kernel (backend "compiled")
             kernels = step_throughput("compiled", cpu)
             t_kernels = encoding_fwd_bwd_time("compiled", cpu, 1 << 16, 5, cpu_grid)
-            from pipeline.nn.hashgrid_compiled import fused_available
+            from pipeline.kernels.hashgrid_compiled import fused_available
 
             label = "compiled hash-grid kernels" if fused_available() else "compiled kernels UNAVAILABLE (ran eager)"
             rows.append((f"CPU train step, {label} (samples/s)", f"{kernels:.3g}",

@@ -7,7 +7,7 @@
 
 Each run is the real stage (``run_stage``) with ``estimate=True`` in a fresh workspace under
 ``--work`` (default /tmp/recon-bench-poses). Accuracy: estimated cameras aligned to the dataset's
-cameras by a similarity (``pipeline.alignment``), rotation error in degrees and centre error in %
+cameras by a similarity (``pipeline.geometry.alignment``), rotation error in degrees and centre error in %
 of the camera-ring radius. Prints a table (markdown). Wrap long runs in
 ``flock /tmp/recon-bench.lock`` on shared machines.
 """
@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from datasets import read_scene  # noqa: E402
-from pipeline.alignment import pose_errors  # noqa: E402
-from pipeline.stage import run_stage  # noqa: E402
-from pipeline.workspace import Workspace  # noqa: E402
+from pipeline.geometry.alignment import pose_errors  # noqa: E402
+from pipeline.runner.stage import run_stage  # noqa: E402
+from pipeline.runner.workspace import Workspace  # noqa: E402
 from stages.poses import STAGE  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -93,7 +93,7 @@ def run_baseline(name: str, path: Path, work: Path) -> dict:
     """pycolmap with its defaults (SIFT at full size, exhaustive matching, incremental mapping)."""
     import pycolmap
 
-    from stages.poses_estimate import prepare_images
+    from pipeline.sfm.estimate import prepare_images
 
     out = work / f"baseline-{name}"
     shutil.rmtree(out, ignore_errors=True)
@@ -117,7 +117,7 @@ def run_baseline(name: str, path: Path, work: Path) -> dict:
            "wall_s": sum(times.values()), "mapper": "incremental"}
     ref = reference_cameras(path)
     if ref and best is not None and best.num_reg_images() >= 2:
-        from stages.poses_estimate import c2w_from_image
+        from pipeline.sfm.estimate import c2w_from_image
 
         by_name = {p.colmap_name: str(scene.frames[p.frame_index].image_path.resolve()) for p in prepared}
         images = [im for im in best.images.values() if im.has_pose]

@@ -23,7 +23,7 @@ import numpy as np
 
 from datasets.readers_common import every_nth_splits, warn_skipped
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.cameras import Intrinsics
+from pipeline.geometry.cameras import Intrinsics
 
 SPARSE_SUBFOLDERS = ("", "sparse/0", "sparse", "colmap/sparse/0")
 

@@ -20,8 +20,8 @@ import scipy.linalg
 
 from datasets.readers_common import first_existing_dir, image_size, list_images
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.cameras import Intrinsics
-from pipeline.log import get_logger
+from pipeline.geometry.cameras import Intrinsics
+from pipeline.runner.log import get_logger
 
 CAMERA_FILES = ("cameras.npz", "cameras_sphere.npz")
 log = get_logger("datasets")

@@ -14,7 +14,7 @@ import numpy as np
 
 from datasets.readers_common import PHOTO_SUFFIXES, every_nth_splits, image_size, list_images
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.cameras import Intrinsics
+from pipeline.geometry.cameras import Intrinsics
 
 
 def llff_to_opencv(poses: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from datasets.readers_common import every_nth_splits, image_size, warn_skipped
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.cameras import Intrinsics
+from pipeline.geometry.cameras import Intrinsics
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BOX = re.compile(r"bounding box.*?\(\s*(" + _NUMBER + r")\s+(" + _NUMBER + r")\s+(" + _NUMBER + r")\s*\)\s*-?\s*"

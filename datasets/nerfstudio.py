@@ -21,8 +21,8 @@ from typing import Optional
 import numpy as np
 
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.cameras import Intrinsics
-from pipeline.log import get_logger
+from pipeline.geometry.cameras import Intrinsics
+from pipeline.runner.log import get_logger
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".exr", ".webp", ".tif", ".tiff")
@@ -228,7 +228,7 @@ def write_nerfstudio(scene: Scene, path: str | Path, extra: Optional[dict] = Non
     (default: the folder of ``path``; give the final folder when writing into a temporary one).
     Returns the path written.
     """
-    from pipeline.workspace import write_json
+    from pipeline.runner.workspace import write_json
 
     path = Path(path)
     if path.suffix != ".json":

@@ -29,7 +29,7 @@ import numpy as np
 
 from datasets.readers_common import every_nth_splits, first_existing_dir, image_size, list_images, warn_skipped
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.cameras import Intrinsics
+from pipeline.geometry.cameras import Intrinsics
 
 PANORAMA_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 from datasets.readers_common import PHOTO_SUFFIXES, list_images, warn_skipped
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.cameras import Intrinsics
+from pipeline.geometry.cameras import Intrinsics
 
 FALLBACK_FOCAL_FACTOR = 1.2
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from datasets.scene import SceneError
-from pipeline.log import get_logger
+from pipeline.runner.log import get_logger
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 # EXIF orientations 5..8 rotate the picture by 90 degrees: width and height swap once applied

@@ -12,7 +12,7 @@ from typing import Optional
 import imageio.v3 as iio
 import numpy as np
 
-from pipeline.cameras import Cameras, Intrinsics
+from pipeline.geometry.cameras import Cameras, Intrinsics
 
 BACKGROUNDS = ("white", "black", "none")
 

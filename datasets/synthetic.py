@@ -37,9 +37,9 @@ from datasets.synthetic_render import fibonacci_directions, render_view, to_uint
 from datasets.synthetic_sdf import (OBJECT_RADIUS, ROOM_CENTRE, ROOM_HALF, analytic_sdf, indoor_sdf,
                                     object_scene, room_scene)
 from datasets.synthetic_texture import albedo
-from pipeline.cameras import Cameras, Intrinsics, look_at, pinhole_from_fov
-from pipeline.log import get_logger, progress
-from pipeline.runtime import torch_threads
+from pipeline.geometry.cameras import Cameras, Intrinsics, look_at, pinhole_from_fov
+from pipeline.runner.log import get_logger, progress
+from pipeline.runner.runtime import torch_threads
 
 __all__ = ["SyntheticConfig", "generate", "one_torch_thread", "analytic_sdf", "indoor_sdf", "object_cameras", "panorama_cameras",
            "CAMERA_RADIUS", "CAMERA_ANGLE_X", "OBJECT_RADIUS", "FORMAT_VERSION"]
@@ -177,7 +177,7 @@ def _write_object_views(out_dir: Path, config: SyntheticConfig, log) -> dict:
 
 
 def sample_sdf_sparse(sdf, bounds: np.ndarray, resolution: int, block: int = 4) -> np.ndarray:
-    """Like ``pipeline.mesh.sample_grid`` for an exact (1-Lipschitz) SDF, ~10x cheaper: values
+    """Like ``pipeline.geometry.mesh.sample_grid`` for an exact (1-Lipschitz) SDF, ~10x cheaper: values
     (R, R, R) indexed [x, y, z], exact near the surface, elsewhere only the sign is right (the
     block's centre value, which is all marching cubes needs there).
 
@@ -210,7 +210,7 @@ def sample_sdf_sparse(sdf, bounds: np.ndarray, resolution: int, block: int = 4) 
 
 def _write_mesh(out_dir: Path, config: SyntheticConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Marching cubes of the analytic SDF -> D/mesh_gt.ply; returns (vertices (V, 3), faces (F, 3))."""
-    from pipeline.mesh import marching_cubes, write_ply
+    from pipeline.geometry.mesh import marching_cubes, write_ply
 
     grid_bounds = np.array([[-OBJECT_RADIUS - 0.04] * 3, [OBJECT_RADIUS + 0.04] * 3])
     values = sample_sdf_sparse(analytic_sdf, grid_bounds, config.mesh_resolution)
@@ -225,7 +225,7 @@ def _write_panoramas(out_dir: Path, config: SyntheticConfig, log) -> dict:
     """Render the indoor scene's panoramas into D/panoramas/; returns a summary for scene_info."""
     from datasets.nerfstudio import write_nerfstudio
     from datasets.scene import Frame, Scene
-    from pipeline.workspace import write_json
+    from pipeline.runner.workspace import write_json
 
     pano_dir = out_dir / "panoramas"
     width = int(config.panorama_width)
@@ -281,7 +281,7 @@ def generate(out_dir, config: Optional[SyntheticConfig] = None, log=None) -> Pat
     Does nothing when ``out_dir/scene_info.json`` records the same config. ``scene_info.json`` is
     removed first and written last, so an interrupted run never looks complete.
     """
-    from pipeline.workspace import write_json
+    from pipeline.runner.workspace import write_json
 
     config = config or SyntheticConfig()
     log = log or get_logger("synthetic")
@@ -306,7 +306,7 @@ def generate(out_dir, config: Optional[SyntheticConfig] = None, log=None) -> Pat
 
 def _generate(out_dir: Path, config: SyntheticConfig, log) -> dict:
     """Write everything but scene_info.json; returns the content of scene_info.json."""
-    from pipeline.workspace import write_json
+    from pipeline.runner.workspace import write_json
 
     timings = {}
     t0 = time.perf_counter()

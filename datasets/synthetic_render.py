@@ -14,7 +14,7 @@ import torch
 
 from datasets.synthetic_sdf import SDFScene
 from datasets.synthetic_texture import albedo
-from pipeline.cameras import Cameras, pixel_grid
+from pipeline.geometry.cameras import Cameras, pixel_grid
 
 LIGHT_DIR = (0.45, 0.3, 0.84)  # towards the light (world, up = +z); fixed so colours agree across views
 AMBIENT = 0.4

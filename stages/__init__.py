@@ -1,13 +1,13 @@
-"""The stages of recon. Each module defines ``STAGE`` (a :class:`pipeline.stage.Stage`); a stage
+"""The stages of recon. Each module defines ``STAGE`` (a :class:`pipeline.runner.stage.Stage`); a stage
 module that does not exist yet is simply not offered."""
 from __future__ import annotations
 
 import importlib
 
-from pipeline.stage import Stage
+from pipeline.runner.stage import Stage
 
 # module name in stages/ -> position in the chain
-STAGE_MODULES = ("poses", "nerf", "idr", "export", "evaluate")
+STAGE_MODULES = ("poses", "nerf", "idr", "export", "eval")
 
 # the demo chain of each method; stages that are not available are left out
 DEMO_CHAINS = {"nerf": ("poses", "nerf", "export", "eval"), "idr": ("poses", "idr", "export", "eval")}

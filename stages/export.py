@@ -29,12 +29,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from pipeline.cameras import Cameras, visibility_counts
-from pipeline.log import progress
-from pipeline.render import render_image
-from pipeline.runtime import pick_device
-from pipeline.stage import Stage, StageContext
-from pipeline.workspace import Workspace, WorkspaceError, write_json
+from pipeline.geometry.cameras import Cameras, visibility_counts
+from pipeline.runner.log import progress
+from pipeline.models.render import render_image
+from pipeline.runner.runtime import pick_device
+from pipeline.runner.stage import Stage, StageContext
+from pipeline.runner.workspace import Workspace, WorkspaceError, write_json
 
 METHODS = ("nerf", "idr")
 PARTS = ("depth", "views", "mesh")
@@ -200,8 +200,8 @@ def select_views(scene, split: str, max_views: int) -> list[int]:
 
 def export_depth(model, scene, sim, cfg: ExportConfig, out: Path, device, log) -> dict:
     """Render depth for the chosen views; write raw/16-bit/preview files and the fused cloud."""
-    from pipeline.fusion import DepthView, fuse_depth_maps
-    from pipeline.mesh import write_ply
+    from pipeline.geometry.fusion import DepthView, fuse_depth_maps
+    from pipeline.geometry.mesh import write_ply
 
     depth_dir = out / "depth"
     depth_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +261,7 @@ def export_depth(model, scene, sim, cfg: ExportConfig, out: Path, device, log) -
 
 
 def path_intrinsics(scene, cfg: ExportConfig):
-    from pipeline.camera_paths import intrinsics_from_fov, vertical_fov_deg
+    from pipeline.geometry.camera_paths import intrinsics_from_fov, vertical_fov_deg
 
     first = scene.frames[scene.splits.get("train", [0])[0] if scene.splits.get("train") else 0].intrinsics
     perspective = first.model != "equirect"
@@ -272,7 +272,7 @@ def path_intrinsics(scene, cfg: ExportConfig):
 
 
 def make_camera_path(scene, sim, cfg: ExportConfig):
-    from pipeline.camera_paths import make_path
+    from pipeline.geometry.camera_paths import make_path
 
     train = scene.splits.get("train") or list(range(len(scene)))
     train_c2w = np.stack([scene.frames[i].c2w for i in train])
@@ -294,7 +294,7 @@ def open_video(path: Path, fps: float):
 
 
 def export_views(model, scene, sim, cfg: ExportConfig, out: Path, device, log) -> dict:
-    from pipeline.camera_paths import write_nerfstudio_camera_path
+    from pipeline.geometry.camera_paths import write_nerfstudio_camera_path
 
     views_dir = out / "views"
     views_dir.mkdir(parents=True, exist_ok=True)
@@ -424,7 +424,7 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int, densit
     inside a solid is never observed and is often low in places, so the iso-surface also runs
     through the inside; on the built-in scene half of the unculled mesh's area lay inside the object
     and culling it cut the Chamfer distance three-fold (bench/RESULTS.md)."""
-    from pipeline.mesh import keep_large_components, marching_cubes, sample_grid, select_faces
+    from pipeline.geometry.mesh import keep_large_components, marching_cubes, sample_grid, select_faces
 
     fn, level = field_function(model, method, density_threshold, cameras, carve_min_views)
     with torch.no_grad():
@@ -459,7 +459,7 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int, densit
 
 
 def export_mesh(model, method: str, scene, sim, cfg: ExportConfig, out: Path, device, log) -> dict:
-    from pipeline.mesh import is_watertight, write_obj, write_ply
+    from pipeline.geometry.mesh import is_watertight, write_obj, write_ply
 
     bounds = mesh_bounds(scene, model, sim, cfg.mesh_bounds)
     train = scene.splits.get("train") or list(range(len(scene)))

@@ -24,21 +24,21 @@ import numpy as np
 import torch
 
 from datasets.scene import Scene, SceneError
-from pipeline.config import config_hash
-from pipeline.mesh import keep_large_components, marching_cubes, read_ply, write_ply
-from pipeline.metrics import mask_iou, mesh_chamfer_fscore, psnr, ssim
-from pipeline.nn.idr_cameras import PoseCorrections
-from pipeline.nn.idr_losses import LossConfig
-from pipeline.nn.idr_model import IDRModel, RendererConfig
-from pipeline.nn.sdf_mesh import sample_sdf_grid
-from pipeline.nn.sdf_network import SDFNetworkConfig
-from pipeline.nn.sphere_tracing import TracingConfig
-from pipeline.render import render_image
-from pipeline.runtime import pick_device, torch_threads
-from pipeline.stage import Stage, StageContext
-from pipeline.workspace import Workspace, WorkspaceError, write_json
-from stages.idr_data import MaskOptions, RayBank, estimate_background, load_masks, load_views
-from stages.idr_train import TrainSettings, train
+from pipeline.runner.config import config_hash
+from pipeline.geometry.mesh import keep_large_components, marching_cubes, read_ply, write_ply
+from pipeline.evaluation.metrics import mask_iou, mesh_chamfer_fscore, psnr, ssim
+from pipeline.models.idr.cameras import PoseCorrections
+from pipeline.models.idr.losses import LossConfig
+from pipeline.models.idr.model import IDRModel, RendererConfig
+from pipeline.models.idr.sdf_mesh import sample_sdf_grid
+from pipeline.models.idr.sdf_network import SDFNetworkConfig
+from pipeline.models.idr.sphere_tracing import TracingConfig
+from pipeline.models.render import render_image
+from pipeline.runner.runtime import pick_device, torch_threads
+from pipeline.runner.stage import Stage, StageContext
+from pipeline.runner.workspace import Workspace, WorkspaceError, write_json
+from pipeline.training.idr_data import MaskOptions, RayBank, estimate_background, load_masks, load_views
+from pipeline.training.idr import TrainSettings, train
 
 MODEL_FORMAT = "recon-idr-1"
 
@@ -130,7 +130,7 @@ def load_model_file(path: Path, device="cpu") -> IDRModel:
 
 
 def load_trained(workspace: Workspace | str | Path, device="cpu") -> IDRModel:
-    """The trained IDR model of a workspace (an :class:`pipeline.render.SDFModel`, normalised frame)."""
+    """The trained IDR model of a workspace (an :class:`pipeline.models.render.SDFModel`, normalised frame)."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     return load_model_file(ws.stage_dir("idr") / "model.pt", device)
 
@@ -300,7 +300,7 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     try:
         verts, faces, colors = extract_mesh(model, cfg, sim_inverse.apply_points)
         write_ply(ctx.out_dir / "mesh.ply", verts, faces, colors)
-        from pipeline.mesh import is_watertight
+        from pipeline.geometry.mesh import is_watertight
 
         metrics.update(mesh_vertices=len(verts), mesh_faces=len(faces), mesh_watertight=is_watertight(faces))
         gt_path = find_gt_mesh(cfg, scene)

@@ -23,14 +23,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipeline.config import load_config
-from pipeline.log import TrainingProgress, get_logger, progress
-from pipeline.masks import mask_edges
-from pipeline.nn.hashgrid import HashGridConfig
-from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig, default_aabb
-from pipeline.runtime import autocast, pick_device, torch_threads
-from pipeline.stage import Stage, StageContext
-from pipeline.workspace import Workspace, WorkspaceError, write_json
+from pipeline.runner.config import load_config
+from pipeline.runner.log import TrainingProgress, get_logger, progress
+from pipeline.geometry.masks import mask_edges
+from pipeline.models.components.hashgrid import HashGridConfig
+from pipeline.models.nerf.model import NeRFModel, NeRFModelConfig, default_aabb
+from pipeline.runner.runtime import autocast, pick_device, torch_threads
+from pipeline.runner.stage import Stage, StageContext
+from pipeline.runner.workspace import Workspace, WorkspaceError, write_json
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BACKGROUNDS = ("white", "black", "random", "learned", "scene")
@@ -300,8 +300,8 @@ def evaluate(model: NeRFModel, scene, indices: list[int], out_dir: Path, depth_u
     """Render ``indices``, write renders/*.png and depth/*.npy, return mean metrics."""
     import imageio.v3 as iio
 
-    from pipeline.metrics import lpips_or_reason, psnr, ssim
-    from pipeline.render import render_image
+    from pipeline.evaluation.metrics import lpips_or_reason, psnr, ssim
+    from pipeline.models.render import render_image
 
     (out_dir / "renders").mkdir(parents=True, exist_ok=True)
     (out_dir / "depth").mkdir(parents=True, exist_ok=True)
@@ -413,7 +413,7 @@ def load_model_file(path: Path, device="cpu") -> NeRFModel:
 
 
 def load_trained(workspace: Workspace, device="cpu") -> NeRFModel:
-    """The trained NeRF of a workspace (a :class:`pipeline.render.DensityModel`), in eval mode."""
+    """The trained NeRF of a workspace (a :class:`pipeline.models.render.DensityModel`), in eval mode."""
     return load_model_file(Workspace(workspace.root if isinstance(workspace, Workspace) else workspace)
                            .stage_dir("nerf") / "model.pt", device)
 

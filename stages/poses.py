@@ -20,11 +20,11 @@ import numpy as np
 from datasets import read_scene
 from datasets.nerfstudio import write_nerfstudio
 from datasets.scene import Scene, SceneError
-from pipeline.mesh import write_ply
-from pipeline.normalize import Similarity, normalizing_similarity
-from pipeline.stage import Stage, StageContext
-from pipeline.workspace import write_json
-from stages.poses_estimate import EstimationConfig
+from pipeline.geometry.mesh import write_ply
+from pipeline.geometry.normalize import Similarity, normalizing_similarity
+from pipeline.runner.stage import Stage, StageContext
+from pipeline.runner.workspace import write_json
+from pipeline.sfm.estimate import EstimationConfig
 
 
 @dataclass
@@ -79,7 +79,7 @@ def run(ctx: StageContext) -> dict:
     scene = read_scene(cfg.data, cfg.format, background=cfg.background)
     timings = {"read_s": time.time() - t0}
     if cfg.estimate or not scene.has_poses:
-        from stages import poses_estimate  # noqa: F401  (added by the pose-estimation issue)
+        from pipeline.sfm import estimate as poses_estimate  # noqa: F401  (added by the pose-estimation issue)
         scene, est_report = poses_estimate.estimate(scene, ctx)
     else:
         est_report = {"mode": "import"}

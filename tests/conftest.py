@@ -39,7 +39,7 @@ requires_cuda = pytest.mark.skipif(
 def one_thread():
     """One torch thread for a test of small tensors: on a shared 2-core machine two threads mostly
     wait on each other."""
-    from pipeline.runtime import torch_threads
+    from pipeline.runner.runtime import torch_threads
 
     with torch_threads(1):
         yield

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.camera_paths import (intrinsics_from_fov, make_path, orbit_from_cameras, orbit_path,
+from pipeline.geometry.camera_paths import (intrinsics_from_fov, make_path, orbit_from_cameras, orbit_path,
                                    read_nerfstudio_camera_path, smooth_path, spiral_path, vertical_fov_deg,
                                    write_nerfstudio_camera_path)
-from pipeline.cameras import look_at
+from pipeline.geometry.cameras import look_at
 
 K = intrinsics_from_fov(64, 48, 40.0)
 

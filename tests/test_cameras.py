@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cameras import (Cameras, Intrinsics, distort_fisheye, distort_opencv, image_rays, look_at,
+from pipeline.geometry.cameras import (Cameras, Intrinsics, distort_fisheye, distort_opencv, image_rays, look_at,
                               pixel_grid, undistort_fisheye, undistort_opencv)
 
 W, H = 64, 48

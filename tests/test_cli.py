@@ -7,7 +7,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from pipeline.cameras import look_at
+from pipeline.geometry.cameras import look_at
 from datasets.nerfstudio import opencv_to_opengl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def test_normalised_scene_keeps_the_relative_geometry(tmp_path):
     c2ws = write_tiny_blender_scene(tmp_path / "scene")
     ws = tmp_path / "ws"
     assert run_py("poses", "--data", tmp_path / "scene", "--workspace", ws, "normalize=sphere").returncode == 0
-    from pipeline.workspace import Workspace
+    from pipeline.runner.workspace import Workspace
 
     workspace = Workspace(ws)
     scene, sim = workspace.load_scene(), workspace.normalization()

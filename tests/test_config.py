@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.config import ConfigError, config_hash, load_config
+from pipeline.runner.config import ConfigError, config_hash, load_config
 
 
 @dataclass
@@ -61,7 +61,7 @@ def test_config_hash_changes_with_values_only():
 
 
 def test_every_shipped_yaml_loads_into_its_stage():
-    from pipeline.config import CONFIG_DIR
+    from pipeline.runner.config import CONFIG_DIR
     from stages import available_stages
 
     for name, stage in available_stages().items():

@@ -7,8 +7,8 @@ import scipy.ndimage
 import torch
 
 from datasets import read_scene
-from pipeline.cameras import pixel_grid
-from pipeline.metrics import mask_iou
+from pipeline.geometry.cameras import pixel_grid
+from pipeline.evaluation.metrics import mask_iou
 
 
 def _project(cams, points):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.nn.encodings import FourierEncoding, GaussianFourierEncoding, SphericalHarmonics
+from pipeline.models.components.encodings import FourierEncoding, GaussianFourierEncoding, SphericalHarmonics
 
 
 def test_fourier_encoding_is_x_then_sin_cos_of_octaves():
@@ -51,7 +51,7 @@ def test_spherical_harmonics_are_orthonormal_on_the_sphere():
 
 @pytest.mark.parametrize("degree", [1, 2, 3, 4])
 def test_spherical_harmonics_cpu_kernel_gives_the_torch_formulas(degree):
-    from pipeline.nn import cpu_kernels
+    from pipeline.kernels import cpu_kernels
 
     if not cpu_kernels.available():
         pytest.skip(f"C++ CPU kernels unavailable: {cpu_kernels.unavailable_reason()}")

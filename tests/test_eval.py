@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from pipeline.stage import run_stage
-from stages import evaluate, export
-from pipeline.metrics import mesh_chamfer_fscore
-from stages.evaluate import format_table
+from pipeline.runner.stage import run_stage
+from stages import eval as evaluate, export
+from pipeline.evaluation.metrics import mesh_chamfer_fscore
+from stages.eval import format_table
 from tests.test_export_models import CENTER, RADIUS, make_sphere_workspace, sphere_mesh
 
 
@@ -60,7 +60,7 @@ def test_eval_measures_the_exported_mesh_and_catches_a_wrong_one(tmp_path, monke
     good = run_eval(ws, mesh_samples=20000).manifest["metrics"]["geometry"]
     assert good["mesh"].endswith("mesh.ply") and good["chamfer_l1_over_radius"] < 0.02
     # replace the exported mesh by a 10% larger sphere: eval must notice
-    from pipeline.mesh import write_ply
+    from pipeline.geometry.mesh import write_ply
 
     verts, faces = sphere_mesh(radius=1.1 * RADIUS, resolution=48)
     write_ply(ws.stage_dir("export") / "mesh.ply", verts, faces)
@@ -71,7 +71,7 @@ def test_eval_measures_the_exported_mesh_and_catches_a_wrong_one(tmp_path, monke
 
 def test_pose_errors_are_measured_when_poses_were_estimated(tmp_path, monkeypatch):
     ws, _ = make_sphere_workspace(tmp_path, monkeypatch, "idr", n_views=8, size=24)
-    pytest.importorskip("pipeline.alignment")
+    pytest.importorskip("pipeline.geometry.alignment")
     # pretend the poses stage estimated the cameras (they are exact, so errors are ~0)
     report = ws.stage_dir("poses") / "report.json"
     report.write_text(json.dumps(dict(json.loads(report.read_text()), mode="estimate")))

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from datasets.nerfstudio import read_nerfstudio
-from pipeline.cameras import Cameras, pixel_grid
-from pipeline.mesh import is_watertight, read_ply
-from pipeline.stage import run_stage
-from pipeline.workspace import WorkspaceError
+from pipeline.geometry.cameras import Cameras, pixel_grid
+from pipeline.geometry.mesh import is_watertight, read_ply
+from pipeline.runner.stage import run_stage
+from pipeline.runner.workspace import WorkspaceError
 from stages import export
-from pipeline.cameras import visibility_counts
+from pipeline.geometry.cameras import visibility_counts
 from stages.export import extract_mesh
 from tests.test_export_models import CENTER, RADIUS, SphereDensity, make_sphere_workspace, ring_cameras
 
@@ -182,7 +182,7 @@ def test_export_without_a_trained_model_says_what_to_run(tmp_path, monkeypatch):
 
 
 def test_views_follow_a_nerfstudio_camera_path_file(tmp_path, monkeypatch):
-    from pipeline.camera_paths import intrinsics_from_fov, orbit_path, write_nerfstudio_camera_path
+    from pipeline.geometry.camera_paths import intrinsics_from_fov, orbit_path, write_nerfstudio_camera_path
 
     ws, _ = make_sphere_workspace(tmp_path, monkeypatch, "idr", n_views=4)
     # a user's path in the normalised frame: 3 frames, the last one looking away from the sphere
@@ -201,7 +201,7 @@ def test_views_follow_a_nerfstudio_camera_path_file(tmp_path, monkeypatch):
 def test_ply_files_round_trip_through_plyfile_with_colours_normals_and_faces(tmp_path):
     from plyfile import PlyData
 
-    from pipeline.mesh import write_ply
+    from pipeline.geometry.mesh import write_ply
 
     rng = np.random.default_rng(0)
     verts = rng.normal(size=(50, 3))

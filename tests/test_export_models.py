@@ -2,7 +2,7 @@
 
 ``SphereSDF`` is an IDR-like model (exact ray-sphere intersection, ``query_sdf``);
 ``SphereDensity`` is a NeRF-like model (volume rendering of a soft sphere, ``query_density``),
-optionally with floater blobs. Both implement ``pipeline.render``'s protocols in the normalised
+optionally with floater blobs. Both implement ``pipeline.models.render``'s protocols in the normalised
 frame and colour points by a smooth function of their ORIGINAL-frame coordinates, so renders are
 the same whatever normalisation the poses stage chose. ``make_sphere_workspace`` writes a
 nerfstudio dataset of the sphere (images, GT depth, masks, GT mesh), runs the real poses stage
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cameras import Cameras, look_at
-from pipeline.camera_paths import intrinsics_from_fov
-from pipeline.normalize import Similarity
-from pipeline.render import DensityModel, SDFModel, render_image
+from pipeline.geometry.cameras import Cameras, look_at
+from pipeline.geometry.camera_paths import intrinsics_from_fov
+from pipeline.geometry.normalize import Similarity
+from pipeline.models.render import DensityModel, SDFModel, render_image
 
 # the sphere in ORIGINAL units (deliberately off-centre and not unit-sized)
 CENTER = np.array([1.0, -2.0, 0.5])
@@ -121,7 +121,7 @@ def ring_cameras(n: int, distance: float = 3.0, size: int = 40, fov_deg: float =
 
 def sphere_mesh(center=CENTER, radius=RADIUS, resolution: int = 96):
     """A marching-cubes mesh of a sphere (verts (V, 3), faces (F, 3))."""
-    from pipeline.mesh import marching_cubes, sample_grid
+    from pipeline.geometry.mesh import marching_cubes, sample_grid
 
     c = torch.as_tensor(np.asarray(center), dtype=torch.float32)
     bounds = np.stack([np.asarray(center) - 1.2 * radius, np.asarray(center) + 1.2 * radius])
@@ -132,7 +132,7 @@ def sphere_mesh(center=CENTER, radius=RADIUS, resolution: int = 96):
 def write_sphere_dataset(root: Path, n_views: int = 8, size: int = 40) -> Path:
     """A nerfstudio dataset (original units) of the analytic sphere with GT depth, masks, mesh."""
     from datasets.nerfstudio import opencv_to_opengl
-    from pipeline.mesh import write_ply
+    from pipeline.geometry.mesh import write_ply
 
     root.mkdir(parents=True, exist_ok=True)
     k, poses = ring_cameras(n_views, size=size)
@@ -162,8 +162,8 @@ def make_sphere_workspace(tmp_path: Path, monkeypatch, method: str = "idr", n_vi
                           **model_kwargs):
     """A workspace posed by the real poses stage with a finished fake ``method`` run. Returns
     (workspace, the model in the normalised frame)."""
-    from pipeline.stage import run_stage
-    from pipeline.workspace import Workspace, write_json
+    from pipeline.runner.stage import run_stage
+    from pipeline.runner.workspace import Workspace, write_json
     from stages import poses
 
     data = write_sphere_dataset(tmp_path / "data", n_views, size)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.nn.hashgrid import HashGridConfig, HashGridEncoding, hashgrid_torch, level_layout
+from pipeline.models.components.hashgrid import HashGridConfig, HashGridEncoding, hashgrid_torch, level_layout
 from tests.conftest import requires_cuda
 
 # 6 levels: the coarse ones are dense, the fine ones hashed (table 2^10 rows)
@@ -52,7 +52,7 @@ def test_reference_and_naive_backends_agree(features):
 def test_reference_taking_levels_a_group_at_a_time_gives_the_same_results(monkeypatch, features):
     # big batches go through the reference a few levels at a time (small temporaries); here one
     # level per group, second derivatives included, against the naive backend
-    import pipeline.nn.hashgrid as hashgrid
+    import pipeline.models.components.hashgrid as hashgrid
 
     monkeypatch.setattr(hashgrid, "_GROUP_BYTES", 1)
     assert len(hashgrid._level_groups(500, 6, features, 4, torch.device("cpu"))) == 6
@@ -76,7 +76,7 @@ def _assert_backends_agree(grid, x, backend, other, x_rtol, x_atol):
 
 
 def test_compiled_cpu_kernels_agree_with_the_eager_reference():
-    from pipeline.nn import hashgrid_compiled
+    from pipeline.kernels import hashgrid_compiled
 
     if not hashgrid_compiled.fused_available():
         pytest.skip("torch.compile fast path unavailable here (no C++ compiler or RECON_HASHGRID_COMPILE=0)")
@@ -87,7 +87,7 @@ def test_compiled_cpu_kernels_agree_with_the_eager_reference():
 
 
 def _require_cpu_kernels():
-    from pipeline.nn import hashgrid_cpu
+    from pipeline.kernels import hashgrid_cpu
 
     if not hashgrid_cpu.available():
         pytest.skip(f"C++ hash-grid kernels unavailable: {hashgrid_cpu.unavailable_reason()}")
@@ -155,7 +155,7 @@ def test_cpu_kernels_give_second_derivatives_for_an_eikonal_loss():
 
 def test_cpu_kernels_stay_in_bounds_for_points_outside_the_box_and_nan():
     _require_cpu_kernels()
-    from pipeline.nn.hashgrid_cpu import hashgrid_cpu
+    from pipeline.kernels.hashgrid_cpu import hashgrid_cpu
 
     grid = _grid()
     args = (grid.table, grid.scale, grid.stride, grid.dense, grid.offset, grid.table_mask)
@@ -167,7 +167,8 @@ def test_cpu_kernels_stay_in_bounds_for_points_outside_the_box_and_nan():
 
 
 def test_auto_uses_the_cpu_kernels_and_falls_back_to_the_reference_without_a_compiler(monkeypatch, tmp_path):
-    from pipeline.nn import cpu_kernels, hashgrid_cpu
+    from pipeline.kernels import cpu_kernels
+    from pipeline.kernels import hashgrid_cpu
 
     grid = _grid(HashGridConfig(**{**SMALL.__dict__, "backend": "auto"}))
     expected = "cpu" if hashgrid_cpu.available() else "torch"
@@ -282,8 +283,8 @@ def test_triton_backend_gives_input_gradients_through_the_reference_on_cuda():
 
 _INTERPRETER_CHECK = """
 import torch
-from pipeline.nn.hashgrid import HashGridConfig, level_layout, hashgrid_torch
-from pipeline.nn.hashgrid_triton import hashgrid_triton
+from pipeline.models.components.hashgrid import HashGridConfig, level_layout, hashgrid_torch
+from pipeline.kernels.hashgrid_triton import hashgrid_triton
 torch.manual_seed(0)
 layout = level_layout(HashGridConfig(levels=6, log2_table_size=10, base_resolution=4, finest_resolution=64))
 table = torch.randn(int(layout["size"].sum()), 2).requires_grad_(True)

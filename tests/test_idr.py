@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cameras import look_at
-from pipeline.nn.idr_cameras import PoseCorrections, axis_angle_to_matrix
-from pipeline.nn.idr_losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, smoothness_loss
-from pipeline.nn.idr_model import NeuralRenderer, RendererConfig, sample_network
-from pipeline.nn.sdf_network import SDFNetwork, SDFNetworkConfig
-from pipeline.nn.sphere_tracing import TracingConfig, trace_surface
+from pipeline.geometry.cameras import look_at
+from pipeline.models.idr.cameras import PoseCorrections, axis_angle_to_matrix
+from pipeline.models.idr.losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, smoothness_loss
+from pipeline.models.idr.model import NeuralRenderer, RendererConfig, sample_network
+from pipeline.models.idr.sdf_network import SDFNetwork, SDFNetworkConfig
+from pipeline.models.idr.sphere_tracing import TracingConfig, trace_surface
 from tests.conftest import requires_cuda
 
 
@@ -193,8 +193,8 @@ def test_sample_network_gradient_matches_finite_differences(one_thread):
 
 
 def test_coarse_to_fine_grid_matches_the_dense_grid_near_the_surface():
-    from pipeline.mesh import sample_grid
-    from pipeline.nn.sdf_mesh import sample_sdf_grid
+    from pipeline.geometry.mesh import sample_grid
+    from pipeline.models.idr.sdf_mesh import sample_sdf_grid
 
     calls = []
 
@@ -334,8 +334,8 @@ def test_axis_angle_matches_scipy_and_is_smooth_at_zero():
 
 
 def test_threshold_mask_of_a_black_background():
-    from pipeline.metrics import mask_iou
-    from stages.idr_data import threshold_mask
+    from pipeline.evaluation.metrics import mask_iou
+    from pipeline.training.idr_data import threshold_mask
 
     rng = np.random.default_rng(0)
     v, u = np.mgrid[0:64, 0:64]
@@ -357,7 +357,7 @@ def test_threshold_mask_of_a_black_background():
 
 def write_sphere_scene(root, size=24, radius=0.5, views=10):
     """A Blender-format scene: a shaded sphere (RGBA, alpha = mask), views on a ring."""
-    from pipeline.cameras import pinhole_from_fov, Cameras, pixel_grid
+    from pipeline.geometry.cameras import pinhole_from_fov, Cameras, pixel_grid
     from datasets.nerfstudio import opengl_to_opencv
 
     root.mkdir(parents=True, exist_ok=True)
@@ -386,7 +386,7 @@ def write_sphere_scene(root, size=24, radius=0.5, views=10):
 
 
 def tiny_config(**overrides):
-    from pipeline.config import load_config
+    from pipeline.runner.config import load_config
     from stages.idr import IDRConfig
 
     base = ["iterations=25", "batch_rays=256", "eikonal_points=64", "mesh_resolution=32", "sdf.hidden_dim=32",
@@ -397,8 +397,8 @@ def tiny_config(**overrides):
 
 @pytest.fixture
 def sphere_workspace(tmp_path):
-    from pipeline.stage import run_stage
-    from pipeline.workspace import Workspace
+    from pipeline.runner.stage import run_stage
+    from pipeline.runner.workspace import Workspace
     from stages.poses import STAGE, PosesConfig
 
     data = write_sphere_scene(tmp_path / "sphere")
@@ -409,11 +409,11 @@ def sphere_workspace(tmp_path):
 
 def test_idr_stage_writes_outputs_and_the_model_renders(sphere_workspace):
     import stages.idr as idr
-    from pipeline.mesh import read_ply
-    from pipeline.render import SDFModel, render_image
+    from pipeline.geometry.mesh import read_ply
+    from pipeline.models.render import SDFModel, render_image
 
     ws = sphere_workspace
-    from pipeline.stage import run_stage
+    from pipeline.runner.stage import run_stage
 
     result = run_stage(idr.STAGE, ws, tiny_config())
     out = ws.stage_dir("idr")
@@ -437,7 +437,7 @@ def test_idr_stage_writes_outputs_and_the_model_renders(sphere_workspace):
 
 def test_idr_learns_the_sphere_silhouette(sphere_workspace):
     """A short run (~10 s) must already match the masks better than the initial sphere does."""
-    from pipeline.stage import run_stage
+    from pipeline.runner.stage import run_stage
     import stages.idr as idr
 
     config = tiny_config(iterations=150, **{"sdf.init_radius": 0.25})
@@ -448,7 +448,7 @@ def test_idr_learns_the_sphere_silhouette(sphere_workspace):
 
 @requires_cuda
 def test_idr_stage_trains_on_cuda_with_hash_geometry_and_trainable_cameras(sphere_workspace):
-    from pipeline.stage import run_stage
+    from pipeline.runner.stage import run_stage
     import stages.idr as idr
 
     config = tiny_config(device="cuda", train_cameras="true", **{"sdf.encoding": "hashgrid"})
@@ -459,8 +459,8 @@ def test_idr_stage_trains_on_cuda_with_hash_geometry_and_trainable_cameras(spher
 
 
 def test_ray_bank_draws_a_share_of_rays_near_the_silhouette_edges(sphere_workspace):
-    from pipeline.masks import mask_edges
-    from stages.idr_data import MaskOptions, RayBank, load_masks, load_views
+    from pipeline.geometry.masks import mask_edges
+    from pipeline.training.idr_data import MaskOptions, RayBank, load_masks, load_views
 
     square = torch.zeros(9, 9, dtype=torch.bool)
     square[2:7, 2:7] = True
@@ -484,8 +484,8 @@ def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path, one_thread
     import logging
 
     from stages.idr import build_model
-    from stages.idr_data import MaskOptions, RayBank, load_masks, load_views
-    from stages.idr_train import CHECKPOINT_NAME, TrainSettings, train
+    from pipeline.training.idr_data import MaskOptions, RayBank, load_masks, load_views
+    from pipeline.training.idr import CHECKPOINT_NAME, TrainSettings, train
 
     scene = sphere_workspace.load_scene()
     idx = scene.split("train")
@@ -510,8 +510,8 @@ def test_time_budget_stops_training(sphere_workspace, tmp_path, one_thread):
     import logging
 
     from stages.idr import build_model
-    from stages.idr_data import MaskOptions, RayBank, load_masks, load_views
-    from stages.idr_train import TrainSettings, train
+    from pipeline.training.idr_data import MaskOptions, RayBank, load_masks, load_views
+    from pipeline.training.idr import TrainSettings, train
 
     scene = sphere_workspace.load_scene()
     idx = scene.split("train")
@@ -525,7 +525,7 @@ def test_time_budget_stops_training(sphere_workspace, tmp_path, one_thread):
 
 def test_scene_without_masks_gets_a_clear_error(sphere_workspace, tmp_path):
     from datasets.scene import SceneError
-    from stages.idr_data import MaskOptions, load_masks
+    from pipeline.training.idr_data import MaskOptions, load_masks
 
     scene = sphere_workspace.load_scene()
     for frame in scene.frames:  # pretend the photos were JPEGs without alpha

@@ -1,5 +1,5 @@
 """Progress bars of training loops."""
-from pipeline.log import TrainingProgress
+from pipeline.runner.log import TrainingProgress
 
 
 def test_a_time_budgeted_bar_counts_trained_seconds_and_shows_the_step(monkeypatch):

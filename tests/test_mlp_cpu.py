@@ -1,10 +1,11 @@
-"""The fused CPU kernel of ReLU MLPs (pipeline/nn/mlp_cpu.cpp): the same values and gradients as
+"""The fused CPU kernel of ReLU MLPs (pipeline/kernels/csrc/mlp_cpu.cpp): the same values and gradients as
 one torch op per layer, whatever the shapes, thread count and order of derivatives."""
 import pytest
 import torch
 
-from pipeline.nn import cpu_kernels, mlp_cpu
-from pipeline.nn.mlp import MLP
+from pipeline.kernels import cpu_kernels
+from pipeline.kernels import mlp_cpu
+from pipeline.models.components.mlp import MLP
 
 
 @pytest.fixture(autouse=True)

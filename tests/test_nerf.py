@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cameras import Intrinsics, look_at
-from pipeline.nn.hashgrid import HashGridConfig
-from pipeline.nn.nerf_model import NeRFModel, NeRFModelConfig, _eval_front_first
-from pipeline.nn.occupancy import OccupancyGrid, march_rays, march_schedule
-from pipeline.nn.volume_rendering import (composite_dense, composite_packed, distortion_loss_packed, gate_gradients,
+from pipeline.geometry.cameras import Intrinsics, look_at
+from pipeline.models.components.hashgrid import HashGridConfig
+from pipeline.models.nerf.model import NeRFModel, NeRFModelConfig, _eval_front_first
+from pipeline.models.components.occupancy import OccupancyGrid, march_rays, march_schedule
+from pipeline.models.components.volume_rendering import (composite_dense, composite_packed, distortion_loss_packed, gate_gradients,
                                           ray_aabb, sample_pdf, stratified_samples, transmittance_packed)
-from pipeline.render import DensityModel
+from pipeline.models.render import DensityModel
 
 TINY_GRID = HashGridConfig(levels=6, features_per_level=2, log2_table_size=12, base_resolution=4,
                            finest_resolution=64, backend="torch")
@@ -180,7 +180,7 @@ def test_occupancy_grid_marks_the_dense_region_and_the_marcher_skips_empty_space
 @pytest.mark.parametrize("perturb", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_cpu_marcher_keeps_the_same_samples_as_the_tensor_marcher(cascades, perturb, threads):
-    from pipeline.nn import cpu_kernels
+    from pipeline.kernels import cpu_kernels
 
     if not cpu_kernels.available():
         pytest.skip(f"C++ kernels unavailable: {cpu_kernels.unavailable_reason()}")
@@ -243,7 +243,7 @@ def test_a_field_of_uniform_density_keeps_every_cell_occupied():
 
 
 def test_occupancy_cells_fewer_than_two_views_see_stay_empty():
-    from pipeline.cameras import Cameras
+    from pipeline.geometry.cameras import Cameras
 
     # two narrow cameras on the x and y axes, both looking at the origin: only the region around
     # the origin is seen twice; the far end of each view's cone is seen once
@@ -276,7 +276,7 @@ def test_cascades_cover_a_larger_box():
 
 def _camera_rays(size=16):
     """The rays of a 16x16 pinhole camera at z = -2 looking at the origin (OpenCV axes)."""
-    from pipeline.cameras import Cameras, image_rays
+    from pipeline.geometry.cameras import Cameras, image_rays
 
     K = Intrinsics("pinhole", size, size, 20.0, 20.0, size / 2, size / 2)
     cams = Cameras.from_intrinsics([K], look_at((0, 0, -2.0), (0, 0, 0), up=(0, -1, 0))[None])
@@ -314,7 +314,7 @@ def test_a_tiny_model_overfits_a_16x16_patch(kind, sampler, grid_backend, gate, 
 
 
 def test_autocast_runs_matrix_products_in_bf16_only_where_the_hardware_has_them():
-    from pipeline.runtime import autocast, cpu_has_bf16_matmul
+    from pipeline.runner.runtime import autocast, cpu_has_bf16_matmul
 
     layer = torch.nn.Linear(8, 8)
     x = torch.randn(4, 8)
@@ -331,7 +331,7 @@ def test_freed_memory_is_kept_for_the_next_step_where_the_c_library_is_glibc():
     import sys
 
     # in a fresh interpreter: the setting is for the whole process, as run.py makes it
-    code = ("from pipeline.runtime import keep_freed_memory; import torch; ok = keep_freed_memory(); "
+    code = ("from pipeline.runner.runtime import keep_freed_memory; import torch; ok = keep_freed_memory(); "
             "x = [torch.ones(1 << 22) for _ in range(3)]; del x; print(ok, float(torch.ones(1 << 22).sum()))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=str(Path(__file__).resolve().parent.parent))
@@ -365,7 +365,7 @@ def test_mixed_precision_renders_float32_close_to_full_precision(kind, sampler, 
 
 
 def test_marched_samples_are_padded_to_buckets_only_under_cpu_autocast(one_thread):
-    from pipeline.nn.nerf_model import _field_in_buckets
+    from pipeline.models.nerf.model import _field_in_buckets
 
     calls = []
 
@@ -388,7 +388,7 @@ def test_marched_samples_are_padded_to_buckets_only_under_cpu_autocast(one_threa
 
 
 def test_siren_mlp_uses_sine_activations_with_its_initialisation():
-    from pipeline.nn.mlp import MLP, Sine
+    from pipeline.models.components.mlp import MLP, Sine
 
     mlp = MLP(3, 1, width=64, num_hidden=3, activation="siren", siren_omega=30.0)
     assert isinstance(mlp.act, Sine)
@@ -407,7 +407,7 @@ def _tiny_workspace(tmp_path, views=6, size=16):
 
     from datasets.nerfstudio import write_nerfstudio
     from datasets.scene import Frame, Scene
-    from pipeline.workspace import Workspace
+    from pipeline.runner.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
     img_dir = tmp_path / "images"
@@ -533,7 +533,7 @@ def test_resume_from_a_periodic_checkpoint_after_a_kill_repeats_nothing(tmp_path
 
 def test_edge_and_error_rays_go_where_they_are_asked(tmp_path):
     import stages.nerf as nerf
-    from pipeline.masks import mask_edges
+    from pipeline.geometry.masks import mask_edges
 
     ws = _tiny_workspace(tmp_path)
     scene = ws.load_scene()
@@ -559,7 +559,7 @@ def test_edge_and_error_rays_go_where_they_are_asked(tmp_path):
 
 def test_the_stage_trains_evaluates_and_reloads(tmp_path, one_thread):
     import stages.nerf as nerf
-    from pipeline.stage import run_stage
+    from pipeline.runner.stage import run_stage
 
     ws = _tiny_workspace(tmp_path)
     result = run_stage(nerf.STAGE, ws, _tiny_config(max_steps=30))
@@ -588,7 +588,7 @@ def test_config_files_load():
 
 
 def test_the_density_activation_is_exp_with_its_gradient_clamped_at_plus_minus_15():
-    from pipeline.nn.nerf_field import trunc_exp
+    from pipeline.models.nerf.field import trunc_exp
 
     x = torch.tensor([-20.0, -3.0, 0.0, 2.5, 15.0, 30.0], requires_grad=True)
     y = trunc_exp(x)
@@ -600,7 +600,7 @@ def test_the_density_activation_is_exp_with_its_gradient_clamped_at_plus_minus_1
 @pytest.mark.parametrize("kind", ["hash", "fourier"])
 def test_fields_take_directions_per_ray_or_per_sample_alike(kind):
     # the renderer passes each ray's direction once with the samples' ray indices
-    from pipeline.nn.nerf_field import FourierNeRFField, HashNeRFField
+    from pipeline.models.nerf.field import FourierNeRFField, HashNeRFField
 
     torch.manual_seed(0)
     box = torch.tensor([[-1.0] * 3, [1.0] * 3])

@@ -1,8 +1,8 @@
 """Scene normalisation: similarities, and the scene moved into the unit sphere and back."""
 import numpy as np
 
-from pipeline.cameras import look_at
-from pipeline.normalize import Similarity, focus_point, normalizing_similarity
+from pipeline.geometry.cameras import look_at
+from pipeline.geometry.normalize import Similarity, focus_point, normalizing_similarity
 
 
 def random_rotation(rng):

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.alignment import align_cameras, pose_errors, ring_radius, umeyama
-from pipeline.cameras import look_at
-from pipeline.normalize import Similarity
+from pipeline.geometry.alignment import align_cameras, pose_errors, ring_radius, umeyama
+from pipeline.geometry.cameras import look_at
+from pipeline.geometry.normalize import Similarity
 
 
 def ring_cameras(n=12, radius=3.0):

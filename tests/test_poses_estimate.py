@@ -8,13 +8,13 @@ import pytest
 
 from datasets import read_scene
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.alignment import pose_errors
-from pipeline.cameras import Intrinsics
-from pipeline.mesh import read_ply
-from pipeline.stage import run_stage
-from pipeline.workspace import Workspace
+from pipeline.geometry.alignment import pose_errors
+from pipeline.geometry.cameras import Intrinsics
+from pipeline.geometry.mesh import read_ply
+from pipeline.runner.stage import run_stage
+from pipeline.runner.workspace import Workspace
 from stages.poses import STAGE
-from stages.poses_estimate import (ImageStats, colmap_camera_params, diagnose, intrinsics_from_colmap,
+from pipeline.sfm.estimate import (ImageStats, colmap_camera_params, diagnose, intrinsics_from_colmap,
                                    prepare_images)
 
 pycolmap = pytest.importorskip("pycolmap")

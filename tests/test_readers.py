@@ -18,7 +18,7 @@ from datasets.middlebury import read_middlebury
 from datasets.nerfstudio import read_nerfstudio, write_nerfstudio
 from datasets.panoramas import read_panorama_folder, zind_c2w
 from datasets.scene import Frame, Scene, SceneError
-from pipeline.cameras import Intrinsics, look_at
+from pipeline.geometry.cameras import Intrinsics, look_at
 
 W, H = 32, 24
 

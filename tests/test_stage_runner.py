@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stage import Stage, run_stage
-from pipeline.workspace import Workspace, WorkspaceError
+from pipeline.runner.stage import Stage, run_stage
+from pipeline.runner.workspace import Workspace, WorkspaceError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,8 +81,8 @@ KILLED_STAGE = textwrap.dedent("""
     import os, signal, sys
     from dataclasses import dataclass
     sys.path.insert(0, {root!r})
-    from pipeline.stage import Stage, run_stage
-    from pipeline.workspace import Workspace
+    from pipeline.runner.stage import Stage, run_stage
+    from pipeline.runner.workspace import Workspace
 
     @dataclass
     class Cfg:

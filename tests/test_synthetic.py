@@ -10,7 +10,7 @@ import torch
 from datasets import read_scene
 from datasets.synthetic import (CAMERA_RADIUS, SyntheticConfig, analytic_sdf, generate, indoor_sdf,
                                 object_cameras, one_torch_thread)
-from pipeline.mesh import read_ply
+from pipeline.geometry.mesh import read_ply
 
 SMALL = SyntheticConfig(views=8, size=96, seed=0, panoramas=True, panorama_count=3, panorama_width=128,
                         mesh_resolution=96)
@@ -212,7 +212,7 @@ def test_panoramas_centres_and_depth_match_the_room(scene_dir):
 
 def test_sparse_sdf_sampling_gives_the_same_mesh_as_the_full_grid():
     from datasets.synthetic import sample_sdf_sparse
-    from pipeline.mesh import marching_cubes, sample_grid
+    from pipeline.geometry.mesh import marching_cubes, sample_grid
 
     bounds = np.array([[-1.1] * 3, [1.1] * 3])
     full = sample_grid(analytic_sdf, bounds, 50)

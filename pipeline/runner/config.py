@@ -1,0 +1,94 @@
+"""Typed configs: YAML files in ``configs/`` loaded into dataclasses, with ``key=value`` overrides.
+
+Built on OmegaConf structured configs, which type-check every value; errors are re-raised as
+:class:`ConfigError` naming the key, the source (file or command line) and the valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence, Type, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+T = TypeVar("T")
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the key and lists the valid ones."""
+
+
+def _valid_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) if not isinstance(f.type, str) else False:
+            keys += _valid_keys(f.type, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _explain(exc: OmegaConfBaseException, cls, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
+    valid = ", ".join(_valid_keys(cls))
+    if isinstance(exc, ConfigKeyError):
+        msg = f"unknown config key {key!r} in {source}; valid keys of {cls.__name__}: {valid}"
+    elif isinstance(exc, ValidationError):
+        detail = str(exc).splitlines()[0]
+        msg = f"wrong type for config key {key!r} in {source}: {detail}"
+    else:
+        msg = f"invalid config in {source} (key {key!r}): {str(exc).splitlines()[0]}; valid keys: {valid}"
+    return ConfigError(msg)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config given as a path, or as a bare name looked up in ``configs/`` (``nerf-hash``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(f"config file {str(path)!r} not found (looked in the current folder and {CONFIG_DIR}); "
+                      f"available: {', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))}")
+
+
+def load_config(cls: Type[T], path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> T:
+    """Build a ``cls`` instance from its defaults, then a YAML file, then ``key=value`` overrides."""
+    try:
+        conf = OmegaConf.structured(cls)
+    except OmegaConfBaseException as exc:  # a bug in the dataclass itself
+        raise ConfigError(f"config class {cls.__name__} is invalid: {exc}") from exc
+    if path is not None:
+        resolved = resolve_config_path(path)
+        try:
+            loaded = OmegaConf.load(resolved)
+        except Exception as exc:
+            raise ConfigError(f"{resolved}: not valid YAML ({exc}); fix the file") from exc
+        try:
+            conf = OmegaConf.merge(conf, loaded)
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, cls, str(resolved)) from None
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}; valid keys: {', '.join(_valid_keys(cls))}")
+    try:
+        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(conf)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, cls, "command-line overrides") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+
+
+def config_hash(config: Any) -> str:
+    """A stable hash of a config's values (used to decide whether a stage is up to date)."""
+    blob = json.dumps(config_to_dict(config), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,171 @@
+"""The IDR training loop: one step (trace, sample network, renderer, losses), the optimiser with
+its schedules, checkpoints in the stage's resume folder, and the time budget."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from pipeline.geometry.cameras import Cameras
+from pipeline.runner.log import TrainingProgress
+from pipeline.models.idr.cameras import PoseCorrections, corrected_cameras
+from pipeline.models.idr.losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss, smoothness_loss
+from pipeline.models.idr.model import IDRModel, uniform_ball_points
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainSettings:
+    iterations: int
+    max_time_s: float
+    batch_rays: int
+    eikonal_points: int
+    lr: float
+    lr_grid: float
+    lr_cameras: float
+    lr_final_factor: float
+    checkpoint_every_s: float
+    seed: int
+    config_hash: str
+    camera_gauge: bool = True  # trainable cameras: remove the common similarity drift after each step
+
+
+def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], batch,
+                  loss_cfg: LossConfig, alpha: float, eikonal_points: int,
+                  generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict]:
+    """Losses of one batch of rays. batch: (view (N,), uv (N, 2), rgb (N, 3), mask (N,))."""
+    view, uv, rgb_gt, mask_gt = batch
+    n = len(view)
+    cams = corrected_cameras(cameras, view, corrections)
+    rays_o, rays_d, _ = cams.generate_rays(uv)
+    hits = model.trace(rays_o, rays_d)
+    surface = hits.hit & mask_gt
+    others = ~surface & hits.in_sphere
+    idx_s = surface.nonzero().squeeze(1)
+    idx_m = others.nonzero().squeeze(1)
+
+    rgb_pred, grad_surface, surface_points = model.shade_surface(rays_o[idx_s], rays_d[idx_s], hits.t[idx_s])
+    # mask loss at the smallest-SDF point of missed rays (the hit point for hits outside the mask);
+    # the point moves with the rays, so trainable cameras also learn from silhouettes
+    x_mask = rays_o[idx_m] + hits.t[idx_m].unsqueeze(-1) * rays_d[idx_m]
+    sdf_mask = model.sdf_network.sdf(x_mask)
+    radius = model.tracing.radius
+    eik = uniform_ball_points(eikonal_points, radius, generator=generator, device=rays_o.device)
+    smooth = loss_cfg.smoothness_weight > 0 and len(idx_s) > 0
+    if smooth:  # displaced surface points share the eikonal batch (their gradients serve both terms)
+        near = surface_points.detach()
+        near = near + loss_cfg.smoothness_std * torch.randn(near.shape, generator=generator).to(near.device)
+        eik = torch.cat([eik, near])
+    _, _, grad_eik = model.sdf_network.sdf_and_gradient(eik, create_graph=True)
+    l_smooth = smoothness_loss(grad_surface, grad_eik[eikonal_points:]) if smooth else grad_eik.sum() * 0.0
+
+    l_rgb = rgb_loss(rgb_pred, rgb_gt[idx_s], n)
+    l_mask = mask_loss(sdf_mask, mask_gt[idx_m], alpha, n)
+    l_eik = eikonal_loss(torch.cat([grad_surface, grad_eik]))
+    loss = (loss_cfg.rgb_weight * l_rgb + loss_cfg.mask_weight * l_mask + loss_cfg.eikonal_weight * l_eik
+            + loss_cfg.smoothness_weight * l_smooth)
+    with torch.no_grad():
+        hit_in_mask = float(surface.sum()) / max(1, int(mask_gt.sum()))
+        psnr = -10 * torch.log10(((rgb_pred - rgb_gt[idx_s]) ** 2).mean().clamp_min(1e-10)) if len(idx_s) else None
+    stats = {"loss": float(loss.detach()), "rgb": float(l_rgb.detach()), "mask": float(l_mask.detach()),
+             "eikonal": float(l_eik.detach()), "smoothness": float(l_smooth.detach()),
+             "hit_in_mask": hit_in_mask, "psnr": float(psnr) if psnr is not None else float("nan")}
+    return loss, stats
+
+
+def make_optimizer(model: IDRModel, corrections: Optional[PoseCorrections], settings: TrainSettings):
+    grid, other = [], []
+    for name, p in model.named_parameters():
+        # hash-grid tables (geometry and appearance) learn at the grid rate, as in instant-ngp
+        (grid if name.endswith("encoding.table") else other).append(p)
+    groups = [{"params": other, "lr": settings.lr, "base_lr": settings.lr}]
+    if grid:
+        groups.append({"params": grid, "lr": settings.lr_grid, "base_lr": settings.lr_grid})
+    if corrections is not None:
+        groups.append({"params": list(corrections.parameters()), "lr": settings.lr_cameras,
+                       "base_lr": settings.lr_cameras})
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+
+def _save_checkpoint(path: Path, model, corrections, optimizer, iteration, elapsed, generator, settings):
+    state = {"iteration": iteration, "elapsed_s": elapsed, "model": model.state_dict(),
+             "corrections": corrections.state_dict() if corrections is not None else None,
+             "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+             "config_hash": settings.config_hash}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], bank, loss_cfg: LossConfig,
+          settings: TrainSettings, resume_dir: Path, log) -> dict:
+    """Train until ``iterations`` or ``max_time_s`` (counted across resumes). Returns a summary."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    device = model.background.device
+    optimizer = make_optimizer(model, corrections, settings)
+    ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
+    start, elapsed = 0, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state.get("config_hash") == settings.config_hash:
+            model.load_state_dict(state["model"])
+            if corrections is not None and state["corrections"] is not None:
+                corrections.load_state_dict(state["corrections"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            start, elapsed = state["iteration"], state["elapsed_s"]
+            log.info(f"idr: resuming from iteration {start} ({elapsed:.0f}s already trained)")
+        else:
+            log.info("idr: ignoring a checkpoint of a different configuration")
+    stats: dict = {}
+    iteration = start
+    t_session = time.time()
+    last_save = t_session
+    stopped_by_time = False
+    bar = TrainingProgress("idr", settings.iterations, settings.max_time_s, start, elapsed)
+    while iteration < settings.iterations:
+        spent = elapsed + time.time() - t_session
+        if spent >= settings.max_time_s:
+            stopped_by_time = True
+            break
+        # schedules follow whichever budget (iterations or time) runs out first
+        frac = max(iteration / settings.iterations, spent / settings.max_time_s)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * settings.lr_final_factor ** frac
+        alpha = mask_alpha(loss_cfg, frac)
+        model.set_progress(frac)
+        # rays are drawn on the CPU (one generator: the same batches on any device), then moved
+        batch = tuple(t.to(device) for t in bank.sample(settings.batch_rays, generator))
+        loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha, settings.eikonal_points,
+                                    generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if corrections is not None and settings.camera_gauge:
+            corrections.remove_gauge(cameras.c2w)
+        iteration += 1
+        if iteration % 10 == 0:
+            bar.postfix.update(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}",
+                               hit=f"{stats['hit_in_mask']:.2f}")
+        bar.update(iteration, elapsed + time.time() - t_session)
+        if iteration % 200 == 0:
+            log.info(f"idr it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} mask {stats['mask']:.4f} "
+                     f"eik {stats['eikonal']:.4f} psnr(hit) {stats['psnr']:.2f} hit/mask {stats['hit_in_mask']:.3f} "
+                     f"t={elapsed + time.time() - t_session:.0f}s")
+        if time.time() - last_save > settings.checkpoint_every_s:
+            _save_checkpoint(ckpt_path, model, corrections, optimizer, iteration,
+                             elapsed + time.time() - t_session, generator, settings)
+            last_save = time.time()
+    bar.close()
+    model.set_progress(1.0)
+    total = elapsed + time.time() - t_session
+    _save_checkpoint(ckpt_path, model, corrections, optimizer, iteration, total, generator, settings)
+    return {"iterations": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time,
+            "last_step": stats}
+
+
+__all__ = ["TrainSettings", "training_step", "make_optimizer", "train", "CHECKPOINT_NAME"]
