@@ -23,6 +23,7 @@ import numpy as np
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.geometry.cameras import Intrinsics
 from pipeline.runner.log import get_logger
+from pipeline.runner.io import write_json
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".exr", ".webp", ".tif", ".tiff")
@@ -228,8 +229,6 @@ def write_nerfstudio(scene: Scene, path: str | Path, extra: Optional[dict] = Non
     (default: the folder of ``path``; give the final folder when writing into a temporary one).
     Returns the path written.
     """
-    from pipeline.runner.workspace import write_json
-
     path = Path(path)
     if path.suffix != ".json":
         path = path / "transforms.json"

@@ -40,6 +40,7 @@ from datasets.synthetic_texture import albedo
 from pipeline.geometry.cameras import Cameras, Intrinsics, look_at, pinhole_from_fov
 from pipeline.runner.log import get_logger, progress
 from pipeline.runner.runtime import torch_threads
+from pipeline.runner.io import write_json
 
 __all__ = ["SyntheticConfig", "generate", "one_torch_thread", "analytic_sdf", "indoor_sdf", "object_cameras", "panorama_cameras",
            "CAMERA_RADIUS", "CAMERA_ANGLE_X", "OBJECT_RADIUS", "FORMAT_VERSION"]
@@ -225,8 +226,6 @@ def _write_panoramas(out_dir: Path, config: SyntheticConfig, log) -> dict:
     """Render the indoor scene's panoramas into D/panoramas/; returns a summary for scene_info."""
     from datasets.nerfstudio import write_nerfstudio
     from datasets.scene import Frame, Scene
-    from pipeline.runner.workspace import write_json
-
     pano_dir = out_dir / "panoramas"
     width = int(config.panorama_width)
     if width % 2:
@@ -281,8 +280,6 @@ def generate(out_dir, config: Optional[SyntheticConfig] = None, log=None) -> Pat
     Does nothing when ``out_dir/scene_info.json`` records the same config. ``scene_info.json`` is
     removed first and written last, so an interrupted run never looks complete.
     """
-    from pipeline.runner.workspace import write_json
-
     config = config or SyntheticConfig()
     log = log or get_logger("synthetic")
     if config.views < 1 or config.size < 8:
@@ -306,8 +303,6 @@ def generate(out_dir, config: Optional[SyntheticConfig] = None, log=None) -> Pat
 
 def _generate(out_dir: Path, config: SyntheticConfig, log) -> dict:
     """Write everything but scene_info.json; returns the content of scene_info.json."""
-    from pipeline.runner.workspace import write_json
-
     timings = {}
     t0 = time.perf_counter()
     frames = _write_object_views(out_dir, config, log)

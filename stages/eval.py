@@ -29,7 +29,8 @@ from pipeline.runner.log import progress
 from pipeline.evaluation.metrics import depth_errors, lpips_or_reason, mask_iou, mesh_chamfer_fscore, psnr, ssim
 from pipeline.models.render import render_image
 from pipeline.runner.stage import Stage, StageContext
-from pipeline.runner.workspace import Workspace, write_json
+from pipeline.runner.io import write_json
+from pipeline.runner.workspace import Workspace
 from stages import export
 
 

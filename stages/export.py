@@ -34,7 +34,8 @@ from pipeline.runner.log import progress
 from pipeline.models.render import render_image
 from pipeline.runner.runtime import pick_device
 from pipeline.runner.stage import Stage, StageContext
-from pipeline.runner.workspace import Workspace, WorkspaceError, write_json
+from pipeline.runner.io import write_json
+from pipeline.runner.workspace import Workspace, WorkspaceError
 
 METHODS = ("nerf", "idr")
 PARTS = ("depth", "views", "mesh")

@@ -13,30 +13,29 @@ surface), ``mesh.ply`` (marching cubes of f, original units, vertex colours), ``
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 
 from datasets.scene import Scene, SceneError
+from pipeline.evaluation.ground_truth import find_gt_mesh, mesh_metrics
+from pipeline.evaluation.idr_views import evaluate_views
+from pipeline.export.idr_mesh import extract_mesh
+from pipeline.geometry.mesh import write_ply
 from pipeline.runner.config import config_hash
-from pipeline.geometry.mesh import keep_large_components, marching_cubes, read_ply, write_ply
-from pipeline.evaluation.metrics import mask_iou, mesh_chamfer_fscore, psnr, ssim
 from pipeline.models.idr.cameras import PoseCorrections
 from pipeline.models.idr.losses import LossConfig
 from pipeline.models.idr.model import IDRModel, RendererConfig
-from pipeline.models.idr.sdf_mesh import sample_sdf_grid
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.idr.sphere_tracing import TracingConfig
-from pipeline.models.render import render_image
 from pipeline.runner.runtime import pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
-from pipeline.runner.workspace import Workspace, WorkspaceError, write_json
+from pipeline.runner.io import write_json
+from pipeline.runner.workspace import Workspace, WorkspaceError
 from pipeline.training.idr_data import MaskOptions, RayBank, estimate_background, load_masks, load_views
 from pipeline.training.idr import TrainSettings, train
 
@@ -138,93 +137,6 @@ def load_trained(workspace: Workspace | str | Path, device="cpu") -> IDRModel:
 # --- outputs -----------------------------------------------------------------------------------
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def evaluate_views(model: IDRModel, views, scene: Scene, out_dir: Path, depth_scale: float, chunk: int) -> dict:
-    """Render held-out views, write renders/ and depth/, return mean metrics."""
-    (out_dir / "renders").mkdir(parents=True, exist_ok=True)
-    (out_dir / "depth").mkdir(parents=True, exist_ok=True)
-    per_view = []
-    for v, i in enumerate(views.indices):
-        out = render_image(model, views.cameras[v].to(model.background.device), chunk=chunk)
-        rgb, acc = out["rgb"].numpy(), out["acc"].numpy() > 0.5
-        name = scene.frames[i].name
-        normal = np.where(acc[..., None], (out["normal"].numpy() + 1) / 2, 1.0)
-        iio.imwrite(out_dir / "renders" / f"{name}.png", _to_uint8(rgb))
-        iio.imwrite(out_dir / "renders" / f"{name}_normal.png", _to_uint8(normal))
-        depth = np.where(acc, out["depth"].numpy() / depth_scale, 0.0).astype(np.float32)
-        np.save(out_dir / "depth" / f"{name}.npy", depth)
-        gt, gt_mask = views.images[v], views.masks[v]
-        per_view.append({"name": name, "psnr": psnr(rgb, gt), "psnr_masked": psnr(rgb, gt, gt_mask),
-                         "ssim": ssim(rgb, gt), "mask_iou": mask_iou(acc, gt_mask)})
-    if not per_view:
-        return {}
-    keys = ("psnr", "psnr_masked", "ssim", "mask_iou")
-    return {**{k: float(np.mean([p[k] for p in per_view])) for k in keys}, "views": per_view}
-
-
-def extract_mesh(model: IDRModel, cfg: IDRConfig, to_original) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """Marching cubes of f over the bounding cube; vertices in original units, optional colours."""
-    r = cfg.tracing.radius
-    bounds = np.array([[-r] * 3, [r] * 3])
-    device = model.background.device
-    values = sample_sdf_grid(lambda p: model.query_sdf(p.to(device)), bounds, cfg.mesh_resolution,
-                             lipschitz=cfg.tracing.lipschitz)
-    verts, faces = marching_cubes(values, bounds, 0.0)
-    if cfg.mesh_min_component > 0:
-        verts, faces = keep_large_components(verts, faces, cfg.mesh_min_component)
-    colors = None
-    if cfg.mesh_colors and len(verts):
-        parts = []
-        pts_all = torch.from_numpy(verts).float()
-        for s in range(0, len(pts_all), 32768):
-            pts = pts_all[s:s + 32768].to(device)
-            _, _, grad = model.sdf_network.sdf_and_gradient(pts)
-            # look at each vertex head-on, along its inward normal
-            parts.append(model.query_color(pts, -grad).cpu().numpy())
-        colors = np.concatenate(parts)
-    return to_original(verts), faces, colors
-
-
-def find_gt_mesh(cfg: IDRConfig, scene: Scene) -> Optional[Path]:
-    if cfg.gt_mesh:
-        path = Path(cfg.gt_mesh)
-        if not path.exists():
-            raise SceneError(f"gt_mesh {path} does not exist; give a PLY file or leave gt_mesh empty")
-        return path
-    source = scene.meta.get("recon", {}).get("source")
-    if source:
-        folder = Path(source) if Path(source).is_dir() else Path(source).parent
-        for name in ("mesh_gt.ply", "gt_mesh.ply"):
-            if (folder / name).exists():
-                return folder / name
-    return None
-
-
-def object_radius(gt_verts: np.ndarray, gt_path: Path) -> float:
-    info = gt_path.parent / "scene_info.json"
-    if info.exists():
-        data = json.loads(info.read_text())
-        for key in ("object_radius", "radius", "bounding_radius"):
-            if isinstance(data.get(key), (int, float)):
-                return float(data[key])
-    center = 0.5 * (gt_verts.min(0) + gt_verts.max(0))
-    return float(np.linalg.norm(gt_verts - center, axis=1).max())
-
-
-def mesh_metrics(verts, faces, gt_path: Path) -> dict:
-    """Chamfer-L1 and F-score (1% of the object radius) against the reference mesh, measured as the
-    eval stage does: points sampled on each surface, distances to the other surface's triangles
-    (point-to-point distances between two samplings have a floor of ~0.7% r here)."""
-    gt_verts, gt_faces, _ = read_ply(gt_path)
-    radius = object_radius(gt_verts, gt_path)
-    result = mesh_chamfer_fscore(verts, faces, gt_verts, gt_faces, threshold=0.01 * radius)
-    result.update(object_radius=radius, chamfer_l1_over_radius=result["chamfer_l1"] / radius, gt_mesh=str(gt_path))
-    return result
-
-
 # --- the stage ---------------------------------------------------------------------------------
 
 
@@ -298,12 +210,13 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
 
     t_mesh = time.time()
     try:
-        verts, faces, colors = extract_mesh(model, cfg, sim_inverse.apply_points)
+        verts, faces, colors = extract_mesh(model, cfg.tracing.radius, cfg.tracing.lipschitz, cfg.mesh_resolution,
+                                           cfg.mesh_min_component, cfg.mesh_colors, sim_inverse.apply_points)
         write_ply(ctx.out_dir / "mesh.ply", verts, faces, colors)
         from pipeline.geometry.mesh import is_watertight
 
         metrics.update(mesh_vertices=len(verts), mesh_faces=len(faces), mesh_watertight=is_watertight(faces))
-        gt_path = find_gt_mesh(cfg, scene)
+        gt_path = find_gt_mesh(cfg.gt_mesh, scene)
         if gt_path is not None:
             metrics["mesh"] = mesh_metrics(verts, faces, gt_path)
     except ValueError as exc:  # the field has no zero crossing: training failed to find a surface

@@ -24,13 +24,15 @@ import numpy as np
 import torch
 
 from pipeline.runner.config import load_config
-from pipeline.runner.log import TrainingProgress, get_logger, progress
+from pipeline.runner.log import TrainingProgress, get_logger
+from pipeline.evaluation.nerf_views import evaluate
 from pipeline.geometry.masks import mask_edges
 from pipeline.models.components.hashgrid import HashGridConfig
 from pipeline.models.nerf.model import NeRFModel, NeRFModelConfig, default_aabb
 from pipeline.runner.runtime import autocast, pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
-from pipeline.runner.workspace import Workspace, WorkspaceError, write_json
+from pipeline.runner.io import write_json
+from pipeline.runner.workspace import Workspace, WorkspaceError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BACKGROUNDS = ("white", "black", "random", "learned", "scene")
@@ -295,45 +297,6 @@ def train(model: NeRFModel, data: PixelData, cfg: NerfConfig, device: torch.devi
 # Evaluation
 
 
-def evaluate(model: NeRFModel, scene, indices: list[int], out_dir: Path, depth_unit_scale: float, cfg: NerfConfig,
-             device: torch.device, log) -> dict:
-    """Render ``indices``, write renders/*.png and depth/*.npy, return mean metrics."""
-    import imageio.v3 as iio
-
-    from pipeline.evaluation.metrics import lpips_or_reason, psnr, ssim
-    from pipeline.models.render import render_image
-
-    (out_dir / "renders").mkdir(parents=True, exist_ok=True)
-    (out_dir / "depth").mkdir(parents=True, exist_ok=True)
-    model.eval()
-    per_view, lpips_reason = [], None
-    t0 = time.time()
-    for i in progress(indices, desc="nerf eval"):
-        cam = scene.cameras([i], device=device)
-        with _autocast(device, cfg):
-            out = render_image(model, cam, chunk=cfg.eval_chunk)
-        pred = out["rgb"].clamp(0, 1).numpy()
-        gt = scene.load_image(i)
-        name = scene.frames[i].name
-        iio.imwrite(out_dir / "renders" / f"{name}.png", (pred * 255 + 0.5).astype(np.uint8))
-        depth = out["depth"].numpy() / depth_unit_scale  # normalised frame -> original units
-        depth[out["acc"].numpy() < 0.5] = 0.0  # background: no depth
-        np.save(out_dir / "depth" / f"{name}.npy", depth.astype(np.float32))
-        entry = {"name": name, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
-        if cfg.lpips:
-            value, lpips_reason = lpips_or_reason(pred, gt)
-            entry["lpips"] = value
-        per_view.append(entry)
-    render_time = time.time() - t0
-    lpips_values = [v["lpips"] for v in per_view if v.get("lpips") is not None]
-    return {"psnr": float(np.mean([v["psnr"] for v in per_view])) if per_view else None,
-            "ssim": float(np.mean([v["ssim"] for v in per_view])) if per_view else None,
-            "lpips": float(np.mean(lpips_values)) if lpips_values else None,
-            "lpips_reason": None if lpips_values else (lpips_reason or "LPIPS disabled (lpips=false)"),
-            "eval_views": len(per_view), "eval_render_s": render_time,
-            "eval_s_per_view": render_time / max(1, len(per_view)), "per_view": per_view}
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 
@@ -376,7 +339,8 @@ def _run(ctx: StageContext, cfg: NerfConfig) -> dict:
     stats = train(model, data, cfg, device, ctx.resume_dir, ctx.log)
     save_model(ctx.out_dir / "model.pt", model, cfg, scene.background)
     scale = ctx.workspace.normalization().scale
-    metrics = evaluate(model, scene, eval_idx, ctx.out_dir, scale, cfg, device, ctx.log)
+    metrics = evaluate(model, scene, eval_idx, ctx.out_dir, scale, cfg.eval_chunk, cfg.lpips,
+                       cfg.mixed_precision if device.type != "cpu" else cfg.cpu_mixed_precision, device)
     metrics.update(stats, eval_on=eval_note, device=str(device), model=cfg.model.kind,
                    sampler=model.sampler, torch_threads=torch.get_num_threads())
     if model.occupancy is not None:

@@ -163,7 +163,8 @@ def make_sphere_workspace(tmp_path: Path, monkeypatch, method: str = "idr", n_vi
     """A workspace posed by the real poses stage with a finished fake ``method`` run. Returns
     (workspace, the model in the normalised frame)."""
     from pipeline.runner.stage import run_stage
-    from pipeline.runner.workspace import Workspace, write_json
+    from pipeline.runner.io import write_json
+    from pipeline.runner.workspace import Workspace
     from stages import poses
 
     data = write_sphere_dataset(tmp_path / "data", n_views, size)

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.geometry.cameras import Cameras, Intrinsics, look_at
 from pipeline.geometry.normalize import focus_point
+from pipeline.runner.io import write_json
 
 PATH_KINDS = ("orbit", "spiral", "smooth", "file")
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # same flip as datasets/nerfstudio.py
@@ -253,8 +254,6 @@ def read_nerfstudio_camera_path(path: str | Path, width: Optional[int] = None,
 
 def write_nerfstudio_camera_path(path: str | Path, camera_path: CameraPath) -> Path:
     """Write a path as a nerfstudio ``camera_path.json`` (renderable by ``ns-render camera-path``)."""
-    from pipeline.runner.workspace import write_json
-
     k0 = camera_path.intrinsics[0]
     entries = [{"camera_to_world": (c2w @ OPENGL_TO_OPENCV).reshape(-1).tolist(), "fov": vertical_fov_deg(k),
                 "aspect": k.width / k.height} for c2w, k in zip(camera_path.c2w, camera_path.intrinsics)]

@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence, Type, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from pipeline.runner.log import get_logger
 
 T = TypeVar("T")
 
@@ -58,6 +60,17 @@ def resolve_config_path(path: str | Path) -> Path:
                       f"available: {', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))}")
 
 
+def _rename_key(cls, key: str, source: str) -> str:
+    """A config key renamed in this release -> its new name, with a warning (``cls.renamed_keys``,
+    a ClassVar dict old -> new, keeps old configs and command lines working for one release)."""
+    renamed = getattr(cls, "renamed_keys", {})
+    if key not in renamed:
+        return key
+    get_logger("config").warning(f"config key {key!r} ({source}) is renamed {renamed[key]!r}; "
+                                 f"the old name stops working in the next release")
+    return renamed[key]
+
+
 def load_config(cls: Type[T], path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> T:
     """Build a ``cls`` instance from its defaults, then a YAML file, then ``key=value`` overrides."""
     try:
@@ -70,6 +83,8 @@ def load_config(cls: Type[T], path: Optional[str | Path] = None, overrides: Sequ
             loaded = OmegaConf.load(resolved)
         except Exception as exc:
             raise ConfigError(f"{resolved}: not valid YAML ({exc}); fix the file") from exc
+        if getattr(cls, "renamed_keys", None) and isinstance(loaded, DictConfig):
+            loaded = OmegaConf.create({_rename_key(cls, str(k), str(resolved)): v for k, v in loaded.items()})
         try:
             conf = OmegaConf.merge(conf, loaded)
         except OmegaConfBaseException as exc:
@@ -77,6 +92,7 @@ def load_config(cls: Type[T], path: Optional[str | Path] = None, overrides: Sequ
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}; valid keys: {', '.join(_valid_keys(cls))}")
+    overrides = [_rename_key(cls, o.split("=", 1)[0], "command line") + "=" + o.split("=", 1)[1] for o in overrides]
     try:
         conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(conf)  # type: ignore[return-value]

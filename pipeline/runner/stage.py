@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from pipeline.runner.config import config_hash, config_to_dict, load_config
 from pipeline.runner.log import attach_log_file, detach_log_file, get_logger
-from pipeline.runner.workspace import Workspace, WorkspaceError, write_json
+from pipeline.runner.io import write_json
+from pipeline.runner.workspace import Workspace, WorkspaceError
 
 TRACKED_PACKAGES = ("torch", "numpy", "kornia", "pycolmap", "imageio", "omegaconf", "scikit-image", "triton")
 
