@@ -93,7 +93,7 @@ def run_baseline(name: str, path: Path, work: Path) -> dict:
     """pycolmap with its defaults (SIFT at full size, exhaustive matching, incremental mapping)."""
     import pycolmap
 
-    from pipeline.sfm.estimate import prepare_images
+    from pipeline.sfm.prepare import prepare_images
 
     out = work / f"baseline-{name}"
     shutil.rmtree(out, ignore_errors=True)
@@ -117,7 +117,7 @@ def run_baseline(name: str, path: Path, work: Path) -> dict:
            "wall_s": sum(times.values()), "mapper": "incremental"}
     ref = reference_cameras(path)
     if ref and best is not None and best.num_reg_images() >= 2:
-        from pipeline.sfm.estimate import c2w_from_image
+        from pipeline.sfm.cameras import c2w_from_image
 
         by_name = {p.colmap_name: str(scene.frames[p.frame_index].image_path.resolve()) for p in prepared}
         images = [im for im in best.images.values() if im.has_pose]

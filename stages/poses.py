@@ -4,7 +4,7 @@
 Outputs (workspace ``poses/``): ``transforms.json`` (nerfstudio convention, normalised frame,
 opens in nerfstudio and instant-ngp), ``normalization.json`` (the similarity from the dataset's
 units to the normalised frame), ``report.json``. When poses are estimated
-(``stages/poses_estimate.py``) also ``sparse/`` (the COLMAP model, in COLMAP's own frame:
+(``pipeline/sfm/``) also ``sparse/`` (the COLMAP model, in COLMAP's own frame:
 ``normalization.json`` maps it to the normalised frame), ``points.ply`` (the sparse points with
 colour, in the NORMALISED frame of ``transforms.json``) and ``colmap/database.db`` (features and
 matches, reused by a re-run with the same images).
@@ -12,63 +12,30 @@ matches, reused by a re-run with the same images).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from datasets import read_scene
 from datasets.nerfstudio import write_nerfstudio
-from datasets.scene import Scene, SceneError
+from datasets.scene import SceneError
 from pipeline.geometry.mesh import write_ply
-from pipeline.geometry.normalize import Similarity, normalizing_similarity
+from pipeline.geometry.normalize import normalize_scene
+from pipeline.runner.io import write_json
 from pipeline.runner.stage import Stage, StageContext
-from pipeline.runner.workspace import write_json
-from pipeline.sfm.estimate import EstimationConfig
+from pipeline.sfm.config import EstimationConfig
+from pipeline.sfm.estimate import estimate
 
 
 @dataclass
 class PosesConfig(EstimationConfig):
     """Import options below; pose-estimation options are inherited from EstimationConfig."""
 
-    data: str = ""  # the dataset folder (any format `datasets.read_scene` reads)
+    data: str = ""  # the dataset folder (any format `datasets.read_scene` reads); run.py's --data sets it
     format: str = "auto"  # auto | nerfstudio | blender | colmap | llff | idr | middlebury | photos | panoramas
     background: str = "white"  # compositing of RGBA images: white | black | none
     estimate: bool = False  # estimate poses even when the dataset has them
     normalize: str = "sphere"  # sphere (IDR: unit sphere) | box (NeRF: cube) | none
     target_radius: float = 1.0  # radius of the region of interest after normalisation
-
-
-def normalize_scene(scene: Scene, config: PosesConfig) -> tuple[Scene, Similarity]:
-    """The scene moved into the normalised frame, and the similarity that did it."""
-    if config.normalize == "none":
-        return scene, Similarity()
-    if config.normalize not in ("sphere", "box"):
-        raise SceneError(f"normalize must be sphere, box or none, got {config.normalize!r}")
-    c2w = np.stack([f.c2w for f in scene.frames])
-    center = None
-    points = None
-    if scene.bounds is not None:  # a known region of interest beats a guess from the cameras
-        lo, hi = scene.bounds
-        points = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
-        center = (lo + hi) / 2
-    sim = normalizing_similarity(c2w, points=None, mode=config.normalize, target_radius=config.target_radius,
-                                 center=center)
-    if points is not None:
-        radius = np.linalg.norm(points - center, axis=1).max() if config.normalize == "sphere" else \
-            np.abs(sim.rotation @ (points - center).T).max()
-        scale = config.target_radius / radius
-        sim = Similarity(scale, sim.rotation, -scale * sim.rotation @ center)
-    frames = [replace(f, c2w=sim.apply_c2w(f.c2w)) for f in scene.frames]
-    bounds = None
-    if scene.bounds is not None:
-        corners = sim.apply_points(points)
-        bounds = np.stack([corners.min(0), corners.max(0)])
-    meta = dict(scene.meta)
-    recon = dict(meta.get("recon", {}))
-    recon["depth_scale"] = recon.get("depth_scale", 1.0) * sim.scale
-    meta["recon"] = recon
-    return Scene(frames, scene.splits, bounds, scene.background, meta, scene.source), sim
 
 
 def run(ctx: StageContext) -> dict:
@@ -79,12 +46,12 @@ def run(ctx: StageContext) -> dict:
     scene = read_scene(cfg.data, cfg.format, background=cfg.background)
     timings = {"read_s": time.time() - t0}
     if cfg.estimate or not scene.has_poses:
-        from pipeline.sfm import estimate as poses_estimate  # noqa: F401  (added by the pose-estimation issue)
-        scene, est_report = poses_estimate.estimate(scene, ctx)
+        scene, est_report = estimate(scene, cfg, work_dir=ctx.resume_dir, out_dir=ctx.out_dir,
+                                     final_dir=ctx.workspace.stage_dir("poses"), log=ctx.log)
     else:
         est_report = {"mode": "import"}
     t1 = time.time()
-    normalized, sim = normalize_scene(scene, cfg)
+    normalized, sim = normalize_scene(scene, cfg.normalize, cfg.target_radius)
     timings["normalize_s"] = time.time() - t1
     sparse = normalized.meta.pop("sparse_points", None)
     if sparse is not None:
@@ -108,5 +75,5 @@ def run(ctx: StageContext) -> dict:
     return metrics
 
 
-STAGE = Stage(name="poses", config_cls=PosesConfig, run=run, inputs=(), default_config="poses.yaml",
+STAGE = Stage(name="poses", config_cls=PosesConfig, run=run, inputs=(), default_config=None,
               description="read a dataset, import or estimate camera poses, normalise the scene")

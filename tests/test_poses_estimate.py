@@ -13,9 +13,10 @@ from pipeline.geometry.cameras import Intrinsics
 from pipeline.geometry.mesh import read_ply
 from pipeline.runner.stage import run_stage
 from pipeline.runner.workspace import Workspace
+from pipeline.sfm.cameras import colmap_camera_params, intrinsics_from_colmap
+from pipeline.sfm.diagnose import ImageStats, diagnose
+from pipeline.sfm.prepare import prepare_images
 from stages.poses import STAGE
-from pipeline.sfm.estimate import (ImageStats, colmap_camera_params, diagnose, intrinsics_from_colmap,
-                                   prepare_images)
 
 pycolmap = pytest.importorskip("pycolmap")
 

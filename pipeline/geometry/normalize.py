@@ -3,7 +3,7 @@ sphere (IDR) or a box (NeRF), kept so outputs can be written back in the origina
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -126,3 +126,40 @@ def normalizing_similarity(c2w: np.ndarray, points: Optional[np.ndarray] = None,
     radius = max(float(radius), 1e-9)
     scale = target_radius / radius
     return Similarity(scale, rotation, -scale * rotation @ c)
+
+
+def normalize_scene(scene, mode: str = "sphere", target_radius: float = 1.0):
+    """The scene moved into the normalised frame, and the similarity that did it.
+
+    ``scene``: a posed :class:`datasets.scene.Scene`. ``mode``: "sphere", "box" (see
+    :func:`normalizing_similarity`) or "none" (unchanged). When the scene has bounds, its box is
+    what fits the sphere or box; otherwise the cameras decide. Depth scales are updated in
+    ``meta["recon"]["depth_scale"]``. Returns (the normalised scene, :class:`Similarity`).
+    """
+    if mode == "none":
+        return scene, Similarity()
+    if mode not in ("sphere", "box"):
+        raise ValueError(f"normalize must be sphere, box or none, got {mode!r}")
+    c2w = np.stack([f.c2w for f in scene.frames])
+    center = None
+    points = None
+    if scene.bounds is not None:  # a known region of interest beats a guess from the cameras
+        lo, hi = scene.bounds
+        points = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
+        center = (lo + hi) / 2
+    sim = normalizing_similarity(c2w, points=None, mode=mode, target_radius=target_radius, center=center)
+    if points is not None:
+        radius = np.linalg.norm(points - center, axis=1).max() if mode == "sphere" else \
+            np.abs(sim.rotation @ (points - center).T).max()
+        scale = target_radius / radius
+        sim = Similarity(scale, sim.rotation, -scale * sim.rotation @ center)
+    frames = [replace(f, c2w=sim.apply_c2w(f.c2w)) for f in scene.frames]
+    bounds = None
+    if scene.bounds is not None:
+        corners = sim.apply_points(points)
+        bounds = np.stack([corners.min(0), corners.max(0)])
+    meta = dict(scene.meta)
+    recon = dict(meta.get("recon", {}))
+    recon["depth_scale"] = recon.get("depth_scale", 1.0) * sim.scale
+    meta["recon"] = recon
+    return replace(scene, frames=frames, bounds=bounds, meta=meta), sim

@@ -1,0 +1,52 @@
+"""Cameras between COLMAP and us: known intrinsics as COLMAP parameters, a COLMAP camera as our
+:class:`Intrinsics`, a registered COLMAP image as a camera-to-world matrix."""
+from __future__ import annotations
+
+import numpy as np
+
+from datasets.scene import SceneError
+from pipeline.geometry.cameras import Intrinsics
+from pipeline.sfm.config import ESTIMATED_MODELS
+
+# our camera model -> the COLMAP model that holds the same parameters
+_COLMAP_MODEL_OF = {"pinhole": "PINHOLE", "opencv": "OPENCV", "fisheye": "OPENCV_FISHEYE"}
+
+
+def colmap_camera_params(intr: Intrinsics) -> tuple[str, str]:
+    """(COLMAP model name, comma-separated params) of known intrinsics."""
+    if intr.model == "equirect":
+        raise SceneError("pose estimation of equirectangular panoramas is not supported: give their poses "
+                         "(e.g. the panoramas reader's poses.json) and run without --estimate")
+    if intr.model == "opencv" and intr.dist[4] != 0.0:  # k3: only FULL_OPENCV holds it
+        k1, k2, p1, p2, k3 = intr.dist
+        params = [intr.fx, intr.fy, intr.cx, intr.cy, k1, k2, p1, p2, k3, 0.0, 0.0, 0.0]
+        return "FULL_OPENCV", ",".join(repr(float(p)) for p in params)
+    params = [intr.fx, intr.fy, intr.cx, intr.cy, *intr.dist]
+    return _COLMAP_MODEL_OF[intr.model], ",".join(repr(float(p)) for p in params)
+
+
+def intrinsics_from_colmap(camera) -> Intrinsics:
+    """Our :class:`Intrinsics` of a pycolmap camera (same pixel convention: centres at +0.5)."""
+    name, p, w, h = camera.model_name, [float(x) for x in camera.params], int(camera.width), int(camera.height)
+    if name == "SIMPLE_PINHOLE":
+        return Intrinsics("pinhole", w, h, p[0], p[0], p[1], p[2])
+    if name == "PINHOLE":
+        return Intrinsics("pinhole", w, h, *p[:4])
+    if name == "SIMPLE_RADIAL":
+        return Intrinsics("opencv", w, h, p[0], p[0], p[1], p[2], (p[3], 0, 0, 0, 0))
+    if name == "RADIAL":
+        return Intrinsics("opencv", w, h, p[0], p[0], p[1], p[2], (p[3], p[4], 0, 0, 0))
+    if name == "OPENCV":
+        return Intrinsics("opencv", w, h, *p[:4], tuple(p[4:8]) + (0.0,))
+    if name == "FULL_OPENCV" and not any(p[9:12]):
+        return Intrinsics("opencv", w, h, *p[:4], tuple(p[4:9]))
+    if name == "OPENCV_FISHEYE":
+        return Intrinsics("fisheye", w, h, *p[:4], tuple(p[4:8]))
+    raise SceneError(f"COLMAP camera model {name} has no equivalent here; use camera_model one of {ESTIMATED_MODELS}")
+
+
+def c2w_from_image(image) -> np.ndarray:
+    """(4, 4) OpenCV camera-to-world of a registered pycolmap image (COLMAP is OpenCV too)."""
+    w2c = np.eye(4)
+    w2c[:3] = image.cam_from_world().matrix()
+    return np.linalg.inv(w2c)

@@ -1,0 +1,86 @@
+"""Options of pose estimation, and the settings they become once the image size is known."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from datasets.scene import SceneError
+
+MATCHERS = ("auto", "exhaustive", "sequential")
+MAPPERS = ("incremental", "global")
+INTRINSICS_MODES = ("auto", "known", "estimate")
+ESTIMATED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
+
+
+@dataclass
+class EstimationConfig:
+    """Options of pose estimation (the poses stage's config extends this)."""
+
+    # longest side SIFT sees (px); larger images are downscaled; -1 = full size. 1024 keeps SIFT as
+    # accurate as full size on our data while cutting a 1080p photo's pixels ~3.5x (bench/RESULTS.md, poses)
+    max_image_size: int = 1024
+    max_num_features: int = 8192  # SIFT features kept per image
+    sift_peak_threshold: float = 0.0066667  # COLMAP's; lower finds more features in low-contrast or small images
+    # DSP-SIFT descriptors: more robust matching, slower extraction; off because it registered fewer
+    # views of the built-in scene (bench/RESULTS.md, poses)
+    sift_domain_size_pooling: bool = False
+    guided_matching: bool = False  # re-match pairs guided by their verified geometry
+    min_num_inliers: int = 15  # verified correspondences for an image pair to count (COLMAP default)
+    # images with a long side up to this (renders, thumbnails) get finer SIFT (first octave -2, peak
+    # threshold 0.002), pairs that count from 10 inliers and a tighter reprojection error
+    # (small_max_reproj_error): with COLMAP's defaults small renders leave views unregistered
+    # (bench/RESULTS.md, poses)
+    small_image_size: int = 400
+    max_reproj_error: float = 4.0  # px: mapping drops observations and points above it (COLMAP's 4)
+    # small images: 4 px is about a degree at 200 px; 0.5 px with guided matching makes their poses
+    # several times more accurate (bench/RESULTS.md, poses)
+    small_max_reproj_error: float = 0.5
+    small_guided_matching: bool = True  # guided matching for small images (a few seconds there)
+    matcher: str = "auto"  # auto (exhaustive up to exhaustive_max_images, else sequential) | exhaustive | sequential
+    exhaustive_max_images: int = 60
+    sequential_overlap: int = 10  # neighbours matched on each side in sequential matching
+    loop_detection: bool = False  # sequential only; needs vocab_tree_path (a local file: no downloads)
+    vocab_tree_path: str = ""
+    mapper: str = "incremental"  # incremental | global (GLOMAP-style)
+    fallback_to_global: bool = True  # when incremental mapping leaves images out, try global mapping too
+    intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
+    camera_model: str = "SIMPLE_RADIAL"  # COLMAP model when intrinsics are estimated
+    shared_intrinsics: bool = True  # one camera for all images of the same size (else one per image)
+    undistort: bool = False  # write undistorted pinhole images (else keep the distortion for the ray generator)
+    min_registered_fraction: float = 0.8  # fewer registered images is an error naming the others and why
+    # COLMAP's default 30 leaves images with thin overlap out (lund, temple-ring)
+    abs_pose_min_num_inliers: int = 15
+    abs_pose_min_inlier_ratio: float = 0.1  # COLMAP default 0.25
+    num_threads: int = -1  # -1: all cores
+    seed: int = 0  # RANSAC and mapper seed: runs are repeatable
+    use_gpu: str = "auto"  # auto (CUDA SIFT and matching when pycolmap has CUDA) | yes | no
+
+
+def check_config(cfg: EstimationConfig) -> None:
+    """Reject a mapper or camera model that does not exist before any work is done."""
+    if cfg.mapper not in MAPPERS:
+        raise SceneError(f"mapper must be one of {MAPPERS}, got {cfg.mapper!r}")
+    if cfg.camera_model not in ESTIMATED_MODELS:
+        raise SceneError(f"camera_model must be one of {ESTIMATED_MODELS}, got {cfg.camera_model!r}")
+
+
+@dataclass
+class Effective:
+    """The settings actually used, after adapting to the images (recorded in the report)."""
+
+    first_octave: int
+    peak_threshold: float
+    min_num_inliers: int
+    abs_pose_min_num_inliers: int
+    max_reproj_error: float
+    guided_matching: bool
+
+
+def effective_settings(cfg: EstimationConfig, sizes: list[tuple[int, int]]) -> Effective:
+    """The settings for images of ``sizes`` ((width, height) each): finer ones when all are small."""
+    long_side = max((max(w, h) for w, h in sizes), default=0)
+    if 0 < long_side <= cfg.small_image_size:
+        return Effective(-2, min(cfg.sift_peak_threshold, 0.002), min(cfg.min_num_inliers, 10),
+                         min(cfg.abs_pose_min_num_inliers, 10), min(cfg.max_reproj_error, cfg.small_max_reproj_error),
+                         cfg.guided_matching or cfg.small_guided_matching)
+    return Effective(-1, cfg.sift_peak_threshold, cfg.min_num_inliers, cfg.abs_pose_min_num_inliers,
+                     cfg.max_reproj_error, cfg.guided_matching)
