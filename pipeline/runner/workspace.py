@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.geometry.normalize import Similarity
-from pipeline.runner.io import write_json
 
 
 class WorkspaceError(RuntimeError):
