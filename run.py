@@ -12,6 +12,7 @@ Any config key can be given as ``key=value`` or as ``--key value`` (``--flag`` a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -98,7 +99,8 @@ def cmd_demo(args, extra) -> None:
         stage = stages[name]
         stage_overrides = [f"data={scene_dir}"] if name == "poses" else []
         # demo-wide overrides apply to the stages that have those keys (e.g. max_time_s=60)
-        keys = set(stage.config_cls.__dataclass_fields__)
+        keys = {f.name for f in dataclasses.fields(stage.config_cls)}
+        keys |= set(getattr(stage.config_cls, "renamed_keys", {}))  # old names still work for a release
         stage_overrides += [o for o in overrides if o.split("=", 1)[0].split(".")[0] in keys]
         config = stage.load_config(None, stage_overrides)
         result = run_stage(stage, workspace, config, force=args.force)
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         defaults = f" Defaults in configs/{stage.default_config}." if stage.default_config else ""
         p = sub.add_parser(name, help=stage.description,
                            description=f"{stage.description}. Config keys: "
-                           f"{', '.join(stage.config_cls.__dataclass_fields__)}.{defaults}")
+                           f"{', '.join(f.name for f in dataclasses.fields(stage.config_cls))}.{defaults}")
         p.add_argument("--workspace", required=True, help="the workspace folder")
         p.add_argument("--config", default=None, help="a YAML config (a path or a name in configs/)")
         p.add_argument("--force", action="store_true", help="re-run even if the outputs are up to date")

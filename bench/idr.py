@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from datasets.nerfstudio import opengl_to_opencv  # noqa: E402
+from pipeline.evaluation.geometry import mesh_metrics  # noqa: E402
+from pipeline.evaluation.ground_truth import load_ground_truth  # noqa: E402
 from pipeline.runner.config import load_config  # noqa: E402
 from pipeline.runner.runtime import flush_denormals, keep_freed_memory  # noqa: E402
 from pipeline.runner.stage import run_stage  # noqa: E402
@@ -95,11 +97,11 @@ def aligned_mesh_chamfer(ws: Workspace, alignment, gt_mesh: Path) -> dict:
     norm = ws.normalization()
     verts, faces, _ = read_ply(ws.stage_dir("idr") / "mesh.ply")
     moved = norm.inverse().apply_points(alignment.apply_points(norm.apply_points(verts)))
-    return idr.mesh_metrics(moved, faces, gt_mesh)
+    return mesh_metrics(moved, faces, load_ground_truth(ws.load_scene(), str(gt_mesh)))
 
 
 def train(ws: Workspace, data: Path, overrides: list[str], poses_overrides: dict | None = None,
-          config: str = "idr.yaml") -> dict:
+          config: str | None = None) -> dict:
     run_stage(POSES, ws, PosesConfig(data=str(data), **(poses_overrides or {})))
     cfg = load_config(idr.IDRConfig, config, overrides)
     t0 = time.time()
@@ -140,7 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--time", type=float, default=780.0, help="training budget per run (s)")
     parser.add_argument("--out", default="/tmp/recon-bench-idr")
     parser.add_argument("--set", nargs="*", default=[], help="extra idr config overrides key=value")
-    parser.add_argument("--config", default="idr.yaml", help="IDR config file (configs/idr-hash.yaml: hash grid)")
+    parser.add_argument("--config", default=None,
+                        help="IDR config: a name in configs/ or a path (default: the stage's defaults; idr-hash: hash grid)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,11 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.models.components.hashgrid import HashGridConfig  # noqa: E402
 from pipeline.models.nerf.field import HashNeRFField  # noqa: E402
+from pipeline.models.nerf.model import NeRFModelConfig  # noqa: E402
 from pipeline.runner.runtime import autocast, cpu_has_bf16_matmul, flush_denormals, keep_freed_memory  # noqa: E402
+from pipeline.training.common import adam  # noqa: E402
 
 NO_GPU = "not measured: no GPU in this session"
 LEGO = ROOT.parent / "shared" / "data" / "lego-200"
 GPU_GRID = HashGridConfig()  # instant-ngp's defaults: L=16, F=2, T=2^19, resolutions 16..2048
+CPU_GRID = NeRFModelConfig().grid  # the default NeRF's grid: T=2^17, resolutions 16..1024
 
 
 def ray_samples(num_rays: int, per_ray: int, device, seed: int = 0):
@@ -58,7 +61,7 @@ class ConstantEncoding(torch.nn.Module):
 
 
 def make_step(backend: str, device, num_rays=1024, per_ray=64, compile_field=False,
-              grid=HashGridConfig(log2_table_size=17, finest_resolution=1024), mixed=False, free_grid=False,
+              grid=CPU_GRID, mixed=False, free_grid=False,
               mlp_backend="torch"):
     """One full training step as a closure (field forward, backward and Adam), warmed up, and its
     sample count. ``mixed``: the MLPs under the stage's bf16 autocast (``pipeline.runner.runtime.autocast``:
@@ -70,10 +73,8 @@ def make_step(backend: str, device, num_rays=1024, per_ray=64, compile_field=Fal
     field = HashNeRFField(torch.tensor([[-1.0] * 3, [1.0] * 3]), grid, mlp_backend=mlp_backend).to(device)
     if free_grid:
         field.encoding = ConstantEncoding(field.encoding.out_dim).to(device)
-    try:  # the training stage's optimiser (stages/nerf.py make_optimizer): fused Adam where it exists
-        opt = torch.optim.Adam(field.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.Adam(field.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15, foreach=True)
+    # the training loop's optimiser (pipeline.training.nerf.make_optimizer): fused Adam where it exists
+    opt = adam([{"params": list(field.parameters())}], lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
     forward = torch.compile(field) if compile_field else field
     points, dirs, ray_index = ray_samples(num_rays, per_ray, device)
     target = torch.rand(points.shape[0], 3, device=device)
@@ -174,36 +175,42 @@ def posed_workspace(folder: Path, data: Path):
 
 
 def training_loop_rates(workdir: Path, lego: Path, warmup=300, steps=300) -> dict:
-    """Samples/s of the nerf stage's own training loop (``stages.nerf.train``, nerf-hash.yaml) on
+    """Samples/s of the nerf stage's own training loop (``pipeline.training.nerf.train``, default config) on
     lego-200, with the C++ CPU kernels (hash grid, ray marcher, MLPs, SH: "kernels") and without them
     ("pytorch"): ``warmup`` steps first (the occupancy grid's dense warm-up updates), then ``steps``
     timed steps. Real batches: marched samples, occupancy updates, Adam."""
     import contextlib
 
     from pipeline.kernels import cpu_kernels
-
-    import stages.nerf as nerf
+    from pipeline.models.nerf.io import build_model
+    from pipeline.models.nerf.model import default_aabb
+    from pipeline.training.common import settings_from
+    from pipeline.training.nerf import NeRFTrainSettings, train
+    from pipeline.training.nerf_data import PixelData
+    from stages.nerf import STAGE as NERF
 
     scene = posed_workspace(workdir / "lego-loop", lego).load_scene()
     train_idx = scene.split("train")
+    cpu = torch.device("cpu")
     rates = {}
     for name in ("pytorch", "kernels"):
         with cpu_kernels.disabled() if name == "pytorch" else contextlib.nullcontext():
             torch.manual_seed(0)
-            cfg = nerf.default_config("nerf-hash", ["max_time_s=0", f"max_steps={warmup}"])
-            data = nerf.PixelData(scene, train_idx, torch.device("cpu"), True)
-            model = nerf.build_model(cfg, nerf.scene_aabb(scene, cfg), scene.background)
+            cfg = NERF.load_config(None, ["max_time_s=0", f"max_steps={warmup}"])
+            settings = settings_from(NeRFTrainSettings, cfg)
+            data = PixelData(scene, train_idx, cpu, True)
+            model = build_model(cfg.model, default_aabb(scene.bounds, cfg.scene_radius), scene.background,
+                                cfg.background)
             model.occupancy.restrict_to_views(data.cameras, cfg.occupancy_min_views)
-            nerf.train(model, data, cfg, torch.device("cpu"), None)
-            cfg.max_steps = steps
-            rates[name] = nerf.train(model, data, cfg, torch.device("cpu"), None)["samples_per_s"]
+            train(model, data, settings, cpu, None)
+            settings.max_steps = steps
+            rates[name] = train(model, data, settings, cpu, None)["samples_per_s"]
     return rates
 
 
 def train_quality(name: str, workdir: Path, budget: float, extra: list[str], lego: Path = LEGO) -> dict:
     from pipeline.runner.stage import run_stage
-
-    import stages.nerf as nerf
+    from stages.nerf import STAGE as NERF
 
     if name.startswith("lego"):
         data = lego
@@ -212,9 +219,9 @@ def train_quality(name: str, workdir: Path, budget: float, extra: list[str], leg
 
         data = generate(workdir / "synthetic-data", SyntheticConfig())
     ws = posed_workspace(workdir / name, data)
-    config_name = {"fourier": "nerf-fourier", "gpu": "nerf-hash-gpu"}.get(name.rsplit("-", 1)[-1], "nerf-hash")
-    cfg = nerf.default_config(config_name, [f"max_time_s={budget}", *extra])
-    run_stage(nerf.STAGE, ws, cfg, force=True)
+    config_name = {"fourier": "nerf-fourier", "gpu": "nerf-hash-gpu"}.get(name.rsplit("-", 1)[-1])  # None: default
+    cfg = NERF.load_config(config_name, [f"max_time_s={budget}", *extra])
+    run_stage(NERF, ws, cfg, force=True)
     return json.loads((ws.stage_dir("nerf") / "metrics.json").read_text())
 
 
@@ -263,7 +270,6 @@ def main():
             mixed = step_throughput("torch", cpu, mixed=True)
             rows.append(("CPU train step, reference + bf16 autocast on AMX (samples/s)", f"{mixed:.3g}",
                          f"{mixed / naive:.1f}x naive (float32), {mixed / ref:.2f}x float32 reference"))
-        cpu_grid = HashGridConfig(log2_table_size=17, finest_resolution=1024)
         if kernels_ok:
             grid_only, kernel = rate["grid_only"], rate["kernels"]
             rows.append(("CPU train step, C++ hash grid, torch MLPs (samples/s)", f"{grid_only:.3g}",
@@ -278,12 +284,12 @@ def main():
             rows.append((f"CPU train step, hash grid replaced by a constant, {name.split('_')[1]} "
                          "MLPs (samples/s): the ceiling of any grid", f"{ceiling:.3g}",
                          f"{ceiling / naive:.1f}x naive: MLPs, encodings of directions, loss and Adam alone"))
-        t_ref = encoding_fwd_bwd_time("torch", cpu, 1 << 16, 5, cpu_grid)
-        t_naive = encoding_fwd_bwd_time("naive", cpu, 1 << 16, 3, cpu_grid)
+        t_ref = encoding_fwd_bwd_time("torch", cpu, 1 << 16, 5, CPU_GRID)
+        t_naive = encoding_fwd_bwd_time("naive", cpu, 1 << 16, 3, CPU_GRID)
         rows.append(("CPU hash grid alone, fwd+bwd 65k points, reference / naive", f"{t_naive / t_ref:.1f}x",
                      f"{t_ref * 1e3:.0f} ms vs {t_naive * 1e3:.0f} ms (L=16, F=2, T=2^17)"))
         if hashgrid_cpu.available():
-            t_kernel = encoding_fwd_bwd_time("cpu", cpu, 1 << 16, 5, cpu_grid)
+            t_kernel = encoding_fwd_bwd_time("cpu", cpu, 1 << 16, 5, CPU_GRID)
             rows.append(("CPU hash grid alone, fwd+bwd 65k points, C++ kernels / naive", f"{t_naive / t_kernel:.1f}x",
                          f"{t_kernel * 1e3:.0f} ms ({t_ref / t_kernel:.1f}x the reference)"))
         if Path(args.lego).is_dir() and not args.skip_loop and hashgrid_cpu.available():
@@ -293,7 +299,7 @@ def main():
                          f"C++ kernels (grid, marcher, MLPs, SH) vs PyTorch: {rates['kernels'] / rates['pytorch']:.2f}x"))
         try:  # the reference's CPU work compiled kernel by kernel (backend "compiled")
             kernels = step_throughput("compiled", cpu)
-            t_kernels = encoding_fwd_bwd_time("compiled", cpu, 1 << 16, 5, cpu_grid)
+            t_kernels = encoding_fwd_bwd_time("compiled", cpu, 1 << 16, 5, CPU_GRID)
             from pipeline.kernels.hashgrid_compiled import fused_available
 
             label = "compiled hash-grid kernels" if fused_available() else "compiled kernels UNAVAILABLE (ran eager)"

@@ -33,10 +33,11 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from datasets.synthetic_render import fibonacci_directions, render_view, to_uint8
+from datasets.synthetic_render import fibonacci_directions, render_view
 from datasets.synthetic_sdf import (OBJECT_RADIUS, ROOM_CENTRE, ROOM_HALF, analytic_sdf, indoor_sdf,
                                     object_scene, room_scene)
 from datasets.synthetic_texture import albedo
+from pipeline.export.images import to_uint8
 from pipeline.geometry.cameras import Cameras, Intrinsics, look_at, pinhole_from_fov
 from pipeline.runner.log import get_logger, progress
 from pipeline.runner.runtime import torch_threads

@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from datasets.synthetic_sdf import SDFScene
@@ -150,8 +149,3 @@ def fibonacci_directions(count: int, z_min: float = -0.5, z_max: float = 1.0) ->
     r = (1 - z * z).clamp_min(0).sqrt()
     phi = i * golden
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """float (..., C) in [0, 1] -> numpy uint8, rounded."""
-    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()

@@ -2,152 +2,119 @@
 
 Geometry is the zero level set of an SDF network, appearance a neural renderer, and cameras can
 be refined jointly (``train_cameras=true``). Trains on object masks (dataset, folder or plain
-background threshold, see ``configs/idr.yaml``).
+background threshold: ``mask_source``).
 
-Outputs in ``W/idr/``: ``model.pt`` (load with :func:`load_trained`), ``renders/`` (RGB and normal
-PNGs of the held-out views), ``depth/*.npy`` (z-depth in the dataset's original units, 0 = no
-surface), ``mesh.ply`` (marching cubes of f, original units, vertex colours), ``metrics.json``
-(PSNR, SSIM, mask IoU, Chamfer when a ground-truth mesh is known, times), and ``cameras.json``
-(refined poses) when cameras are trained.
+Outputs in ``W/idr/``: ``model.pt`` (load with :func:`pipeline.models.idr.io.load_trained`),
+``renders/`` (RGB and normal PNGs of the held-out views), ``depth/*.npy`` (z-depth in the dataset's
+original units, 0 = no surface), ``mesh.ply`` (marching cubes of f, original units, vertex colours),
+``metrics.json`` (PSNR, SSIM, mask IoU, Chamfer when a ground-truth mesh is known, times), and
+``cameras.json`` (refined poses) when cameras are trained.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from datasets.scene import Scene, SceneError
-from pipeline.evaluation.ground_truth import find_gt_mesh, mesh_metrics
+from datasets.scene import SceneError
+from pipeline.evaluation.geometry import mesh_metrics
+from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.idr_views import evaluate_views
-from pipeline.export.idr_mesh import extract_mesh
-from pipeline.geometry.mesh import write_ply
-from pipeline.runner.config import config_hash
+from pipeline.export.meshing import bounding_sphere_mesh
+from pipeline.geometry.mesh import is_watertight, write_ply
 from pipeline.models.idr.cameras import PoseCorrections
+from pipeline.models.idr.io import build_model, save_model
 from pipeline.models.idr.losses import LossConfig
-from pipeline.models.idr.model import IDRModel, RendererConfig
+from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.idr.sphere_tracing import TracingConfig
+from pipeline.runner.config import config_hash
+from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
-from pipeline.runner.io import write_json
-from pipeline.runner.workspace import Workspace, WorkspaceError
-from pipeline.training.idr_data import MaskOptions, RayBank, estimate_background, load_masks, load_views
-from pipeline.training.idr import TrainSettings, train
-
-MODEL_FORMAT = "recon-idr-1"
+from pipeline.training.common import settings_from
+from pipeline.training.idr import TrainSettings, train, training_renderer
+from pipeline.training.idr_data import (MaskOptions, RayBank, background_color, load_masks, load_views,
+                                        train_test_split)
 
 
 @dataclass
 class IDRConfig:
-    iterations: int = 20000
-    max_time_s: float = 780.0  # training budget in seconds (counted across resumes); outputs come after
-    batch_rays: int = 512  # rays per step
+    """The default is a fast CPU setting: the IDR geometry MLP at reduced width, a small renderer
+    with an appearance grid, short sphere tracing; configs/idr-paper.yaml has the paper's sizes,
+    configs/idr-hash.yaml the geometry on a hash grid. Nested keys: ``sdf.hidden_dim=256``."""
+
+    renamed_keys: ClassVar[dict[str, str]] = {"iterations": "max_steps", "max_eval_views": "eval_max_views"}
+
+    max_steps: int = 20000  # an upper bound: the time budget usually ends training first
+    # training budget in seconds, counted across resumes (0 = none); renders and mesh come after
+    max_time_s: float = 780.0
+    batch_rays: int = 512  # rays per step; mask_fraction of them inside the object masks
     mask_fraction: float = 0.6  # share of each batch drawn inside the masks
-    # share of each batch drawn within edge_width px of a silhouette edge (lego-200: +1.7 dB, thin gaps carve out)
+    # share of each batch drawn within edge_width px of a silhouette edge, either side: the thin gaps
+    # between an object's parts carve out (bench/RESULTS.md)
     edge_fraction: float = 0.25
     edge_width: int = 2
     eikonal_points: int = 256  # uniform points in the bounding sphere per step (plus the surface points)
     lr: float = 1e-3  # MLPs
-    lr_grid: float = 1e-2  # hash-grid table (encoding=hashgrid)
+    lr_grid: float = 1e-2  # hash-grid tables (sdf.encoding=hashgrid, the renderer's appearance grid)
     lr_final_factor: float = 0.1  # learning rates decay exponentially to this factor
-    train_cameras: bool = False  # IDR's "trained cameras": per-view pose corrections
+    train_cameras: bool = False  # IDR's "trained cameras": per-view pose corrections (axis-angle + translation)
     lr_cameras: float = 1e-3
-    camera_gauge: bool = True  # remove the similarity by which all trained cameras drift together
-    # with trained cameras the appearance grid's levels fade in over this fraction of training
-    # (renderer.coarse_to_fine, BARF); measured 0.47 -> 0.30 / 0.27 deg with 0.5 / 0.7 (0 = renderer's value)
+    # trained cameras: remove the similarity by which all cameras (and the scene) can drift together
+    camera_gauge: bool = True
+    # trained cameras: the appearance grid's levels fade in over this fraction of training
+    # (renderer.coarse_to_fine, BARF), so the poses settle on coarse appearance first; 0 = the
+    # renderer's own value
     camera_coarse_to_fine: float = 0.7
     downscale: int = 1  # train on images downscaled by this integer factor
     eval_downscale: int = 1  # render the held-out views at this factor
     holdout_every: int = 8  # scenes without a test/val split hold back every k-th view (0: none)
-    max_eval_views: int = 0  # 0 = all held-out views
-    background: str = "auto"  # colour of rays that miss: auto (median outside the masks) | white | black
-    mask_source: str = "auto"  # auto (dataset, or mask_folder when set) | dataset | folder | threshold
+    eval_max_views: int = 0  # 0 = all held-out views
+    background: str = "auto"  # colour of rays that miss: auto (median colour outside the masks) | white | black
+    # Masks (IDR trains on object silhouettes):
+    #   auto      = the dataset's masks (alpha of RGBA images, mask/ of IDR/DTU data, mask_path), or
+    #               mask_folder when it is set
+    #   dataset   = the dataset's masks only
+    #   folder    = mask_folder: one image per view named like the view (white = object)
+    #   threshold = a plain background: pixels differing from mask_background (black | white) by more
+    #               than mask_threshold in some channel are object; largest region kept, small holes
+    #               (<= 0.2% of the image) filled, larger ones (gaps through the object) kept.
+    #               For the Middlebury temple: mask_source=threshold mask_background=black
+    mask_source: str = "auto"
     mask_folder: str = ""  # masks named like the views (white = object)
-    mask_threshold: float = 0.2  # threshold masks: a pixel is object if it differs from the background by more
+    # threshold masks: a pixel is object if it differs from the background by more; 0.2, not 0.1,
+    # keeps the Middlebury temple's dark-grey cloth out of the mask
+    mask_threshold: float = 0.2
     mask_background: str = "black"  # threshold masks: the plain background colour, black | white
     mesh_resolution: int = 256  # marching-cubes grid over the bounding sphere's cube
     mesh_min_component: float = 0.01  # drop mesh pieces smaller than this share of the faces
     mesh_colors: bool = True
     gt_mesh: str = ""  # reference mesh (original units) for Chamfer; default: mesh_gt.ply beside the data
     render_chunk: int = 16384
-    checkpoint_every_s: float = 60.0
+    checkpoint_every: int = 0  # steps between checkpoints (0 = off)
+    checkpoint_every_s: float = 60.0  # seconds between checkpoints (0 = off)
     seed: int = 0
-    cpu_threads: int = 1  # torch CPU threads while the stage runs (restored after); 0 = torch's default
+    # torch CPU threads while the stage runs (restored after); 0 = torch's default. 1 is several
+    # times faster than 2 on a busy 2-core CPU (threads wait on each other)
+    cpu_threads: int = 1
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    sdf: SDFNetworkConfig = field(default_factory=SDFNetworkConfig)
-    renderer: RendererConfig = field(default_factory=RendererConfig)
-    tracing: TracingConfig = field(default_factory=TracingConfig)
+    # the IDR geometry MLP (8 layers, skip at the middle, softplus, geometric init) at reduced width;
+    # the paper's 512 wide, feature 256 with weight norm (3x slower gradients on a CPU): idr-paper.yaml
+    sdf: SDFNetworkConfig = field(default_factory=lambda: SDFNetworkConfig(
+        hidden_dim=128, feature_dim=64, weight_norm=False))
+    # a small renderer that also sees an appearance hash grid of x (not in IDR, whose renderer sees x
+    # itself): texture lives in the grid instead of being carved into the surface as bumps
+    # (bench/RESULTS.md); position_encoding=none is the paper's renderer
+    renderer: RendererConfig = field(default_factory=lambda: RendererConfig(
+        hidden_dim=128, num_layers=3, weight_norm=False, position_encoding="hashgrid"))
+    # short sphere tracing with secant refinement
+    tracing: TracingConfig = field(default_factory=lambda: TracingConfig(steps=10, samples=24, secant_steps=6))
+    # normal smoothness (loss.smoothness_weight) stays off: no better with the appearance grid
     loss: LossConfig = field(default_factory=LossConfig)
-
-
-# --- splits, model I/O -----------------------------------------------------------------------
-
-
-def train_test_split(scene: Scene, holdout_every: int) -> tuple[list[int], list[int]]:
-    """Training and held-out views: the scene's own split when it has one."""
-    test = list(scene.eval_split())
-    if test:
-        held = set(test) | set(scene.splits.get("val", []))
-        train_idx = [i for i in scene.splits.get("train", range(len(scene))) if i not in held]
-        return train_idx, test
-    train_idx = list(scene.splits.get("train", range(len(scene))))
-    if holdout_every > 0 and len(train_idx) >= 2 * holdout_every:
-        test = train_idx[holdout_every - 1::holdout_every]
-        train_idx = [i for i in train_idx if i not in set(test)]
-    return train_idx, test
-
-
-def build_model(cfg: IDRConfig, background) -> IDRModel:
-    renderer = cfg.renderer
-    if cfg.train_cameras and cfg.camera_coarse_to_fine > 0:
-        renderer = dataclasses.replace(renderer, coarse_to_fine=cfg.camera_coarse_to_fine)
-    return IDRModel(cfg.sdf, renderer, cfg.tracing, background)
-
-
-def save_model(path: Path, model: IDRModel, cfg: IDRConfig, extra: Optional[dict] = None) -> None:
-    torch.save({"format": MODEL_FORMAT, "sdf": dataclasses.asdict(cfg.sdf),
-                "renderer": dataclasses.asdict(cfg.renderer), "tracing": dataclasses.asdict(cfg.tracing),
-                "background": model.background.tolist(), "state_dict": model.state_dict(), **(extra or {})}, path)
-
-
-def load_model_file(path: Path, device="cpu") -> IDRModel:
-    path = Path(path)
-    if not path.exists():
-        raise WorkspaceError(f"{path} is missing; run `python run.py idr --workspace W` first")
-    blob = torch.load(path, map_location=device, weights_only=False)
-    if blob.get("format") != MODEL_FORMAT:
-        raise WorkspaceError(f"{path}: not an IDR model file (format {blob.get('format')!r}); re-run the idr stage")
-    model = IDRModel(SDFNetworkConfig(**blob["sdf"]), RendererConfig(**blob["renderer"]),
-                     TracingConfig(**blob["tracing"]), blob["background"])
-    model.load_state_dict(blob["state_dict"])
-    return model.to(device).eval()
-
-
-def load_trained(workspace: Workspace | str | Path, device="cpu") -> IDRModel:
-    """The trained IDR model of a workspace (an :class:`pipeline.models.render.SDFModel`, normalised frame)."""
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    return load_model_file(ws.stage_dir("idr") / "model.pt", device)
-
-
-# --- outputs -----------------------------------------------------------------------------------
-
-
-# --- the stage ---------------------------------------------------------------------------------
-
-
-def _background(cfg: IDRConfig, views) -> np.ndarray:
-    if cfg.background == "white":
-        return np.ones(3, dtype=np.float32)
-    if cfg.background == "black":
-        return np.zeros(3, dtype=np.float32)
-    if cfg.background != "auto":
-        raise SceneError(f"background must be auto, white or black, got {cfg.background!r}")
-    return estimate_background(views)
 
 
 def run(ctx: StageContext) -> dict:
@@ -163,27 +130,26 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     train_idx, test_idx = train_test_split(scene, cfg.holdout_every)
     if not train_idx:
         raise SceneError(f"{ctx.workspace.transforms_path}: no training views")
-    if cfg.max_eval_views > 0:
-        test_idx = test_idx[:cfg.max_eval_views]
+    if cfg.eval_max_views > 0:
+        test_idx = test_idx[:cfg.eval_max_views]
     mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
     train_views = load_views(scene, train_idx, load_masks(scene, train_idx, mask_options), cfg.downscale)
-    background = _background(cfg, train_views)
+    background = background_color(cfg.background, train_views)
     bank = RayBank(train_views, cfg.tracing.radius, cfg.mask_fraction, cfg.edge_fraction, cfg.edge_width)
     ctx.log.info(f"idr: {len(train_idx)} training views ({len(bank)} rays), {len(test_idx)} held out, "
                  f"encoding {cfg.sdf.encoding}, background {np.round(background, 3).tolist()}")
 
     device = pick_device(cfg.device)
-    model = build_model(cfg, background).to(device)
+    renderer = training_renderer(cfg.renderer, cfg.train_cameras, cfg.camera_coarse_to_fine)
+    model = build_model(cfg.sdf, renderer, cfg.tracing, background).to(device)
     corrections = PoseCorrections(len(train_idx)).to(device) if cfg.train_cameras else None
     train_cameras = train_views.cameras.to(device)
-    settings = TrainSettings(cfg.iterations, cfg.max_time_s, cfg.batch_rays, cfg.eikonal_points, cfg.lr,
-                             cfg.lr_grid, cfg.lr_cameras, cfg.lr_final_factor, cfg.checkpoint_every_s, cfg.seed,
-                             config_hash(cfg), cfg.camera_gauge)
+    settings = settings_from(TrainSettings, cfg, config_hash=config_hash(cfg))
     summary = train(model, train_cameras, corrections, bank, cfg.loss, settings, ctx.resume_dir, ctx.log)
     model.eval()
 
     extra = {}
-    metrics: dict = {"iterations": summary["iterations"], "train_time_s": round(summary["train_time_s"], 1),
+    metrics: dict = {"iterations": summary["steps"], "train_time_s": round(summary["train_time_s"], 1),
                      "stopped_by_time": summary["stopped_by_time"], "encoding": cfg.sdf.encoding}
     if corrections is not None:
         with torch.no_grad():
@@ -193,7 +159,7 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
             "frame": "normalised (see poses/normalization.json), OpenCV camera-to-world",
             "views": [{"name": scene.frames[i].name, "c2w": refined[v].tolist(),
                        "c2w_initial": scene.frames[i].c2w.tolist()} for v, i in enumerate(train_idx)]})
-    save_model(ctx.out_dir / "model.pt", model, cfg, extra)
+    save_model(ctx.out_dir / "model.pt", model, cfg.sdf, cfg.renderer, cfg.tracing, extra)
 
     sim_inverse = ctx.workspace.normalization().inverse()
     t_eval = time.time()
@@ -210,15 +176,14 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
 
     t_mesh = time.time()
     try:
-        verts, faces, colors = extract_mesh(model, cfg.tracing.radius, cfg.tracing.lipschitz, cfg.mesh_resolution,
-                                           cfg.mesh_min_component, cfg.mesh_colors, sim_inverse.apply_points)
+        mesh = bounding_sphere_mesh(model, cfg.tracing.radius, cfg.tracing.lipschitz, cfg.mesh_resolution,
+                                    cfg.mesh_min_component, cfg.mesh_colors)
+        verts, faces, colors = sim_inverse.apply_points(mesh["verts"]), mesh["faces"], mesh["colors"]
         write_ply(ctx.out_dir / "mesh.ply", verts, faces, colors)
-        from pipeline.geometry.mesh import is_watertight
-
         metrics.update(mesh_vertices=len(verts), mesh_faces=len(faces), mesh_watertight=is_watertight(faces))
-        gt_path = find_gt_mesh(cfg.gt_mesh, scene)
-        if gt_path is not None:
-            metrics["mesh"] = mesh_metrics(verts, faces, gt_path)
+        gt = load_ground_truth(scene, cfg.gt_mesh)
+        if gt is not None:
+            metrics["mesh"] = mesh_metrics(verts, faces, gt)
     except ValueError as exc:  # the field has no zero crossing: training failed to find a surface
         ctx.log.warning(f"idr: no mesh: {exc}")
         metrics["mesh_error"] = str(exc)
@@ -232,7 +197,5 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
 
 
 STAGE = Stage(name="idr", config_cls=IDRConfig, run=run, inputs=("poses/transforms.json",),
-              default_config="idr.yaml", produced_by={"poses/transforms.json": "python run.py poses --data DIR"},
+              produced_by={"poses/transforms.json": "python run.py poses --data DIR"},
               description="IDR: SDF surface + neural renderer (+ trainable cameras) from masked views")
-
-__all__ = ["IDRConfig", "STAGE", "run", "load_trained", "load_model_file", "train_test_split", "build_model"]

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
+from pipeline.evaluation.metrics import mesh_chamfer_fscore
+from pipeline.evaluation.table import format_table
 from pipeline.runner.stage import run_stage
 from stages import eval as evaluate, export
-from pipeline.evaluation.metrics import mesh_chamfer_fscore
-from stages.eval import format_table
 from tests.test_export_models import CENTER, RADIUS, make_sphere_workspace, sphere_mesh
 
 

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from datasets.nerfstudio import read_nerfstudio
-from pipeline.geometry.cameras import Cameras, pixel_grid
+from pipeline.export.meshing import extract_mesh
+from pipeline.geometry.cameras import Cameras, pixel_grid, visibility_counts
 from pipeline.geometry.mesh import is_watertight, read_ply
 from pipeline.runner.stage import run_stage
 from pipeline.runner.workspace import WorkspaceError
 from stages import export
-from pipeline.geometry.cameras import visibility_counts
-from stages.export import extract_mesh
 from tests.test_export_models import CENTER, RADIUS, SphereDensity, make_sphere_workspace, ring_cameras
 
 

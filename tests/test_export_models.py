@@ -6,14 +6,13 @@ optionally with floater blobs. Both implement ``pipeline.models.render``'s proto
 frame and colour points by a smooth function of their ORIGINAL-frame coordinates, so renders are
 the same whatever normalisation the poses stage chose. ``make_sphere_workspace`` writes a
 nerfstudio dataset of the sphere (images, GT depth, masks, GT mesh), runs the real poses stage
-on it and registers a finished fake ``nerf``/``idr`` run whose ``load_trained`` returns the model.
+on it and registers a finished fake ``nerf``/``idr`` run whose ``load_trained``
+(``pipeline.models.<method>.io``) returns the model.
 """
 from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -176,9 +175,7 @@ def make_sphere_workspace(tmp_path: Path, monkeypatch, method: str = "idr", n_vi
              else SphereDensity(center, radius, sim.inverse(), **model_kwargs))
     (ws.root / method).mkdir()
     write_json(ws.root / method / "manifest.json", {"stage": method, "status": "done"})
-    fake = types.ModuleType(f"stages.{method}")
-    fake.load_trained = lambda workspace, device: model
-    monkeypatch.setitem(sys.modules, f"stages.{method}", fake)
+    monkeypatch.setattr(f"pipeline.models.{method}.io.load_trained", lambda workspace, device: model)
     return ws, model
 
 

@@ -389,7 +389,7 @@ def tiny_config(**overrides):
     from pipeline.runner.config import load_config
     from stages.idr import IDRConfig
 
-    base = ["iterations=25", "batch_rays=256", "eikonal_points=64", "mesh_resolution=32", "sdf.hidden_dim=32",
+    base = ["max_steps=25", "batch_rays=256", "eikonal_points=64", "mesh_resolution=32", "sdf.hidden_dim=32",
             "sdf.feature_dim=8", "sdf.init_radius=0.4", "renderer.hidden_dim=32", "tracing.steps=8",
             "tracing.samples=16"]
     return load_config(IDRConfig, None, base + [f"{k}={v}" for k, v in overrides.items()])
@@ -410,6 +410,7 @@ def sphere_workspace(tmp_path):
 def test_idr_stage_writes_outputs_and_the_model_renders(sphere_workspace):
     import stages.idr as idr
     from pipeline.geometry.mesh import read_ply
+    from pipeline.models.idr.io import load_trained
     from pipeline.models.render import SDFModel, render_image
 
     ws = sphere_workspace
@@ -426,7 +427,7 @@ def test_idr_stage_writes_outputs_and_the_model_renders(sphere_workspace):
     assert depth.shape == (24, 24)
     verts, faces, colors = read_ply(out / "mesh.ply")
     assert len(faces) > 0 and colors is not None
-    model = idr.load_trained(ws)
+    model = load_trained(ws)
     assert isinstance(model, SDFModel)
     scene = ws.load_scene()
     image = render_image(model, scene.cameras([0]))
@@ -440,7 +441,7 @@ def test_idr_learns_the_sphere_silhouette(sphere_workspace):
     from pipeline.runner.stage import run_stage
     import stages.idr as idr
 
-    config = tiny_config(iterations=150, **{"sdf.init_radius": 0.25})
+    config = tiny_config(max_steps=150, **{"sdf.init_radius": 0.25})
     run_stage(idr.STAGE, sphere_workspace, config)
     metrics = json.loads((sphere_workspace.stage_dir("idr") / "metrics.json").read_text())
     assert metrics["mask_iou"] > 0.8, metrics
@@ -480,12 +481,26 @@ def test_ray_bank_draws_a_share_of_rays_near_the_silhouette_edges(sphere_workspa
     assert mask[:1500].all() and not mask[1500:3000].any()
 
 
+def _settings(**values):
+    from pipeline.training.idr import TrainSettings
+
+    base = dict(max_steps=4, max_time_s=0.0, batch_rays=128, eikonal_points=32, lr=1e-3, lr_grid=1e-2,
+                lr_cameras=1e-3, lr_final_factor=0.1, checkpoint_every=0, checkpoint_every_s=0.0, seed=0,
+                config_hash="same-config", camera_gauge=True)
+    return TrainSettings(**{**base, **values})
+
+
+def _model(cfg):
+    from pipeline.models.idr.io import build_model
+
+    return build_model(cfg.sdf, cfg.renderer, cfg.tracing, [1, 1, 1])
+
+
 def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path, one_thread):
     import logging
 
-    from stages.idr import build_model
     from pipeline.training.idr_data import MaskOptions, RayBank, load_masks, load_views
-    from pipeline.training.idr import CHECKPOINT_NAME, TrainSettings, train
+    from pipeline.training.idr import CHECKPOINT_NAME, train
 
     scene = sphere_workspace.load_scene()
     idx = scene.split("train")
@@ -495,32 +510,43 @@ def test_training_resumes_from_checkpoint(sphere_workspace, tmp_path, one_thread
     resume = tmp_path / "resume"
     resume.mkdir()
 
-    def settings(iterations):
-        return TrainSettings(iterations, 1e9, 128, 32, 1e-3, 1e-2, 1e-3, 0.1, 1e9, 0, "same-config")
-
     log = logging.getLogger("test")
-    first = train(build_model(cfg, [1, 1, 1]), views.cameras, None, bank, cfg.loss, settings(4), resume, log)
-    assert first["iterations"] == 4 and (resume / CHECKPOINT_NAME).exists()
-    second = train(build_model(cfg, [1, 1, 1]), views.cameras, None, bank, cfg.loss, settings(6), resume, log)
-    assert second["iterations"] == 6
+    first = train(_model(cfg), views.cameras, None, bank, cfg.loss, _settings(max_steps=4), resume, log)
+    assert first["steps"] == 4 and (resume / CHECKPOINT_NAME).exists()
+    second = train(_model(cfg), views.cameras, None, bank, cfg.loss, _settings(max_steps=6), resume, log)
+    assert second["steps"] == 6
     assert torch.load(resume / CHECKPOINT_NAME, weights_only=False)["iteration"] == 6
 
 
 def test_time_budget_stops_training(sphere_workspace, tmp_path, one_thread):
     import logging
 
-    from stages.idr import build_model
     from pipeline.training.idr_data import MaskOptions, RayBank, load_masks, load_views
-    from pipeline.training.idr import TrainSettings, train
+    from pipeline.training.idr import train
 
     scene = sphere_workspace.load_scene()
     idx = scene.split("train")
     views = load_views(scene, idx, load_masks(scene, idx, MaskOptions()), 1)
     cfg = tiny_config()
-    settings = TrainSettings(10 ** 6, 1.0, 128, 32, 1e-3, 1e-2, 1e-3, 0.1, 1e9, 0, "x")
-    summary = train(build_model(cfg, [1, 1, 1]), views.cameras, None, RayBank(views, 1.0), cfg.loss, settings,
+    settings = _settings(max_steps=10 ** 6, max_time_s=1.0, config_hash="x")
+    summary = train(_model(cfg), views.cameras, None, RayBank(views, 1.0), cfg.loss, settings,
                     tmp_path, logging.getLogger("test"))
-    assert summary["stopped_by_time"] and 0 < summary["iterations"] < 10 ** 6
+    assert summary["stopped_by_time"] and 0 < summary["steps"] < 10 ** 6
+
+
+def test_budgets_zero_means_no_limit_and_a_negative_value_names_the_key():
+    from pipeline.training.common import Budget, CheckpointSchedule
+
+    unlimited = Budget(max_steps=10, max_time_s=0.0)
+    assert not unlimited.done(9, 1e9) and unlimited.done(10, 0.0) and unlimited.progress(5, 1e9) == 0.5
+    timed = Budget(max_steps=10, max_time_s=100.0)
+    assert timed.done(1, 100.0) and timed.progress(5, 75.0) == 0.75
+    with pytest.raises(ValueError, match="max_time_s"):
+        Budget(max_steps=10, max_time_s=-1.0)
+    assert not CheckpointSchedule(0, 0.0).due(100)
+    assert CheckpointSchedule(25, 0.0).due(100) and not CheckpointSchedule(25, 0.0).due(101)
+    with pytest.raises(ValueError, match="checkpoint_every_s"):
+        CheckpointSchedule(0, -1.0)
 
 
 def test_scene_without_masks_gets_a_clear_error(sphere_workspace, tmp_path):

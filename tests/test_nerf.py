@@ -13,7 +13,13 @@ from pipeline.models.nerf.model import NeRFModel, NeRFModelConfig, _eval_front_f
 from pipeline.models.components.occupancy import OccupancyGrid, march_rays, march_schedule
 from pipeline.models.components.volume_rendering import (composite_dense, composite_packed, distortion_loss_packed, gate_gradients,
                                           ray_aabb, sample_pdf, stratified_samples, transmittance_packed)
+from pipeline.models.nerf import io as nerf_io
+from pipeline.models.nerf.model import default_aabb
 from pipeline.models.render import DensityModel
+from pipeline.training import nerf as nerf_training
+from pipeline.training.common import settings_from
+from pipeline.training.nerf import NeRFTrainSettings
+from pipeline.training.nerf_data import PixelData
 
 TINY_GRID = HashGridConfig(levels=6, features_per_level=2, log2_table_size=12, base_resolution=4,
                            finest_resolution=64, backend="torch")
@@ -433,14 +439,22 @@ def _tiny_workspace(tmp_path, views=6, size=16):
 
 
 def _tiny_config(**overrides):
-    import stages.nerf as nerf
+    from stages.nerf import NerfConfig
 
-    cfg = nerf.NerfConfig(model=NeRFModelConfig(grid=TINY_GRID, width=16, occupancy_resolution=8, march_steps=32))
+    cfg = NerfConfig(model=NeRFModelConfig(grid=TINY_GRID, width=16, occupancy_resolution=8, march_steps=32))
     cfg.samples_per_batch, cfg.initial_rays, cfg.max_time_s, cfg.max_steps = 2048, 128, 0.0, 8
     cfg.occupancy_warmup_steps, cfg.occupancy_update_every, cfg.checkpoint_every = 4, 2, 3
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def _model(cfg, aabb):
+    return nerf_io.build_model(cfg.model, aabb, "white", cfg.background)
+
+
+def _train(model, data, cfg, resume_dir):
+    return nerf_training.train(model, data, settings_from(NeRFTrainSettings, cfg), torch.device("cpu"), resume_dir)
 
 
 def _interrupt_at_call(model, n):
@@ -458,34 +472,31 @@ def _interrupt_at_call(model, n):
 
 
 def test_resume_after_an_interruption_restores_step_optimiser_and_rng(tmp_path, one_thread):
-    import stages.nerf as nerf
-
     ws = _tiny_workspace(tmp_path)
     scene = ws.load_scene()
-    data = nerf.PixelData(scene, scene.split("train"), torch.device("cpu"), use_alpha=True)
-    aabb = nerf.scene_aabb(scene, _tiny_config())
-    cpu = torch.device("cpu")
+    data = PixelData(scene, scene.split("train"), torch.device("cpu"), use_alpha=True)
+    aabb = default_aabb(scene.bounds, _tiny_config().scene_radius)
 
     def fresh():
         torch.manual_seed(0)
-        return nerf.build_model(_tiny_config(), aabb, "white")
+        return _model(_tiny_config(), aabb)
 
     straight = fresh()
-    nerf.train(straight, data, _tiny_config(), cpu, None)
+    _train(straight, data, _tiny_config(), None)
 
     resume_dir = tmp_path / "resume"
     resume_dir.mkdir()
     interrupted = fresh()
     _interrupt_at_call(interrupted, 6)
     with pytest.raises(KeyboardInterrupt):
-        nerf.train(interrupted, data, _tiny_config(), cpu, resume_dir)
-    saved = torch.load(resume_dir / nerf.CHECKPOINT_NAME, weights_only=False)
+        _train(interrupted, data, _tiny_config(), resume_dir)
+    saved = torch.load(resume_dir / nerf_training.CHECKPOINT_NAME, weights_only=False)
     assert saved["step"] == 5
     assert all(int(s["step"]) == 5 for s in saved["optimizer"]["state"].values())
 
     torch.manual_seed(123)  # disturb the global RNG: the checkpoint must restore its own
-    resumed = nerf.build_model(_tiny_config(), aabb, "white")
-    stats = nerf.train(resumed, data, _tiny_config(), cpu, resume_dir)
+    resumed = _model(_tiny_config(), aabb)
+    stats = _train(resumed, data, _tiny_config(), resume_dir)
     assert stats["steps"] == 8
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -496,48 +507,44 @@ def test_resume_from_a_periodic_checkpoint_after_a_kill_repeats_nothing(tmp_path
     error map and edge rays on, whose state is saved too) ends where an uninterrupted run ends."""
     import shutil
 
-    import stages.nerf as nerf
-
     ws = _tiny_workspace(tmp_path)
     scene = ws.load_scene()
     cfg = _tiny_config(error_fraction=0.5, edge_fraction=0.25)
-    cpu = torch.device("cpu")
 
     def data():
-        return nerf.PixelData(scene, scene.split("train"), cpu, True, cfg.edge_fraction, cfg.edge_width)
+        return PixelData(scene, scene.split("train"), torch.device("cpu"), True, cfg.edge_fraction, cfg.edge_width)
 
-    aabb = nerf.scene_aabb(scene, cfg)
+    aabb = default_aabb(scene.bounds, cfg.scene_radius)
     torch.manual_seed(0)
-    straight = nerf.build_model(cfg, aabb, "white")
+    straight = _model(cfg, aabb)
     run_dir, killed_dir = tmp_path / "run", tmp_path / "killed"
     run_dir.mkdir()
     killed_dir.mkdir()
-    save = nerf.save_checkpoint
+    save = nerf_training.save_checkpoint
 
     def save_and_keep_step_3(path, state):  # the file a kill after step 3 would leave
         save(path, state)
         if state["step"] == 3:
-            shutil.copy(path, killed_dir / nerf.CHECKPOINT_NAME)
+            shutil.copy(path, killed_dir / nerf_training.CHECKPOINT_NAME)
 
-    monkeypatch.setattr(nerf, "save_checkpoint", save_and_keep_step_3)
-    nerf.train(straight, data(), cfg, cpu, run_dir)
-    monkeypatch.setattr(nerf, "save_checkpoint", save)
+    monkeypatch.setattr(nerf_training, "save_checkpoint", save_and_keep_step_3)
+    _train(straight, data(), cfg, run_dir)
+    monkeypatch.setattr(nerf_training, "save_checkpoint", save)
 
     torch.manual_seed(0)
-    resumed = nerf.build_model(cfg, aabb, "white")
-    stats = nerf.train(resumed, data(), cfg, cpu, killed_dir)
+    resumed = _model(cfg, aabb)
+    stats = _train(resumed, data(), cfg, killed_dir)
     assert stats["steps"] == 8
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
 
 def test_edge_and_error_rays_go_where_they_are_asked(tmp_path):
-    import stages.nerf as nerf
     from pipeline.geometry.masks import mask_edges
 
     ws = _tiny_workspace(tmp_path)
     scene = ws.load_scene()
-    data = nerf.PixelData(scene, scene.split("train"), torch.device("cpu"), True, edge_fraction=0.5)
+    data = PixelData(scene, scene.split("train"), torch.device("cpu"), True, edge_fraction=0.5)
     generator = torch.Generator().manual_seed(0)
     alpha = data.colors[:, 3] > 0.5
     edge = torch.zeros(data.num_pixels, dtype=torch.bool)
@@ -548,7 +555,7 @@ def test_edge_and_error_rays_go_where_they_are_asked(tmp_path):
     assert bool(edge[pixels[:500]].all())
     assert float(edge[pixels[500:]].float().mean()) < 0.9  # the rest stays uniform
 
-    data = nerf.PixelData(scene, scene.split("train"), torch.device("cpu"), True)
+    data = PixelData(scene, scene.split("train"), torch.device("cpu"), True)
     data.enable_error_map(0.5)
     hot = torch.arange(10, 20)
     data.record_error(torch.arange(data.num_pixels), torch.zeros(data.num_pixels))
@@ -558,11 +565,11 @@ def test_edge_and_error_rays_go_where_they_are_asked(tmp_path):
 
 
 def test_the_stage_trains_evaluates_and_reloads(tmp_path, one_thread):
-    import stages.nerf as nerf
     from pipeline.runner.stage import run_stage
+    from stages.nerf import STAGE
 
     ws = _tiny_workspace(tmp_path)
-    result = run_stage(nerf.STAGE, ws, _tiny_config(max_steps=30))
+    result = run_stage(STAGE, ws, _tiny_config(max_steps=30))
     out = ws.stage_dir("nerf")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 30 and metrics["psnr"] > 10 and metrics["samples_per_s"] > 0
@@ -571,7 +578,7 @@ def test_the_stage_trains_evaluates_and_reloads(tmp_path, one_thread):
     depth = np.load(out / "depth" / "v0.npy")
     assert depth.shape == (16, 16)
     assert result.manifest["metrics"]["psnr"] == metrics["psnr"]
-    model = nerf.load_trained(ws)
+    model = nerf_io.load_trained(ws)
     assert isinstance(model, DensityModel)
     sigma = model.query_density(torch.zeros(4, 3))
     assert sigma.shape == (4,)
@@ -579,12 +586,36 @@ def test_the_stage_trains_evaluates_and_reloads(tmp_path, one_thread):
 
 
 def test_config_files_load():
-    import stages.nerf as nerf
+    from stages.nerf import STAGE
 
-    for name in ("nerf-hash", "nerf-fourier", "nerf-siren"):
-        cfg = nerf.default_config(name)
+    for name in (None, "nerf-hash", "nerf-fourier", "nerf-siren", "nerf-hash-gpu"):
+        cfg = STAGE.load_config(name)
         assert cfg.model.kind in ("hash", "fourier")
-    assert nerf.default_config("nerf-siren").model.activation == "siren"
+    assert STAGE.load_config("nerf-siren").model.activation == "siren"
+    assert STAGE.load_config("nerf-hash") == STAGE.load_config()  # the named default adds nothing
+
+
+def test_a_model_file_reloads_with_its_config_and_background(tmp_path):
+    aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    cfg = _tiny_config(background="learned")
+    torch.manual_seed(0)
+    model = _model(cfg, aabb)
+    nerf_io.save_model(tmp_path / "model.pt", model, cfg.background, "black", {"max_steps": 8})
+    loaded = nerf_io.load_model_file(tmp_path / "model.pt")
+    assert loaded.config == cfg.model and loaded.learn_background and not loaded.training
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert saved["config"]["max_steps"] == 8 and saved["scene_background"] == "black"
+
+
+def test_a_negative_time_budget_is_an_error_naming_the_key(tmp_path):
+    ws = _tiny_workspace(tmp_path)
+    scene = ws.load_scene()
+    data = PixelData(scene, scene.split("train"), torch.device("cpu"), True)
+    cfg = _tiny_config(max_time_s=-1.0)
+    with pytest.raises(ValueError, match="max_time_s"):
+        _train(_model(cfg, default_aabb(scene.bounds, cfg.scene_radius)), data, cfg, None)
 
 
 def test_the_density_activation_is_exp_with_its_gradient_clamped_at_plus_minus_15():

@@ -85,24 +85,10 @@ def depth_errors(pred, target, mask=None) -> dict:
             "pixels": int(valid.sum())}
 
 
-def chamfer_fscore(points_a: np.ndarray, points_b: np.ndarray, threshold: float) -> dict:
-    """Chamfer-L1 (mean of the two mean nearest-neighbour distances) and F-score at ``threshold``
-    between point sets (N, 3) and (M, 3), e.g. sampled on a reconstructed and a reference mesh."""
-    from scipy.spatial import cKDTree
-
-    d_ab = cKDTree(points_b).query(points_a, workers=-1)[0]
-    d_ba = cKDTree(points_a).query(points_b, workers=-1)[0]
-    precision = float(np.mean(d_ab < threshold))
-    recall = float(np.mean(d_ba < threshold))
-    fscore = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return {"chamfer_l1": float(0.5 * (d_ab.mean() + d_ba.mean())), "accuracy": float(d_ab.mean()),
-            "completeness": float(d_ba.mean()), "precision": precision, "recall": recall, "fscore": fscore,
-            "threshold": float(threshold)}
-
-
 def mesh_chamfer_fscore(verts_a, faces_a, verts_b, faces_b, threshold: float, samples: int = 100000,
                         seed: int = 0) -> dict:
-    """Chamfer-L1 and F-score between two triangle meshes (same keys as :func:`chamfer_fscore`):
+    """Chamfer-L1 (mean of the two mean distances), accuracy (a -> b), completeness (b -> a),
+    precision, recall and F-score at ``threshold`` between two triangle meshes (V, 3) / (F, 3):
     ``samples`` area-uniform points on each surface, each measured to the OTHER surface itself
     (point-to-triangle), so a mesh against itself scores exactly 0 and there is no sampling floor.
     A side given without faces (a point cloud) is used as points, and distances to it are to points."""

@@ -1,7 +1,8 @@
 """The IDR training loop: one step (trace, sample network, renderer, losses), the optimiser with
-its schedules, checkpoints in the stage's resume folder, and the time budget."""
+its schedules, checkpoints in the stage's resume folder, and the step/time budget."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,25 +14,38 @@ from pipeline.geometry.cameras import Cameras
 from pipeline.runner.log import TrainingProgress
 from pipeline.models.idr.cameras import PoseCorrections, corrected_cameras
 from pipeline.models.idr.losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss, smoothness_loss
-from pipeline.models.idr.model import IDRModel, uniform_ball_points
+from pipeline.models.idr.model import IDRModel, RendererConfig, uniform_ball_points
+from pipeline.training.common import (Budget, CheckpointSchedule, adam, decay_factor,
+                                      load_checkpoint, save_checkpoint)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
 class TrainSettings:
-    iterations: int
-    max_time_s: float
+    """What the loop needs of the idr stage's config (see ``stages.idr.IDRConfig`` for each)."""
+
+    max_steps: int
+    max_time_s: float  # trained seconds, counted across resumes; 0 = no time budget
     batch_rays: int
     eikonal_points: int
     lr: float
     lr_grid: float
     lr_cameras: float
     lr_final_factor: float
-    checkpoint_every_s: float
+    checkpoint_every: int  # steps; 0 = off
+    checkpoint_every_s: float  # seconds; 0 = off
     seed: int
-    config_hash: str
-    camera_gauge: bool = True  # trainable cameras: remove the common similarity drift after each step
+    config_hash: str  # a checkpoint of another configuration is not resumed
+    camera_gauge: bool  # trainable cameras: remove the common similarity drift after each step
+
+
+def training_renderer(renderer: RendererConfig, train_cameras: bool, camera_coarse_to_fine: float) -> RendererConfig:
+    """The renderer config to train with: with trainable cameras the appearance grid's levels fade
+    in over ``camera_coarse_to_fine`` of training (0 keeps ``renderer.coarse_to_fine``)."""
+    if train_cameras and camera_coarse_to_fine > 0:
+        return dataclasses.replace(renderer, coarse_to_fine=camera_coarse_to_fine)
+    return renderer
 
 
 def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], batch,
@@ -88,29 +102,27 @@ def make_optimizer(model: IDRModel, corrections: Optional[PoseCorrections], sett
     if corrections is not None:
         groups.append({"params": list(corrections.parameters()), "lr": settings.lr_cameras,
                        "base_lr": settings.lr_cameras})
-    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    return adam(groups, fused=False, betas=(0.9, 0.99), eps=1e-15)
 
 
-def _save_checkpoint(path: Path, model, corrections, optimizer, iteration, elapsed, generator, settings):
-    state = {"iteration": iteration, "elapsed_s": elapsed, "model": model.state_dict(),
-             "corrections": corrections.state_dict() if corrections is not None else None,
-             "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-             "config_hash": settings.config_hash}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+def _checkpoint_state(model, corrections, optimizer, iteration, elapsed, generator, settings) -> dict:
+    return {"iteration": iteration, "elapsed_s": elapsed, "model": model.state_dict(),
+            "corrections": corrections.state_dict() if corrections is not None else None,
+            "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+            "config_hash": settings.config_hash}
 
 
 def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], bank, loss_cfg: LossConfig,
           settings: TrainSettings, resume_dir: Path, log) -> dict:
-    """Train until ``iterations`` or ``max_time_s`` (counted across resumes). Returns a summary."""
+    """Train until ``max_steps`` or ``max_time_s`` (counted across resumes). Returns a summary."""
+    budget = Budget(settings.max_steps, settings.max_time_s)
     generator = torch.Generator().manual_seed(settings.seed)
     device = model.background.device
     optimizer = make_optimizer(model, corrections, settings)
     ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
     start, elapsed = 0, 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt_path, "cpu")
+    if state is not None:
         if state.get("config_hash") == settings.config_hash:
             model.load_state_dict(state["model"])
             if corrections is not None and state["corrections"] is not None:
@@ -124,18 +136,17 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
     stats: dict = {}
     iteration = start
     t_session = time.time()
-    last_save = t_session
+    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s)
     stopped_by_time = False
-    bar = TrainingProgress("idr", settings.iterations, settings.max_time_s, start, elapsed)
-    while iteration < settings.iterations:
+    bar = TrainingProgress("idr", budget.max_steps, budget.max_time_s, start, elapsed)
+    while iteration < budget.max_steps:
         spent = elapsed + time.time() - t_session
-        if spent >= settings.max_time_s:
+        if budget.time_up(spent):
             stopped_by_time = True
             break
-        # schedules follow whichever budget (iterations or time) runs out first
-        frac = max(iteration / settings.iterations, spent / settings.max_time_s)
+        frac = budget.progress(iteration, spent)
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * settings.lr_final_factor ** frac
+            group["lr"] = group["base_lr"] * decay_factor(settings.lr_final_factor, frac)
         alpha = mask_alpha(loss_cfg, frac)
         model.set_progress(frac)
         # rays are drawn on the CPU (one generator: the same batches on any device), then moved
@@ -156,16 +167,12 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
             log.info(f"idr it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} mask {stats['mask']:.4f} "
                      f"eik {stats['eikonal']:.4f} psnr(hit) {stats['psnr']:.2f} hit/mask {stats['hit_in_mask']:.3f} "
                      f"t={elapsed + time.time() - t_session:.0f}s")
-        if time.time() - last_save > settings.checkpoint_every_s:
-            _save_checkpoint(ckpt_path, model, corrections, optimizer, iteration,
-                             elapsed + time.time() - t_session, generator, settings)
-            last_save = time.time()
+        if schedule.due(iteration):
+            save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, iteration,
+                                                         elapsed + time.time() - t_session, generator, settings))
+            schedule.saved()
     bar.close()
     model.set_progress(1.0)
     total = elapsed + time.time() - t_session
-    _save_checkpoint(ckpt_path, model, corrections, optimizer, iteration, total, generator, settings)
-    return {"iterations": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time,
-            "last_step": stats}
-
-
-__all__ = ["TrainSettings", "training_step", "make_optimizer", "train", "CHECKPOINT_NAME"]
+    save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, iteration, total, generator, settings))
+    return {"steps": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time, "last_step": stats}

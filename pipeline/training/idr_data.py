@@ -133,6 +133,32 @@ def load_views(scene: Scene, indices: list[int], masks: list[np.ndarray], downsc
     return Views(list(indices), images, small_masks, Cameras.from_intrinsics(intrinsics, c2w))
 
 
+def train_test_split(scene: Scene, holdout_every: int) -> tuple[list[int], list[int]]:
+    """Training and held-out views: the scene's own split when it has one, else every
+    ``holdout_every``-th view held out (0: none)."""
+    test = list(scene.eval_split())
+    if test:
+        held = set(test) | set(scene.splits.get("val", []))
+        train_idx = [i for i in scene.splits.get("train", range(len(scene))) if i not in held]
+        return train_idx, test
+    train_idx = list(scene.splits.get("train", range(len(scene))))
+    if holdout_every > 0 and len(train_idx) >= 2 * holdout_every:
+        test = train_idx[holdout_every - 1::holdout_every]
+        train_idx = [i for i in train_idx if i not in set(test)]
+    return train_idx, test
+
+
+def background_color(background: str, views: Views) -> np.ndarray:
+    """(3,) colour of rays that miss: white, black, or auto (:func:`estimate_background`)."""
+    if background == "white":
+        return np.ones(3, dtype=np.float32)
+    if background == "black":
+        return np.zeros(3, dtype=np.float32)
+    if background != "auto":
+        raise SceneError(f"background must be auto, white or black, got {background!r}")
+    return estimate_background(views)
+
+
 def estimate_background(views: Views) -> np.ndarray:
     """The median colour of all pixels outside the masks: (3,) (white for composited Blender data,
     near black for the Middlebury temple)."""

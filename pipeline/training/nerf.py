@@ -1,0 +1,190 @@
+"""The NeRF training loop: random pixels of the training views per step, the occupancy grid's
+updates, the ray count steered to a sample budget, the optimiser and its schedule, checkpoints
+(step, weights, optimiser, RNG states, error map and elapsed time) in the stage's resume folder."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from pipeline.models.nerf.model import NeRFModel
+from pipeline.runner.log import TrainingProgress, get_logger
+from pipeline.runner.runtime import autocast
+from pipeline.training.common import (Budget, CheckpointSchedule, adam, decay_factor,
+                                      load_checkpoint, save_checkpoint)
+from pipeline.training.nerf_data import PixelData
+
+CHECKPOINT_NAME = "checkpoint.pt"
+BACKGROUNDS = ("white", "black", "random", "learned", "scene")
+
+
+@dataclass
+class NeRFTrainSettings:
+    """What the loop needs of the nerf stage's config (see ``stages.nerf.NerfConfig`` for each)."""
+
+    background: str  # random | white | black | learned | scene
+    max_steps: int
+    max_time_s: float  # 0 = no time budget
+    samples_per_batch: int
+    initial_rays: int
+    max_rays: int
+    lr: float
+    lr_final_factor: float
+    warmup_steps: int
+    weight_decay: float
+    distortion_weight: float
+    occupancy_update_every: int
+    occupancy_warmup_steps: int
+    occupancy_fraction: float
+    error_fraction: float
+    seed: int
+    mixed_precision: bool
+    cpu_mixed_precision: bool
+    checkpoint_every: int
+    checkpoint_every_s: float
+
+    def __post_init__(self):
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"nerf background must be one of {BACKGROUNDS}, got {self.background!r}")
+
+
+def uses_mixed_precision(device: torch.device, mixed_precision: bool, cpu_mixed_precision: bool) -> bool:
+    """Whether the networks run under bf16 autocast on ``device`` (separate switches for CUDA and CPU)."""
+    return mixed_precision if device.type != "cpu" else cpu_mixed_precision
+
+
+def make_optimizer(model: NeRFModel, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    grid_params, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if name.startswith("field.encoding"):
+            grid_params.append(p)
+        elif p.ndim >= 2:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if grid_params:
+        groups.append({"params": grid_params, "weight_decay": 0.0})
+    hash_model = model.config.kind == "hash"
+    lr = lr if hash_model else min(lr, 5e-3)  # the 8x256 MLP diverges at hash-grid learning rates
+    # instant-ngp's Adam settings: beta2 0.99 and a tiny eps (sparse grid gradients)
+    return adam(groups, lr=lr, betas=(0.9, 0.99), eps=1e-15 if hash_model else 1e-8)
+
+
+def lr_factor(progress_fraction: float, step: int, settings: NeRFTrainSettings) -> float:
+    """Linear warm-up over ``warmup_steps``, then exponential decay over the budget."""
+    warm = min(1.0, (step + 1) / max(1, settings.warmup_steps))
+    return warm * decay_factor(settings.lr_final_factor, progress_fraction)
+
+
+def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device: torch.device,
+          resume_dir: Optional[Path], log=None) -> dict:
+    """Train in place; returns training statistics. Resumes from ``resume_dir/checkpoint.pt``."""
+    log = log or get_logger("nerf")
+    budget = Budget(settings.max_steps, settings.max_time_s)
+    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s)
+    mixed = uses_mixed_precision(device, settings.mixed_precision, settings.cpu_mixed_precision)
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    step, elapsed, total_samples = 0, 0.0, 0
+    marched = model.sampler == "occupancy"
+    n_rays = settings.initial_rays if marched else max(
+        64, settings.samples_per_batch // (model.config.num_coarse + model.config.num_fine))
+    if settings.error_fraction > 0:
+        data.enable_error_map(settings.error_fraction)
+    ckpt_path = resume_dir / CHECKPOINT_NAME if resume_dir is not None else None
+    state = load_checkpoint(ckpt_path, device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed, total_samples, n_rays = state["step"], state["elapsed"], state["samples"], state["n_rays"]
+        if data.pixel_error is not None and state.get("pixel_error") is not None:
+            data.pixel_error.copy_(state["pixel_error"])
+        log.info(f"nerf: resumed from {ckpt_path} at step {step} ({elapsed:.0f}s trained)")
+
+    rng_at_step_start = (generator.get_state(), torch.get_rng_state())
+
+    def checkpoint_state():
+        # RNG states from the start of the step being run: an interrupted step is redone exactly
+        return {"step": step, "elapsed": elapsed, "samples": total_samples, "n_rays": n_rays,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": rng_at_step_start[0], "torch_rng": rng_at_step_start[1],
+                "pixel_error": data.pixel_error}
+
+    use_alpha = data.colors.shape[1] == 4
+    bar = TrainingProgress("nerf", budget.max_steps, budget.max_time_s, step, elapsed)
+    last_psnr, last_loss = float("nan"), float("nan")
+    model.train()
+    try:
+        while not budget.done(step, elapsed):
+            t_start = time.perf_counter()
+            frac = budget.progress(step, elapsed)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * lr_factor(frac, step, settings)
+            if model.occupancy is not None and step % settings.occupancy_update_every == 0:
+                with autocast(device, mixed):
+                    model.update_occupancy(all_cells=step < settings.occupancy_warmup_steps, generator=generator,
+                                           fraction=settings.occupancy_fraction)
+            rays_o, rays_d, target, pixels = data.sample(n_rays, generator)
+            bg = None
+            if use_alpha:
+                if settings.background == "random":
+                    bg = torch.rand(n_rays, 3, device=device, generator=generator)
+                else:
+                    bg = model.background().detach().expand(n_rays, 3)
+                target = target[:, :3] * target[:, 3:] + bg * (1.0 - target[:, 3:])
+                if settings.background == "learned":
+                    bg = None  # the model composites onto its learned colour
+            with autocast(device, mixed):
+                out = model.render_rays(rays_o, rays_d, perturb=True, background=bg, generator=generator,
+                                        max_samples=2 * settings.samples_per_batch,
+                                        distortion=settings.distortion_weight > 0)
+            target = target[:out["rgb"].shape[0]]
+            loss = torch.mean((out["rgb"] - target) ** 2)
+            if "distortion" in out:
+                loss = loss + settings.distortion_weight * out["distortion"].mean()
+            if "rgb_coarse" in out:
+                loss = loss + torch.mean((out["rgb_coarse"] - target) ** 2)
+            optimizer.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+                optimizer.step()
+            num_samples = int(out["num_samples"])
+            total_samples += num_samples
+            if marched and num_samples > 0:
+                # steer the ray count so the next step evaluates about samples_per_batch samples
+                wanted = n_rays * settings.samples_per_batch / num_samples
+                n_rays = int(min(settings.max_rays, max(256, 0.7 * n_rays + 0.3 * wanted)))
+            if data.pixel_error is not None:  # last in the step: an interrupted step leaves the map as it was
+                data.record_error(pixels[:target.shape[0]], ((out["rgb"].detach() - target) ** 2).mean(-1))
+            step += 1
+            elapsed += time.perf_counter() - t_start
+            rng_at_step_start = (generator.get_state(), torch.get_rng_state())  # what the next step starts from
+            if step % 10 == 0 or step == 1:
+                mse = float(torch.mean((out["rgb"].detach() - target) ** 2))
+                last_loss, last_psnr = float(loss.detach()), -10 * np.log10(max(mse, 1e-10))
+                bar.postfix.update(loss=f"{last_loss:.4f}", psnr=f"{last_psnr:.2f}",
+                                   samples_s=f"{total_samples / max(elapsed, 1e-9):.3g}")
+            bar.update(step, elapsed)
+            if ckpt_path is not None and schedule.due(step):
+                save_checkpoint(ckpt_path, checkpoint_state())
+                schedule.saved()
+    except BaseException:
+        if ckpt_path is not None and step > 0:
+            save_checkpoint(ckpt_path, checkpoint_state())
+            log.warning(f"nerf: interrupted at step {step}; checkpoint saved to {ckpt_path} (re-run to resume)")
+        raise
+    finally:
+        bar.close()
+    if ckpt_path is not None:
+        save_checkpoint(ckpt_path, checkpoint_state())
+    return {"steps": step, "train_time_s": elapsed, "samples": total_samples,
+            "samples_per_s": total_samples / max(elapsed, 1e-9), "final_train_psnr": last_psnr,
+            "final_loss": last_loss, "final_rays_per_batch": n_rays}
