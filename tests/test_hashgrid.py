@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pipeline.models.components.hashgrid import HashGridConfig, HashGridEncoding, hashgrid_torch, level_layout
+from pipeline.kernels.hashgrid_torch import hashgrid_torch
+from pipeline.models.components.hashgrid import HashGridConfig, HashGridEncoding, level_layout
 from tests.conftest import requires_cuda
 
 # 6 levels: the coarse ones are dense, the fine ones hashed (table 2^10 rows)
@@ -52,10 +53,10 @@ def test_reference_and_naive_backends_agree(features):
 def test_reference_taking_levels_a_group_at_a_time_gives_the_same_results(monkeypatch, features):
     # big batches go through the reference a few levels at a time (small temporaries); here one
     # level per group, second derivatives included, against the naive backend
-    import pipeline.models.components.hashgrid as hashgrid
+    from pipeline.kernels import hashgrid_torch as reference
 
-    monkeypatch.setattr(hashgrid, "_GROUP_BYTES", 1)
-    assert len(hashgrid._level_groups(500, 6, features, 4, torch.device("cpu"))) == 6
+    monkeypatch.setattr(reference, "_GROUP_BYTES", 1)
+    assert len(reference._level_groups(500, 6, features, 4, torch.device("cpu"))) == 6
     grid = _grid(HashGridConfig(**{**SMALL.__dict__, "features_per_level": features}))
     x = torch.rand(500, 3, requires_grad=True)
     _assert_backends_agree(grid, x, "torch", "naive", x_rtol=1e-3, x_atol=1e-2)
@@ -283,7 +284,8 @@ def test_triton_backend_gives_input_gradients_through_the_reference_on_cuda():
 
 _INTERPRETER_CHECK = """
 import torch
-from pipeline.models.components.hashgrid import HashGridConfig, level_layout, hashgrid_torch
+from pipeline.models.components.hashgrid import HashGridConfig, level_layout
+from pipeline.kernels.hashgrid_torch import hashgrid_torch
 from pipeline.kernels.hashgrid_triton import hashgrid_triton
 torch.manual_seed(0)
 layout = level_layout(HashGridConfig(levels=6, log2_table_size=10, base_resolution=4, finest_resolution=64))

@@ -1,7 +1,9 @@
 """The CPU kernels in C++ (``hashgrid_cpu.cpp``: the hash grid; ``occupancy_cpu.cpp``: the ray
 marcher; ``mlp_cpu.cpp``: the fused ReLU MLP; ``sh_cpu.cpp``: spherical harmonics; ``rows_cpu.cpp``:
 the rows of a gradient that hold non-zeros), built once
-into one shared library with the system's C++ compiler and loaded with ctypes.
+into one shared library with the system's C++ compiler and loaded with ctypes. Their Python
+bindings are the modules beside this one (``hashgrid_cpu``, ``occupancy_cpu``, ``mlp_cpu``,
+``sh_cpu``): nothing else calls into the library.
 
 They include no torch headers, so the build takes a few seconds (no ninja, no extension toolchain);
 the library is cached on disk per source, compiler and CPU (``$RECON_KERNEL_CACHE``, default
@@ -27,7 +29,7 @@ import torch
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = tuple(CSRC / name for name in ("hashgrid_cpu.cpp", "occupancy_cpu.cpp", "mlp_cpu.cpp",
                                                           "sh_cpu.cpp", "rows_cpu.cpp"))
-HEADERS = (CSRC / "cpu_parallel.h",)
+HEADERS = (CSRC / "cpu_parallel.h", CSRC / "gemm_cpu.h")
 _log = logging.getLogger("recon.kernels")
 _state: dict = {"lib": None, "error": None}
 # return types of the exported functions (ctypes assumes int otherwise)

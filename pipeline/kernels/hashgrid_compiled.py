@@ -1,7 +1,7 @@
 """CPU fast path of the reference hash grid: ``torch.compile`` (inductor, C++) fuses the corner
 hashing, the gathers and the trilinear interpolation into one loop per output.
 
-The eager reference (:mod:`pipeline.models.components.hashgrid`) runs ~40 separate elementwise passes over
+The eager reference (:mod:`pipeline.kernels.hashgrid_torch`) runs ~40 separate elementwise passes over
 ``(8, L, N)`` tensors and materialises the corner rows and weights; compiled, each output value
 computes its 8 corners in registers and reads the table directly. Same layout, same hash, same
 results as the eager reference (to float rounding); the table gradient is still scattered by the
@@ -21,7 +21,8 @@ import torch
 
 # the hash uses instant-ngp's primes as the reference does; products are taken in int64 and masked,
 # so the low bits equal those of the uint32 products
-from pipeline.models.components.hashgrid import PRIMES
+from pipeline.kernels.hashgrid_torch import (PRIMES, backward_create_graph, corner_indices_and_weights,
+                                             corner_input_grad, corner_table_grad, hashgrid_torch, scatter_add_rows)
 
 MIN_POINTS = 4096  # below this the compiled call's overhead is not worth it
 
@@ -129,4 +130,64 @@ def input_grad(x, table, grad, scale, stride, offset, dense, table_mask: int):
     return _call("input_grad", _input_grad, x, table, grad, scale, stride, offset, dense, table_mask)
 
 
-__all__ = ["fused_available", "interpolate", "table_grad_parts", "input_grad", "MIN_POINTS"]
+class _FusedHashGridFunction(torch.autograd.Function):
+    """The reference's function with the compiled CPU kernels above: nothing per corner is kept
+    between forward and backward (the backward recomputes the rows)."""
+
+    @staticmethod
+    def forward(ctx, x, table, scale, stride, dense, offset, table_mask):
+        out = interpolate(x.detach(), table.detach(), scale, stride, offset, dense, table_mask)
+        if out is None:
+            raise _CompiledPathUnavailable
+        ctx.table_mask = table_mask
+        ctx.save_for_backward(x, table, scale, stride, dense, offset)
+        L, F, n = out.shape
+        return out.view(L * F, n).t()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, table, scale, stride, dense, offset = ctx.saved_tensors
+        mask = ctx.table_mask
+        eager = None  # corner rows, weights, frac: computed only when a compiled kernel is unavailable
+
+        def corners():
+            nonlocal eager
+            if eager is None:
+                eager = corner_indices_and_weights(x.detach(), scale, stride, dense, offset, mask, True)
+            return eager
+
+        if torch.is_grad_enabled():
+            return backward_create_graph(ctx, grad_out, x, table, corners()[0], scale)
+        L, F, n = scale.shape[0], table.shape[1], x.shape[0]
+        grad_planar = grad_out.t().contiguous().view(L, F, n).to(table.dtype)
+        grad_x = grad_table = None
+        xd, td = x.detach(), table.detach()
+        if ctx.needs_input_grad[1]:
+            parts = table_grad_parts(xd, grad_planar, scale, stride, offset, dense, mask)
+            if parts is not None:
+                grad_table = scatter_add_rows(td, parts[0], parts[1])
+            else:
+                grad_table = corner_table_grad(td, corners()[0], corners()[1], grad_planar)
+        if ctx.needs_input_grad[0]:
+            grad_x = input_grad(xd, td, grad_planar, scale, stride, offset, dense, mask)
+            if grad_x is None:
+                grad_x = corner_input_grad(td, corners()[0], corners()[2], scale, grad_planar)
+        return grad_x, grad_table, None, None, None, None, None
+
+
+class _CompiledPathUnavailable(Exception):
+    pass
+
+
+def hashgrid_compiled(x, table, scale, stride, dense, offset, table_mask: int) -> torch.Tensor:
+    """The ``compiled`` backend: x (N, 3) in [0, 1] -> (N, L * F). CPU batches of at least
+    ``MIN_POINTS`` points use the compiled kernels when available, the rest the eager reference."""
+    if x.device.type == "cpu" and x.shape[0] >= MIN_POINTS and fused_available():
+        try:
+            return _FusedHashGridFunction.apply(x, table, scale, stride, dense, offset, table_mask)
+        except _CompiledPathUnavailable:
+            pass
+    return hashgrid_torch(x, table, scale, stride, dense, offset, table_mask)
+
+
+__all__ = ["fused_available", "interpolate", "table_grad_parts", "input_grad", "hashgrid_compiled", "MIN_POINTS"]

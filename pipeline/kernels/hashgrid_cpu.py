@@ -16,6 +16,7 @@ import torch
 
 from pipeline.kernels import cpu_kernels
 from pipeline.kernels.cpu_kernels import available, unavailable_reason
+from pipeline.kernels.hashgrid_torch import backward_create_graph, corner_indices_and_weights
 
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _SUPPORTED_F = (1, 2, 4, 8)
@@ -72,10 +73,8 @@ class _HashGridCPUFunction(torch.autograd.Function):
         x, table, scale, stride, dense, offset = ctx.saved_tensors
         lv = ctx.levels
         if torch.is_grad_enabled():  # create_graph: the reference's differentiable path
-            from pipeline.models.components.hashgrid import _backward_create_graph, corner_indices_and_weights
-
             idx = corner_indices_and_weights(x.detach(), scale, stride, dense, offset, lv.mask)[0]
-            return _backward_create_graph(ctx, grad_out, x, table, idx, scale)
+            return backward_create_graph(ctx, grad_out, x, table, idx, scale)
         x_c, table_c = x.detach().contiguous(), table.detach().contiguous()
         grad = grad_out.to(table_c.dtype).contiguous()
         # points whose features get no gradient (samples hidden behind opaque ones, see

@@ -1,6 +1,6 @@
 """Triton kernels for the hash grid (CUDA): fused index + interpolation forward, atomic-add backward.
 
-Same table layout, level layout and hash as the PyTorch reference in :mod:`pipeline.models.components.hashgrid`
+Same table layout, level layout and hash as the PyTorch reference in :mod:`pipeline.kernels.hashgrid_torch`
 (flat table (rows, F), per-level row offsets, dense coarse levels, ``x ^ y * 2654435761 ^
 z * 805459861`` on uint32), so the backends are interchangeable on one set of weights.
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from pipeline.kernels.hashgrid_torch import hashgrid_torch
 
 BLOCK = 128
 
@@ -133,8 +135,6 @@ class _TritonHashGrid(torch.autograd.Function):
 def hashgrid_triton(x, table, scale, stride, dense, offset, table_mask: int) -> torch.Tensor:
     """x (N, 3) in [0, 1] on CUDA -> (N, L * F). Falls back to the reference when x needs gradients."""
     if x.requires_grad:
-        from pipeline.models.components.hashgrid import hashgrid_torch
-
         return hashgrid_torch(x, table, scale, stride, dense, offset, table_mask)
     return _TritonHashGrid.apply(x, table, scale, stride, dense, offset, table_mask)
 

@@ -3,8 +3,7 @@
 // Built with OpenMP (cpu_kernels.py tries -fopenmp first) the work runs on the process's OpenMP
 // threads, which are torch's own: torch links libgomp.so.1 and so do we, and the loader keeps one.
 // That matters on a 2-core machine: after each parallel torch op its idle worker spins on the
-// second core for milliseconds, so a thread of our own started then waits for it (measured: a
-// 2-thread kernel call right after a torch op ran no faster than on one thread). Without OpenMP
+// second core for milliseconds, so a thread of our own started then waits for it. Without OpenMP
 // it falls back to std::thread.
 #pragma once
 

@@ -1,7 +1,7 @@
 // Multiresolution hash grid on the CPU: forward, table gradient and input gradient in plain C++
 // (no torch headers, so it compiles in seconds; built and loaded by cpu_kernels.py, called from hashgrid_cpu.py).
 //
-// Same layout, hash and arithmetic as the PyTorch reference (pipeline/nn/hashgrid.py): one flat
+// Same layout, hash and arithmetic as the PyTorch reference (pipeline/kernels/hashgrid_torch.py): one flat
 // table (rows, F) with per-level offsets; coarse "dense" levels index row = x + s*y + s^2*z, finer
 // levels hash (x ^ y*2654435761 ^ z*805459861) & mask, in uint32 arithmetic; corner c = 4bx+2by+bz.
 // A block of 32 points' corners lives in a small array in L1 (see Block): nothing per corner goes
@@ -41,14 +41,13 @@ constexpr int64_t kMinPointsPerThread = 2048;
 // Points go level by level, not point by point over the levels: one level's rows (up to 1 MB) at a
 // time stay in the caches, where all 16 levels' (13 MB) did not. Within a level they go in blocks
 // of kBlock: the block's cells are located first and their rows prefetched, then used, so the
-// block's cache misses overlap instead of each point waiting for its own. Both together: forward
-// 1.3-4x faster, table gradient 1.3-1.5x (bench/RESULTS.md).
+// block's cache misses overlap instead of each point waiting for its own.
 constexpr int kBlock = 32;
 
 // A block's cells, one array per quantity over the block's points (structure of arrays), so that
 // locating them is plain arithmetic over arrays that the compiler vectorises: 8 points per AVX2
-// instruction instead of one point at a time. (The forward was mostly arithmetic: with every point
-// at one spot, all cache hits, it still took 70-80% of its time on rays through the box.)
+// instruction instead of one point at a time (locating, not reading the table, is most of the
+// forward's work when the rows are in the caches).
 template <typename T>
 struct Block {
     int64_t point[kBlock];  // the block's point indices
@@ -121,6 +120,11 @@ inline void locate_block(const T* x, const Levels& lv, int level, const T* rows,
 // and returns where the following block starts; use(block) consumes a located block. The next block
 // is located and its rows prefetched BEFORE the current one is used, so its cache misses overlap
 // with useful work instead of the prefetches arriving just as the rows are needed.
+//
+// The lambdas handed to sweep_level (and to parallel_for) capture by value ([=]): GCC 12 at -O3
+// with AVX-512 can drop the stores to locals that such a lambda captures by reference (the level's
+// scale `s` in input_grad_points) before the out-of-line sweep_level call that reads them, which
+// made the float input gradient all zeros; values copied into the closure leave no store to drop.
 template <typename T, int F, bool for_write, typename Fill, typename Use>
 inline void sweep_level(const T* x, const Levels& lv, int level, const T* rows, int64_t begin, int64_t end, Fill fill,
                         Use use) {
@@ -143,7 +147,7 @@ template <typename T, int F>
 void forward_points(const T* x, const T* table, T* out, int64_t begin, int64_t end, const Levels& lv) {
     const int L = lv.levels;
     for (int l = 0; l < L; ++l) {
-        sweep_level<T, F, false>(x, lv, l, table, begin, end, next_points<T>, [&](const Block<T>& block) {
+        sweep_level<T, F, false>(x, lv, l, table, begin, end, next_points<T>, [=](const Block<T>& block) {
             for (int k = 0; k < block.count; ++k) {
                 T acc[F];
                 for (int f = 0; f < F; ++f) acc[f] = T(0);
@@ -166,13 +170,13 @@ void table_grad_level(const T* x, const T* grad_out, T* grad_table, int64_t n, i
     // the level's rows are zeroed here, by the thread that owns them, just before they are summed
     const int64_t first_row = lv.offset[l], end_row = l + 1 < L ? lv.offset[l + 1] : rows;
     std::fill(grad_table + first_row * F, grad_table + end_row * F, T(0));
-    auto points_with_gradient = [&](Block<T>& block, int64_t from, int64_t end) {
+    auto points_with_gradient = [=](Block<T>& block, int64_t from, int64_t end) {
         const int64_t to = std::min<int64_t>(end, from + kBlock);
         block.count = 0;
         for (int64_t i = from; i < to; ++i) {
             const T* g = grad_out + i * L * F + l * F;
             // this level's features of a point lie 4 * L * F bytes apart, a cache line each: fetch
-            // them a block ahead, as the table rows are (bwd of the grid 8-15% faster, bench/RESULTS.md)
+            // them a block ahead, as the table rows are
             if (i + kBlock < end) __builtin_prefetch(g + kBlock * L * F);
             bool any = false;
             for (int f = 0; f < F; ++f) any |= g[f] != T(0);
@@ -180,7 +184,7 @@ void table_grad_level(const T* x, const T* grad_out, T* grad_table, int64_t n, i
         }
         return to;
     };
-    sweep_level<T, F, true>(x, lv, l, grad_table, 0, n, points_with_gradient, [&](const Block<T>& block) {
+    sweep_level<T, F, true>(x, lv, l, grad_table, 0, n, points_with_gradient, [=](const Block<T>& block) {
         for (int k = 0; k < block.count; ++k) {
             const T* g = grad_out + block.point[k] * L * F + l * F;
             for (int c = 0; c < 8; ++c) {
@@ -200,7 +204,7 @@ void input_grad_points(const T* x, const T* table, const T* grad_out, T* grad_x,
     for (int64_t i = 3 * begin; i < 3 * end; ++i) grad_x[i] = T(0);
     for (int l = 0; l < L; ++l) {
         const T s = static_cast<T>(lv.scale[l]);
-        sweep_level<T, F, false>(x, lv, l, table, begin, end, next_points<T>, [&](const Block<T>& block) {
+        sweep_level<T, F, false>(x, lv, l, table, begin, end, next_points<T>, [=](const Block<T>& block) {
             for (int k = 0; k < block.count; ++k) {
                 const int64_t i = block.point[k];
                 const T* g = grad_out + i * L * F + l * F;
@@ -224,7 +228,7 @@ void input_grad_points(const T* x, const T* table, const T* grad_out, T* grad_x,
 template <typename T, int F>
 void run_forward(const T* x, const T* table, T* out, int64_t n, const Levels& lv, int threads) {
     threads = static_cast<int>(std::min<int64_t>(threads, 1 + n / kMinPointsPerThread));
-    recon::parallel_for(n, threads, [&](int64_t b, int64_t e, int) { forward_points<T, F>(x, table, out, b, e, lv); });
+    recon::parallel_for(n, threads, [=](int64_t b, int64_t e, int) { forward_points<T, F>(x, table, out, b, e, lv); });
 }
 
 template <typename T, int F>
@@ -234,7 +238,7 @@ void run_table_grad(const T* x, const T* grad_out, T* grad_table, int64_t n, int
     threads = std::max(1, threads);
     // each level is summed whole by one thread, the finest (most cache misses) first, each thread taking
     // the next level when done: balanced, and the result does not depend on the thread count
-    recon::parallel_for_dynamic(lv.levels, threads, [&](int64_t i) {
+    recon::parallel_for_dynamic(lv.levels, threads, [=](int64_t i) {
         table_grad_level<T, F>(x, grad_out, grad_table, n, rows, lv.levels - 1 - static_cast<int>(i), lv);
     });
 }
@@ -243,7 +247,7 @@ template <typename T, int F>
 void run_input_grad(const T* x, const T* table, const T* grad_out, T* grad_x, int64_t n, const Levels& lv,
                     int threads) {
     threads = static_cast<int>(std::min<int64_t>(threads, 1 + n / kMinPointsPerThread));
-    recon::parallel_for(n, threads, [&](int64_t b, int64_t e, int) {
+    recon::parallel_for(n, threads, [=](int64_t b, int64_t e, int) {
         input_grad_points<T, F>(x, table, grad_out, grad_x, b, e, lv);
     });
 }

@@ -1,4 +1,5 @@
-// Ray marching through the occupancy grid on the CPU (pipeline/nn/occupancy.py: march_rays).
+// Ray marching through the occupancy grid on the CPU (pipeline/models/components/occupancy.py:
+// march_rays, through pipeline/kernels/occupancy_cpu.py).
 //
 // The PyTorch marcher builds (rays, width) tensors of every candidate step, its point and its cell,
 // then drops the empty ones; this loop visits the same candidates in the same order and writes

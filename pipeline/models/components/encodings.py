@@ -12,13 +12,12 @@ and maps ``(N, in_dim) -> (N, out_dim)``; all are differentiable with respect to
 """
 from __future__ import annotations
 
-import ctypes
 import math
 
 import torch
 from torch import nn
 
-from pipeline.kernels import cpu_kernels
+from pipeline.kernels import sh_cpu
 
 
 class FourierEncoding(nn.Module):
@@ -102,9 +101,8 @@ class SphericalHarmonics(nn.Module):
         self.out_dim = degree * degree
 
     def forward(self, dirs: torch.Tensor) -> torch.Tensor:
-        if (dirs.device.type == "cpu" and dirs.dtype == torch.float32 and dirs.dim() == 2 and dirs.shape[1] == 3
-                and not (dirs.requires_grad and torch.is_grad_enabled()) and cpu_kernels.available()):
-            return self._cpu_kernel(dirs)  # directions of rays: data, never differentiated in training
+        if sh_cpu.supports(dirs):  # directions of rays: data, never differentiated in training
+            return sh_cpu.sh_encode(dirs, self.degree)
         x, y, z = dirs.unbind(-1)
         out = [torch.full_like(x, _C0)]
         if self.degree > 1:
@@ -117,16 +115,6 @@ class SphericalHarmonics(nn.Module):
                     _C3[3] * z * (2 * zz - 3 * xx - 3 * yy), _C3[4] * x * (4 * zz - xx - yy),
                     _C3[5] * z * (xx - yy), _C3[6] * x * (xx - 3 * yy)]
         return torch.stack(out, -1)
-
-    def _cpu_kernel(self, dirs: torch.Tensor) -> torch.Tensor:
-        """The same values in one pass (``sh_cpu.cpp``): ~45 tensor ops and a stack cost 3.5 ms per
-        65k directions."""
-        dirs = dirs.detach().contiguous()
-        out = torch.empty(dirs.shape[0], self.out_dim)
-        cpu_kernels.load().sh_encode_f32(cpu_kernels.ptr(dirs), ctypes.c_int64(dirs.shape[0]),
-                                         ctypes.c_int32(self.degree), cpu_kernels.ptr(out),
-                                         ctypes.c_int32(torch.get_num_threads()))
-        return out
 
     def extra_repr(self) -> str:
         return f"degree={self.degree}, out_dim={self.out_dim}"

@@ -37,8 +37,8 @@ class MLP(nn.Module):
     has ``skips=(4,)``: the 5th layer sees ``[h, x]``). activation: relu | softplus | siren (sine
     with ``omega_0 = siren_omega``). The output layer is linear; apply output activations outside.
     backend: ``torch`` (one op per layer) | ``cpu`` (the fused C++ kernel, :mod:`pipeline.kernels.mlp_cpu`:
-    all layers in one call: ~2x faster for the hash field's 64-wide MLPs, as fast as torch at 256
-    wide; ReLU, float32, no autocast; otherwise it falls back to torch) | ``auto`` (``cpu`` where it applies).
+    all layers in one call, which pays off for narrow MLPs such as the hash field's; ReLU, float32,
+    no autocast; otherwise it falls back to torch) | ``auto`` (``cpu`` where it applies).
     """
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 64, num_hidden: int = 2,

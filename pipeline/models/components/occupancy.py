@@ -16,15 +16,15 @@ Ray marching uses ONE global schedule of distances ``t_k`` shared by all rays: c
 ``step_size`` near the camera, growing as ``t * cone_angle`` further away (``cone_angle = 0``:
 uniform). A ray takes the schedule's entries inside its [near, far], jittered in training, and
 keeps those in occupied cells: a packed list of samples sorted by ray. On the CPU a C++ loop
-(``occupancy_cpu.cpp``, built by :mod:`pipeline.kernels.cpu_kernels`) visits the candidates instead of
-(rays, steps) tensors: the same samples, ~3x less time in the NeRF training loop.
+(:mod:`pipeline.kernels.occupancy_cpu`) visits the candidates instead of building (rays, steps)
+tensors: the same samples in less time.
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import nn
+
+from pipeline.kernels import occupancy_cpu
 
 
 class OccupancyGrid(nn.Module):
@@ -114,8 +114,7 @@ class OccupancyGrid(nn.Module):
         R, device = self.resolution, self.density.device
         if chunk is None:
             # on the CPU, an 8x256 MLP's activations for 2^16 points (64 MiB) would fault in afresh
-            # on every call (pipeline.runner.runtime.keep_freed_memory): nerf-fourier with torch's MLPs
-            # averaged 20k page faults per training step and trained 12% slower (bench/RESULTS.md)
+            # on every call (pipeline.runner.runtime.keep_freed_memory)
             chunk = 1 << 16 if device.type == "cuda" else 1 << 14
         n_cells = R ** 3
         for c in range(self.cascades):
@@ -128,7 +127,7 @@ class OccupancyGrid(nn.Module):
                 if occupied.numel() > k:
                     occupied = occupied[torch.randint(0, occupied.numel(), (k,), device=device, generator=generator)]
                 # every occupied cell once when there are fewer than k (nerfacc): drawing k of them with
-                # replacement sampled a lego's ~6k occupied cells 5 times each: ~45% of the update's cost
+                # replacement would evaluate the same few cells several times each
                 cells = torch.cat([uniform, occupied])
             jitter = torch.rand(cells.shape[0], 3, device=device, generator=generator)
             points = self.cell_points(c, cells, jitter)
@@ -142,7 +141,7 @@ class OccupancyGrid(nn.Module):
         mean = self.density.mean()
         threshold = min(float(mean), self.threshold / step_size)
         # >=: a field whose densities all tie (an untrained one in bf16 gives one value everywhere)
-        # stays occupied; with > it emptied the grid at once and training never saw a sample
+        # stays occupied; with > the grid would empty at once and training would never see a sample
         self.occupied.copy_((self.density >= threshold) & self.visible)
         self.updates += 1
 
@@ -202,8 +201,9 @@ def march_rays(grid: OccupancyGrid, schedule: torch.Tensor, rays_o: torch.Tensor
     """Packed samples in occupied space. rays_o, rays_d (N, 3); near, far (N,); schedule (K,).
 
     Returns ray_index (M,) long (sorted), t (M,), deltas (M,) (the step length at each sample).
-    On the CPU the candidates are visited by the C++ loop of ``occupancy_cpu.cpp`` when it is built
-    (``use_kernel``); it draws the same random numbers and keeps the same samples as the tensor code.
+    On the CPU the candidates are visited by the C++ loop of :mod:`pipeline.kernels.occupancy_cpu` when
+    it is built (``use_kernel``); it uses the same random numbers and keeps the same samples as the
+    tensor code.
     """
     device = rays_o.device
     schedule = schedule.to(device)
@@ -216,11 +216,9 @@ def march_rays(grid: OccupancyGrid, schedule: torch.Tensor, rays_o: torch.Tensor
         empty = torch.zeros(0, device=device)
         return torch.zeros(0, dtype=torch.long, device=device), empty, empty
     u = torch.rand((n, width), device=device, generator=generator) if perturb else None
-    if use_kernel and device.type == "cpu" and rays_o.dtype == rays_d.dtype == torch.float32:
-        from pipeline.kernels import cpu_kernels
-
-        if cpu_kernels.available():
-            return _march_kernel(grid, schedule, rays_o, rays_d, far, first, count, u, width)
+    if use_kernel and occupancy_cpu.supports(rays_o, rays_d):
+        return occupancy_cpu.march_occupied(grid.occupied, grid.aabb, grid.resolution, schedule, rays_o, rays_d, far,
+                                            first, count, u, width)
     k = first[:, None] + torch.arange(width, device=device)  # (N, W) schedule intervals
     valid = torch.arange(width, device=device)[None] < count[:, None]
     steps = schedule[1:] - schedule[:-1]  # (K - 1,)
@@ -233,33 +231,6 @@ def march_rays(grid: OccupancyGrid, schedule: torch.Tensor, rays_o: torch.Tensor
     points = rays_o[rows] + rays_d[rows] * t_sel[:, None]
     keep = grid.is_occupied(points)
     return rows[keep], t_sel[keep], delta[rows, cols][keep]
-
-
-def _march_kernel(grid: OccupancyGrid, schedule, rays_o, rays_d, far, first, count, u, width: int):
-    """march_rays' candidate loop in C++ (float32 CPU tensors)."""
-    from pipeline.kernels import cpu_kernels
-    from pipeline.kernels.cpu_kernels import ptr
-
-    n = rays_o.shape[0]
-    capacity = int(count.sum())
-    ray_index = torch.empty(capacity, dtype=torch.long)
-    t = torch.empty(capacity)
-    delta = torch.empty(capacity)
-    center = ((grid.aabb[0] + grid.aabb[1]) / 2).float().contiguous()
-    half = ((grid.aabb[1] - grid.aabb[0]) / 2).float().contiguous()
-    occupied = grid.occupied.contiguous().view(torch.uint8)
-    o, d, far_c = rays_o.contiguous(), rays_d.contiguous(), far.float().contiguous()
-    first_c, count_c, sched = first.contiguous(), count.contiguous(), schedule.float().contiguous()
-    jitter = None
-    if u is not None:
-        u = u.contiguous()  # a name holds it: the buffer must outlive the call
-        jitter = ptr(u)
-    written = cpu_kernels.load().march_occupied_f32(
-        ptr(o), ptr(d), ptr(far_c), ptr(first_c), ptr(count_c), jitter, ctypes.c_int64(n), ctypes.c_int64(width),
-        ptr(sched), ctypes.c_int64(sched.numel()), ptr(occupied), ctypes.c_int32(grid.resolution),
-        ctypes.c_int32(grid.cascades), ptr(center), ptr(half), ptr(ray_index), ptr(t), ptr(delta),
-        ctypes.c_int32(torch.get_num_threads()))
-    return ray_index[:written], t[:written], delta[:written]
 
 
 __all__ = ["OccupancyGrid", "march_schedule", "march_rays"]

@@ -51,8 +51,8 @@ class SDFNetworkConfig:
     bound: float = 1.0
     # grad_x f by "analytic" differentiation (IDR) or "numerical" central differences (Neuralangelo,
     # Li et al. 2023): a difference over a grid cell couples neighbouring cells of a hash grid and
-    # needs no second derivatives. Measured on lego-200 (bench/RESULTS.md): 14% more steps but 1 dB
-    # worse, the normals no smoother; hence off by default
+    # needs no second derivatives; off by default: on lego-200 it scored below "analytic" with no
+    # smoother normals (bench/RESULTS.md)
     gradient: str = "analytic"
     # step of the central differences; 0 = the cell size of the finest grid level in use (hash grid,
     # shrinking as coarse_to_fine brings finer levels in) or 1e-3 (Fourier)

@@ -35,6 +35,8 @@ class NeRFModelConfig:
     kind: str = "hash"  # hash | fourier
     sampler: str = "auto"  # occupancy | hierarchical | auto (occupancy for hash, hierarchical for fourier)
     activation: str = "relu"  # relu | siren (MLP activations)
+    # hash model: 2^17 entries per level and finest resolution 1024, plenty for CPU-sized scenes
+    # (instant-ngp's 2^19 and 2048 pay off on a GPU: configs/nerf-hash-gpu.yaml)
     grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(log2_table_size=17, finest_resolution=1024))
     width: int = 64  # hash model MLP width
     mlp_backend: str = "auto"  # auto (the fused C++ kernel for float32 CPU ReLU MLPs) | torch | cpu (mlp.py)
@@ -267,8 +269,8 @@ def _field_in_buckets(field: nn.Module, points: torch.Tensor, dirs: torch.Tensor
     CPU autocast.
 
     oneDNN compiles a bf16 matrix-product kernel per shape; marched batches have a new sample count
-    every step, and the recompilation made the 8x256 MLP's training step ~1.6x slower (measured).
-    Rounding the count up keeps a few dozen shapes, each compiled once. points: (N, 3); dirs: (N, 3),
+    every step, and compiling for each one slows the training step down. Rounding the count up keeps
+    a few dozen shapes, each compiled once. points: (N, 3); dirs: (N, 3),
     or (R, 3) per ray with ray_index (N,) (the field encodes each ray's direction once)."""
     n = points.shape[0]
     per_ray = () if ray_index is None else (ray_index,)
