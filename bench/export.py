@@ -40,7 +40,7 @@ def measure_one(height: int, chunk: int, samples: int, device: str) -> dict:
     from pipeline.geometry.camera_paths import intrinsics_from_fov
     from pipeline.geometry.cameras import Cameras, look_at
     from pipeline.models.render import render_image
-    from tests.test_export_models import SphereDensity
+    from tests.analytic_sphere import SphereDensity
 
     width, height = RESOLUTIONS[height]
     model = SphereDensity([0, 0, 0], 0.5, n_samples=samples)

@@ -19,7 +19,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 echo "== CUDA tests"; date
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_hashgrid.py tests/test_idr.py -k "cuda or triton" 2>&1 \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_hashgrid.py tests/stages/test_idr.py -k "cuda or triton" 2>&1 \
   | tail -8 | tee "$OUT/tests.txt"
 echo "== speed"; date
 timeout 150 python3 bench/nerf.py --skip-speed 2>&1 | tee "$OUT/speed.txt"

@@ -16,7 +16,7 @@ world frame mirrors it back:
     camera centre = (x, -y, camera_height_m);
     camera up (OpenCV -y) = +z; the centre column (lon 0) looks along world angle -(yaw + 90 deg).
 
-Verified on ``zind-room06`` (tests/test_conventions.py): landmarks located by eye in two panoramas
+Verified on ``zind-room06`` (tests/datasets/test_conventions.py): landmarks located by eye in two panoramas
 reproject within a few degrees in two others, and the un-mirrored alternative misses by > 90 deg.
 The plan coordinates as given stay in ``scene.meta["plan_xy_m"]``.
 """

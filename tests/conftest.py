@@ -1,6 +1,8 @@
-"""Shared test fixtures: the real datasets beside the checkout, and small torch settings."""
+"""Shared test fixtures: the real datasets beside the checkout, small torch settings, recon's log
+records, and the posed sphere workspace of the IDR tests."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -43,3 +45,26 @@ def one_thread():
 
     with torch_threads(1):
         yield
+
+
+@pytest.fixture
+def recon_log(caplog):
+    """caplog that also sees recon's logger (which does not propagate to the root logger)."""
+    logger = logging.getLogger("recon")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def sphere_workspace(tmp_path):
+    """A workspace posed by the poses stage on ``tests.scenes.write_sphere_scene`` (the IDR tests)."""
+    from pipeline.runner.stage import run_stage
+    from pipeline.runner.workspace import Workspace
+    from stages.poses import STAGE, PosesConfig
+    from tests.scenes import write_sphere_scene
+
+    data = write_sphere_scene(tmp_path / "sphere")
+    ws = Workspace(tmp_path / "ws")
+    run_stage(STAGE, ws, PosesConfig(data=str(data)))
+    return ws

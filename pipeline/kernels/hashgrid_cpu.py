@@ -4,7 +4,7 @@
 Why a kernel: the eager reference materialises every corner's row and weight, ``(8, L, N)`` tensors,
 and spends most of a training step gathering and scattering them; the kernel keeps a block of
 points' corners in small arrays in L1. Same layout, hash and results as the reference (to float rounding;
-``tests/test_hashgrid.py``). The table gradient splits the levels between threads, so it needs no
+``tests/kernels/test_hashgrid.py``). The table gradient splits the levels between threads, so it needs no
 atomics and does not depend on the thread count. Where the kernels are unavailable (no compiler,
 ``RECON_CPU_KERNELS=0``) ``auto`` runs the PyTorch reference.
 """

@@ -12,7 +12,7 @@ import pytest
 from pipeline.runner.stage import Stage, run_stage
 from pipeline.runner.workspace import Workspace, WorkspaceError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

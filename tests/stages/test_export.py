@@ -1,4 +1,6 @@
-"""The export stage on analytic scenes: depth that lands on the true surface, videos, meshes."""
+"""The export stage on a workspace around the analytic sphere (``tests/analytic_sphere.py``): depth
+that lands on the true surface in original units, orbit videos and camera path files, meshes, and
+clear errors when there is nothing to export."""
 import json
 
 import imageio.v2 as iio2
@@ -8,13 +10,12 @@ import pytest
 import torch
 
 from datasets.nerfstudio import read_nerfstudio
-from pipeline.export.meshing import extract_mesh
-from pipeline.geometry.cameras import Cameras, pixel_grid, visibility_counts
+from pipeline.geometry.cameras import Cameras, pixel_grid
 from pipeline.geometry.mesh import is_watertight, read_ply
 from pipeline.runner.stage import run_stage
 from pipeline.runner.workspace import WorkspaceError
 from stages import export
-from tests.test_export_models import CENTER, RADIUS, SphereDensity, make_sphere_workspace, ring_cameras
+from tests.analytic_sphere import CENTER, RADIUS, make_sphere_workspace
 
 
 def run_export(ws, **overrides):
@@ -102,57 +103,6 @@ def test_idr_mesh_of_a_sphere_has_the_right_radius_and_is_watertight(tmp_path, m
     assert sum(line.startswith("f ") for line in obj_lines) == len(faces)
 
 
-def test_nerf_mesh_carves_floaters_that_no_camera_sees():
-    k, poses = ring_cameras(8, distance=3.0, size=32, fov_deg=30.0, center=np.zeros(3))
-    cameras = Cameras.from_intrinsics([k] * len(poses), poses)
-    floater = np.array([0.0, 0.0, 1.6])  # above the ring: outside every view
-    assert int(visibility_counts(torch.tensor(floater[None], dtype=torch.float32), cameras)[0]) == 0
-    assert int(visibility_counts(torch.zeros(1, 3), cameras)[0]) == 8
-    model = SphereDensity([0, 0, 0], 0.5, floaters=[(floater, 0.2)])
-    bounds = np.array([[-2.0, -2, -2], [2, 2, 2]])
-    kept = extract_mesh(model, "nerf", bounds, 96, density_threshold=200.0, cameras=cameras, carve_min_views=1,
-                        cull_hidden=False)
-    uncarved = extract_mesh(model, "nerf", bounds, 96, density_threshold=200.0, cameras=None, colors=False)
-    # without carving the floater survives as its own component
-    assert np.any(np.linalg.norm(uncarved["verts"] - floater, axis=1) < 0.3)
-    assert not np.any(np.linalg.norm(kept["verts"] - floater, axis=1) < 0.3)
-    radii = np.linalg.norm(kept["verts"], axis=1)
-    assert abs(radii.mean() - 0.5) / 0.5 < 0.01  # threshold sigma_max / 2 is exactly the sphere
-    assert is_watertight(kept["faces"])
-    # normals point outwards although density grows inwards
-    assert np.mean(np.sum(kept["normals"] * kept["verts"], axis=1) > 0) > 0.99
-
-
-class HollowSphereDensity(SphereDensity):
-    """A shell between ``inner`` and ``radius``: its density iso-surface has an inner sphere that no
-    camera outside can see (like the low-density inside of a solid a NeRF never observes)."""
-
-    def __init__(self, center, radius, inner: float, **kwargs):
-        super().__init__(center, radius, **kwargs)
-        self.inner = inner
-
-    def query_sdf(self, points: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(super().query_sdf(points), self.inner - (points - self.center.to(points)).norm(dim=-1))
-
-
-def test_nerf_mesh_culls_surfaces_no_camera_sees_first():
-    k, poses = ring_cameras(8, distance=3.0, size=32, fov_deg=30.0, center=np.zeros(3))
-    cameras = Cameras.from_intrinsics([k] * len(poses), poses)
-    model = HollowSphereDensity([0, 0, 0], 0.5, inner=0.3, n_samples=96)
-    bounds = np.array([[-0.7, -0.7, -0.7], [0.7, 0.7, 0.7]])
-    both = extract_mesh(model, "nerf", bounds, 64, density_threshold=200.0, cameras=cameras, cull_hidden=False,
-                        colors=False)
-    culled = extract_mesh(model, "nerf", bounds, 64, density_threshold=200.0, cameras=cameras, colors=False)
-    radius_both = np.linalg.norm(both["verts"], axis=1)
-    radius_culled = np.linalg.norm(culled["verts"], axis=1)
-    assert np.any(radius_both < 0.35)  # the hidden inner sphere is meshed without culling
-    assert np.all(radius_culled > 0.45)  # and gone with it
-    # the outer sphere's upper half (all cameras look down on it) is kept whole
-    upper_outer = lambda v: np.sum((np.linalg.norm(v, axis=1) > 0.45) & (v[:, 2] > 0.1))  # noqa: E731
-    assert upper_outer(culled["verts"]) >= 0.95 * upper_outer(both["verts"])
-    assert culled["stats"]["hidden_faces_culled"] > 0
-
-
 def test_nerf_export_writes_depth_and_mesh_and_keeps_earlier_parts(tmp_path, monkeypatch):
     ws, _ = make_sphere_workspace(tmp_path, monkeypatch, "nerf", n_views=8, size=24, n_samples=96)
     run_export(ws, what="mesh", mesh_resolution=48, density_threshold=200.0)
@@ -195,24 +145,3 @@ def test_views_follow_a_nerfstudio_camera_path_file(tmp_path, monkeypatch):
     assert images[0].shape == (16, 20, 3)
     assert np.abs(images[0][8, 10] - 1.0).max() > 0.05  # the sphere in the middle
     assert np.all(images[2] > 0.99)  # looking away: only background
-
-
-def test_ply_files_round_trip_through_plyfile_with_colours_normals_and_faces(tmp_path):
-    from plyfile import PlyData
-
-    from pipeline.geometry.mesh import write_ply
-
-    rng = np.random.default_rng(0)
-    verts = rng.normal(size=(50, 3))
-    faces = rng.integers(0, 50, size=(80, 3))
-    colors = rng.integers(0, 256, size=(50, 3)).astype(np.uint8)
-    normals = rng.normal(size=(50, 3))
-    path = write_ply(tmp_path / "m.ply", verts, faces, colors=colors, normals=normals)
-    ply = PlyData.read(str(path))  # an independent reader
-    v = ply["vertex"]
-    assert np.allclose(np.stack([v["x"], v["y"], v["z"]], -1), verts, atol=1e-6)
-    assert np.allclose(np.stack([v["nx"], v["ny"], v["nz"]], -1), normals, atol=1e-6)
-    assert np.array_equal(np.stack([v["red"], v["green"], v["blue"]], -1), colors)
-    assert np.array_equal(np.stack(ply["face"]["vertex_indices"]), faces)
-    points_only, no_faces, _ = read_ply(write_ply(tmp_path / "p.ply", verts))
-    assert no_faces is None and np.allclose(points_only, verts, atol=1e-6)

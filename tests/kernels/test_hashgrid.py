@@ -312,7 +312,7 @@ def test_triton_kernels_match_the_reference_in_the_triton_interpreter():
 
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed (pip install triton to run the kernels in its interpreter)")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
         [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     done = subprocess.run([sys.executable, "-c", _INTERPRETER_CHECK], env=env, capture_output=True, text=True,

@@ -1,4 +1,5 @@
-"""Analytic stand-ins for trained models, and a workspace around them, for export/eval tests.
+"""Analytic stand-ins for trained models, and a workspace around them, for export/eval tests
+(their own test: ``tests/models/test_render_protocols.py``).
 
 ``SphereSDF`` is an IDR-like model (exact ray-sphere intersection, ``query_sdf``);
 ``SphereDensity`` is a NeRF-like model (volume rendering of a soft sphere, ``query_density``),
@@ -17,13 +18,12 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import pytest
 import torch
 
 from pipeline.geometry.cameras import Cameras, look_at
 from pipeline.geometry.camera_paths import intrinsics_from_fov
 from pipeline.geometry.normalize import Similarity
-from pipeline.models.render import DensityModel, SDFModel, render_image
+from pipeline.models.render import render_image
 
 # the sphere in ORIGINAL units (deliberately off-centre and not unit-sized)
 CENTER = np.array([1.0, -2.0, 0.5])
@@ -177,22 +177,3 @@ def make_sphere_workspace(tmp_path: Path, monkeypatch, method: str = "idr", n_vi
     write_json(ws.root / method / "manifest.json", {"stage": method, "status": "done"})
     monkeypatch.setattr(f"pipeline.models.{method}.io.load_trained", lambda workspace, device: model)
     return ws, model
-
-
-# ----------------------------------------------------------------------------------------------
-# The stand-ins themselves must be right, or every test built on them proves nothing.
-
-
-def test_analytic_models_follow_the_render_protocols():
-    sdf, dens = SphereSDF([0, 0, 0], 0.5), SphereDensity([0, 0, 0], 0.5)
-    assert isinstance(sdf, SDFModel) and isinstance(dens, DensityModel)
-    o = torch.tensor([[0.0, 0.0, -3.0], [0.0, 2.0, -3.0]])
-    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    for model in (sdf, dens):
-        out = model.render_rays(o, d)
-        assert out["t"][0] == pytest.approx(2.5, abs=0.02)
-        assert out["acc"][0] > 0.99 and out["acc"][1] < 0.01
-        np.testing.assert_allclose(out["rgb"][1].numpy(), 1.0, atol=1e-3)  # white background
-        np.testing.assert_allclose(out["rgb"][0].numpy(), model.color(torch.tensor([[0, 0, -0.5]]))[0].numpy(),
-                                   atol=0.03)
-    assert float(dens.query_density(torch.tensor([[0.5, 0, 0]]))) == pytest.approx(200.0)
