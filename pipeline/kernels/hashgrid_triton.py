@@ -52,20 +52,25 @@ def _corner(px, py, pz, c: tl.constexpr, stride, is_dense, level_offset, table_m
 
 
 @triton.jit
-def _hashgrid_fwd_kernel(x_ptr, table_ptr, out_ptr, scale_ptr, stride_ptr, offset_ptr, dense_ptr, n_points,
-                         table_mask, L: tl.constexpr, F: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
+def _level_points(x_ptr, scale_ptr, stride_ptr, offset_ptr, dense_ptr, n_points, BLOCK_N: tl.constexpr):
+    """This program's points (offsets, mask) scaled to its level's grid, and the level's layout."""
     level = tl.program_id(1)
-    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < n_points
-    feat = tl.arange(0, F)
     scale = tl.load(scale_ptr + level)
-    stride = tl.load(stride_ptr + level)
-    level_offset = tl.load(offset_ptr + level)
-    is_dense = tl.load(dense_ptr + level)
     px = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0) * scale
     py = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0) * scale
     pz = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0) * scale
+    return (level, offs, mask, px, py, pz, tl.load(stride_ptr + level), tl.load(offset_ptr + level),
+            tl.load(dense_ptr + level))
+
+
+@triton.jit
+def _hashgrid_fwd_kernel(x_ptr, table_ptr, out_ptr, scale_ptr, stride_ptr, offset_ptr, dense_ptr, n_points,
+                         table_mask, L: tl.constexpr, F: tl.constexpr, BLOCK_N: tl.constexpr):
+    level, offs, mask, px, py, pz, stride, level_offset, is_dense = _level_points(
+        x_ptr, scale_ptr, stride_ptr, offset_ptr, dense_ptr, n_points, BLOCK_N)
+    feat = tl.arange(0, F)
     acc = tl.zeros((BLOCK_N, F), dtype=tl.float32)
     for c in tl.static_range(8):
         row, w = _corner(px, py, pz, c, stride, is_dense, level_offset, table_mask)
@@ -78,18 +83,9 @@ def _hashgrid_fwd_kernel(x_ptr, table_ptr, out_ptr, scale_ptr, stride_ptr, offse
 @triton.jit
 def _hashgrid_bwd_kernel(x_ptr, grad_out_ptr, grad_table_ptr, scale_ptr, stride_ptr, offset_ptr, dense_ptr,
                          n_points, table_mask, L: tl.constexpr, F: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
-    level = tl.program_id(1)
-    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = offs < n_points
+    level, offs, mask, px, py, pz, stride, level_offset, is_dense = _level_points(
+        x_ptr, scale_ptr, stride_ptr, offset_ptr, dense_ptr, n_points, BLOCK_N)
     feat = tl.arange(0, F)
-    scale = tl.load(scale_ptr + level)
-    stride = tl.load(stride_ptr + level)
-    level_offset = tl.load(offset_ptr + level)
-    is_dense = tl.load(dense_ptr + level)
-    px = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0) * scale
-    py = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0) * scale
-    pz = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0) * scale
     grad = tl.load(grad_out_ptr + offs[:, None].to(tl.int64) * (L * F) + level * F + feat[None, :],
                    mask=mask[:, None], other=0.0)
     for c in tl.static_range(8):
