@@ -51,9 +51,23 @@ def detect_format(path: str | Path) -> str:
         q = p / sub
         if (q / "cameras.bin").exists() or (q / "cameras.txt").exists():
             return "colmap"
-    if (p / "panos").is_dir() or (p / "panoramas").is_dir():
+    if (p / "panos").is_dir() or (p / "panoramas").is_dir() or _mostly_panoramas(p):
         return "panoramas"
     return "photos"
+
+
+def _mostly_panoramas(folder: Path) -> bool:
+    """True when most images in ``folder`` are 2:1 (equirectangular 360-degree panoramas): ordinary
+    photos are 4:3, 3:2 or 16:9. ``--format photos`` overrides it."""
+    from datasets.readers_common import image_size, list_images
+
+    sizes = []
+    for path in list_images(folder, (".jpg", ".jpeg", ".png"))[:50]:
+        try:
+            sizes.append(image_size(path, apply_exif_orientation=False))
+        except Exception:  # an unreadable file is reported by the reader; it does not decide the format
+            continue
+    return len(sizes) >= 2 and sum(w == 2 * h for w, h in sizes) > len(sizes) / 2
 
 
 def read_scene(path: str | Path, fmt: str = "auto", **kwargs) -> Scene:

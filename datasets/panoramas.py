@@ -102,8 +102,18 @@ def read_panorama_folder(path: str | Path, background: str = "white", test_every
     paths = list_images(folder, PANORAMA_SUFFIXES)
     if not paths:
         raise SceneError(f"{folder}: no .jpg/.png panoramas found")
-    frames = [Frame(image_path=p, intrinsics=_check_equirect(p), c2w=None, name=p.stem) for p in paths]
-    return Scene(frames, {"train": list(range(len(frames)))}, None, background, {}, source=folder)
+    frames, skipped = [], {}
+    for p in paths:  # one wrong file must not cost the whole folder: name it, skip it, go on
+        try:
+            frames.append(Frame(image_path=p, intrinsics=_check_equirect(p), c2w=None, name=p.stem))
+        except SceneError as exc:
+            skipped[p.name] = str(exc)
+    warn_skipped(folder, "file(s) that are not 2:1 panoramas", [f"{n} ({why.split(': ', 1)[-1].split(';')[0]})"
+                                                                 for n, why in skipped.items()])
+    if not frames:
+        raise SceneError(f"{folder}: none of the {len(paths)} images is a 2:1 equirectangular panorama")
+    meta = {"skipped": skipped} if skipped else {}
+    return Scene(frames, {"train": list(range(len(frames)))}, None, background, meta, source=folder)
 
 
 def plan_from_world(xyz: np.ndarray) -> np.ndarray:

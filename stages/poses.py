@@ -63,6 +63,7 @@ def run(ctx: StageContext) -> dict:
     write_nerfstudio(normalized, ctx.out_dir / "transforms.json", relative_to=ctx.workspace.stage_dir("poses"))
     sim.save(ctx.out_dir / "normalization.json")
     report = {"images_given": len(scene), "images_registered": sum(f.c2w is not None for f in scene.frames),
+              "skipped_files": scene.meta.get("skipped", {}),
               "splits": {k: len(v) for k, v in scene.splits.items()}, **est_report}
     report["timings_s"] = {**timings, **est_report.get("timings_s", {})}
     report["timings_s"]["total_s"] = time.time() - t0

@@ -15,8 +15,8 @@ _COLMAP_MODEL_OF = {"pinhole": "PINHOLE", "opencv": "OPENCV", "fisheye": "OPENCV
 def colmap_camera_params(intr: Intrinsics) -> tuple[str, str]:
     """(COLMAP model name, comma-separated params) of known intrinsics."""
     if intr.model == "equirect":
-        raise SceneError("pose estimation of equirectangular panoramas is not supported: give their poses "
-                         "(e.g. the panoramas reader's poses.json) and run without --estimate")
+        raise SceneError("equirectangular panoramas have no perspective intrinsics: their poses are estimated by "
+                         "pipeline/sfm/panoramas.py (a folder of panoramas only)")
     if intr.model == "opencv" and intr.dist[4] != 0.0:  # k3: only FULL_OPENCV holds it
         k1, k2, p1, p2, k3 = intr.dist
         params = [intr.fx, intr.fy, intr.cx, intr.cy, k1, k2, p1, p2, k3, 0.0, 0.0, 0.0]
@@ -28,6 +28,8 @@ def colmap_camera_params(intr: Intrinsics) -> tuple[str, str]:
 def intrinsics_from_colmap(camera) -> Intrinsics:
     """Our :class:`Intrinsics` of a pycolmap camera (same pixel convention: centres at +0.5)."""
     name, p, w, h = camera.model_name, [float(x) for x in camera.params], int(camera.width), int(camera.height)
+    if name == "EQUIRECTANGULAR":
+        return Intrinsics("equirect", w, h)
     if name == "SIMPLE_PINHOLE":
         return Intrinsics("pinhole", w, h, p[0], p[0], p[1], p[2])
     if name == "PINHOLE":

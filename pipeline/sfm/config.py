@@ -53,12 +53,21 @@ class EstimationConfig:
     num_threads: int = -1  # -1: all cores
     seed: int = 0  # RANSAC and mapper seed: runs are repeatable
     use_gpu: str = "auto"  # auto (CUDA SIFT and matching when pycolmap has CUDA) | yes | no
+    # --- 360-degree panoramas (pipeline/sfm/panoramas.py; the choices are measured in bench/RESULTS.md)
+    panorama_upscale: float = 2.0  # panoramas resized by this before SIFT (1024x512 -> 2048x1024)
+    panorama_upright_sift: bool = True  # levelled panoramas: no SIFT orientation, more distinctive descriptors
+    panorama_min_num_inliers: int = 10  # verified correspondences for a pair of panoramas to count
+    panorama_max_pair_tilt_deg: float = 3.0  # pairs whose relative rotation tilts the vertical more are dropped (0 = off)
+    panorama_gravity_prior: bool = True  # the cameras are levelled: gravity is a rotation-averaging prior
+    panorama_mapper: str = "global"  # global | incremental; the other is tried when images are left out
 
 
 def check_config(cfg: EstimationConfig) -> None:
     """Reject a mapper or camera model that does not exist before any work is done."""
     if cfg.mapper not in MAPPERS:
         raise SceneError(f"mapper must be one of {MAPPERS}, got {cfg.mapper!r}")
+    if cfg.panorama_mapper not in MAPPERS:
+        raise SceneError(f"panorama_mapper must be one of {MAPPERS}, got {cfg.panorama_mapper!r}")
     if cfg.camera_model not in ESTIMATED_MODELS:
         raise SceneError(f"camera_model must be one of {ESTIMATED_MODELS}, got {cfg.camera_model!r}")
 

@@ -16,7 +16,8 @@ from pipeline.sfm.config import Effective, EstimationConfig
 from pipeline.sfm.prepare import PreparedImage
 
 
-def _key(data) -> str:
+def settings_key(data) -> str:
+    """A short hash of ``data`` (JSON-serialisable): equal settings, equal key."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -31,7 +32,7 @@ def _file_id(path: Path) -> tuple:
 def extraction_key(scene: Scene, prepared: list[PreparedImage], known: bool, cfg: EstimationConfig,
                    eff: Effective) -> str:
     """What the features depend on: the image files, known intrinsics, the SIFT options."""
-    return _key({"images": [(im.colmap_name, im.width, im.height, _file_id(scene.frames[im.frame_index].image_path))
+    return settings_key({"images": [(im.colmap_name, im.width, im.height, _file_id(scene.frames[im.frame_index].image_path))
                             for im in prepared],
                  "known": known and [scene.frames[im.frame_index].intrinsics.to_dict() for im in prepared],
                  "opts": [cfg.max_image_size, cfg.max_num_features, cfg.camera_model, cfg.shared_intrinsics,
@@ -41,7 +42,7 @@ def extraction_key(scene: Scene, prepared: list[PreparedImage], known: bool, cfg
 
 def matching_key(extract_key: str, matcher: str, cfg: EstimationConfig, eff: Effective) -> str:
     """What the matches depend on: the features and the matching options."""
-    return _key({"extract": extract_key, "matcher": matcher, "overlap": cfg.sequential_overlap,
+    return settings_key({"extract": extract_key, "matcher": matcher, "overlap": cfg.sequential_overlap,
                  "loop": cfg.loop_detection, "seed": cfg.seed,
                  "guided": eff.guided_matching, "min_inliers": eff.min_num_inliers})
 

@@ -27,6 +27,7 @@ from pipeline.sfm.diagnose import diagnosis, registration_error, save_failure_re
 from pipeline.sfm.features import camera_groups, extract, use_known_intrinsics
 from pipeline.sfm.mapping import reconstruct, write_model
 from pipeline.sfm.matching import choose_matcher, match_images
+from pipeline.sfm.panoramas import estimate_panoramas, is_panorama_scene
 from pipeline.sfm.prepare import prepare
 
 
@@ -50,6 +51,9 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
     check_config(cfg)
     device = colmap_device(pycolmap, cfg.use_gpu)
     quiet = log.getEffectiveLevel() > logging.DEBUG  # DEBUG shows COLMAP's own log
+    if is_panorama_scene(scene):
+        with quiet_colmap(pycolmap, quiet):
+            return estimate_panoramas(scene, cfg, work_dir, out_dir, final_dir, log, pycolmap, device)
     known = use_known_intrinsics(cfg, scene)
     report.update(intrinsics="known (from the dataset)" if known else f"estimated ({cfg.camera_model})",
                   device="cuda" if device == pycolmap.Device.cuda else "cpu")
