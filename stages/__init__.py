@@ -7,7 +7,7 @@ import importlib
 from pipeline.runner.stage import Stage
 
 # module name in stages/ -> position in the chain
-STAGE_MODULES = ("poses", "nerf", "idr", "export", "eval")
+STAGE_MODULES = ("poses", "centres", "nerf", "idr", "export", "eval")
 
 # the demo chain of each method; stages that are not available are left out
 DEMO_CHAINS = {"nerf": ("poses", "nerf", "export", "eval"), "idr": ("poses", "idr", "export", "eval")}
