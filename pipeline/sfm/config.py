@@ -58,6 +58,9 @@ class EstimationConfig:
     panorama_upright_sift: bool = True  # levelled panoramas: no SIFT orientation, more distinctive descriptors
     panorama_min_num_inliers: int = 10  # verified correspondences for a pair of panoramas to count
     panorama_max_pair_tilt_deg: float = 3.0  # pairs whose relative rotation tilts the vertical more are dropped (0 = off)
+    # drop pairs that loops of three pairs contradict, and weak pairs (< 2 x panorama_min_num_inliers)
+    # that no consistent loop confirms
+    panorama_loop_check: bool = True
     panorama_gravity_prior: bool = True  # the cameras are levelled: gravity is a rotation-averaging prior
     panorama_mapper: str = "global"  # global | incremental; the other is tried when images are left out
 

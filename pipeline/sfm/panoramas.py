@@ -11,11 +11,12 @@ them register (bench/RESULTS.md, panoramas) is:
   horizon, and fixed orientations make descriptors more distinctive;
 - pairs accepted from ``panorama_min_num_inliers`` verified correspondences (wide baselines);
 - pairs whose relative rotation is not about the vertical removed (``panorama_max_pair_tilt_deg``):
-  they are false matches, which a levelled capture makes easy to see;
+  they are false matches, which a levelled capture makes easy to see; and the pairs that loops of
+  three pairs contradict (``panorama_loop_check``; :mod:`pipeline.sfm.pair_checks`);
 - the global mapper (rotation averaging, then global positioning) with the cameras' gravity as
   a prior (``panorama_gravity_prior``): in a levelled panorama's camera frame the direction of
   gravity is +y (OpenCV: y down), which removes two of the three rotational degrees of freedom
-  that rotation averaging has to find.
+  that rotation averaging has to find; bundle adjustment then keeps those rotations.
 
 The model is written at the panoramas' own size (keypoints scaled back), so ``sparse/`` opens
 with the original images.
@@ -34,9 +35,9 @@ from pipeline.sfm.config import EstimationConfig
 from pipeline.sfm.database import export_database, restore_database, settings_key, write_state
 from pipeline.sfm.diagnose import diagnosis, registration_error, save_failure_report
 from pipeline.sfm.mapping import largest, write_model
+from pipeline.sfm.pair_checks import GRAVITY_IN_CAMERA, drop_inconsistent_pairs, drop_tilted_pairs
 from pipeline.sfm.prepare import PreparedImage, prepare
 
-GRAVITY_IN_CAMERA = (0.0, 1.0, 0.0)  # OpenCV camera: y points down
 
 
 def is_panorama_scene(scene: Scene) -> bool:
@@ -82,7 +83,7 @@ def _extract(pycolmap, db_path: Path, image_dir: Path, images: list[PreparedImag
             for image in db.read_all_images():
                 sensor = pycolmap.sensor_t(type=pycolmap.SensorType.CAMERA, id=image.camera_id)
                 db.write_pose_prior(pycolmap.PosePrior(corr_data_id=pycolmap.data_t(sensor_id=sensor, id=image.image_id),
-                                                       gravity=np.array(GRAVITY_IN_CAMERA)))
+                                                       gravity=GRAVITY_IN_CAMERA))
 
 
 def _match(pycolmap, db_path: Path, num_images: int, cfg: EstimationConfig, device) -> str:
@@ -90,7 +91,7 @@ def _match(pycolmap, db_path: Path, num_images: int, cfg: EstimationConfig, devi
     verification = pycolmap.TwoViewGeometryOptions()
     verification.min_num_inliers = cfg.panorama_min_num_inliers
     verification.ransac.random_seed = cfg.seed
-    verification.compute_relative_pose = True  # for the upright check (_drop_tilted_pairs)
+    verification.compute_relative_pose = True  # for the pair checks (pipeline/sfm/pair_checks.py)
     if cfg.matcher == "sequential" or (cfg.matcher == "auto" and num_images > cfg.exhaustive_max_images):
         pairing = pycolmap.SequentialPairingOptions(overlap=cfg.sequential_overlap)
         pycolmap.match_sequential(db_path, matching_options=options, pairing_options=pairing,
@@ -98,25 +99,6 @@ def _match(pycolmap, db_path: Path, num_images: int, cfg: EstimationConfig, devi
         return "sequential"
     pycolmap.match_exhaustive(db_path, matching_options=options, verification_options=verification, device=device)
     return "exhaustive"
-
-
-def _drop_tilted_pairs(pycolmap, db_path: Path, max_tilt_deg: float) -> dict:
-    """Delete the verified pairs whose relative rotation tilts the vertical by more than
-    ``max_tilt_deg``: two levelled panoramas differ by a rotation about the vertical only, so a
-    tilted relative pose is a false match (repeated structure, few inliers). Returns counts."""
-    removed, kept = 0, 0
-    with pycolmap.Database.open(db_path) as db:
-        pair_ids, geometries = db.read_two_view_geometries()
-        for pair_id, geometry in zip(pair_ids, geometries):
-            if geometry.cam2_from_cam1 is None:
-                continue
-            down_in_2 = geometry.cam2_from_cam1.rotation.matrix() @ np.array(GRAVITY_IN_CAMERA)
-            if np.degrees(np.arccos(np.clip(down_in_2[1], -1.0, 1.0))) > max_tilt_deg:
-                db.delete_two_view_geometry(*pycolmap.pair_id_to_image_pair(pair_id))
-                removed += 1
-            else:
-                kept += 1
-    return {"pairs_kept": kept, "pairs_removed_as_tilted": removed}
 
 
 def _map(pycolmap, db_path: Path, image_dir: Path, out: Path, mapper: str, cfg: EstimationConfig) -> dict:
@@ -129,6 +111,10 @@ def _map(pycolmap, db_path: Path, image_dir: Path, out: Path, mapper: str, cfg: 
         options = pycolmap.GlobalPipelineOptions(num_threads=cfg.num_threads, random_seed=cfg.seed)
         options.min_num_matches = cfg.panorama_min_num_inliers
         options.mapper.rotation_averaging.use_gravity = cfg.panorama_gravity_prior
+        # with few points per panorama, bundle adjustment tilts weakly observed cameras by tens of
+        # degrees (bench/RESULTS.md, panoramas): keep the levelled rotations that rotation averaging
+        # found and let it refine the positions and points only
+        options.mapper.bundle_adjustment.constant_rig_from_world_rotation = cfg.panorama_gravity_prior
         gpu = bool(pycolmap.has_cuda) and cfg.use_gpu != "no"
         options.mapper.global_positioning.use_gpu = gpu
         options.mapper.bundle_adjustment.ceres.use_gpu = gpu
@@ -172,7 +158,7 @@ def estimate_panoramas(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_
                                     scene.frames[im.frame_index].image_path.stat().st_mtime_ns) for im in upsampled],
                         "settings": settings})
     match_key = settings_key({"extract": extract_key, "min_inliers": cfg.panorama_min_num_inliers, "matcher": cfg.matcher,
-                              "max_tilt": cfg.panorama_max_pair_tilt_deg,
+                              "max_tilt": cfg.panorama_max_pair_tilt_deg, "loops": cfg.panorama_loop_check,
                       "guided": cfg.guided_matching, "seed": cfg.seed})
     db_path = work_dir / "database.db"
     state = restore_database(db_path, final_dir / "colmap")
@@ -194,9 +180,14 @@ def estimate_panoramas(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_
     if state.get("match") != match_key:
         log.info("matching the panoramas")
         report["matcher"] = _match(pycolmap, db_path, len(upsampled), cfg, device)
+        checks = {}
         if cfg.panorama_max_pair_tilt_deg > 0:
-            report["upright_check"] = _drop_tilted_pairs(pycolmap, db_path, cfg.panorama_max_pair_tilt_deg)
-            log.info(f"upright check: {report['upright_check']}")
+            checks["pairs_tilted"] = drop_tilted_pairs(pycolmap, db_path, cfg.panorama_max_pair_tilt_deg)
+        if cfg.panorama_loop_check:
+            checks.update(drop_inconsistent_pairs(pycolmap, db_path,
+                                                  confirm_below_inliers=2 * cfg.panorama_min_num_inliers))
+        report["pair_checks"] = checks
+        log.info(f"pair checks: {checks}")
         state["match"] = match_key
         write_state(db_path, state)
     else:
