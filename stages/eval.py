@@ -12,12 +12,19 @@
 - reference cameras, when the poses were estimated: rotation / centre errors after a similarity
   alignment (``pipeline.geometry.alignment.pose_errors``).
 Metrics the scene has no ground truth for are listed under ``skipped`` with the reason.
+
+``holdout=c`` (a panorama's stem, or several comma-separated): leave-one-out evaluation instead of
+the views' metrics (``pipeline.evaluation.holdout``): a field trained without c (the nerf stage's
+when it was trained with ``holdout`` naming c, else one trained here for ``holdout_max_time_s``
+with the nerf stage's settings) rendered at c's pose, WS-PSNR / PSNR / SSIM / WS-SSIM against the
+real panorama beside the nearest-panorama baseline, images side by side in ``eval/holdout/``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from pipeline.evaluation.geometry import evaluate_geometry
+from pipeline.evaluation.holdout import evaluate_holdout
 from pipeline.evaluation.poses import evaluate_poses
 from pipeline.evaluation.table import format_table
 from pipeline.evaluation.views import evaluate_views
@@ -45,6 +52,8 @@ class EvalConfig:
     fscore_threshold: float = 0.0  # ORIGINAL units; 0 = fscore_fraction * object radius
     fscore_fraction: float = 0.01
     poses: bool = True  # pose errors when the poses were estimated and the dataset has reference poses
+    holdout: str = ""  # panorama stems (comma-separated) to evaluate leave-one-out instead of the views
+    holdout_max_time_s: float = 300.0  # training budget of each leave-one-out field trained here (0 = none)
 
 
 def run(ctx: StageContext) -> dict:
@@ -55,10 +64,17 @@ def run(ctx: StageContext) -> dict:
     sim = ctx.workspace.normalization()
     model = load_model(ctx.workspace, method, device)
     metrics: dict = {"method": method, "skipped": {}}
-    metrics["views"] = evaluate_views(model, scene, sim, ctx.out_dir, device, ctx.log, split=cfg.split,
-                                      max_views=cfg.max_views, chunk=cfg.chunk,
-                                      lpips_net=cfg.lpips_net if cfg.lpips else None,
-                                      depth_in_mask=cfg.depth_in_mask, save_renders=cfg.save_renders)
+    if cfg.holdout:
+        metrics["holdout"] = evaluate_holdout(ctx.workspace, scene, sim, cfg.holdout, ctx.out_dir, ctx.resume_dir,
+                                              device, ctx.log, cfg.holdout_max_time_s, cfg.chunk)
+        metrics["views"] = {}
+        metrics["skipped"]["views"] = "holdout evaluation instead (eval/metrics.json: holdout)"
+        # centre / distance errors against ground truth: the centres stage's (pipeline.panoramas)
+    else:
+        metrics["views"] = evaluate_views(model, scene, sim, ctx.out_dir, device, ctx.log, split=cfg.split,
+                                          max_views=cfg.max_views, chunk=cfg.chunk,
+                                          lpips_net=cfg.lpips_net if cfg.lpips else None,
+                                          depth_in_mask=cfg.depth_in_mask, save_renders=cfg.save_renders)
     if cfg.mesh:
         geometry = evaluate_geometry(ctx.workspace, model, method, scene, sim, device, ctx.log,
                                      mesh_resolution=cfg.mesh_resolution, samples=cfg.mesh_samples,
@@ -86,7 +102,10 @@ def run(ctx: StageContext) -> dict:
     views = {k: v for k, v in metrics["views"].items() if k != "per_view"}
     geometry = dict(metrics.get("geometry", {}))
     poses = {k: v for k, v in metrics.get("poses", {}).items() if k not in ("rotation_deg", "center_rel")}
-    return {"method": method, "views": views, "geometry": geometry, "poses": poses, "skipped": metrics["skipped"]}
+    result = {"method": method, "views": views, "geometry": geometry, "poses": poses, "skipped": metrics["skipped"]}
+    if "holdout" in metrics:
+        result["holdout"] = {k: v for k, v in metrics["holdout"].items() if k != "panoramas"}
+    return result
 
 
 def eval_inputs(workspace: Workspace, config) -> list[str]:

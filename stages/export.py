@@ -14,6 +14,10 @@
 - ``mesh.ply`` (binary, vertex colours and normals) and ``mesh.obj``, in original scene units:
   marching cubes of the IDR SDF at level 0, or of NeRF density at ``density_threshold`` after
   carving away everything no training camera sees.
+- ``panoramas/``: new equirect panoramas (RGB PNG + range ``.npy``, original units) ``between=a,b``
+  (``steps``), ``at=x,y,z``, or a walk through all panoramas (``video.mp4`` of the panoramas and
+  ``video_forward.mp4`` of a forward-looking view); ``panoramas/panoramas.json`` lists their poses
+  (and centres in metres when ``centres/centres.json`` is metric); see ``pipeline/export/panoramas.py``.
 
 Parts not asked for in ``what`` are kept from the previous export.
 Everything renders in the normalised frame and is written back with ``normalization().inverse()``.
@@ -28,13 +32,15 @@ from pipeline.export.depth import export_depth
 from pipeline.export.meshing import export_mesh
 from pipeline.export.methods import MODEL_PRODUCED_BY, load_model, model_inputs, resolve_method
 from pipeline.export.novel_views import export_views
+from pipeline.export.panoramas import export_panoramas
 from pipeline.runner.runtime import pick_device
 from pipeline.runner.stage import Stage, StageContext
 from pipeline.runner.workspace import Workspace
 
-PARTS = ("depth", "views", "mesh")
+PARTS = ("depth", "views", "mesh", "panoramas")
 # files and folders of each part inside W/export (kept when a later export skips the part)
-PART_OUTPUTS = {"depth": ("depth", "points.ply"), "views": ("views",), "mesh": ("mesh.ply", "mesh.obj")}
+PART_OUTPUTS = {"depth": ("depth", "points.ply"), "views": ("views",), "mesh": ("mesh.ply", "mesh.obj"),
+                "panoramas": ("panoramas",)}
 
 
 def parse_parts(what: str) -> list[str]:
@@ -67,6 +73,8 @@ def keep_previous_parts(workspace: Workspace, parts: list[str], out: Path) -> di
 def run(ctx: StageContext) -> dict:
     cfg: ExportConfig = ctx.config
     parts = parse_parts(cfg.what)
+    if (cfg.between or cfg.at) and "panoramas" not in parts:
+        raise ValueError("between= and at= place new panoramas: use them with --what panoramas")
     method = resolve_method(ctx.workspace, cfg.method)
     device = pick_device(cfg.device)
     scene = ctx.workspace.load_scene()
@@ -80,6 +88,9 @@ def run(ctx: StageContext) -> dict:
         metrics["views"] = export_views(model, scene, sim, cfg, ctx.out_dir, device, ctx.log)
     if "mesh" in parts:
         metrics["mesh"] = export_mesh(model, method, scene, sim, cfg, ctx.out_dir, device, ctx.log)
+    if "panoramas" in parts:
+        metrics["panoramas"] = export_panoramas(model, scene, sim, cfg, ctx.out_dir, device, ctx.log,
+                                                ctx.workspace.stage_dir("centres") / "centres.json")
     return metrics
 
 

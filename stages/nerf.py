@@ -12,6 +12,10 @@ or ``max_time_s`` (0 = no time budget), whichever comes first, with the learning
 that progress. Checkpoints go to the stage's resume folder every ``checkpoint_every`` steps and/or
 ``checkpoint_every_s`` seconds, and when training is interrupted; re-running resumes from the
 last one (step, weights, optimiser, occupancy grid, RNG states, error map and elapsed time).
+
+Panoramas (equirect frames): rows are drawn by cos(latitude) (``latitude_weighting``), the
+held-out views are scored with WS-PSNR too, and ``holdout=a,b`` leaves those frames (stems) out
+of training and evaluates on them instead (leave-one-out; ``configs/nerf-panorama.yaml``).
 """
 from __future__ import annotations
 
@@ -20,15 +24,15 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.evaluation.nerf_views import evaluate
-from pipeline.models.nerf.io import build_model, save_model
-from pipeline.models.nerf.model import NeRFModelConfig, default_aabb
+from pipeline.models.nerf.io import save_model
+from pipeline.models.nerf.model import NeRFModelConfig
+from pipeline.panoramas.holdout import frame_names, split_holdout
 from pipeline.runner.config import config_to_dict
 from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
-from pipeline.training.common import settings_from
-from pipeline.training.nerf import NeRFTrainSettings, train, uses_mixed_precision
-from pipeline.training.nerf_data import PixelData
+from pipeline.training.nerf import uses_mixed_precision
+from pipeline.training.nerf_fit import fit_nerf
 
 
 @dataclass
@@ -40,6 +44,10 @@ class NerfConfig:
     # --- scene
     scene_radius: float = 1.0  # the box [-r, r]^3 when the scene has no bounds (normalised frame)
     background: str = "random"  # training background: random (needs alpha) | white | black | learned | scene
+    holdout: str = ""  # comma-separated frame stems left out of training and evaluated instead (leave-one-out)
+    # cameras inside the scene (panoramas): rays start this fraction of the median distance between
+    # neighbouring training cameras away from each camera (sets model.near_plane; 0 = keep it)
+    camera_near_fraction: float = 0.0
     # --- optimisation
     max_steps: int = 60000  # an upper bound: the time budget usually ends training first
     max_time_s: float = 600.0  # wall-clock training budget (0 = none); evaluation is not counted
@@ -65,6 +73,9 @@ class NerfConfig:
     # share of each batch's rays drawn in proportion to each pixel's last error (instant-ngp's error
     # map); off: no gain on lego-200
     error_fraction: float = 0.0
+    # panoramas: draw rows in proportion to cos(latitude) (uniform on the sphere; no effect on
+    # perspective views), so the stretched poles do not dominate
+    latitude_weighting: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch threads during this stage on CPU (0 = torch's default); 1 is faster
@@ -90,30 +101,20 @@ def run(ctx: StageContext) -> dict:
 
 
 def _run(ctx: StageContext, cfg: NerfConfig) -> dict:
-    settings = settings_from(NeRFTrainSettings, cfg)
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     scene = ctx.workspace.load_scene()
     train_idx = scene.split("train")
     eval_idx = scene.eval_split()
     eval_note = "test split"
+    if cfg.holdout:
+        train_idx, eval_idx = split_holdout(scene, cfg.holdout)
+        eval_note = f"held out of training: {', '.join(frame_names(scene)[i] for i in eval_idx)}"
     if not eval_idx:
         eval_idx = train_idx[:: max(1, len(train_idx) // 5)]
         eval_note = "training views (the scene has no held-out split)"
     if cfg.eval_max_views:
         eval_idx = eval_idx[:cfg.eval_max_views]
-    use_alpha = cfg.background != "scene" and scene.has_masks and all(
-        scene.frames[i].image_path.suffix.lower() == ".png" for i in train_idx)
-    data = PixelData(scene, train_idx, device, use_alpha, cfg.edge_fraction, cfg.edge_width)
-    if not use_alpha and cfg.background in ("random", "learned"):
-        ctx.log.info("nerf: images have no alpha; training against their own background")
-    aabb = default_aabb(scene.bounds, cfg.scene_radius)
-    model = build_model(cfg.model, aabb, scene.background, cfg.background).to(device)
-    if model.occupancy is not None:
-        model.occupancy.restrict_to_views(data.cameras, cfg.occupancy_min_views)
-    ctx.log.info(f"nerf: {cfg.model.kind} model ({model.sampler} sampler), {len(train_idx)} training views "
-                 f"({data.num_pixels} pixels), box {aabb.tolist()}, device {device}")
-    stats = train(model, data, settings, device, ctx.resume_dir, ctx.log)
+    model, stats = fit_nerf(scene, train_idx, cfg, device, ctx.resume_dir, ctx.log)
     save_model(ctx.out_dir / "model.pt", model, cfg.background, scene.background, config_to_dict(cfg))
     scale = ctx.workspace.normalization().scale
     metrics = evaluate(model, scene, eval_idx, ctx.out_dir, scale, cfg.eval_chunk, cfg.lpips,
@@ -123,10 +124,12 @@ def _run(ctx: StageContext, cfg: NerfConfig) -> dict:
     if model.occupancy is not None:
         metrics["occupancy_fraction"] = model.occupancy.occupancy_fraction()
     write_json(ctx.out_dir / "metrics.json", metrics)
+    ws = f", WS-PSNR {metrics['ws_psnr']:.2f} dB" if metrics.get("ws_psnr") is not None else ""
     ctx.log.info(f"nerf: {stats['steps']} steps in {stats['train_time_s']:.0f}s "
-                 f"({stats['samples_per_s']:.3g} samples/s); test PSNR {metrics['psnr']:.2f} dB, "
-                 f"SSIM {metrics['ssim']:.3f}")
-    return {k: metrics[k] for k in ("psnr", "ssim", "lpips", "steps", "train_time_s", "samples_per_s")}
+                 f"({stats['samples_per_s']:.3g} samples/s); test PSNR {metrics['psnr']:.2f} dB{ws}, "
+                 f"SSIM {metrics['ssim']:.3f} ({eval_note})")
+    keys = ("psnr", "ws_psnr", "ssim", "lpips", "steps", "train_time_s", "samples_per_s")
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 STAGE = Stage(name="nerf", config_cls=NerfConfig, run=run, inputs=("poses/transforms.json",),

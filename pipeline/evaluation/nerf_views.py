@@ -18,15 +18,17 @@ def evaluate(model: NeRFModel, scene, indices: list[int], out_dir: Path, depth_u
     model.eval()
     t0 = time.time()
     per_view, lpips_reason = render_and_score(
-        model, scene_targets(scene, indices, device), len(indices), out_dir, ("psnr", "ssim", "lpips"), chunk,
-        depth_unit_scale, depth_files=True, lpips_net="alex" if with_lpips else None,
+        model, scene_targets(scene, indices, device), len(indices), out_dir, ("psnr", "ssim", "lpips", "ws_psnr"),
+        chunk, depth_unit_scale, depth_files=True, lpips_net="alex" if with_lpips else None,
         mixed_precision=mixed_precision, desc="nerf eval")
     render_time = time.time() - t0
     if with_lpips:
         for row in per_view:
             row.setdefault("lpips", None)
     lpips_values = [v["lpips"] for v in per_view if v.get("lpips") is not None]
+    ws = [v["ws_psnr"] for v in per_view if "ws_psnr" in v]  # equirect views only
     return {"psnr": float(np.mean([v["psnr"] for v in per_view])) if per_view else None,
+            **({"ws_psnr": float(np.mean(ws))} if ws else {}),
             "ssim": float(np.mean([v["ssim"] for v in per_view])) if per_view else None,
             "lpips": float(np.mean(lpips_values)) if lpips_values else None,
             "lpips_reason": None if lpips_values else (lpips_reason or "LPIPS disabled (lpips=false)"),

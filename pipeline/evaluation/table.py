@@ -18,6 +18,13 @@ def format_table(metrics: dict) -> str:
         rows.append(("LPIPS", "unavailable (weights not local)"))
     if views:
         rows.append(("views", f"{views.get('views')} ({views.get('split')})"))
+    for name, row in metrics.get("holdout", {}).get("panoramas", {}).items():
+        rows.append((f"holdout {name} WS-PSNR (dB)", f"NeRF {fmt(row['nerf']['ws_psnr'])} | nearest panorama "
+                     f"{fmt(row['baseline']['ws_psnr'])} ({row['nearest']})"))
+        rows.append((f"holdout {name} SSIM", f"NeRF {fmt(row['nerf']['ssim'])} | nearest panorama "
+                     f"{fmt(row['baseline']['ssim'])}"))
+    if "gain_ws_psnr_db" in metrics.get("holdout", {}):
+        rows.append(("holdout mean WS-PSNR gain (dB)", fmt(metrics["holdout"]["gain_ws_psnr_db"])))
     geo = metrics.get("geometry", {})
     if "chamfer_l1" in geo:
         rows += [("Chamfer-L1 (orig. units)", fmt(geo["chamfer_l1"])),

@@ -4,7 +4,8 @@ loop of the NeRF and IDR stages' held-out views and of the eval stage.
 Each view's row holds the scores asked for, in the order asked for, that its ground truth allows:
 ``psnr``, ``ssim``, ``lpips`` (only when the lpips package and its weights are local),
 ``psnr_masked`` and ``mask_iou`` (with a GT mask; the rendered mask is opacity > 0.5) and
-``depth`` (AbsRel/RMSE against GT depth, :func:`pipeline.evaluation.metrics.depth_errors`).
+``depth`` (AbsRel/RMSE against GT depth, :func:`pipeline.evaluation.metrics.depth_errors`) and,
+for equirect panoramas only, ``ws_psnr`` (latitude-weighted PSNR, :mod:`pipeline.panoramas.metrics`).
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from pipeline.export.images import to_uint8, write_png
 from pipeline.export.splits import select_views
 from pipeline.geometry.cameras import Cameras
 from pipeline.models.render import render_image
+from pipeline.panoramas.metrics import ws_psnr
 from pipeline.runner.log import progress
 from pipeline.runner.runtime import autocast
 
-SCORES = ("psnr", "psnr_masked", "ssim", "mask_iou", "lpips", "depth")
+SCORES = ("psnr", "psnr_masked", "ssim", "mask_iou", "lpips", "depth", "ws_psnr")
 
 
 @dataclass
@@ -88,6 +90,8 @@ def render_and_score(model, targets: Iterable[ViewTarget], total: int, out_dir: 
                 row["psnr"] = psnr(rgb, gt)
             elif score == "ssim":
                 row["ssim"] = ssim(rgb, gt)
+            elif score == "ws_psnr" and target.camera.model == "equirect":
+                row["ws_psnr"] = ws_psnr(rgb, gt)
             elif score == "psnr_masked" and mask is not None:
                 row["psnr_masked"] = psnr(rgb, gt, mask)
             elif score == "mask_iou" and mask is not None:
@@ -120,14 +124,14 @@ def evaluate_views(model, scene, sim, out: Path, device, log, split: str = "eval
     indices = select_views(scene, split, max_views)
     per_view, lpips_reason = render_and_score(
         model, scene_targets(scene, indices, device, masks=True, depth=True), len(indices), out,
-        ("psnr", "ssim", "lpips", "mask_iou", "psnr_masked", "depth"), chunk, sim.scale, renders=save_renders,
-        lpips_net=lpips_net, depth_in_mask=depth_in_mask, desc="eval views")
+        ("psnr", "ssim", "lpips", "mask_iou", "psnr_masked", "depth", "ws_psnr"), chunk, sim.scale,
+        renders=save_renders, lpips_net=lpips_net, depth_in_mask=depth_in_mask, desc="eval views")
     for row in per_view:
-        row.update({k: finite(row[k]) for k in ("psnr", "psnr_masked") if k in row})
+        row.update({k: finite(row[k]) for k in ("psnr", "psnr_masked", "ws_psnr") if k in row})
     result: dict = {"views": len(per_view), "split": split, "per_view": per_view}
     if note:
         result["note"] = note
-    for key in ("psnr", "ssim", "lpips", "mask_iou", "psnr_masked"):
+    for key in ("psnr", "ssim", "lpips", "mask_iou", "psnr_masked", "ws_psnr"):
         values = [v[key] for v in per_view if v.get(key) is not None]
         if values:
             result[key] = float(np.mean(values))

@@ -9,7 +9,7 @@ from typing import Optional
 @dataclass
 class ExportConfig:
     method: str = "auto"  # auto (newest of W/nerf, W/idr) | nerf | idr
-    what: str = "depth,views,mesh"  # comma-separated parts: depth, views, mesh
+    what: str = "depth,views,mesh"  # comma-separated parts: depth, views, mesh, panoramas
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     chunk: int = 8192  # rays per rendering batch: bounds peak memory at any resolution
 
@@ -41,6 +41,15 @@ class ExportConfig:
     video: bool = True
     save_frames: bool = True  # PNG per frame
     view_depth: bool = False  # also write raw depth (.npy) per path frame
+
+    # panoramas (what=panoramas; pipeline/export/panoramas.py)
+    between: str = ""  # "a,b": two panorama stems; `steps` new panoramas from a's centre to b's (ends included)
+    steps: int = 5  # panoramas of `between`; poses per median segment of the walk
+    at: str = ""  # "x,y,z[;x,y,z]": centres in ORIGINAL units, oriented as the nearest panorama
+    walk_order: str = "nearest"  # the walk through all panoramas (no between/at): nearest | capture
+    panorama_width: int = 0  # equirect width of the rendered panoramas (height = width / 2); 0 = the scene's
+    walk_view_width: int = 640  # the walk's forward-looking perspective view (16:9)
+    walk_fov_deg: float = 60.0  # its vertical field of view
 
     # mesh
     mesh_resolution: int = 256  # marching cubes grid per axis

@@ -128,6 +128,23 @@ def normalizing_similarity(c2w: np.ndarray, points: Optional[np.ndarray] = None,
     return Similarity(scale, rotation, -scale * rotation @ c)
 
 
+# panoramas without known bounds: the room is taken to reach this many times as far from the
+# middle of the cameras as the outermost camera (NeRF's occupancy cascades hold what lies further)
+PANORAMA_ROOM_FACTOR = 2.0
+
+
+def _panorama_similarity(c2w: np.ndarray, rotation: np.ndarray, mode: str, target_radius: float) -> Similarity:
+    """Panoramas look outwards from inside the scene: the middle of their centres (bounding-box
+    centre) goes to the origin and ``PANORAMA_ROOM_FACTOR`` x the farthest centre's distance (sphere)
+    or coordinate (box) to ``target_radius``; one panorama (or coincident ones) keeps the scale."""
+    centres = c2w[:, :3, 3] @ rotation.T
+    middle = (centres.min(0) + centres.max(0)) / 2
+    offsets = centres - middle
+    spread = np.linalg.norm(offsets, axis=1).max() if mode == "sphere" else np.abs(offsets).max()
+    scale = target_radius / (PANORAMA_ROOM_FACTOR * spread) if spread > 1e-9 else 1.0
+    return Similarity(scale, rotation, -scale * middle)
+
+
 def normalize_scene(scene, mode: str = "sphere", target_radius: float = 1.0):
     """The scene moved into the normalised frame, and the similarity that did it.
 
@@ -148,6 +165,8 @@ def normalize_scene(scene, mode: str = "sphere", target_radius: float = 1.0):
         points = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
         center = (lo + hi) / 2
     sim = normalizing_similarity(c2w, points=None, mode=mode, target_radius=target_radius, center=center)
+    if points is None and all(f.intrinsics is not None and f.intrinsics.model == "equirect" for f in scene.frames):
+        sim = _panorama_similarity(c2w, sim.rotation, mode, target_radius)
     if points is not None:
         radius = np.linalg.norm(points - center, axis=1).max() if mode == "sphere" else \
             np.abs(sim.rotation @ (points - center).T).max()

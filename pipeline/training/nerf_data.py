@@ -1,8 +1,15 @@
 """NeRF training data: every training pixel of a scene as a flat table, from which each step draws
-its rays (uniformly, near the alpha silhouettes, or by each pixel's last error)."""
+its rays (uniformly, near the alpha silhouettes, or by each pixel's last error).
+
+Equirect panoramas stretch the poles: a row at latitude phi covers cos(phi) of the solid angle of
+the equator's row. With ``latitude_weighting`` their rows are drawn in proportion to cos(phi), so
+rays are uniform on the sphere and the poles do not dominate the loss (perspective views keep
+uniform pixels)."""
 from __future__ import annotations
 
 from typing import Optional
+
+import math
 
 import numpy as np
 import torch
@@ -14,7 +21,7 @@ class PixelData:
     """The training pixels of a scene: colours (P, 3 or 4) and, per pixel, its view and (u, v)."""
 
     def __init__(self, scene, indices: list[int], device, use_alpha: bool, edge_fraction: float = 0.0,
-                 edge_width: int = 2):
+                 edge_width: int = 2, latitude_weighting: bool = False):
         colors, offsets, edges = [], [0], []
         self.sizes = []
         for i in indices:
@@ -37,6 +44,34 @@ class PixelData:
         self.widths = torch.tensor([w for _, w in self.sizes], device=device)
         self.cameras = scene.cameras(indices, device=device)
         self.num_pixels = offsets[-1]
+        self.row_cdf: Optional[torch.Tensor] = None  # (total rows,) when rows are drawn by weight
+        if latitude_weighting and any(scene.frames[i].intrinsics.model == "equirect" for i in indices):
+            self._weight_rows([scene.frames[i].intrinsics.model == "equirect" for i in indices], device)
+
+    def _weight_rows(self, equirect: list[bool], device) -> None:
+        """Row table of every view: each row drawn with probability ~ its pixels' solid angle
+        (width x cos(latitude) for panoramas, width for perspective views)."""
+        weights, views, rows = [], [], []
+        for view, ((h, w), is_pano) in enumerate(zip(self.sizes, equirect)):
+            lat = math.pi / 2 - (torch.arange(h, dtype=torch.float64) + 0.5) / h * math.pi
+            weights.append(w * (torch.cos(lat) if is_pano else torch.ones(h, dtype=torch.float64)))
+            views.append(torch.full((h,), view, dtype=torch.long))
+            rows.append(torch.arange(h))
+        self.row_cdf = torch.cumsum(torch.cat(weights), 0).to(device)
+        self.row_view = torch.cat(views).to(device)
+        self.row_index = torch.cat(rows).to(device)
+
+    def _uniform_pixels(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n pixels (n,) drawn uniformly, or uniformly on the sphere for panoramas (row table)."""
+        device = self.colors.device
+        if self.row_cdf is None:
+            return torch.randint(0, self.num_pixels, (n,), generator=generator, device=device)
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64) * self.row_cdf[-1]
+        row = torch.searchsorted(self.row_cdf, u).clamp_max(len(self.row_cdf) - 1)
+        view = self.row_view[row]
+        w = self.widths[view]
+        col = (torch.rand(n, generator=generator, device=device) * w).long().clamp_max(w - 1)
+        return self.offsets[view] + self.row_index[row] * w + col
 
     def enable_error_map(self, fraction: float) -> None:
         """Draw ``fraction`` of each batch in proportion to the pixels' last errors (instant-ngp's
@@ -51,7 +86,7 @@ class PixelData:
     def sample(self, n: int, generator: torch.Generator):
         """n random pixels -> rays_o, rays_d (n, 3), colours (n, C), pixels (n,) (rows of ``colors``)."""
         device = self.colors.device
-        pix = torch.randint(0, self.num_pixels, (n,), generator=generator, device=device)
+        pix = self._uniform_pixels(n, generator)
         n_edge = int(round(n * self.edge_fraction))
         if n_edge:
             pick = torch.randint(0, len(self.edge_pixels), (n_edge,), generator=generator, device=device)

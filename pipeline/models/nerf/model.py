@@ -53,6 +53,10 @@ class NeRFModelConfig:
     march_steps: int = 384  # occupancy sampler: steps across the box diagonal (sets the step size)
     cone_angle: float = 0.0  # occupancy sampler: step grows as t * cone_angle (0: uniform; 1/256 unbounded)
     max_samples_per_ray: int = 1024
+    # rays start this far from the camera (normalised units). Cameras inside the scene (panoramas)
+    # otherwise grow density right around themselves that explains their own view and that no
+    # other view can see past; 0 for cameras outside the scene
+    near_plane: float = 0.0
     # occupancy sampler, training: samples whose transmittance is below this get no gradient (0 =
     # off); the CPU kernels then skip them in their backward passes (nerfacc's early_stop_eps)
     grad_min_transmittance: float = 1e-4
@@ -154,7 +158,7 @@ class NeRFModel(nn.Module):
     def _render_marched(self, rays_o, rays_d, perturb, generator, max_samples=None, distortion=False):
         # march only through the box around the occupied cells (samples elsewhere would be dropped)
         box = self.occupancy.occupied_box().to(rays_o.device)
-        near, far = ray_aabb(rays_o, rays_d, box, min_near=0.0)
+        near, far = ray_aabb(rays_o, rays_d, box, min_near=self.config.near_plane)
         far_max = float(far.max()) if far.numel() else 0.0
         if far_max > float(self.schedule[-1]):  # cameras further out than the schedule reaches
             self.schedule = march_schedule(1.5 * far_max, self.step_size, self.config.cone_angle)
@@ -224,7 +228,7 @@ class NeRFModel(nn.Module):
 
     def _render_hierarchical(self, rays_o, rays_d, perturb, generator, bg):
         n = rays_o.shape[0]
-        near, far = ray_aabb(rays_o, rays_d, self.aabb, min_near=0.0)
+        near, far = ray_aabb(rays_o, rays_d, self.aabb, min_near=self.config.near_plane)
         hit = far > near + 1e-6
         near = torch.where(hit, near, torch.zeros_like(near))
         far = torch.where(hit, far, near + 1e-3)
