@@ -208,11 +208,15 @@ def test_panorama_folder_without_poses(tmp_path):
     assert not scene.has_poses
 
 
-def test_panorama_folder_rejects_a_non_equirect_image(tmp_path):
+def test_panorama_folder_names_and_skips_a_non_equirect_image(tmp_path):
     write_images(tmp_path / "panos", ["ok.jpg"], width=64, height=32)
     write_images(tmp_path / "panos", ["wide.jpg"], width=60, height=32)
-    with pytest.raises(SceneError, match="wide.jpg.*2 x height"):
-        read_panorama_folder(tmp_path)
+    scene = read_panorama_folder(tmp_path)
+    assert [f.name for f in scene.frames] == ["ok"]
+    assert "2 x height" in scene.meta["skipped"]["wide.jpg"]
+    write_images(tmp_path / "only_wide", ["wide.jpg"], width=60, height=32)
+    with pytest.raises(SceneError, match="none of the 1 images is a 2:1"):
+        read_panorama_folder(tmp_path / "only_wide")
 
 
 def test_panorama_folder_with_zind_poses(tmp_path):
