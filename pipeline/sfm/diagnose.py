@@ -161,6 +161,21 @@ def diagnosis(pycolmap, db_path: Path, scene: Scene, prepared: list[PreparedImag
     )
 
 
+def diagnose_registration(pycolmap, db_path: Path, scene: Scene, prepared: list[PreparedImage], models: dict, best,
+                          min_inliers: int, min_registered_fraction: float, report: dict, timings: dict,
+                          work_dir: Path, log) -> None:
+    """Add the diagnosis (:func:`diagnosis`) and ``timings`` to ``report``, log the unregistered
+    images, and raise :func:`registration_error` (the report kept in ``work_dir``) when too few
+    registered."""
+    report.update(diagnosis(pycolmap, db_path, scene, prepared, models, best, min_inliers), timings_s=timings)
+    for name, why in report["unregistered"].items():
+        log.warning(f"not registered: {name}: {why}")
+    n_registered = report["images_registered"]
+    if best is None or n_registered / max(len(scene), 1) < min_registered_fraction or n_registered < 2:
+        path = save_failure_report(work_dir, report, timings)
+        raise registration_error(report, len(scene), min_registered_fraction, path)
+
+
 def save_failure_report(work_dir: Path, report: dict, timings: dict) -> Path:
     """The report of a failed estimation, kept in ``work_dir`` (which survives the failure)."""
     path = work_dir / "report.json"

@@ -23,7 +23,7 @@ from datasets.scene import Scene, SceneError
 from pipeline.sfm.colmap import colmap_device, import_pycolmap, quiet_colmap
 from pipeline.sfm.config import EstimationConfig, check_config, effective_settings
 from pipeline.sfm.database import export_database, extraction_key, matching_key, restore_database, write_state
-from pipeline.sfm.diagnose import diagnosis, registration_error, save_failure_report
+from pipeline.sfm.diagnose import diagnose_registration, save_failure_report
 from pipeline.sfm.features import camera_groups, extract, use_known_intrinsics
 from pipeline.sfm.mapping import reconstruct, write_model
 from pipeline.sfm.matching import choose_matcher, match_images
@@ -112,14 +112,8 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
     report["mapper"] = mapper_used
 
     # 5. per-image counts and diagnosis
-    report.update(diagnosis(pycolmap, db_path, scene, prepared, models, best, eff.min_num_inliers),
-                  timings_s=timings)
-    for name, why in report["unregistered"].items():
-        log.warning(f"not registered: {name}: {why}")
-    n_registered = report["images_registered"]
-    if best is None or n_registered / max(len(scene), 1) < cfg.min_registered_fraction or n_registered < 2:
-        path = save_failure_report(work_dir, report, timings)
-        raise registration_error(report, len(scene), cfg.min_registered_fraction, path)
+    diagnose_registration(pycolmap, db_path, scene, prepared, models, best, eff.min_num_inliers,
+                          cfg.min_registered_fraction, report, timings, work_dir, log)
 
     # outputs: the model, the posed scene, optional undistortion, the database for the next run
     t = time.time()

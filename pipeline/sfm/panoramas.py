@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.readers_common import image_size
 from datasets.scene import Scene, SceneError
 from pipeline.sfm.config import EstimationConfig
 from pipeline.sfm.database import export_database, restore_database, settings_key, write_state
-from pipeline.sfm.diagnose import diagnosis, registration_error, save_failure_report
+from pipeline.sfm.diagnose import diagnose_registration, save_failure_report
 from pipeline.sfm.mapping import largest, write_model
 from pipeline.sfm.pair_checks import GRAVITY_IN_CAMERA, drop_inconsistent_pairs, drop_tilted_pairs
 from pipeline.sfm.prepare import PreparedImage, prepare
@@ -59,7 +60,7 @@ def _upsampled(prepared: list[PreparedImage], src_dir: Path, dst_dir: Path, fact
         name = Path(im.colmap_name).stem + ".png"
         w, h = int(round(im.width * factor / 2)) * 2, int(round(im.width * factor / 2))
         target = dst_dir / name
-        if not target.exists() or Image.open(target).size != (w, h):
+        if not target.exists() or image_size(target, apply_exif_orientation=False) != (w, h):
             with Image.open(src_dir / im.colmap_name) as img:
                 img.convert("RGB").resize((w, h), Image.BICUBIC).save(target, compress_level=1)
         out.append(replace(im, colmap_name=name, width=w, height=h))
@@ -211,14 +212,8 @@ def estimate_panoramas(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_
     timings["map_s"] = time.time() - t
     report["mapper"] = mapper_used
 
-    report.update(diagnosis(pycolmap, db_path, scene, upsampled, models, best, cfg.panorama_min_num_inliers),
-                  timings_s=timings)
-    for name, why in report["unregistered"].items():
-        log.warning(f"not registered: {name}: {why}")
-    n_registered = report["images_registered"]
-    if best is None or n_registered / max(len(scene), 1) < cfg.min_registered_fraction or n_registered < 2:
-        raise registration_error(report, len(scene), cfg.min_registered_fraction,
-                                 save_failure_report(work_dir, report, timings))
+    diagnose_registration(pycolmap, db_path, scene, upsampled, models, best, cfg.panorama_min_num_inliers,
+                          cfg.min_registered_fraction, report, timings, work_dir, log)
 
     t = time.time()
     _rescale_model(best, 1.0 / cfg.panorama_upscale)
