@@ -8,6 +8,12 @@
     python run.py <stage> --workspace W [--config configs/X.yaml] [key=value ...] [--force]
 
 Any config key can be given as ``key=value`` or as ``--key value`` (``--flag`` alone means true).
+``--debug`` shows the traceback of an error (it is always written to ``W/logs/run.log``).
+
+Interrupted (Ctrl-C, a crash, kill -9)? Run the same command again: finished stages are kept and
+skipped, a training stage resumes from its last checkpoint (at most ~30 s of training is lost).
+Changed the data or the config? A stage re-runs when its config, its inputs in the workspace or
+its dataset folder (file names, sizes, modification times) changed, and says what changed.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.runner.config import ConfigError  # noqa: E402
+from datasets.scene import SceneError  # noqa: E402
+from pipeline.runner.config import ConfigError, valid_keys  # noqa: E402
 from pipeline.runner.log import get_logger  # noqa: E402
 from pipeline.runner.runtime import flush_denormals, keep_freed_memory  # noqa: E402
 from pipeline.runner.stage import run_stage  # noqa: E402
@@ -60,7 +67,7 @@ def run_one_stage(name: str, workspace: Path, config_path, overrides: list[str],
         raise ConfigError(f"no stage {name!r}; available: {', '.join(stages)}")
     stage = stages[name]
     config = stage.load_config(config_path, overrides)
-    result = run_stage(stage, Workspace(workspace), config, force=force)
+    result = run_stage(stage, Workspace(workspace, create=False), config, force=force)
     print_metrics(name, result.manifest.get("metrics", {}), result.out_dir)
 
 
@@ -93,7 +100,7 @@ def cmd_demo(args, extra) -> None:
     log.info(f"built-in scene in {scene_dir} ({time.time() - t0:.1f}s)")
     stages = available_stages()
     chain = [name for name in DEMO_CHAINS[args.method] if name in stages]
-    workspace = Workspace(out / f"workspace-{args.method}")
+    workspace = Workspace(out / f"workspace-{args.method}", create=False)
     overrides = flags_to_overrides(extra)
     for name in chain:
         stage = stages[name]
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         defaults = f" Defaults in configs/{stage.default_config}." if stage.default_config else ""
         p = sub.add_parser(name, help=stage.description,
                            description=f"{stage.description}. Config keys: "
-                           f"{', '.join(f.name for f in dataclasses.fields(stage.config_cls))}.{defaults}")
+                           f"{', '.join(valid_keys(stage.config_cls))}.{defaults}")
         p.add_argument("--workspace", required=True, help="the workspace folder")
         p.add_argument("--config", default=None, help="a YAML config (a path or a name in configs/)")
         p.add_argument("--force", action="store_true", help="re-run even if the outputs are up to date")
@@ -146,14 +153,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what a user can cause (bad data, config, workspace, paths): one line and exit code 2; anything else
+# is a bug and keeps its traceback
+USER_ERRORS = (ConfigError, WorkspaceError, SceneError, ValueError, FileNotFoundError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
+
+
+def user_error_line(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}; choose a folder you can write to"
+    if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
+        return f"no space left on the disk writing {exc.filename or ''}; free space and run again (finished work is kept)"
+    return str(exc)
+
+
 def main(argv=None) -> int:
     flush_denormals()
     keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("RECON_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or (argv[0].startswith("--") and argv[0] not in ("-h", "--help")) or "=" in argv[0]:
         argv = ["demo"] + argv  # `python run.py max_time_s=60` is the demo with an override
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    workspace = getattr(args, "workspace", None)
     try:
         if args.command == "demo":
             cmd_demo(args, extra)
@@ -166,13 +190,17 @@ def main(argv=None) -> int:
             if getattr(args, "data", None):
                 overrides.insert(0, f"data={os.path.abspath(args.data)}")
             run_one_stage(args.command, Path(args.workspace), args.config, overrides, args.force)
-    except (ConfigError, WorkspaceError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; an interrupted stage resumes from its last checkpoint "
               "when run again", file=sys.stderr)
         return 130
+    except BaseException as exc:
+        if debug or not (isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError) and exc.errno == 28)):
+            raise
+        log = Path(workspace) / "logs" / "run.log" if workspace else None
+        where = f" (details in {log}; --debug shows them here)" if log is not None and log.exists() else ""
+        print(f"error: {user_error_line(exc)}{where}", file=sys.stderr)
+        return 2
     return 0
 
 

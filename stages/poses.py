@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import read_scene
+from datasets import READERS, read_scene
 from datasets.nerfstudio import write_nerfstudio
 from datasets.scene import SceneError
 from pipeline.geometry.mesh import write_ply
 from pipeline.geometry.normalize import normalize_scene
+from pipeline.runner.config import ConfigError
 from pipeline.runner.io import write_json
 from pipeline.runner.stage import Stage, StageContext
 from pipeline.sfm.config import EstimationConfig
@@ -38,10 +39,30 @@ class PosesConfig(EstimationConfig):
     target_radius: float = 1.0  # radius of the region of interest after normalisation
 
 
-def run(ctx: StageContext) -> dict:
-    cfg: PosesConfig = ctx.config
+def check(cfg: PosesConfig) -> None:
+    """What can be wrong before anything is read or created."""
     if not cfg.data:
         raise SceneError("the poses stage needs a dataset: python run.py poses --data DIR --workspace W")
+    if not Path(cfg.data).exists():
+        raise SceneError(f"{cfg.data}: no such file or folder; give the dataset folder with --data")
+    if cfg.format != "auto" and cfg.format not in READERS:
+        raise ConfigError(f"format={cfg.format!r} is not a dataset format; use auto or one of {', '.join(READERS)}")
+    if cfg.normalize not in ("sphere", "box", "none"):
+        raise ConfigError(f"normalize={cfg.normalize!r}: use sphere, box or none")
+    if cfg.background not in ("white", "black", "none"):
+        raise ConfigError(f"background={cfg.background!r}: use white, black or none")
+    if not cfg.target_radius > 0:
+        raise ConfigError(f"target_radius must be > 0, got {cfg.target_radius}")
+
+
+def dataset_paths(cfg: PosesConfig) -> list[str]:
+    """The dataset folder is the stage's input: a changed dataset makes the stage re-run."""
+    return [cfg.data] if cfg.data else []
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: PosesConfig = ctx.config
+    check(cfg)
     t0 = time.time()
     scene = read_scene(cfg.data, cfg.format, background=cfg.background)
     timings = {"read_s": time.time() - t0}
@@ -76,5 +97,6 @@ def run(ctx: StageContext) -> dict:
     return metrics
 
 
-STAGE = Stage(name="poses", config_cls=PosesConfig, run=run, inputs=(), default_config=None,
+STAGE = Stage(name="poses", config_cls=PosesConfig, run=run, inputs=(), data_inputs=dataset_paths, check=check,
+              default_config=None,
               description="read a dataset, import or estimate camera poses, normalise the scene")

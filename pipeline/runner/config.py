@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence, Type, TypeVar
 
@@ -25,19 +26,30 @@ class ConfigError(ValueError):
     """An invalid configuration: the message names the key and lists the valid ones."""
 
 
-def _valid_keys(cls, prefix: str = "") -> list[str]:
+def _field_types(cls) -> dict:
+    """Field name -> its type, with postponed (string) annotations resolved: stage modules use
+    ``from __future__ import annotations``, so ``dataclasses.fields(cls)[i].type`` is a string."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: fall back to what dataclasses holds
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)}
+
+
+def valid_keys(cls, prefix: str = "") -> list[str]:
+    """Every settable key of a config dataclass, nested ones dotted (``model.grid.finest_resolution``)."""
     keys = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type) if not isinstance(f.type, str) else False:
-            keys += _valid_keys(f.type, prefix + f.name + ".")
+    for name, tp in _field_types(cls).items():
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            keys += valid_keys(tp, prefix + name + ".")
         else:
-            keys.append(prefix + f.name)
+            keys.append(prefix + name)
     return keys
 
 
 def _explain(exc: OmegaConfBaseException, cls, source: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
-    valid = ", ".join(_valid_keys(cls))
+    valid = ", ".join(valid_keys(cls))
     if isinstance(exc, ConfigKeyError):
         msg = f"unknown config key {key!r} in {source}; valid keys of {cls.__name__}: {valid}"
     elif isinstance(exc, ValidationError):
@@ -91,7 +103,7 @@ def load_config(cls: Type[T], path: Optional[str | Path] = None, overrides: Sequ
             raise _explain(exc, cls, str(resolved)) from None
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ConfigError(f"overrides must look like key=value, got {bad}; valid keys: {', '.join(_valid_keys(cls))}")
+        raise ConfigError(f"overrides must look like key=value, got {bad}; valid keys: {', '.join(valid_keys(cls))}")
     overrides = [_rename_key(cls, o.split("=", 1)[0], "command line") + "=" + o.split("=", 1)[1] for o in overrides]
     try:
         conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))

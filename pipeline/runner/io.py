@@ -28,7 +28,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    """Standard JSON: a NaN or infinite number (a diverged metric) is written as null, which every
+    JSON reader accepts, rather than the bare ``NaN`` that Python's json writes by default."""
+    atomic_write_text(path, json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def _finite(obj):
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    if isinstance(obj, np.floating):
+        return _finite(float(obj))
+    return obj
 
 
 def _json_default(obj):

@@ -6,14 +6,20 @@ import functools
 
 import torch
 
+from pipeline.runner.config import ConfigError
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` = CUDA when torch sees a GPU, else CPU; asking for CUDA without one is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} was asked for but torch sees no CUDA GPU; use device=auto or cpu")
-    return torch.device(name)
+        raise ConfigError(f"device={name} was asked for but torch sees no CUDA GPU "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use device=auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda (cuda:N)") from None
 
 
 @contextlib.contextmanager

@@ -2,13 +2,12 @@
 
 A stage is a name, a typed config (dataclass), the workspace files it reads, and a function
 ``run(ctx) -> metrics``. The runner skips a stage whose output is up to date for the same config
-and inputs (``force`` re-runs it), writes outputs to a temporary folder that is renamed into place
+and inputs (``force`` re-runs it; when it re-runs it says what changed), writes outputs to a temporary folder that is renamed into place
 only when the stage completes, and records a ``manifest.json`` (config, versions, times, metrics).
 A stage that keeps checkpoints in ``ctx.resume_dir`` resumes from them after an interruption.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 import shutil
@@ -24,7 +23,9 @@ from typing import Any, Callable, Optional, Sequence
 from pipeline.runner.config import config_hash, config_to_dict, load_config
 from pipeline.runner.log import attach_log_file, detach_log_file, get_logger
 from pipeline.runner.io import write_json
-from pipeline.runner.workspace import Workspace, WorkspaceError
+from pipeline.runner.fingerprint import (MAX_LISTED_FILES, data_listing, describe_config_change,
+                                         describe_listing_change, file_fingerprint, listing_digest)
+from pipeline.runner.workspace import OWNER_FILE, Workspace, WorkspaceError
 
 TRACKED_PACKAGES = ("torch", "numpy", "kornia", "pycolmap", "imageio", "omegaconf", "scikit-image", "triton")
 
@@ -52,6 +53,11 @@ class Stage:
     description: str = ""
     default_config: Optional[str] = None  # a file name in configs/
     produced_by: dict = field(default_factory=dict)  # input -> command that makes it (for errors)
+    # data outside the workspace the stage reads (the poses stage's dataset folder): config -> paths;
+    # their listing (names, sizes, modification times) is part of the up-to-date check
+    data_inputs: Optional[Callable[[Any], Sequence[str | Path]]] = None
+    # checks of the config that need no data (raise ConfigError), run before anything is created
+    check: Optional[Callable[[Any], None]] = None
 
     def load_config(self, path=None, overrides: Sequence[str] = ()):
         return load_config(self.config_cls, path if path is not None else self.default_config, overrides)
@@ -82,39 +88,81 @@ def package_versions() -> dict:
     return versions
 
 
-def _file_fingerprint(path: Path) -> str:
-    if path.is_dir():
-        manifest = path / "manifest.json"
-        return _file_fingerprint(manifest) if manifest.exists() else f"dir:{path.stat().st_mtime_ns}"
-    st = path.stat()
-    if st.st_size > 64 << 20:
-        return f"size:{st.st_size}:mtime:{st.st_mtime_ns}"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def input_fingerprint(stage: Stage, workspace: Workspace, config: Any) -> dict:
+def input_fingerprint(stage: Stage, workspace: Workspace, config: Any, listings: Optional[dict] = None) -> dict:
+    """What decides whether the stage's output is up to date: its config, the workspace files it
+    reads (by content) and the data outside the workspace it reads (by listing; see
+    :mod:`pipeline.runner.fingerprint`). Raises a clear error when an input is missing."""
     inputs = {}
     rels = stage.inputs(workspace, config) if callable(stage.inputs) else stage.inputs
     for rel in rels:
         path = workspace.root / rel
         if not path.exists():
-            how = stage.produced_by.get(rel, "the stage that writes it")
-            raise WorkspaceError(f"stage {stage.name!r} needs {path}, which is missing; run {how} first")
-        inputs[rel] = _file_fingerprint(path)
-    return {"config": config_hash(config), "inputs": inputs}
+            how = stage.produced_by.get(rel, "the stage that writes it").replace("--workspace W",
+                                                                               f"--workspace {workspace.root}")
+            raise WorkspaceError(f"stage {stage.name!r} needs {path}, which is missing; run `{how}` first")
+        inputs[rel] = file_fingerprint(path)
+    fingerprint = {"config": config_hash(config), "inputs": inputs}
+    data = data_listings(stage, workspace, config) if listings is None else listings
+    if data:
+        fingerprint["data"] = {path: listing_digest(listing) for path, listing in data.items()}
+    return fingerprint
+
+
+def data_listings(stage: Stage, workspace: Workspace, config: Any) -> dict[str, dict]:
+    """Absolute path -> listing of each data folder outside the workspace that the stage reads."""
+    listings = {}
+    for path in (stage.data_inputs(config) if stage.data_inputs else ()):
+        path = Path(path).resolve()
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder (stage {stage.name!r} reads it); "
+                                    f"check the path given with --data")
+        listings[str(path)] = data_listing(path, exclude=[workspace.root])
+    return listings
+
+
+def what_changed(previous: dict, fingerprint: dict, config: Any, listings: dict) -> str:
+    """Why a stage that ran before runs again, in words (``"config: max_time_s 600 -> 60"``)."""
+    if previous.get("status") != "done":
+        return f"the last run did not finish ({previous.get('status', 'unknown')})"
+    old = previous.get("fingerprint", {})
+    reasons = []
+    if old.get("config") != fingerprint["config"]:
+        reasons.append(describe_config_change(previous.get("config"), config_to_dict(config)))
+    for rel, value in fingerprint["inputs"].items():
+        if old.get("inputs", {}).get(rel) != value:
+            reasons.append(f"{rel} changed")
+    old_data, old_listings = old.get("data", {}), previous.get("data_files", {})
+    for path, digest in fingerprint.get("data", {}).items():
+        if old_data.get(path) != digest:
+            reasons.append(describe_listing_change(old_listings.get(path), listings[path], f"data {path}"))
+    return "; ".join(reasons) or "its inputs changed"
 
 
 def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: bool = False) -> StageResult:
-    """Run one stage unless its output is up to date; returns its manifest."""
+    """Run one stage unless its output is up to date; returns its manifest.
+
+    Everything that can be checked before work starts (config, inputs, data) is checked before
+    anything is created on disk."""
     log = get_logger(stage.name)
     config = stage.load_config() if config is None else config
-    fingerprint = input_fingerprint(stage, workspace, config)
+    if stage.check is not None:
+        stage.check(config)
+    listings = data_listings(stage, workspace, config)
+    fingerprint = input_fingerprint(stage, workspace, config, listings)
     previous = workspace.manifest(stage.name)
-    if (not force and previous and previous.get("status") == "done"
-            and previous.get("fingerprint") == fingerprint):
+    if not force and previous and previous.get("status") == "done" and previous.get("fingerprint") == fingerprint:
         log.info(f"{stage.name}: up to date in {workspace.stage_dir(stage.name)} (use --force to re-run)")
         return StageResult(stage.name, True, previous, workspace.stage_dir(stage.name))
+    if previous and not force:
+        log.info(f"{stage.name}: re-running because {what_changed(previous, fingerprint, config, listings)}")
 
+    workspace.create()
+    other = workspace.running_owner(stage.name)
+    if other is not None:
+        raise WorkspaceError(f"stage {stage.name!r} is already running in {workspace.root} (process {other}); "
+                             f"wait for it to finish or stop it first")
+    for leftover in workspace.clean_temp(stage.name):
+        log.info(f"{stage.name}: removed {leftover}, left by a run that was killed")
     handler = attach_log_file(workspace.log_path)
     resume_dir = workspace.root / ".resume" / stage.name
     if force and resume_dir.exists():
@@ -125,6 +173,8 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
     manifest = {"stage": stage.name, "status": "running", "config": config_to_dict(config),
                 "fingerprint": fingerprint, "versions": package_versions(),
                 "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")}
+    if listings:
+        manifest["data_files"] = {p: listing for p, listing in listings.items() if len(listing) <= MAX_LISTED_FILES}
     log.info(f"{stage.name}: running -> {workspace.stage_dir(stage.name)}")
     try:
         ctx = StageContext(workspace, config, out_dir, resume_dir, log, force)
@@ -138,6 +188,7 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
         detach_log_file(handler)
         raise
     finished = time.time()
+    (out_dir / OWNER_FILE).unlink(missing_ok=True)
     manifest.update(status="done", finished=datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"),
                     duration_s=round(finished - started, 3), metrics=metrics,
                     outputs=sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()))

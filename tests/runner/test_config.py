@@ -85,3 +85,12 @@ def test_renamed_keys_load_under_their_new_names(tmp_path):
     from_file = load_config(IDRConfig, yaml)
     assert from_file.max_steps == 12 and from_file.eval_max_views == 3
     assert from_file == load_config(IDRConfig, None, ["max_steps=12", "eval_max_views=3"])
+
+
+def test_a_real_stage_lists_its_nested_keys():
+    """Stage modules use postponed annotations; nested keys must still be listed in errors and --help."""
+    from stages.nerf import NerfConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(NerfConfig, None, ["model.grid.finest=64"])
+    assert "model.grid.finest_resolution" in str(err.value) and "max_time_s" in str(err.value)

@@ -109,6 +109,7 @@ def test_killed_stage_leaves_no_output_under_final_name_and_resumes(tmp_path):
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert killed.returncode == -9
     assert not (ws / "train").exists()  # nothing half-written under the final name
+    assert list((ws / ".tmp").glob("train-*"))  # the killed run's half-written folder
     assert (ws / ".resume" / "train" / "step.txt").read_text() == "5"
 
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -116,3 +117,76 @@ def test_killed_stage_leaves_no_output_under_final_name_and_resumes(tmp_path):
     assert (ws / "train" / "resumed_from.txt").read_text() == "5"
     assert json.loads((ws / "train" / "manifest.json").read_text())["metrics"] == {"resumed_from": 5}
     assert not (ws / ".resume" / "train").exists()  # resume state is dropped once the stage completes
+    assert not list((ws / ".tmp").glob("train-*"))  # the killed run's leftovers were removed
+    assert not (ws / "train" / ".owner").exists()
+
+
+@dataclass
+class DataConfig:
+    data: str = ""
+
+
+def make_data_stage(calls: list) -> Stage:
+    def run(ctx):
+        calls.append(sorted(p.name for p in Path(ctx.config.data).iterdir()))
+        return {}
+    return Stage(name="read", config_cls=DataConfig, run=run, data_inputs=lambda cfg: [cfg.data])
+
+
+def test_changed_dataset_makes_stage_rerun_and_says_what_changed(tmp_path, caplog):
+    data, ws, calls = tmp_path / "data", Workspace(tmp_path / "w"), []
+    data.mkdir()
+    for i in range(5):
+        (data / f"r_{i}.png").write_bytes(b"x" * i)
+    stage = make_data_stage(calls)
+    run_stage(stage, ws, DataConfig(str(data)))
+    assert run_stage(stage, ws, DataConfig(str(data))).skipped
+
+    (data / "r_3.png").unlink()
+    (data / "r_1.png").write_bytes(b"longer now")
+    with caplog.at_level("INFO", logger="recon"):
+        assert not run_stage(stage, ws, DataConfig(str(data))).skipped
+    assert calls[-1] == ["r_0.png", "r_1.png", "r_2.png", "r_4.png"]
+    said = caplog.text
+    assert "1 file removed (r_3.png)" in said and "1 file modified (r_1.png)" in said
+    assert run_stage(stage, ws, DataConfig(str(data))).skipped
+
+
+def test_changed_config_is_named_when_the_stage_reruns(tmp_path, caplog):
+    ws = Workspace(tmp_path / "w")
+    stage = make_counting_stage([])
+    run_stage(stage, ws, CountConfig(3))
+    with caplog.at_level("INFO", logger="recon"):
+        run_stage(stage, ws, CountConfig(4))
+    assert "value 3 -> 4" in caplog.text
+
+
+def test_failed_start_creates_no_workspace(tmp_path):
+    ws = Workspace(tmp_path / "w", create=False)
+    with pytest.raises(FileNotFoundError, match="no-such-data"):
+        run_stage(make_data_stage([]), ws, DataConfig(str(tmp_path / "no-such-data")))
+    assert not ws.root.exists()
+
+
+def test_a_live_run_of_the_same_stage_is_refused(tmp_path):
+    ws = Workspace(tmp_path / "w")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = ws.root / ".tmp" / "count-live0000"
+        live.mkdir(parents=True)
+        (live / ".owner").write_text(str(other.pid))
+        with pytest.raises(WorkspaceError, match=f"already running.*{other.pid}"):
+            run_stage(make_counting_stage([]), ws, CountConfig())
+        assert live.exists()  # a live run's folder is not touched
+    finally:
+        other.kill()
+        other.wait()
+    assert not run_stage(make_counting_stage([]), ws, CountConfig()).skipped  # its owner is gone now
+    assert not live.exists()
+
+
+def test_unwritable_workspace_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(WorkspaceError, match="cannot write to the workspace .*--workspace"):
+        run_stage(make_counting_stage([]), Workspace(blocker / "w", create=False), CountConfig())
