@@ -164,7 +164,7 @@ def user_error_line(exc: BaseException) -> str:
         return f"permission denied: {exc.filename or exc}; choose a folder you can write to"
     if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
         return f"no space left on the disk writing {exc.filename or ''}; free space and run again (finished work is kept)"
-    return str(exc)
+    return " ".join(str(exc).split())  # one line, however the message was built
 
 
 def main(argv=None) -> int:

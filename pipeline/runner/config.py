@@ -94,7 +94,7 @@ def load_config(cls: Type[T], path: Optional[str | Path] = None, overrides: Sequ
         try:
             loaded = OmegaConf.load(resolved)
         except Exception as exc:
-            raise ConfigError(f"{resolved}: not valid YAML ({exc}); fix the file") from exc
+            raise ConfigError(f"{resolved}: not valid YAML ({' '.join(str(exc).split())}); fix the file") from None
         if getattr(cls, "renamed_keys", None) and isinstance(loaded, DictConfig):
             loaded = OmegaConf.create({_rename_key(cls, str(k), str(resolved)): v for k, v in loaded.items()})
         try:

@@ -21,11 +21,25 @@ def is_quiet() -> bool:
     return False
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged, not the stream it was when the
+    logger was first made (a caller that redirects stderr, or a test capturing it, would otherwise
+    leave the handler writing to a closed stream)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def get_logger(name: str = "") -> logging.Logger:
     logger = logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
     root = logging.getLogger(LOGGER_NAME)
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)

@@ -99,7 +99,8 @@ def input_fingerprint(stage: Stage, workspace: Workspace, config: Any, listings:
         if not path.exists():
             how = stage.produced_by.get(rel, "the stage that writes it").replace("--workspace W",
                                                                                f"--workspace {workspace.root}")
-            raise WorkspaceError(f"stage {stage.name!r} needs {path}, which is missing; run `{how}` first")
+            how = how if "`" in how else f"`{how}`"
+            raise WorkspaceError(f"stage {stage.name!r} needs {path}, which is missing; run {how} first")
         inputs[rel] = file_fingerprint(path)
     fingerprint = {"config": config_hash(config), "inputs": inputs}
     data = data_listings(stage, workspace, config) if listings is None else listings
@@ -156,6 +157,7 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
     if previous and not force:
         log.info(f"{stage.name}: re-running because {what_changed(previous, fingerprint, config, listings)}")
 
+    created_now = not workspace.root.exists()
     workspace.create()
     other = workspace.running_owner(stage.name)
     if other is not None:
@@ -186,6 +188,10 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
         with open(workspace.log_path, "a") as f:
             f.write(traceback.format_exc())
         detach_log_file(handler)
+        if created_now and not any(resume_dir.iterdir()):
+            # the first stage of a new workspace failed having computed nothing worth keeping:
+            # leave no folder behind (the command's --debug shows the traceback)
+            shutil.rmtree(workspace.root, ignore_errors=True)
         raise
     finished = time.time()
     (out_dir / OWNER_FILE).unlink(missing_ok=True)
