@@ -36,7 +36,7 @@ def resolve_names(scene, names: Sequence[str], key: str = "holdout") -> list[int
         else:
             unknown.append(name)
     if unknown:
-        raise ValueError(f"{key}: no panorama named {', '.join(repr(u) for u in unknown)} in the workspace; "
+        raise ValueError(f"{key}: no frame named {', '.join(repr(u) for u in unknown)} in the workspace; "
                          f"available stems: {', '.join(available)}")
     return indices
 

@@ -184,7 +184,9 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
     except BaseException as exc:
         # Keep the resume state and any previous output; drop the half-written folder.
         shutil.rmtree(out_dir, ignore_errors=True)
-        log.error(f"{stage.name}: failed after {time.time() - started:.1f}s: {exc}")
+        # to the log file only: the caller (the command line) reports the error itself, on one line
+        handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                      f"{stage.name}: failed after {time.time() - started:.1f}s: {exc}", (), None))
         with open(workspace.log_path, "a") as f:
             f.write(traceback.format_exc())
         detach_log_file(handler)

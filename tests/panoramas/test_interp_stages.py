@@ -143,7 +143,7 @@ def test_bad_names_are_clear_errors(room):
         run(export, ws, what="panoramas", between="pano_000")
     with pytest.raises(ValueError, match="--what panoramas"):
         run(export, ws, what="depth", between="pano_000,pano_001")
-    with pytest.raises(ValueError, match=r"holdout: no panorama named 'nope'.*available stems: pano_000"):
+    with pytest.raises(ValueError, match=r"holdout: no frame named 'nope'.*available stems: pano_000"):
         run(evaluate, ws, holdout="pano_002,nope")
     with pytest.raises(ValueError, match="at="):
         run(export, ws, what="panoramas", at="1,2")
