@@ -102,6 +102,14 @@ def cmd_demo(args, extra) -> None:
     chain = [name for name in DEMO_CHAINS[args.method] if name in stages]
     workspace = Workspace(out / f"workspace-{args.method}", create=False)
     overrides = flags_to_overrides(extra)
+    chain_keys = set()
+    for name in chain:
+        chain_keys |= {k.split(".")[0] for k in valid_keys(stages[name].config_cls)}
+        chain_keys |= set(getattr(stages[name].config_cls, "renamed_keys", {}))
+    unused = [o for o in overrides if o.split("=", 1)[0].split(".")[0] not in chain_keys]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)}: no stage of the {args.method} demo ({', '.join(chain)}) has "
+                          f"such a key; `python run.py <stage> --help` lists each stage's keys")
     for name in chain:
         stage = stages[name]
         stage_overrides = [f"data={scene_dir}"] if name == "poses" else []

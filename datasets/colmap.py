@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from datasets.readers_common import every_nth_splits, warn_skipped
+from datasets.readers_common import (check_intrinsics, check_pose, every_nth_splits, fit_intrinsics_to_image,
+                                     image_size, rigid_inverse, warn_skipped)
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.geometry.cameras import Intrinsics
 
@@ -101,7 +102,9 @@ def read_colmap(path: str | Path, background: str = "white", images_dir: Optiona
     masks_dir: optional masks, COLMAP's layout ``<masks>/<image name>.png`` or ``<masks>/<stem>.png``
     (default ``path/masks`` when it exists). test_every: every n-th image (sorted by name) becomes
     the test split (8 as in Mip-NeRF 360); 0 keeps all images for training.
-    Images registered in the model but missing on disk are skipped with one warning.
+    Images registered in the model but missing on disk are skipped with one warning. Poses must be
+    finite and rigid; an image that is a resized copy of the one the model was made from gets its
+    camera rescaled, one of another aspect ratio is a SceneError naming it.
     """
     root = Path(path)
     model_dir = find_sparse_model(root)
@@ -119,9 +122,11 @@ def read_colmap(path: str | Path, background: str = "white", images_dir: Optiona
         if not image_path.is_file():
             missing.append(image.name)
             continue
-        w2c = np.eye(4)
-        w2c[:3, :4] = _cam_from_world_matrix(image)
-        frames.append(Frame(image_path=image_path, intrinsics=intrinsics[image.camera_id], c2w=np.linalg.inv(w2c),
+        w2c = check_pose(_cam_from_world_matrix(image), model_dir, image.name)
+        intr = check_intrinsics(intrinsics[image.camera_id], model_dir, image.name)
+        # images_dir may hold a downscaled copy of the images the model was made from
+        intr = fit_intrinsics_to_image(intr, *image_size(image_path), model_dir, image.name)
+        frames.append(Frame(image_path=image_path, intrinsics=intr, c2w=rigid_inverse(w2c),
                             mask_path=_find_mask(mask_root, image.name),
                             name=Path(image.name).with_suffix("").as_posix()))
     warn_skipped(model_dir, f"registered image(s) missing from {image_root}", missing)

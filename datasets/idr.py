@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
-from datasets.readers_common import first_existing_dir, image_size, list_images
+from datasets.readers_common import check_intrinsics, check_pose, first_existing_dir, image_size, list_images
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.geometry.cameras import Intrinsics
 from pipeline.runner.log import get_logger
@@ -87,13 +87,27 @@ def read_idr(path: str | Path, background: str = "white", camera_file: str = "")
     for i, image_path in enumerate(images):
         if f"world_mat_{i}" not in cams:
             raise SceneError(f"{npz_path}: world_mat_{i} is missing (cameras must be numbered 0..{n - 1})")
-        scale_mat = cams.get(f"scale_mat_{i}", np.eye(4))
-        P = np.asarray(cams[f"world_mat_{i}"], dtype=np.float64)[:3, :4] @ np.asarray(scale_mat, dtype=np.float64)
+        label = f"{i} ({image_path.name})"
+        world_mat = np.asarray(cams[f"world_mat_{i}"], dtype=np.float64)
+        scale_mat = np.asarray(cams.get(f"scale_mat_{i}", np.eye(4)), dtype=np.float64)
+        if world_mat.shape not in ((3, 4), (4, 4)) or scale_mat.shape != (4, 4):
+            raise SceneError(f"{npz_path}: frame {label}: world_mat_{i} is {world_mat.shape} and scale_mat_{i} "
+                             f"{scale_mat.shape}; expected 3x4 or 4x4 and 4x4")
+        for key, value in ((f"world_mat_{i}", world_mat), (f"scale_mat_{i}", scale_mat)):
+            if not np.isfinite(value).all():
+                raise SceneError(f"{npz_path}: frame {label}: {key} holds NaN or infinite values; "
+                                 "fix or regenerate the camera file")
+        P = world_mat[:3, :4] @ scale_mat
+        if abs(np.linalg.det(P[:, :3])) <= 1e-12 * max(1.0, float(np.abs(P[:, :3]).max())) ** 3:
+            raise SceneError(f"{npz_path}: frame {label}: the projection world_mat_{i} @ scale_mat_{i} is "
+                             "singular (no camera centre); fix or regenerate the camera file")
         K, c2w = decompose_projection(P)
+        c2w = check_pose(c2w, npz_path, label)
         if abs(K[0, 1]) > 1e-3 * K[0, 0]:
             log.warning(f"{npz_path}: camera {i} has skew {K[0, 1]:.4g} px, which recon ignores")
         w, h = image_size(image_path, apply_exif_orientation=False)
         intr = Intrinsics("pinhole", w, h, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+        check_intrinsics(intr, npz_path, label)
         frames.append(Frame(image_path=image_path, intrinsics=intr, c2w=c2w,
                             mask_path=masks[i] if masks else None, name=image_path.stem))
     scale_mat_0 = np.asarray(cams.get("scale_mat_0", np.eye(4)), dtype=np.float64)

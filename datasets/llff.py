@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.readers_common import PHOTO_SUFFIXES, every_nth_splits, image_size, list_images
+from datasets.readers_common import (PHOTO_SUFFIXES, check_pose, every_nth_splits, fit_intrinsics_to_image,
+                                     image_size, list_images)
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.geometry.cameras import Intrinsics
 
@@ -63,10 +64,18 @@ def read_llff(path: str | Path, background: str = "white", factor: int = 1, test
     c2w = llff_to_opencv(poses)
     frames = []
     for i, image_path in enumerate(images):
+        label = f"{i} ({image_path.name})"
         h, w, f = (float(v) for v in poses[i, :, 4])
+        if not all(np.isfinite([h, w, f])) or min(h, w, f) <= 0:
+            raise SceneError(f"{npy}: frame {label}: image size / focal (h, w, f) = ({h}, {w}, {f}) must be "
+                             "finite and positive; regenerate the file with LLFF's imgs2poses.py")
+        if not np.isfinite(near_far[i]).all():
+            raise SceneError(f"{npy}: frame {label}: near/far bounds {near_far[i].tolist()} are not finite; "
+                             "regenerate the file with LLFF's imgs2poses.py")
+        pose = check_pose(c2w[i], npy, label)
         full = Intrinsics("pinhole", int(round(w)), int(round(h)), f, f, w / 2.0, h / 2.0)
-        actual_w, _ = image_size(image_path, apply_exif_orientation=False)
-        intr = full if actual_w == full.width else full.scaled(actual_w / w)
-        frames.append(Frame(image_path=image_path, intrinsics=intr, c2w=c2w[i], name=image_path.stem))
+        actual_w, actual_h = image_size(image_path, apply_exif_orientation=False)
+        intr = fit_intrinsics_to_image(full, actual_w, actual_h, npy, label)
+        frames.append(Frame(image_path=image_path, intrinsics=intr, c2w=pose, name=image_path.stem))
     meta = {"near_far": near_far.tolist(), "forward_facing": True}
     return Scene(frames, every_nth_splits(len(frames), test_every), None, background, meta, source=npy)

@@ -16,7 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from datasets.readers_common import every_nth_splits, image_size, warn_skipped
+from datasets.readers_common import (check_intrinsics, check_pose, every_nth_splits, image_size, rigid_inverse,
+                                     warn_skipped)
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.geometry.cameras import Intrinsics
 
@@ -80,9 +81,13 @@ def read_middlebury(path: str | Path, background: str = "white", test_every: int
             continue
         w2c = np.eye(4)
         w2c[:3, :3], w2c[:3, 3] = R, t
+        w2c = check_pose(w2c, par_path, name)
+        if not np.isfinite(K).all():
+            raise SceneError(f"{par_path}: frame {name}: K holds NaN or infinite values; fix the line")
         w, h = image_size(image_path, apply_exif_orientation=False)
         intr = Intrinsics("pinhole", w, h, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
-        frames.append(Frame(image_path=image_path, intrinsics=intr, c2w=np.linalg.inv(w2c), name=Path(name).stem))
+        check_intrinsics(intr, par_path, name)
+        frames.append(Frame(image_path=image_path, intrinsics=intr, c2w=rigid_inverse(w2c), name=Path(name).stem))
     warn_skipped(par_path, "camera(s) whose image is missing", missing)
     if not frames:
         raise SceneError(f"{par_path}: none of the listed images exists in {root}")

@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from datasets.readers_common import check_intrinsics, check_pose, fit_intrinsics_to_image, image_size
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.geometry.cameras import Intrinsics
 from pipeline.runner.log import get_logger
@@ -54,72 +55,105 @@ def _resolve_image(base: Path, file_path: str) -> Optional[Path]:
     return None
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    import imageio.v3 as iio
+def _number(params: dict, key: str, where: str) -> float:
+    try:
+        value = float(params[key])
+    except (TypeError, ValueError):
+        raise SceneError(f"{where}: {key}={params[key]!r} is not a number; fix it") from None
+    if not math.isfinite(value):
+        raise SceneError(f"{where}: {key} is {value}; it must be a finite number: fix it")
+    return value
 
-    props = iio.improps(path)
-    h, w = props.shape[:2]
-    return int(w), int(h)
 
+def _intrinsics(params: dict, image_path: Path, json_path: Path, label: str) -> tuple[Intrinsics, bool]:
+    """The intrinsics of one frame for its image as it is on disk, and whether they were rescaled
+    from the w/h the file declares (see :func:`datasets.readers_common.fit_intrinsics_to_image`).
 
-def _intrinsics(params: dict, image_path: Path, json_path: Path) -> Intrinsics:
+    Each frame gets its own: a focal length given as ``camera_angle_x`` is defined from the image
+    width, so it is computed from this frame's width (fy = fx: square pixels; cx, cy = centre)."""
+    where = f"{json_path}: frame {label}"
+    actual_w, actual_h = image_size(image_path)
     if "w" in params and "h" in params:
-        w, h = int(params["w"]), int(params["h"])
+        w, h = _number(params, "w", where), _number(params, "h", where)
+        if w <= 0 or h <= 0 or w != int(w) or h != int(h):
+            raise SceneError(f"{where}: image size w={params['w']!r}, h={params['h']!r} must be positive "
+                             "whole numbers; fix them (or remove w/h to use the image's own size)")
+        w, h = int(w), int(h)
     else:
-        w, h = _image_size(image_path)
+        w, h = actual_w, actual_h
     model = _MODEL_FROM_NS.get(str(params.get("camera_model", "OPENCV")).upper())
     if model is None:
         raise SceneError(f"{json_path}: camera_model {params.get('camera_model')!r} is not supported; "
                          f"use one of {sorted(_MODEL_FROM_NS)}")
     if model == "equirect":
-        return Intrinsics("equirect", w, h)
-    if "fl_x" in params:
-        fx = float(params["fl_x"])
-        fy = float(params.get("fl_y", fx))
-    elif "camera_angle_x" in params:
-        fx = 0.5 * w / math.tan(0.5 * float(params["camera_angle_x"]))
-        fy = 0.5 * h / math.tan(0.5 * float(params["camera_angle_y"])) if "camera_angle_y" in params else fx
+        intr = Intrinsics("equirect", w, h)
     else:
-        raise SceneError(f"{json_path}: no focal length (need fl_x or camera_angle_x, globally or per frame)")
-    cx, cy = float(params.get("cx", w / 2.0)), float(params.get("cy", h / 2.0))
-    if model == "fisheye":
-        dist = tuple(float(params.get(k, 0.0)) for k in ("k1", "k2", "k3", "k4"))
-    else:
-        dist = tuple(float(params.get(k, 0.0)) for k in ("k1", "k2", "p1", "p2", "k3"))
-        if model == "pinhole" and any(dist):
-            model = "opencv"
-        if model == "opencv" and not any(dist) and str(params.get("camera_model", "")).upper() != "OPENCV":
-            model = "pinhole"
-    return Intrinsics(model, w, h, fx, fy, cx, cy, dist if model != "pinhole" else ())
+        if "fl_x" in params:
+            fx = _number(params, "fl_x", where)
+            fy = _number(params, "fl_y", where) if "fl_y" in params else fx
+        elif "camera_angle_x" in params:
+            fx = _focal_from_angle(params, "camera_angle_x", w, where)
+            fy = _focal_from_angle(params, "camera_angle_y", h, where) if "camera_angle_y" in params else fx
+        else:
+            raise SceneError(f"{json_path}: no focal length (need fl_x or camera_angle_x, globally or per frame)")
+        cx = _number(params, "cx", where) if "cx" in params else w / 2.0
+        cy = _number(params, "cy", where) if "cy" in params else h / 2.0
+        if model == "fisheye":
+            dist = tuple(_number(params, k, where) if k in params else 0.0 for k in ("k1", "k2", "k3", "k4"))
+        else:
+            dist = tuple(_number(params, k, where) if k in params else 0.0 for k in ("k1", "k2", "p1", "p2", "k3"))
+            if model == "pinhole" and any(dist):
+                model = "opencv"
+            if model == "opencv" and not any(dist) and str(params.get("camera_model", "")).upper() != "OPENCV":
+                model = "pinhole"
+        intr = Intrinsics(model, w, h, fx, fy, cx, cy, dist if model != "pinhole" else ())
+    check_intrinsics(intr, json_path, label)
+    fitted = fit_intrinsics_to_image(intr, actual_w, actual_h, json_path, label)
+    return fitted, fitted is not intr
+
+
+def _focal_from_angle(params: dict, key: str, size: int, where: str) -> float:
+    angle = _number(params, key, where)
+    if not 0.0 < angle < math.pi:
+        raise SceneError(f"{where}: {key}={angle} must be a field of view in radians between 0 and pi; fix it")
+    return 0.5 * size / math.tan(0.5 * angle)
 
 
 def parse_frames(data: dict, json_path: Path) -> tuple[list[Frame], list[str]]:
-    """Frames of one transforms file; returns (frames, file paths of frames whose image is missing)."""
+    """Frames of one transforms file; returns (frames, file paths of frames whose image is missing).
+
+    Every pose is checked (finite, rigid: :func:`datasets.readers_common.check_pose`) and every
+    frame's intrinsics fit its image's actual size (rescaled when the image is the declared one
+    resized, with one warning; a SceneError naming the frame when the aspect ratio differs)."""
     base = json_path.parent
-    frames, missing = [], []
-    if "frames" not in data:
+    frames, missing, rescaled = [], [], []
+    if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
         raise SceneError(f"{json_path}: no 'frames' list; is this a nerfstudio/instant-ngp transforms.json?")
     for i, f in enumerate(data["frames"]):
-        if "file_path" not in f or "transform_matrix" not in f:
+        if not isinstance(f, dict) or "file_path" not in f or "transform_matrix" not in f:
             raise SceneError(f"{json_path}: frame {i} lacks 'file_path' or 'transform_matrix'")
-        image = _resolve_image(base, f["file_path"])
+        label = f"{i} ({f['file_path']})"
+        image = _resolve_image(base, str(f["file_path"]))
         if image is None:
-            missing.append(f["file_path"])
+            missing.append(str(f["file_path"]))
             continue
         params = {**data, **f}
-        c2w = np.asarray(f["transform_matrix"], dtype=np.float64)
-        if c2w.shape == (3, 4):
-            c2w = np.vstack([c2w, [0, 0, 0, 1]])
-        if c2w.shape != (4, 4):
-            raise SceneError(f"{json_path}: frame {i} transform_matrix has shape {c2w.shape}, expected 4x4")
+        c2w = check_pose(f["transform_matrix"], json_path, label)
+        intrinsics, was_rescaled = _intrinsics(params, image, json_path, label)
+        if was_rescaled:
+            rescaled.append(f"{f['file_path']} ({intrinsics.width}x{intrinsics.height})")
 
         def opt(key):
             return (base / f[key]) if f.get(key) else None
 
-        frames.append(Frame(image_path=image, intrinsics=_intrinsics(params, image, json_path),
+        frames.append(Frame(image_path=image, intrinsics=intrinsics,
                             c2w=opengl_to_opencv(c2w), mask_path=opt("mask_path"),
                             depth_path=opt("depth_file_path"), normal_path=opt("normal_file_path"),
                             name=f.get("name") or Path(f["file_path"]).stem))
+    if rescaled:
+        get_logger("datasets").warning(
+            f"{json_path}: {len(rescaled)} image(s) are resized copies of the declared w x h; their intrinsics "
+            f"were rescaled to the image size: {', '.join(rescaled[:10])}{' ...' if len(rescaled) > 10 else ''}")
     return frames, missing
 
 

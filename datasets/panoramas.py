@@ -27,7 +27,8 @@ import math
 from pathlib import Path
 import numpy as np
 
-from datasets.readers_common import every_nth_splits, first_existing_dir, image_size, list_images, warn_skipped
+from datasets.readers_common import (check_pose, every_nth_splits, first_existing_dir, image_size, list_images,
+                                     probe_image, warn_skipped)
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.geometry.cameras import Intrinsics
 
@@ -46,8 +47,10 @@ def zind_c2w(center_xy_m, camera_height_m: float, yaw_deg: float) -> np.ndarray:
     return c2w
 
 
-def _check_equirect(path: Path) -> Intrinsics:
-    w, h = image_size(path, apply_exif_orientation=False)
+def _check_equirect(path: Path, decode: bool = False) -> Intrinsics:
+    """Equirect intrinsics of a 2:1 image; decode: read all of its data (a folder without poses
+    skips what fails, as the photo reader does; posed files are checked by the poses stage)."""
+    w, h = probe_image(path) if decode else image_size(path, apply_exif_orientation=False)
     if w != 2 * h:
         raise SceneError(f"{path}: {w}x{h} is not an equirectangular panorama (width must be 2 x height); "
                          "remove it from the folder or crop/resize it to 2:1")
@@ -69,12 +72,17 @@ def _read_zind_poses(poses_path: Path, root: Path) -> tuple[list[Frame], list[st
         except KeyError as exc:
             raise SceneError(f"{poses_path}: panorama {i} lacks {exc}; need image, center_xy_m, "
                              "camera_height_m, yaw_deg") from None
-        image_path = root / image
+        image_path = root / str(image)
         if not image_path.is_file():
             missing.append(image)
             continue
+        try:
+            c2w = zind_c2w(center, height, yaw)
+        except (TypeError, ValueError, IndexError):
+            raise SceneError(f"{poses_path}: panorama {i} ({image}): center_xy_m={center!r}, camera_height_m="
+                             f"{height!r}, yaw_deg={yaw!r} must be numbers (center_xy_m two of them)") from None
         frame = Frame(image_path=image_path, intrinsics=_check_equirect(image_path),
-                      c2w=zind_c2w(center, height, yaw), name=image_path.stem)
+                      c2w=check_pose(c2w, poses_path, f"{i} ({image})"), name=image_path.stem)
         plan_xy[frame.name] = [float(center[0]), float(center[1])]
         frames.append(frame)
     return frames, missing, plan_xy
@@ -105,13 +113,14 @@ def read_panorama_folder(path: str | Path, background: str = "white", test_every
     frames, skipped = [], {}
     for p in paths:  # one wrong file must not cost the whole folder: name it, skip it, go on
         try:
-            frames.append(Frame(image_path=p, intrinsics=_check_equirect(p), c2w=None, name=p.stem))
+            frames.append(Frame(image_path=p, intrinsics=_check_equirect(p, decode=True), c2w=None, name=p.stem))
         except SceneError as exc:
             skipped[p.name] = str(exc)
-    warn_skipped(folder, "file(s) that are not 2:1 panoramas", [f"{n} ({why.split(': ', 1)[-1].split(';')[0]})"
-                                                                 for n, why in skipped.items()])
+    warn_skipped(folder, "file(s) that are not readable 2:1 panoramas",
+                 [f"{n} ({why.split(': ', 1)[-1].split(';')[0]})" for n, why in skipped.items()])
     if not frames:
-        raise SceneError(f"{folder}: none of the {len(paths)} images is a 2:1 equirectangular panorama")
+        raise SceneError(f"{folder}: none of the {len(paths)} images is a 2:1 equirectangular panorama that "
+                         "can be read (the warning above lists why)")
     meta = {"skipped": skipped} if skipped else {}
     return Scene(frames, {"train": list(range(len(frames)))}, None, background, meta, source=folder)
 

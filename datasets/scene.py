@@ -109,10 +109,7 @@ class Scene:
         """bool (H, W): True on the object. From ``mask_path``, else from the alpha channel, else None."""
         frame = self.frames[i]
         if frame.mask_path is not None:
-            m = load_image_file(frame.mask_path)
-            if m.ndim == 3:
-                m = m[..., 3] if m.shape[-1] == 4 else m[..., 0]
-            return m > 0.5
+            return mask_from_image(load_image_file(frame.mask_path))
         if _is_rgba(frame.image_path):
             img = self.load_rgba(i)
             if img.shape[-1] == 4:
@@ -152,27 +149,126 @@ class Scene:
         return np.stack([f.c2w[:3, 3] for f in self.frames if f.c2w is not None])
 
 
+def mask_from_image(img: np.ndarray) -> np.ndarray:
+    """The object mask (H, W) bool of a mask file loaded by :func:`load_image_file` (H, W, 3 or 4):
+    its alpha where the alpha says something (a cut-out), else its grey/red channel (white =
+    object); an opaque alpha channel must not turn the whole view into object."""
+    if img.shape[-1] == 4 and float(img[..., 3].min()) < 0.5:
+        return img[..., 3] > 0.5
+    return img[..., 0] > 0.5
+
+
 def _is_rgba(path: Path) -> bool:
     return Path(path).suffix.lower() in (".png", ".exr", ".tif", ".tiff", ".webp")
 
 
+# float and 16-bit TIFF/EXR go through imageio's plugins (tifffile, ...); every other format
+# through PIL, whose modes say what the pixels are (CMYK, palette, 16-bit grey, ...)
+_IMAGEIO_SUFFIXES = (".exr", ".hdr", ".tif", ".tiff")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def load_image_file(path) -> np.ndarray:
-    """Any image file as float32 (H, W, C) in [0, 1] (C = 1, 3 or 4), EXIF orientation applied."""
+    """Any image file as float32 (H, W, 3 or 4) in [0, 1], EXIF orientation applied to JPEGs.
+
+    Converted on load: grey (and 1-bit) -> RGB, grey + alpha -> RGBA, palette -> RGB, or RGBA
+    when it has transparency, CMYK (Adobe-inverted too) and YCbCr -> RGB; 16-bit grey and 16-bit
+    RGB(A)/grey-alpha PNGs keep their 16-bit precision (PIL alone would cut the colour ones to
+    8 bits, so those are decoded by OpenCV). A file that is missing, unreadable or in a mode
+    that has no RGB meaning raises :class:`SceneError` naming it.
+    """
     path = Path(path)
     if not path.exists():
         raise SceneError(f"{path}: image file not found; check the path in the scene's metadata")
     try:
-        # rotate=True applies the EXIF orientation of photos taken in portrait
-        img = iio.imread(path, rotate=True) if path.suffix.lower() in (".jpg", ".jpeg") else iio.imread(path)
-    except Exception as exc:  # imageio raises many types for corrupt files
-        raise SceneError(f"{path}: cannot read image ({exc}); replace or remove the file") from exc
-    if img.ndim == 2:
-        img = img[..., None]
+        if path.suffix.lower() in _IMAGEIO_SUFFIXES:
+            img = _to_float(np.asarray(iio.imread(path)))
+        elif _is_16bit_colour_png(path):
+            img = _read_png16(path)
+        else:
+            img = _read_with_pil(path)
+    except SceneError:
+        raise
+    except Exception as exc:  # PIL/imageio raise many types for corrupt or truncated files
+        raise SceneError(f"{path}: cannot read image ({type(exc).__name__}: {exc}); "
+                         "replace or re-export the file, or remove it from the dataset") from exc
+    return _to_rgb_channels(img, path)
+
+
+def _read_with_pil(path: Path) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img.load()  # decodes everything now: truncated data fails here, inside the caller's try
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            img = ImageOps.exif_transpose(img)  # photos taken in portrait
+        mode = img.mode
+        if mode in ("L", "RGB") and "transparency" in img.info:  # tRNS colour key: that colour is transparent
+            img = img.convert("RGBA")
+        elif mode in ("RGB", "RGBA", "L", "LA"):
+            pass  # grey channels are replicated by _to_rgb_channels (cheaper than PIL's convert)
+        elif mode in ("I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey PNG/TIFF
+            return np.asarray(img).astype(np.float32) / 65535.0
+        elif mode == "I":  # 32-bit int: what PIL made of 16-bit grey PNGs before I;16
+            return np.clip(np.asarray(img, dtype=np.float64) / 65535.0, 0.0, 1.0).astype(np.float32)
+        elif mode == "F":
+            return np.asarray(img, dtype=np.float32)
+        elif mode in ("P", "PA"):
+            has_alpha = mode == "PA" or "transparency" in img.info or img.palette.mode == "RGBA"
+            img = img.convert("RGBA" if has_alpha else "RGB")
+        elif mode in ("RGBa", "RGBX"):
+            img = img.convert("RGBA" if mode == "RGBa" else "RGB")
+        else:  # "1", CMYK (PIL undoes Adobe's inversion when it reads the JPEG), YCbCr, LAB, HSV
+            img = img.convert("RGB")
+        return _to_float(np.asarray(img))
+
+
+def _is_16bit_colour_png(path: Path) -> bool:
+    """True for a PNG whose header says 16 bits per sample and colour or grey + alpha (colour
+    types 2, 4, 6): the kinds PIL reads as 8-bit."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    return head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    try:
+        import cv2
+    except ImportError:  # opencv-python-headless is in requirements.txt; without it keep 8 bits, say so
+        from pipeline.runner.log import get_logger
+
+        get_logger("datasets").warning(f"{path}: 16-bit PNG read at 8 bits (OpenCV is not installed)")
+        return _read_with_pil(path)
+    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise SceneError(f"{path}: cannot decode this 16-bit PNG; re-export the file")
+    if img.ndim == 3:  # OpenCV's channel order is BGR(A); grey + alpha comes back as BGRA too
+        img = img[..., [2, 1, 0, 3][:img.shape[-1]]]
+    return img.astype(np.float32) / 65535.0
+
+
+def _to_float(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.bool_:
+        return img.astype(np.float32)
     if img.dtype == np.uint8:
         return img.astype(np.float32) / 255.0
     if img.dtype == np.uint16:
         return img.astype(np.float32) / 65535.0
     return img.astype(np.float32)
+
+
+def _to_rgb_channels(img: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W), (H, W, 1..4) -> (H, W, 3 or 4): grey replicated into RGB, its alpha kept."""
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4):
+        raise SceneError(f"{path}: image of shape {img.shape} is not grey, grey + alpha, RGB or RGBA; "
+                         "convert it to an 8- or 16-bit RGB(A) PNG or a JPEG")
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    elif img.shape[-1] == 2:
+        img = np.concatenate([np.repeat(img[..., :1], 3, axis=-1), img[..., 1:]], -1)
+    return np.ascontiguousarray(img, dtype=np.float32)
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from datasets import READERS, read_scene
 from datasets.nerfstudio import write_nerfstudio
+from datasets.validate import check_images
 from datasets.scene import SceneError
 from pipeline.geometry.mesh import write_ply
 from pipeline.geometry.normalize import normalize_scene
@@ -65,6 +66,7 @@ def run(ctx: StageContext) -> dict:
     check(cfg)
     t0 = time.time()
     scene = read_scene(cfg.data, cfg.format, background=cfg.background)
+    check_images(scene)  # an image that does not decode is named here, not as a crash in training
     timings = {"read_s": time.time() - t0}
     if cfg.estimate or not scene.has_poses:
         scene, est_report = estimate(scene, cfg, work_dir=ctx.resume_dir, out_dir=ctx.out_dir,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.scene import Scene
+from datasets.scene import Scene, load_image_file
 
 
 @dataclass
@@ -47,6 +47,10 @@ def prepare_images(scene: Scene, folder: Path, background: str) -> tuple[list[Pr
                 has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
                 if orientation not in (1, None):
                     img = ImageOps.exif_transpose(img)
+                unusual_mode = img.mode not in ("RGB", "RGBA", "L", "LA", "P", "PA")
+                if unusual_mode:  # CMYK, 16-bit, ...: COLMAP sees what our loader sees (8-bit RGB)
+                    img = Image.fromarray((np.clip(load_image_file(path)[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8))
+                    has_alpha = False
                 if has_alpha and background != "none":
                     rgba = img.convert("RGBA")
                     bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if background == "white" else (0, 0, 0, 255))
@@ -57,7 +61,7 @@ def prepare_images(scene: Scene, folder: Path, background: str) -> tuple[list[Pr
                 grey.thumbnail((640, 640))
                 sharp = _sharpness(np.asarray(grey, dtype=np.float32) / 255.0)
                 stem = _unique_name(frame.name or path.stem, used_names)
-                converted = has_alpha or orientation not in (1, None)
+                converted = has_alpha or unusual_mode or orientation not in (1, None)
                 name = stem + (".png" if converted else path.suffix.lower())
                 target = folder / name
                 if target.is_symlink() or target.exists():
