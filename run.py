@@ -121,7 +121,7 @@ def cmd_demo(args, extra) -> None:
         result = run_stage(stage, workspace, config, force=args.force)
         print_metrics(name, result.manifest.get("metrics", {}), result.out_dir)
     missing = [n for n in DEMO_CHAINS[args.method] if n not in stages]
-    print(f"demo done in {time.time() - t0:.1f}s: workspace {workspace}"
+    print(f"demo done in {time.time() - t0:.1f}s: workspace {workspace.root}"
           + (f" (stages not available yet: {', '.join(missing)})" if missing else ""))
 
 

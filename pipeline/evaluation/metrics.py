@@ -38,17 +38,31 @@ def ssim(pred, target, window: int = 11) -> float:
 
 
 def lpips_or_reason(pred, target, net: str = "alex") -> tuple[Optional[float], Optional[str]]:
-    """(LPIPS value, None) when the lpips package and its weights load offline, else (None, reason)."""
+    """(LPIPS value, None) when the lpips package and its weights load offline, else (None, reason):
+    one line saying which is missing (the package, a module it needs, or the backbone weights)."""
     try:
         model = _load_lpips(net)
-    except Exception as exc:  # ImportError, missing weights, torchvision mismatch
-        return None, f"LPIPS unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    except ModuleNotFoundError as exc:
+        missing = "the lpips package is not installed" if exc.name == "lpips" else \
+            f"the lpips package needs {exc.name or 'a module'}, which is not installed"
+        return None, f"LPIPS unavailable: {missing}"
+    except Exception as exc:  # missing weights (our FileNotFoundError), torchvision mismatch
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        what = first if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {first}"
+        return None, f"LPIPS unavailable: {what}"
     with torch.no_grad():
         value = model(_to_bchw(pred) * 2 - 1, _to_bchw(target) * 2 - 1)
     return float(value.mean()), None
 
 
 _LPIPS_CACHE: dict = {}
+
+
+def lpips_weights_dir() -> str:
+    """Where torchvision keeps (and lpips would otherwise download) the backbone weights."""
+    import os
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
 def _load_lpips(net: str):
@@ -59,9 +73,10 @@ def _load_lpips(net: str):
 
         # lpips fetches backbone weights through torchvision's hub when they are not cached;
         # refuse that: recon never downloads at run time.
-        hub_dir = os.environ.get("TORCH_HOME", os.path.expanduser("~/.cache/torch"))
-        if not any(name.startswith(net[:4]) for _, _, files in os.walk(hub_dir) for name in files):
-            raise FileNotFoundError(f"no local {net} backbone weights under {hub_dir}")
+        folder = lpips_weights_dir()
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        if not any(name.startswith(net[:4]) for name in names):
+            raise FileNotFoundError(f"no {net} backbone weights in {folder} (recon never downloads them)")
         _LPIPS_CACHE[net] = lpips.LPIPS(net=net, verbose=False).eval()
     return _LPIPS_CACHE[net]
 

@@ -15,7 +15,9 @@ def format_table(metrics: dict) -> str:
         if key in views:
             rows.append((label, fmt(views[key])))
     if "lpips_unavailable" in views:
-        rows.append(("LPIPS", "unavailable (weights not local)"))
+        # the recorded reason (package or weights missing...), as in metrics.json
+        reason = views["lpips_unavailable"].removeprefix("LPIPS unavailable: ")
+        rows.append(("LPIPS", f"unavailable: {reason}"))
     if views:
         rows.append(("views", f"{views.get('views')} ({views.get('split')})"))
     for name, row in metrics.get("holdout", {}).get("panoramas", {}).items():

@@ -133,7 +133,7 @@ def make_data_stage(calls: list) -> Stage:
     return Stage(name="read", config_cls=DataConfig, run=run, data_inputs=lambda cfg: [cfg.data])
 
 
-def test_changed_dataset_makes_stage_rerun_and_says_what_changed(tmp_path, caplog):
+def test_changed_dataset_makes_stage_rerun_and_says_what_changed(tmp_path, recon_log):
     data, ws, calls = tmp_path / "data", Workspace(tmp_path / "w"), []
     data.mkdir()
     for i in range(5):
@@ -144,21 +144,19 @@ def test_changed_dataset_makes_stage_rerun_and_says_what_changed(tmp_path, caplo
 
     (data / "r_3.png").unlink()
     (data / "r_1.png").write_bytes(b"longer now")
-    with caplog.at_level("INFO", logger="recon"):
-        assert not run_stage(stage, ws, DataConfig(str(data))).skipped
+    assert not run_stage(stage, ws, DataConfig(str(data))).skipped
     assert calls[-1] == ["r_0.png", "r_1.png", "r_2.png", "r_4.png"]
-    said = caplog.text
+    said = recon_log.text
     assert "1 file removed (r_3.png)" in said and "1 file modified (r_1.png)" in said
     assert run_stage(stage, ws, DataConfig(str(data))).skipped
 
 
-def test_changed_config_is_named_when_the_stage_reruns(tmp_path, caplog):
+def test_changed_config_is_named_when_the_stage_reruns(tmp_path, recon_log):
     ws = Workspace(tmp_path / "w")
     stage = make_counting_stage([])
     run_stage(stage, ws, CountConfig(3))
-    with caplog.at_level("INFO", logger="recon"):
-        run_stage(stage, ws, CountConfig(4))
-    assert "value 3 -> 4" in caplog.text
+    run_stage(stage, ws, CountConfig(4))
+    assert "value 3 -> 4" in recon_log.text
 
 
 def test_failed_start_creates_no_workspace(tmp_path):
