@@ -33,6 +33,7 @@ from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device
 from pipeline.runner.stage import Stage, StageContext
 from pipeline.runner.workspace import Workspace
+from pipeline.training.common import check_non_negative
 
 
 @dataclass
@@ -53,11 +54,14 @@ class EvalConfig:
     fscore_fraction: float = 0.01
     poses: bool = True  # pose errors when the poses were estimated and the dataset has reference poses
     holdout: str = ""  # panorama stems (comma-separated) to evaluate leave-one-out instead of the views
-    holdout_max_time_s: float = 300.0  # training budget of each leave-one-out field trained here (0 = none)
+    # training budget in seconds of each leave-one-out field trained here (0 = no time budget: the nerf
+    # stage's max_steps; negative is an error)
+    holdout_max_time_s: float = 300.0
 
 
 def run(ctx: StageContext) -> dict:
     cfg: EvalConfig = ctx.config
+    check_non_negative(holdout_max_time_s=cfg.holdout_max_time_s)  # before any work
     method = resolve_method(ctx.workspace, cfg.method)
     device = pick_device(cfg.device)
     scene = ctx.workspace.load_scene()

@@ -9,6 +9,12 @@ Outputs in ``W/idr/``: ``model.pt`` (load with :func:`pipeline.models.idr.io.loa
 original units, 0 = no surface), ``mesh.ply`` (marching cubes of f, original units, vertex colours),
 ``metrics.json`` (PSNR, SSIM, mask IoU, Chamfer when a ground-truth mesh is known, times), and
 ``cameras.json`` (refined poses) when cameras are trained.
+
+Checkpoints go to the stage's resume folder every ``checkpoint_every_s`` seconds of training (30 by
+default, so a kill loses at most that), on Ctrl-C and at the end of training; re-running resumes
+from the last one, its trained seconds counting against ``max_time_s``. A checkpoint made with
+another training config or on other views is set aside with a warning (``checkpoint.stale.pt``),
+an unreadable one likewise (``checkpoint.corrupt.pt``), and training starts afresh.
 """
 from __future__ import annotations
 
@@ -31,12 +37,12 @@ from pipeline.models.idr.losses import LossConfig
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.idr.sphere_tracing import TracingConfig
-from pipeline.runner.config import config_hash
 from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
-from pipeline.training.common import settings_from
-from pipeline.training.idr import TrainSettings, train, training_renderer
+from pipeline.training.common import (DEFAULT_CHECKPOINT_EVERY_S, check_budget, resume_config, settings_from,
+                                      views_fingerprint)
+from pipeline.training.idr import NOT_RESUME_KEYS, TrainSettings, train, training_renderer
 from pipeline.training.idr_data import (MaskOptions, RayBank, background_color, load_masks, load_views,
                                         train_test_split)
 
@@ -49,8 +55,9 @@ class IDRConfig:
 
     renamed_keys: ClassVar[dict[str, str]] = {"iterations": "max_steps", "max_eval_views": "eval_max_views"}
 
-    max_steps: int = 20000  # an upper bound: the time budget usually ends training first
-    # training budget in seconds, counted across resumes (0 = none); renders and mesh come after
+    max_steps: int = 20000  # an upper bound (>= 1): the time budget usually ends training first
+    # training budget in seconds, counted across resumes (0 = no time budget, train to max_steps;
+    # negative is an error); renders and mesh come after
     max_time_s: float = 780.0
     batch_rays: int = 512  # rays per step; mask_fraction of them inside the object masks
     mask_fraction: float = 0.6  # share of each batch drawn inside the masks
@@ -95,8 +102,9 @@ class IDRConfig:
     mesh_colors: bool = True
     gt_mesh: str = ""  # reference mesh (original units) for Chamfer; default: mesh_gt.ply beside the data
     render_chunk: int = 16384
-    checkpoint_every: int = 0  # steps between checkpoints (0 = off)
-    checkpoint_every_s: float = 60.0  # seconds between checkpoints (0 = off)
+    checkpoint_every: int = 0  # steps between checkpoints (0 = off: the time-based ones below suffice)
+    # seconds of training between checkpoints (0 = off): a kill loses at most this much training
+    checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S
     seed: int = 0
     # torch CPU threads while the stage runs (restored after); 0 = torch's default. 1 is several
     # times faster than 2 on a busy 2-core CPU (threads wait on each other)
@@ -119,6 +127,7 @@ class IDRConfig:
 
 def run(ctx: StageContext) -> dict:
     cfg: IDRConfig = ctx.config
+    check_budget(cfg)  # before any work
     with torch_threads(cfg.cpu_threads):
         return _run(ctx, cfg)
 
@@ -144,7 +153,8 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     model = build_model(cfg.sdf, renderer, cfg.tracing, background).to(device)
     corrections = PoseCorrections(len(train_idx)).to(device) if cfg.train_cameras else None
     train_cameras = train_views.cameras.to(device)
-    settings = settings_from(TrainSettings, cfg, config_hash=config_hash(cfg))
+    resume = resume_config(cfg, NOT_RESUME_KEYS, device=str(device), views=views_fingerprint(scene, train_idx))
+    settings = settings_from(TrainSettings, cfg, resume_config=resume)
     summary = train(model, train_cameras, corrections, bank, cfg.loss, settings, ctx.resume_dir, ctx.log)
     model.eval()
 
@@ -197,5 +207,5 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
 
 
 STAGE = Stage(name="idr", config_cls=IDRConfig, run=run, inputs=("poses/transforms.json",),
-              produced_by={"poses/transforms.json": "python run.py poses --data DIR"},
+              produced_by={"poses/transforms.json": "python run.py poses --data DATA --workspace W"},
               description="IDR: SDF surface + neural renderer (+ trainable cameras) from masked views")

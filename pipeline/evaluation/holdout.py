@@ -24,6 +24,7 @@ from pipeline.panoramas.holdout import frame_names, nearest_training, parse_name
 from pipeline.panoramas.metrics import nearest_panorama_baseline, ws_psnr, ws_ssim
 from pipeline.runner.runtime import torch_threads
 from pipeline.runner.workspace import Workspace, WorkspaceError
+from pipeline.training.common import check_non_negative
 from pipeline.training.nerf_fit import config_from_dict, fit_nerf
 
 SCORES = ("ws_psnr", "psnr", "ssim", "ws_ssim")
@@ -86,7 +87,10 @@ def holdout_field(workspace: Workspace, scene, target: int, settings: dict, out_
 
 def evaluate_holdout(workspace: Workspace, scene, sim, holdout: str, out: Path, resume_dir: Path, device, log,
                      max_time_s: float = 300.0, chunk: int = 8192) -> dict:
-    """Leave-one-out scores of each panorama named in ``holdout`` (comma-separated stems)."""
+    """Leave-one-out scores of each panorama named in ``holdout`` (comma-separated stems).
+    ``max_time_s``: training budget of each field trained here (0 = no time budget: the nerf
+    stage's max_steps; negative is a ConfigError)."""
+    check_non_negative(holdout_max_time_s=max_time_s)
     targets = resolve_names(scene, parse_names(holdout))
     if not targets:
         raise ValueError(f"holdout={holdout!r}: name one or more panoramas; available stems: "

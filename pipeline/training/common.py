@@ -1,15 +1,32 @@
 """What both training loops share: the step/time budget and the learning-rate decay over it, when
-to checkpoint, atomic checkpoint files, Adam with the fused kernel where it exists, and settings
-taken from a stage's config."""
+to checkpoint, atomic checkpoint files and what a checkpoint must match to be resumed, Adam with
+the fused kernel where it exists, and settings taken from a stage's config.
+
+Resuming: a checkpoint records the training config it was made with (:func:`resume_config`: the
+stage's config without the keys that only set the budget, checkpoints or evaluation, plus the
+device and a fingerprint of the training views). One made with another config, one that does not
+load into the model, or an unreadable one (a truncated file) is moved aside
+(``checkpoint.stale.pt`` / ``checkpoint.corrupt.pt`` in the resume folder) with a warning naming
+why, and training starts afresh.
+"""
 from __future__ import annotations
 
+import copy
 import dataclasses
-import time
+import hashlib
+import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
+
+from pipeline.runner.config import ConfigError
+
+# the default period of the time-based checkpoints of both training stages: a kill loses at most this
+DEFAULT_CHECKPOINT_EVERY_S = 30.0
 
 
 def settings_from(cls, config, **extra):
@@ -20,10 +37,22 @@ def settings_from(cls, config, **extra):
 
 
 def check_non_negative(**values: float) -> None:
-    """Raise ValueError naming the first key whose value is negative (budgets and periods: 0 = off)."""
+    """Raise ConfigError naming the first key whose value is negative (budgets and periods: 0 = off)."""
     for key, value in values.items():
         if value < 0:
-            raise ValueError(f"{key} must be >= 0 (0 = off), got {value}")
+            zero = "no time budget" if key.endswith("max_time_s") else "off"
+            raise ConfigError(f"{key} must be >= 0 (0 = {zero}), got {value:g}")
+
+
+def check_budget(config: Any, time_keys: Iterable[str] = ("max_time_s",), step_keys: Iterable[str] = ("max_steps",),
+                 period_keys: Iterable[str] = ("checkpoint_every", "checkpoint_every_s")) -> None:
+    """Validate a stage config's budget before any work: time budgets and checkpoint periods >= 0
+    (0 = no time budget / off), step budgets >= 1. Raises ConfigError naming the key."""
+    check_non_negative(**{k: getattr(config, k) for k in (*time_keys, *period_keys) if hasattr(config, k)})
+    for key in step_keys:
+        if hasattr(config, key) and getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be >= 1 (the most training steps; the time budget, max_time_s, "
+                              f"usually ends training first), got {getattr(config, key)}")
 
 
 @dataclass
@@ -62,34 +91,176 @@ def decay_factor(final_factor: float, progress: float) -> float:
 
 
 class CheckpointSchedule:
-    """A checkpoint is due every ``every_steps`` steps and every ``every_s`` seconds of wall time
-    since the last one (either 0 = off)."""
+    """A checkpoint is due every ``every_steps`` steps and every ``every_s`` seconds of training
+    since the last one (either 0 = off). Seconds are the loop's trained seconds (``elapsed``,
+    counted across resumes), so the first time-based checkpoint comes ``every_s`` into training and
+    a resumed run's ``every_s`` after it resumed."""
 
-    def __init__(self, every_steps: int, every_s: float):
+    def __init__(self, every_steps: int, every_s: float, elapsed: float = 0.0):
         check_non_negative(checkpoint_every=every_steps, checkpoint_every_s=every_s)
         self.every_steps, self.every_s = every_steps, every_s
-        self.last_save = time.time()
+        self.last_save = elapsed
 
-    def due(self, step: int) -> bool:
+    def due(self, step: int, elapsed: float) -> bool:
         return ((self.every_steps > 0 and step % self.every_steps == 0)
-                or (self.every_s > 0 and time.time() - self.last_save > self.every_s))
+                or (self.every_s > 0 and elapsed - self.last_save >= self.every_s))
 
-    def saved(self) -> None:
-        self.last_save = time.time()
+    def saved(self, elapsed: float) -> None:
+        self.last_save = elapsed
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically: a kill mid-write leaves the previous checkpoint."""
+    """Write ``state`` to ``path`` atomically: written to ``<name>.tmp``, flushed to disk, then
+    renamed over ``path``, so a kill (or power loss) mid-write leaves the previous checkpoint; a
+    ``.tmp`` left by a kill is never read and is overwritten by the next save."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable (POSIX; not possible on every platform)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
-def load_checkpoint(path: Optional[Path], map_location) -> Optional[dict]:
-    """The state saved at ``path``, or None when there is none."""
+def load_checkpoint(path: Optional[Path], map_location="cpu") -> Optional[dict]:
+    """The state saved at ``path``, or None when there is none. Raises on an unreadable file
+    (:func:`load_resumable` turns that into a warning and a fresh start)."""
     if path is None or not Path(path).exists():
         return None
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    elif hasattr(value, "__dict__") and not isinstance(value, (str, bytes, Path, type)):
+        value = vars(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, (list, tuple)):
+        value = [v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for v in value]
+    elif not isinstance(value, (int, float, str, bool, type(None))):
+        value = str(value)
+    return {prefix[:-1]: value}
+
+
+def views_fingerprint(scene, indices: list[int]) -> str:
+    """A short hash of the training views: names, poses, intrinsics and image files (size and
+    modification time), so a checkpoint made on other data is not resumed."""
+    h = hashlib.sha256()
+    for i in indices:
+        frame = scene.frames[i]
+        try:
+            st = frame.image_path.stat()
+            file = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            file = None
+        c2w = None if frame.c2w is None else [round(float(v), 9) for v in frame.c2w.reshape(-1)]
+        h.update(json.dumps([frame.name, str(frame.image_path), file, c2w, str(frame.intrinsics)],
+                            default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def resume_config(config: Any, ignore: Iterable[str], **extra) -> dict:
+    """What a checkpoint must have been made with to be resumed: the config's values as a flat
+    dict of dotted keys, without the keys in ``ignore`` (a key or a dotted prefix: budgets,
+    checkpoint periods, evaluation and thread settings, which a resumed run may change), plus
+    ``extra`` (the device actually used, the training views' fingerprint)."""
+    ignore = tuple(ignore)
+    flat = {k: v for k, v in _flatten(config).items()
+            if not any(k == i or k.startswith(i + ".") for i in ignore)}
+    flat.update({k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in extra.items()})
+    return flat
+
+
+def config_changes(old: dict, new: dict, limit: int = 6) -> str:
+    """``key old -> new`` for each key whose value differs (at most ``limit``, then a count)."""
+    keys = sorted(set(old) | set(new))
+    missing = object()
+    changed = [k for k in keys if old.get(k, missing) != new.get(k, missing)]
+    text = ", ".join(f"{k} {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
+                     if k != "views" else "the training views (data or poses)" for k in changed[:limit])
+    if len(changed) > limit:
+        text += f" and {len(changed) - limit} more"
+    return text
+
+
+def set_aside(path: Path, kind: str) -> Path:
+    """Move a checkpoint that is not resumed to ``checkpoint.<kind>.pt`` beside it (``kind``:
+    stale | corrupt), replacing an earlier one; returns the new path."""
+    path = Path(path)
+    aside = path.with_name(f"{path.stem}.{kind}{path.suffix}")
+    os.replace(path, aside)
+    return aside
+
+
+def load_resumable(path: Optional[Path], config: Optional[dict], log: logging.Logger, stage: str) -> Optional[dict]:
+    """The checkpoint at ``path`` when it can be resumed: readable and made with the same
+    ``config`` (:func:`resume_config`; not checked when either side has none). Otherwise
+    None, after setting the file aside with a warning that says why: training starts afresh."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        state = load_checkpoint(path, "cpu")
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
+    except Exception as exc:  # truncated or otherwise damaged: torch/pickle/zip errors of many kinds
+        aside = set_aside(path, "corrupt")
+        log.warning(f"{stage}: the checkpoint {path} cannot be read ({_first_line(exc)}); moved to {aside.name}, "
+                    f"training starts afresh")
+        return None
+    recorded = state.get("config")
+    if recorded is not None and config is not None and recorded != config:
+        aside = set_aside(path, "stale")
+        log.warning(f"{stage}: the checkpoint {path} was made with another config ({config_changes(recorded, config)}); "
+                    f"moved to {aside.name}, training starts afresh")
+        return None
+    return state
+
+
+def restore_or_start_afresh(state: dict, path: Path, restore: Callable[[dict], None], log: logging.Logger,
+                            stage: str, modules: Iterable[Any], generators: Iterable[torch.Generator] = ()) -> bool:
+    """Apply ``restore(state)`` (load the checkpoint into the model, optimiser, ...). When that fails
+    (a checkpoint that does not fit this model: another version or an unrecorded config change),
+    undo what it changed in ``modules`` (anything with ``state_dict``/``load_state_dict``),
+    ``generators`` and torch's RNG, set the file aside with a warning and return False."""
+    modules, generators = list(modules), list(generators)
+    before = ([copy.deepcopy(m.state_dict()) for m in modules], [g.get_state() for g in generators],
+              torch.get_rng_state())
+    try:
+        restore(state)
+        return True
+    except Exception as exc:
+        for m, saved in zip(modules, before[0]):
+            m.load_state_dict(saved)
+        for g, saved in zip(generators, before[1]):
+            g.set_state(saved)
+        torch.set_rng_state(before[2])
+        aside = set_aside(path, "stale")
+        log.warning(f"{stage}: the checkpoint {path} does not fit this model, it was made with another config or "
+                    f"version ({_first_line(exc)}); moved to {aside.name}, training starts afresh")
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of an exception in one line: load_state_dict's header line is followed by the
+    first mismatch it names."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return f"{type(exc).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
 
 
 def adam(groups: list[dict], fused: bool = True, **kwargs) -> torch.optim.Adam:
@@ -101,3 +272,12 @@ def adam(groups: list[dict], fused: bool = True, **kwargs) -> torch.optim.Adam:
         return torch.optim.Adam(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused Adam is missing for this device / torch build
         return torch.optim.Adam(groups, foreach=True, **kwargs)
+
+
+def build_kernels_before_timing(device: torch.device) -> None:
+    """Build (or load) the C++ CPU kernels now, outside the timed loop: a first use on a fresh
+    machine compiles them for ~10 s, which would otherwise count against ``max_time_s``."""
+    if device.type == "cpu":
+        from pipeline.kernels import cpu_kernels
+
+        cpu_kernels.load()

@@ -1,5 +1,7 @@
 """The IDR training loop: one step (trace, sample network, renderer, losses), the optimiser with
-its schedules, checkpoints in the stage's resume folder, and the step/time budget."""
+its schedules, checkpoints in the stage's resume folder (every ``checkpoint_every`` steps /
+``checkpoint_every_s`` trained seconds and at the end; resumed only when made with the same
+training config, see ``pipeline.training.common``), and the step/time budget."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,10 +17,15 @@ from pipeline.runner.log import TrainingProgress
 from pipeline.models.idr.cameras import PoseCorrections, corrected_cameras
 from pipeline.models.idr.losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss, smoothness_loss
 from pipeline.models.idr.model import IDRModel, RendererConfig, uniform_ball_points
-from pipeline.training.common import (Budget, CheckpointSchedule, adam, decay_factor,
-                                      load_checkpoint, save_checkpoint)
+from pipeline.training.common import (Budget, CheckpointSchedule, adam, build_kernels_before_timing,
+                                      decay_factor, load_resumable, restore_or_start_afresh, save_checkpoint)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# idr stage keys a resumed run may change: the budget, checkpoint periods, evaluation, meshing,
+# threads (the device actually used is recorded instead of ``device``)
+NOT_RESUME_KEYS = ("max_steps", "max_time_s", "checkpoint_every", "checkpoint_every_s", "cpu_threads", "device",
+                   "eval_downscale", "eval_max_views", "render_chunk", "mesh_resolution", "mesh_min_component",
+                   "mesh_colors", "gt_mesh")
 
 
 @dataclass
@@ -36,7 +43,9 @@ class TrainSettings:
     checkpoint_every: int  # steps; 0 = off
     checkpoint_every_s: float  # seconds; 0 = off
     seed: int
-    config_hash: str  # a checkpoint of another configuration is not resumed
+    # what a checkpoint must have been made with to be resumed (pipeline.training.common.resume_config;
+    # None: not checked)
+    resume_config: Optional[dict]
     camera_gauge: bool  # trainable cameras: remove the common similarity drift after each step
 
 
@@ -105,11 +114,11 @@ def make_optimizer(model: IDRModel, corrections: Optional[PoseCorrections], sett
     return adam(groups, fused=False, betas=(0.9, 0.99), eps=1e-15)
 
 
-def _checkpoint_state(model, corrections, optimizer, iteration, elapsed, generator, settings) -> dict:
+def _checkpoint_state(model, corrections, optimizer, iteration, elapsed, generator_state, settings) -> dict:
     return {"iteration": iteration, "elapsed_s": elapsed, "model": model.state_dict(),
             "corrections": corrections.state_dict() if corrections is not None else None,
-            "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-            "config_hash": settings.config_hash}
+            "optimizer": optimizer.state_dict(), "generator": generator_state,
+            "config": settings.resume_config}
 
 
 def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], bank, loss_cfg: LossConfig,
@@ -121,58 +130,78 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
     optimizer = make_optimizer(model, corrections, settings)
     ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
     start, elapsed = 0, 0.0
-    state = load_checkpoint(ckpt_path, "cpu")
-    if state is not None:
-        if state.get("config_hash") == settings.config_hash:
-            model.load_state_dict(state["model"])
-            if corrections is not None and state["corrections"] is not None:
-                corrections.load_state_dict(state["corrections"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            start, elapsed = state["iteration"], state["elapsed_s"]
-            log.info(f"idr: resuming from iteration {start} ({elapsed:.0f}s already trained)")
-        else:
-            log.info("idr: ignoring a checkpoint of a different configuration")
+    state = load_resumable(ckpt_path, settings.resume_config, log, "idr")
+
+    def restore(state: dict) -> None:
+        nonlocal start, elapsed
+        counters = int(state["iteration"]), float(state["elapsed_s"])
+        model.load_state_dict(state["model"])
+        if corrections is not None and state["corrections"] is not None:
+            corrections.load_state_dict(state["corrections"])
+        elif (corrections is None) != (state["corrections"] is None):
+            raise ValueError("trainable cameras (train_cameras) differ")
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, elapsed = counters
+
+    modules = [model, optimizer] + ([corrections] if corrections is not None else [])
+    if state is not None and restore_or_start_afresh(state, ckpt_path, restore, log, "idr", modules, [generator]):
+        log.info(f"idr: resuming from step {start} ({elapsed:.1f}s trained) of {ckpt_path}")
     stats: dict = {}
     iteration = start
     t_session = time.time()
-    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s)
+    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s, elapsed)
     stopped_by_time = False
+    build_kernels_before_timing(device)
     bar = TrainingProgress("idr", budget.max_steps, budget.max_time_s, start, elapsed)
-    while iteration < budget.max_steps:
-        spent = elapsed + time.time() - t_session
-        if budget.time_up(spent):
-            stopped_by_time = True
-            break
-        frac = budget.progress(iteration, spent)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * decay_factor(settings.lr_final_factor, frac)
-        alpha = mask_alpha(loss_cfg, frac)
-        model.set_progress(frac)
-        # rays are drawn on the CPU (one generator: the same batches on any device), then moved
-        batch = tuple(t.to(device) for t in bank.sample(settings.batch_rays, generator))
-        loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha, settings.eikonal_points,
-                                    generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if corrections is not None and settings.camera_gauge:
-            corrections.remove_gauge(cameras.c2w)
-        iteration += 1
-        if iteration % 10 == 0:
-            bar.postfix.update(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}",
-                               hit=f"{stats['hit_in_mask']:.2f}")
-        bar.update(iteration, elapsed + time.time() - t_session)
-        if iteration % 200 == 0:
-            log.info(f"idr it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} mask {stats['mask']:.4f} "
-                     f"eik {stats['eikonal']:.4f} psnr(hit) {stats['psnr']:.2f} hit/mask {stats['hit_in_mask']:.3f} "
-                     f"t={elapsed + time.time() - t_session:.0f}s")
-        if schedule.due(iteration):
-            save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, iteration,
-                                                         elapsed + time.time() - t_session, generator, settings))
-            schedule.saved()
-    bar.close()
+    rng_at_step_start = generator.get_state()  # an interrupted step is redone from here
+
+    def checkpoint(spent: float) -> None:
+        save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, iteration, spent,
+                                                     rng_at_step_start, settings))
+
+    try:
+        while iteration < budget.max_steps:
+            spent = elapsed + time.time() - t_session
+            if budget.time_up(spent):
+                stopped_by_time = True
+                break
+            frac = budget.progress(iteration, spent)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * decay_factor(settings.lr_final_factor, frac)
+            alpha = mask_alpha(loss_cfg, frac)
+            model.set_progress(frac)
+            # rays are drawn on the CPU (one generator: the same batches on any device), then moved
+            batch = tuple(t.to(device) for t in bank.sample(settings.batch_rays, generator))
+            loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha,
+                                        settings.eikonal_points, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if corrections is not None and settings.camera_gauge:
+                corrections.remove_gauge(cameras.c2w)
+            iteration += 1
+            rng_at_step_start = generator.get_state()
+            if iteration % 10 == 0:
+                bar.postfix.update(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}",
+                                   hit=f"{stats['hit_in_mask']:.2f}")
+            bar.update(iteration, elapsed + time.time() - t_session)
+            if iteration % 200 == 0:
+                log.info(f"idr it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} mask "
+                         f"{stats['mask']:.4f} eik {stats['eikonal']:.4f} psnr(hit) {stats['psnr']:.2f} hit/mask "
+                         f"{stats['hit_in_mask']:.3f} t={elapsed + time.time() - t_session:.0f}s")
+            spent = elapsed + time.time() - t_session
+            if schedule.due(iteration, spent):
+                checkpoint(spent)
+                schedule.saved(spent)
+    except BaseException:  # Ctrl-C or an error: keep what was trained since the last checkpoint
+        if iteration > start:
+            checkpoint(elapsed + time.time() - t_session)
+            log.warning(f"idr: interrupted at step {iteration}; checkpoint saved to {ckpt_path} (re-run to resume)")
+        raise
+    finally:
+        bar.close()
     model.set_progress(1.0)
     total = elapsed + time.time() - t_session
-    save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, iteration, total, generator, settings))
+    checkpoint(total)
     return {"steps": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time, "last_step": stats}

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from datasets.scene import Scene, SceneError, load_image_file
+from datasets.scene import Scene, SceneError, load_image_file, mask_from_image
 from pipeline.geometry.cameras import Cameras, Intrinsics, pixel_grid
 from pipeline.geometry.masks import mask_edges
 from pipeline.models.idr.sphere_tracing import ray_sphere_intersection
@@ -60,9 +60,7 @@ def _folder_mask(folder: Path, name: str, index: int) -> np.ndarray:
     if not candidates:
         raise SceneError(f"{folder}: no mask image for view {name!r} (expected a file named {name}.png or "
                          f"similar); {MASK_HELP}")
-    m = load_image_file(candidates[0])
-    m = m[..., 3] if m.shape[-1] == 4 else m[..., 0]
-    return m > 0.5
+    return mask_from_image(load_image_file(candidates[0]))
 
 
 def load_masks(scene: Scene, indices: list[int], options: MaskOptions) -> list[np.ndarray]:

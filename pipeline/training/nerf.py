@@ -1,6 +1,8 @@
 """The NeRF training loop: random pixels of the training views per step, the occupancy grid's
 updates, the ray count steered to a sample budget, the optimiser and its schedule, checkpoints
-(step, weights, optimiser, RNG states, error map and elapsed time) in the stage's resume folder."""
+(step, weights, optimiser, RNG states, error map, trained seconds and the config they were made
+with) in the stage's resume folder: every ``checkpoint_every`` steps / ``checkpoint_every_s``
+trained seconds, on an interruption and at the end of training."""
 from __future__ import annotations
 
 import time
@@ -14,8 +16,8 @@ import torch
 from pipeline.models.nerf.model import NeRFModel
 from pipeline.runner.log import TrainingProgress, get_logger
 from pipeline.runner.runtime import autocast
-from pipeline.training.common import (Budget, CheckpointSchedule, adam, decay_factor,
-                                      load_checkpoint, save_checkpoint)
+from pipeline.training.common import (Budget, CheckpointSchedule, adam, build_kernels_before_timing,
+                                      decay_factor, load_resumable, restore_or_start_afresh, save_checkpoint)
 from pipeline.training.nerf_data import PixelData
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -82,11 +84,12 @@ def lr_factor(progress_fraction: float, step: int, settings: NeRFTrainSettings) 
 
 
 def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device: torch.device,
-          resume_dir: Optional[Path], log=None) -> dict:
-    """Train in place; returns training statistics. Resumes from ``resume_dir/checkpoint.pt``."""
+          resume_dir: Optional[Path], log=None, resume_config: Optional[dict] = None) -> dict:
+    """Train in place; returns training statistics. Resumes from ``resume_dir/checkpoint.pt`` when
+    it was made with the same ``resume_config`` (``pipeline.training.common.resume_config``; None:
+    not checked), otherwise sets it aside with a warning and starts afresh."""
     log = log or get_logger("nerf")
     budget = Budget(settings.max_steps, settings.max_time_s)
-    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s)
     mixed = uses_mixed_precision(device, settings.mixed_precision, settings.cpu_mixed_precision)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -98,16 +101,23 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
     if settings.error_fraction > 0:
         data.enable_error_map(settings.error_fraction)
     ckpt_path = resume_dir / CHECKPOINT_NAME if resume_dir is not None else None
-    state = load_checkpoint(ckpt_path, device)
-    if state is not None:
+    state = load_resumable(ckpt_path, resume_config, log, "nerf")
+
+    def restore(state: dict) -> None:
+        nonlocal step, elapsed, total_samples, n_rays
+        counters = int(state["step"]), float(state["elapsed"]), int(state["samples"]), int(state["n_rays"])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+        generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        step, elapsed, total_samples, n_rays = state["step"], state["elapsed"], state["samples"], state["n_rays"]
         if data.pixel_error is not None and state.get("pixel_error") is not None:
             data.pixel_error.copy_(state["pixel_error"])
-        log.info(f"nerf: resumed from {ckpt_path} at step {step} ({elapsed:.0f}s trained)")
+        step, elapsed, total_samples, n_rays = counters
+
+    if state is not None and restore_or_start_afresh(state, ckpt_path, restore, log, "nerf", [model, optimizer],
+                                                     [generator]):
+        log.info(f"nerf: resuming from step {step} ({elapsed:.1f}s trained) of {ckpt_path}")
+    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s, elapsed)
 
     rng_at_step_start = (generator.get_state(), torch.get_rng_state())
 
@@ -116,9 +126,10 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
         return {"step": step, "elapsed": elapsed, "samples": total_samples, "n_rays": n_rays,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "generator": rng_at_step_start[0], "torch_rng": rng_at_step_start[1],
-                "pixel_error": data.pixel_error}
+                "pixel_error": data.pixel_error, "config": resume_config}
 
     use_alpha = data.colors.shape[1] == 4
+    build_kernels_before_timing(device)
     bar = TrainingProgress("nerf", budget.max_steps, budget.max_time_s, step, elapsed)
     last_psnr, last_loss = float("nan"), float("nan")
     model.train()
@@ -173,9 +184,9 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
                 bar.postfix.update(loss=f"{last_loss:.4f}", psnr=f"{last_psnr:.2f}",
                                    samples_s=f"{total_samples / max(elapsed, 1e-9):.3g}")
             bar.update(step, elapsed)
-            if ckpt_path is not None and schedule.due(step):
+            if ckpt_path is not None and schedule.due(step, elapsed):
                 save_checkpoint(ckpt_path, checkpoint_state())
-                schedule.saved()
+                schedule.saved(elapsed)
     except BaseException:
         if ckpt_path is not None and step > 0:
             save_checkpoint(ckpt_path, checkpoint_state())

@@ -18,9 +18,14 @@ import torch
 from pipeline.models.nerf.io import build_model, model_config_from_dict
 from pipeline.models.nerf.model import NeRFModel, default_aabb
 from pipeline.runner.log import get_logger
-from pipeline.training.common import settings_from
+from pipeline.training.common import check_budget, resume_config, settings_from, views_fingerprint
 from pipeline.training.nerf import NeRFTrainSettings, train
 from pipeline.training.nerf_data import PixelData
+
+# nerf stage keys a resumed run may change: the budget, checkpoint periods, evaluation, threads
+# (the device actually used is recorded instead of ``device``)
+NOT_RESUME_KEYS = ("max_steps", "max_time_s", "checkpoint_every", "checkpoint_every_s", "eval_chunk",
+                   "eval_max_views", "lpips", "cpu_threads", "device")
 
 
 def uses_alpha(scene, indices: list[int], background: str) -> bool:
@@ -35,6 +40,7 @@ def fit_nerf(scene, train_idx: list[int], cfg: Any, device: torch.device, resume
     stage's config or any object with its attributes (:func:`config_from_dict`). Resumes from the
     checkpoint in ``resume_dir``. Returns (the model, training statistics)."""
     log = log or get_logger("nerf")
+    check_budget(cfg)
     if not train_idx:
         raise ValueError("no training views left: every frame is held out")
     torch.manual_seed(cfg.seed)
@@ -58,7 +64,8 @@ def fit_nerf(scene, train_idx: list[int], cfg: Any, device: torch.device, resume
     log.info(f"nerf: {cfg.model.kind} model ({model.sampler} sampler), {len(train_idx)} training views "
              f"({data.num_pixels} pixels{rows}), box {[[round(v, 3) for v in r] for r in aabb.tolist()]}, "
              f"device {device}")
-    stats = train(model, data, settings, device, resume_dir, log)
+    resume = resume_config(cfg, NOT_RESUME_KEYS, device=str(device), views=views_fingerprint(scene, train_idx))
+    stats = train(model, data, settings, device, resume_dir, log, resume)
     return model, stats
 
 

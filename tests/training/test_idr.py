@@ -10,7 +10,7 @@ def _settings(**values):
 
     base = dict(max_steps=4, max_time_s=0.0, batch_rays=128, eikonal_points=32, lr=1e-3, lr_grid=1e-2,
                 lr_cameras=1e-3, lr_final_factor=0.1, checkpoint_every=0, checkpoint_every_s=0.0, seed=0,
-                config_hash="same-config", camera_gauge=True)
+                resume_config={"key": "same-config"}, camera_gauge=True)
     return TrainSettings(**{**base, **values})
 
 
@@ -52,7 +52,7 @@ def test_time_budget_stops_training(sphere_workspace, tmp_path, one_thread):
     idx = scene.split("train")
     views = load_views(scene, idx, load_masks(scene, idx, MaskOptions()), 1)
     cfg = tiny_idr_config()
-    settings = _settings(max_steps=10 ** 6, max_time_s=1.0, config_hash="x")
+    settings = _settings(max_steps=10 ** 6, max_time_s=1.0)
     summary = train(_model(cfg), views.cameras, None, RayBank(views, 1.0), cfg.loss, settings,
                     tmp_path, logging.getLogger("test"))
     assert summary["stopped_by_time"] and 0 < summary["steps"] < 10 ** 6
