@@ -17,6 +17,7 @@ READERS = {
     "llff": ("datasets.llff", "read_llff", "LLFF poses_bounds.npy with images/"),
     "idr": ("datasets.idr", "read_idr", "IDR/NeuS/DTU cameras.npz with image/ or images/ and mask/"),
     "middlebury": ("datasets.middlebury", "read_middlebury", "Middlebury *_par.txt (K R t per image)"),
+    "strecha": ("datasets.strecha", "read_strecha", "Strecha benchmark: images with cameras/<image name>.camera"),
     "panoramas": ("datasets.panoramas", "read_panorama_folder", "folder of equirectangular panoramas"),
     "photos": ("datasets.photos", "read_photo_folder", "plain folder of photos (no poses)"),
 }
@@ -36,6 +37,8 @@ def detect_format(path: str | Path) -> str:
             return "llff"
         if p.name == "cameras.npz":
             return "idr"
+        if p.suffix == ".camera":
+            return "strecha"
         raise SceneError(f"{p}: unknown scene file; give the dataset folder instead")
     if (p / "transforms_train.json").exists():
         return "blender"
@@ -47,6 +50,10 @@ def detect_format(path: str | Path) -> str:
         return "idr"
     if any(p.glob("*_par.txt")):
         return "middlebury"
+    from datasets.strecha import has_camera_files
+
+    if has_camera_files(p):
+        return "strecha"
     for sub in ("sparse/0", "sparse", "colmap/sparse/0"):
         q = p / sub
         if (q / "cameras.bin").exists() or (q / "cameras.txt").exists():

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from datasets.readers_common import check_intrinsics, check_pose, fit_intrinsics_to_image, image_size
+from datasets.readers_common import check_intrinsics, check_pose, finite_number, fit_intrinsics_to_image, image_size
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.geometry.cameras import Intrinsics
 from pipeline.runner.log import get_logger
@@ -55,16 +55,6 @@ def _resolve_image(base: Path, file_path: str) -> Optional[Path]:
     return None
 
 
-def _number(params: dict, key: str, where: str) -> float:
-    try:
-        value = float(params[key])
-    except (TypeError, ValueError):
-        raise SceneError(f"{where}: {key}={params[key]!r} is not a number; fix it") from None
-    if not math.isfinite(value):
-        raise SceneError(f"{where}: {key} is {value}; it must be a finite number: fix it")
-    return value
-
-
 def _intrinsics(params: dict, image_path: Path, json_path: Path, label: str) -> tuple[Intrinsics, bool]:
     """The intrinsics of one frame for its image as it is on disk, and whether they were rescaled
     from the w/h the file declares (see :func:`datasets.readers_common.fit_intrinsics_to_image`).
@@ -74,7 +64,7 @@ def _intrinsics(params: dict, image_path: Path, json_path: Path, label: str) -> 
     where = f"{json_path}: frame {label}"
     actual_w, actual_h = image_size(image_path)
     if "w" in params and "h" in params:
-        w, h = _number(params, "w", where), _number(params, "h", where)
+        w, h = finite_number(params, "w", where), finite_number(params, "h", where)
         if w <= 0 or h <= 0 or w != int(w) or h != int(h):
             raise SceneError(f"{where}: image size w={params['w']!r}, h={params['h']!r} must be positive "
                              "whole numbers; fix them (or remove w/h to use the image's own size)")
@@ -89,19 +79,19 @@ def _intrinsics(params: dict, image_path: Path, json_path: Path, label: str) -> 
         intr = Intrinsics("equirect", w, h)
     else:
         if "fl_x" in params:
-            fx = _number(params, "fl_x", where)
-            fy = _number(params, "fl_y", where) if "fl_y" in params else fx
+            fx = finite_number(params, "fl_x", where)
+            fy = finite_number(params, "fl_y", where) if "fl_y" in params else fx
         elif "camera_angle_x" in params:
             fx = _focal_from_angle(params, "camera_angle_x", w, where)
             fy = _focal_from_angle(params, "camera_angle_y", h, where) if "camera_angle_y" in params else fx
         else:
             raise SceneError(f"{json_path}: no focal length (need fl_x or camera_angle_x, globally or per frame)")
-        cx = _number(params, "cx", where) if "cx" in params else w / 2.0
-        cy = _number(params, "cy", where) if "cy" in params else h / 2.0
+        cx = finite_number(params, "cx", where) if "cx" in params else w / 2.0
+        cy = finite_number(params, "cy", where) if "cy" in params else h / 2.0
         if model == "fisheye":
-            dist = tuple(_number(params, k, where) if k in params else 0.0 for k in ("k1", "k2", "k3", "k4"))
+            dist = tuple(finite_number(params, k, where) if k in params else 0.0 for k in ("k1", "k2", "k3", "k4"))
         else:
-            dist = tuple(_number(params, k, where) if k in params else 0.0 for k in ("k1", "k2", "p1", "p2", "k3"))
+            dist = tuple(finite_number(params, k, where) if k in params else 0.0 for k in ("k1", "k2", "p1", "p2", "k3"))
             if model == "pinhole" and any(dist):
                 model = "opencv"
             if model == "opencv" and not any(dist) and str(params.get("camera_model", "")).upper() != "OPENCV":
@@ -113,7 +103,7 @@ def _intrinsics(params: dict, image_path: Path, json_path: Path, label: str) -> 
 
 
 def _focal_from_angle(params: dict, key: str, size: int, where: str) -> float:
-    angle = _number(params, key, where)
+    angle = finite_number(params, key, where)
     if not 0.0 < angle < math.pi:
         raise SceneError(f"{where}: {key}={angle} must be a field of view in radians between 0 and pi; fix it")
     return 0.5 * size / math.tan(0.5 * angle)

@@ -118,6 +118,17 @@ def warn_skipped(source: Path, what: str, names: Sequence[str]) -> None:
         log.warning(f"{source}: skipped {len(names)} {what}: {shown}{' ...' if len(names) > 10 else ''}")
 
 
+def finite_number(params: dict, key: str, where: str) -> float:
+    """``params[key]`` as a finite float, or a SceneError saying ``where`` (file and frame) it is not."""
+    try:
+        value = float(params[key])
+    except (TypeError, ValueError):
+        raise SceneError(f"{where}: {key}={params[key]!r} is not a number; fix it") from None
+    if not math.isfinite(value):
+        raise SceneError(f"{where}: {key} is {value}; it must be a finite number: fix it")
+    return value
+
+
 def check_pose(c2w, source, frame, tol: float = POSE_TOLERANCE) -> np.ndarray:
     """A camera pose as read, checked: (4, 4) or (3, 4) -> (4, 4) float64.
 

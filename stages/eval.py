@@ -1,7 +1,7 @@
 """Eval stage: every metric the scene's ground truth allows, in one ``W/eval/metrics.json``.
 
 ``python run.py eval --workspace W`` measures the trained NeRF or IDR model (newest, or
-``method=``) against:
+``method=``; with no trained model yet and estimated poses, the pose errors alone) against:
 - held-out images (test split, else val; else the training views, flagged): PSNR, SSIM, LPIPS
   (only when the lpips package and its weights are on disk; otherwise the reason is recorded);
   mask IoU of the rendered opacity against GT masks;
@@ -21,6 +21,7 @@ real panorama beside the nearest-panorama baseline, images side by side in ``eva
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from pipeline.evaluation.geometry import evaluate_geometry
@@ -28,7 +29,7 @@ from pipeline.evaluation.holdout import evaluate_holdout
 from pipeline.evaluation.poses import evaluate_poses
 from pipeline.evaluation.table import format_table
 from pipeline.evaluation.views import evaluate_views
-from pipeline.export.methods import MODEL_PRODUCED_BY, load_model, model_inputs, resolve_method
+from pipeline.export.methods import MODEL_PRODUCED_BY, load_model, model_inputs, resolve_method, trained_methods
 from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device
 from pipeline.runner.stage import Stage, StageContext
@@ -59,9 +60,19 @@ class EvalConfig:
     holdout_max_time_s: float = 300.0
 
 
+def poses_only(workspace: Workspace, config) -> bool:
+    """No trained model yet, but estimated poses to score: ``eval`` reports the pose errors alone."""
+    if config.method != "auto" or trained_methods(workspace) or config.holdout:
+        return False
+    report = workspace.stage_dir("poses") / "report.json"
+    return report.exists() and json.loads(report.read_text()).get("mode") == "estimate"
+
+
 def run(ctx: StageContext) -> dict:
     cfg: EvalConfig = ctx.config
     check_non_negative(holdout_max_time_s=cfg.holdout_max_time_s)  # before any work
+    if poses_only(ctx.workspace, cfg):
+        return run_poses_only(ctx)
     method = resolve_method(ctx.workspace, cfg.method)
     device = pick_device(cfg.device)
     scene = ctx.workspace.load_scene()
@@ -112,8 +123,22 @@ def run(ctx: StageContext) -> dict:
     return result
 
 
+def run_poses_only(ctx: StageContext) -> dict:
+    poses = evaluate_poses(ctx.workspace, ctx.workspace.load_scene(), ctx.workspace.normalization())
+    skipped = {"views": "no trained model (run nerf or idr first)", "geometry": "no trained model"}
+    if "skipped" in poses:
+        skipped["poses"] = poses.pop("skipped")
+    metrics = {"method": None, "views": {}, "poses": poses, "skipped": skipped}
+    write_json(ctx.out_dir / "metrics.json", metrics)
+    print(f"eval (poses only: no trained model yet):\n{format_table(metrics)}", flush=True)
+    return {"method": None, "poses": {k: v for k, v in poses.items() if k not in ("rotation_deg", "center_rel")},
+            "skipped": skipped}
+
+
 def eval_inputs(workspace: Workspace, config) -> list[str]:
     """The model's inputs, plus the export folder when there is one (its mesh is what is measured)."""
+    if poses_only(workspace, config):
+        return ["poses/transforms.json", "poses/report.json"]
     inputs = model_inputs(workspace, config)
     return inputs + (["export"] if (workspace.stage_dir("export") / "manifest.json").exists() else [])
 

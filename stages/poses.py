@@ -33,7 +33,7 @@ class PosesConfig(EstimationConfig):
     """Import options below; pose-estimation options are inherited from EstimationConfig."""
 
     data: str = ""  # the dataset folder (any format `datasets.read_scene` reads); run.py's --data sets it
-    format: str = "auto"  # auto | nerfstudio | blender | colmap | llff | idr | middlebury | photos | panoramas
+    format: str = "auto"  # auto | nerfstudio | blender | colmap | llff | idr | middlebury | strecha | photos | panoramas
     background: str = "white"  # compositing of RGBA images: white | black | none
     estimate: bool = False  # estimate poses even when the dataset has them
     normalize: str = "sphere"  # sphere (IDR: unit sphere) | box (NeRF: cube) | none

@@ -35,8 +35,11 @@ def format_table(metrics: dict) -> str:
                  ("components outside frusta", fmt(geo["components_outside_frusta"]))]
     poses = metrics.get("poses", {})
     if "rotation_deg_median" in poses:
-        rows += [("pose rotation err (deg, median)", fmt(poses["rotation_deg_median"])),
-                 ("pose centre err (/ring radius)", fmt(poses["center_rel_median"]))]
+        rows += [("pose rotation err (deg, median)", fmt(poses["rotation_deg_median"]))]
+        if "orientation_deg_median" in poses:
+            rows += [("pose orientation err (deg, median)", fmt(poses["orientation_deg_median"])),
+                     ("pose pairwise rotation err (deg)", fmt(poses["relative_rotation_deg_median"]))]
+        rows += [("pose centre err (/ring radius)", fmt(poses["center_rel_median"]))]
     for key, value in metrics.get("skipped", {}).items():
         rows.append((f"{key}: skipped", value))
     width = max(len(r[0]) for r in rows)

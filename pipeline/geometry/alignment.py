@@ -106,12 +106,47 @@ def rotation_angle_deg(rotations: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan2(sin, cos))  # accurate for small angles, unlike arccos
 
 
+def mean_rotation(rotations: np.ndarray) -> np.ndarray:
+    """The chordal L2 mean of rotations (N, 3, 3): the rotation nearest their sum, projected onto SO(3)."""
+    u, _, vt = np.linalg.svd(np.asarray(rotations, dtype=np.float64).sum(0))
+    return u @ np.diag([1, 1, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
+def orientation_errors_deg(est_c2w: np.ndarray, ref_c2w: np.ndarray) -> np.ndarray:
+    """Per-camera angle (N,) between reference and estimated orientations after the one rotation that
+    brings the estimated orientations best onto the reference ones (the chordal mean of
+    ``ref_R_i est_R_i^T``, refitted on the cameras within 3 robust sigmas, so one bad camera does not
+    tilt the others). This is how rotation averaging is scored: it measures the orientations alone,
+    whatever the centres."""
+    est_c2w, ref_c2w = _check_pair(est_c2w, ref_c2w)
+    per_camera = np.einsum("nij,nkj->nik", ref_c2w[:, :3, :3], est_c2w[:, :3, :3])  # ref_R @ est_R^T
+    align = mean_rotation(per_camera)
+    errors = rotation_angle_deg(np.einsum("ij,njk->nik", align.T, per_camera))
+    keep = errors <= max(3 * 1.4826 * float(np.median(errors)), 1e-9)
+    if len(errors) >= 5 and max(3, len(errors) // 2) <= keep.sum() < len(errors):
+        align = mean_rotation(per_camera[keep])
+        errors = rotation_angle_deg(np.einsum("ij,njk->nik", align.T, per_camera))
+    return errors
+
+
+def relative_rotation_errors_deg(est_c2w: np.ndarray, ref_c2w: np.ndarray) -> np.ndarray:
+    """Angle (N (N-1) / 2,) between the reference and estimated relative rotation of every camera pair."""
+    est_c2w, ref_c2w = _check_pair(est_c2w, ref_c2w)
+    i, j = np.triu_indices(len(est_c2w), 1)
+    rel_est = np.einsum("nji,njk->nik", est_c2w[i, :3, :3], est_c2w[j, :3, :3])  # R_i^T R_j
+    rel_ref = np.einsum("nji,njk->nik", ref_c2w[i, :3, :3], ref_c2w[j, :3, :3])
+    return rotation_angle_deg(np.einsum("nji,njk->nik", rel_ref, rel_est))
+
+
 def pose_errors(est_c2w: np.ndarray, ref_c2w: np.ndarray, sim: Similarity | None = None) -> dict:
     """Errors of estimated cameras against reference cameras after similarity alignment.
 
     est_c2w, ref_c2w: (N, 4, 4), same cameras in the same order. ``sim``: the alignment (computed
-    with :func:`align_cameras` when None). Returns ``rotation_deg_median/max``, ``center_rel_median/
-    max`` (centre distance / camera-ring radius of the reference), ``ring_radius``, ``num_cameras``,
+    with :func:`align_cameras` when None). Returns ``rotation_deg_median/max`` (orientations after the
+    centre-fitted similarity), ``orientation_deg_median/max`` (after the orientations' own best
+    rotation: :func:`orientation_errors_deg`), ``relative_rotation_deg_median/max`` (every pair,
+    no alignment), ``center_rel_median/max`` (centre distance / camera-ring radius of the
+    reference), ``ring_radius``, ``num_cameras``,
     per-camera lists ``rotation_deg`` and ``center_rel``, and the alignment ``similarity`` (dict).
     """
     est_c2w, ref_c2w = _check_pair(est_c2w, ref_c2w)
@@ -121,8 +156,17 @@ def pose_errors(est_c2w: np.ndarray, ref_c2w: np.ndarray, sim: Similarity | None
     rot_err = rotation_angle_deg(relative)
     radius = ring_radius(ref_c2w)
     center_err = np.linalg.norm(aligned[:, :3, 3] - ref_c2w[:, :3, 3], axis=1) / max(radius, 1e-12)
+    oriented = orientation_errors_deg(est_c2w, ref_c2w)
+    pairwise = relative_rotation_errors_deg(est_c2w, ref_c2w)
     return {
         "num_cameras": int(len(est_c2w)),
+        # orientations in their own best common frame: free of the centre fit's rotation, which is
+        # weakly determined when the centres are nearly collinear or planar (a facade walk)
+        "orientation_deg_median": float(np.median(oriented)),
+        "orientation_deg_max": float(oriented.max()),
+        # between pairs of cameras: needs no alignment at all
+        "relative_rotation_deg_median": float(np.median(pairwise)),
+        "relative_rotation_deg_max": float(pairwise.max()),
         "rotation_deg_median": float(np.median(rot_err)),
         "rotation_deg_max": float(rot_err.max()),
         "center_rel_median": float(np.median(center_err)),

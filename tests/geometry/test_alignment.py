@@ -81,3 +81,28 @@ def test_two_cameras_align_with_orientations():
 def test_bad_shapes_are_clear_errors():
     with pytest.raises(ValueError, match="same N"):
         pose_errors(ring_cameras(3), ring_cameras(4))
+
+
+def test_orientation_errors_ignore_a_poorly_fixed_centre_rotation():
+    """Cameras in a row: a small centre error tilts the similarity about the row; the orientations' own
+    alignment and the pairwise errors do not see that tilt, the centre-fitted one does."""
+    from pipeline.geometry.alignment import orientation_errors_deg, relative_rotation_errors_deg
+
+    rng = np.random.default_rng(0)
+    ref = np.stack([np.eye(4) for _ in range(8)])
+    ref[:, 0, 3] = np.arange(8.0)  # centres on the x axis, all looking along +z
+    est = ref.copy()
+    est[:, 1, 3] += rng.normal(0, 0.02, 8)  # centres off the line: the roll about x is guessed from noise
+    est[:, 2, 3] += rng.normal(0, 0.02, 8)
+    errors = pose_errors(est, ref)
+    assert errors["orientation_deg_max"] < 1e-6 and errors["relative_rotation_deg_max"] < 1e-6
+    assert errors["rotation_deg_median"] > 0.05  # the centre fit's tilt shows in the old measure
+    # a real orientation error of one camera is seen by both
+    est[3, :3, :3] = _rotation_about_z(2.0)
+    assert orientation_errors_deg(est, ref)[3] == pytest.approx(2.0, abs=1e-6)
+    assert np.sort(relative_rotation_errors_deg(est, ref))[-7:] == pytest.approx([2.0] * 7, abs=1e-6)
+
+
+def _rotation_about_z(deg):
+    a = np.radians(deg)
+    return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])

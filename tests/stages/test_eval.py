@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pipeline.runner.workspace import WorkspaceError
 import torch
 
 from pipeline.evaluation import metrics as metrics_module
@@ -108,6 +110,22 @@ def test_pose_errors_are_measured_when_poses_were_estimated(tmp_path, monkeypatc
     assert metrics["poses"]["rotation_deg_median"] < 1e-4
     assert metrics["poses"]["center_rel_median"] < 1e-6
     assert "pose rotation err" in format_table({"poses": metrics["poses"]})
+
+
+def test_estimated_poses_without_a_model_get_their_pose_errors(tmp_path, monkeypatch, capsys):
+    """Right after `poses --estimate`, `eval` scores the cameras alone."""
+    import shutil
+
+    ws, _ = make_sphere_workspace(tmp_path, monkeypatch, "idr", n_views=8, size=24)
+    shutil.rmtree(ws.stage_dir("idr"))
+    with pytest.raises(WorkspaceError, match="run.py nerf"):  # imported poses: nothing to score
+        run_eval(ws)
+    report = ws.stage_dir("poses") / "report.json"
+    report.write_text(json.dumps(dict(json.loads(report.read_text()), mode="estimate")))
+    metrics = run_eval(ws).manifest["metrics"]
+    assert metrics["method"] is None and "no trained model" in metrics["skipped"]["views"]
+    assert metrics["poses"]["orientation_deg_median"] < 1e-4 and metrics["poses"]["center_rel_median"] < 1e-6
+    assert "pose orientation err" in capsys.readouterr().out
 
 
 @pytest.fixture
