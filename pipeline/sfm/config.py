@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datasets.scene import SceneError
 
 MATCHERS = ("auto", "exhaustive", "sequential")
+QUALITIES = ("fast", "balanced", "max")
 MAPPERS = ("incremental", "global")
 INTRINSICS_MODES = ("auto", "known", "estimate")
 ESTIMATED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
@@ -15,9 +16,19 @@ ESTIMATED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPE
 class EstimationConfig:
     """Options of pose estimation (the poses stage's config extends this)."""
 
-    # longest side SIFT sees (px); larger images are downscaled; -1 = full size. 1024 keeps SIFT as
-    # accurate as full size on our data while cutting a 1080p photo's pixels ~3.5x (bench/RESULTS.md, poses)
-    max_image_size: int = 1024
+    # speed / accuracy trade-off (bench/RESULTS.md, poses on high-resolution photos):
+    # fast = SIFT at max 1024 px, the mapper's result as it is (principal point at the image centre;
+    # the behaviour before quality existed);
+    # balanced = fast + the tracks' keypoints refined at full resolution when SIFT saw the images
+    # downscaled (refine_keypoints), + the principal point refined when held-out tracks confirm it
+    # (refine_principal_point): Herz-Jesu-P8 0.50 -> 0.07 deg for ~7 s more; max = SIFT at full
+    # resolution + the principal point (~4x balanced's time on 24-Mpx photos, as slow as pycolmap's
+    # defaults, and on Herz-Jesu-P8 no more accurate than balanced: 0.086 deg)
+    quality: str = "balanced"
+    # longest side SIFT sees (px); larger images are downscaled; -1 = full size; 0 = from quality
+    # (1024 for fast and balanced: as accurate as full size on our data while cutting a 1080p photo's
+    # pixels ~3.5x and a 24-megapixel photo's 6x; full size for max)
+    max_image_size: int = 0
     max_num_features: int = 8192  # SIFT features kept per image
     sift_peak_threshold: float = 0.0066667  # COLMAP's; lower finds more features in low-contrast or small images
     # DSP-SIFT descriptors: more robust matching, slower extraction; off because it registered fewer
@@ -43,8 +54,30 @@ class EstimationConfig:
     mapper: str = "incremental"  # incremental | global (GLOMAP-style)
     fallback_to_global: bool = True  # when incremental mapping leaves images out, try global mapping too
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
+    # known intrinsics from a file, kept fixed in mapping: a Strecha .camera file (or a folder of
+    # them), a COLMAP cameras.txt / cameras.bin, or a transforms.json with fl_x, cx, cy
+    # (datasets/intrinsics.py); they replace the dataset's. Empty: intrinsics as `intrinsics` says
+    intrinsics_file: str = ""
     camera_model: str = "SIMPLE_RADIAL"  # COLMAP model when intrinsics are estimated
-    shared_intrinsics: bool = True  # one camera for all images of the same size (else one per image)
+    # one camera for all images of the same size (else one per image). With the principal point at
+    # the centre, one camera per image gives lower rotation but higher centre errors (Herz-Jesu-P8,
+    # pycolmap's features: 0.36 vs 0.47 deg, 0.23 vs 0.17%; ours at 1024 px: 0.42 vs 0.50 deg,
+    # 0.21 vs 0.18%); with it refined, the shared camera wins on both (0.08 vs 0.11 deg, 0.08 vs 0.11%)
+    shared_intrinsics: bool = True
+    # principal point of estimated cameras: auto (refined when quality is balanced or max, and
+    # kept only when held-out tracks confirm it: pipeline/sfm/refine.py) | no (image centre)
+    refine_principal_point: str = "auto"
+    pp_min_views: int = 5  # registered views a camera needs before its principal point is freed
+    # held-out tracks must be reprojected better by a per-track paired z-score of at least this
+    # (Herz-Jesu-P8, 16 px offset: z = 6-8; principal point at the centre: see bench/RESULTS.md)
+    pp_min_z: float = 3.0
+    pp_max_shift: float = 0.1  # a refined principal point further from the centre (x long side) is rejected
+    # keypoints of the tracks aligned on full-resolution patches (pipeline/sfm/keypoints.py), then a
+    # bundle adjustment: auto (quality balanced or max, when SIFT saw the images downscaled by
+    # keypoint_refine_min_downscale or more) | no. Herz-Jesu-P8 (SIFT at 1/3): 0.11 -> 0.07 deg; after
+    # SIFT at full size it did not pay (0.086 -> 0.120 deg, centres 0.085 -> 0.055%)
+    refine_keypoints: str = "auto"
+    keypoint_refine_min_downscale: float = 1.5
     undistort: bool = False  # write undistorted pinhole images (else keep the distortion for the ray generator)
     min_registered_fraction: float = 0.8  # fewer registered images is an error naming the others and why
     # COLMAP's default 30 leaves images with thin overlap out (lund, temple-ring)
@@ -71,6 +104,11 @@ def check_config(cfg: EstimationConfig) -> None:
         raise SceneError(f"mapper must be one of {MAPPERS}, got {cfg.mapper!r}")
     if cfg.panorama_mapper not in MAPPERS:
         raise SceneError(f"panorama_mapper must be one of {MAPPERS}, got {cfg.panorama_mapper!r}")
+    if cfg.quality not in QUALITIES:
+        raise SceneError(f"quality must be one of {QUALITIES}, got {cfg.quality!r}")
+    for key in ("refine_principal_point", "refine_keypoints"):
+        if getattr(cfg, key) not in ("auto", "no"):
+            raise SceneError(f"{key} must be auto or no, got {getattr(cfg, key)!r}")
     if cfg.camera_model not in ESTIMATED_MODELS:
         raise SceneError(f"camera_model must be one of {ESTIMATED_MODELS}, got {cfg.camera_model!r}")
 
@@ -85,14 +123,28 @@ class Effective:
     abs_pose_min_num_inliers: int
     max_reproj_error: float
     guided_matching: bool
+    max_image_size: int = 1024  # what SIFT sees (cfg.max_image_size, or the quality's when 0)
+    refine_principal_point: bool = False  # checked refinement of estimated principal points
+    refine_keypoints: bool = False  # track keypoints aligned at full resolution, then bundle adjustment
+
+
+def quality_settings(cfg: EstimationConfig) -> tuple[int, bool, bool]:
+    """(max_image_size, refine the principal point, refine the keypoints) of ``cfg``: explicit
+    settings win over the quality's."""
+    size = cfg.max_image_size if cfg.max_image_size != 0 else (-1 if cfg.quality == "max" else 1024)
+    above_fast = cfg.quality in ("balanced", "max")
+    return size, cfg.refine_principal_point == "auto" and above_fast, cfg.refine_keypoints == "auto" and above_fast
 
 
 def effective_settings(cfg: EstimationConfig, sizes: list[tuple[int, int]]) -> Effective:
     """The settings for images of ``sizes`` ((width, height) each): finer ones when all are small."""
     long_side = max((max(w, h) for w, h in sizes), default=0)
+    size, refine_pp, refine_kp = quality_settings(cfg)
+    # the full resolution pays where SIFT did not see it
+    refine_kp = refine_kp and size > 0 and long_side >= cfg.keypoint_refine_min_downscale * size
     if 0 < long_side <= cfg.small_image_size:
         return Effective(-2, min(cfg.sift_peak_threshold, 0.002), min(cfg.min_num_inliers, 10),
                          min(cfg.abs_pose_min_num_inliers, 10), min(cfg.max_reproj_error, cfg.small_max_reproj_error),
-                         cfg.guided_matching or cfg.small_guided_matching)
+                         cfg.guided_matching or cfg.small_guided_matching, size, refine_pp, refine_kp)
     return Effective(-1, cfg.sift_peak_threshold, cfg.min_num_inliers, cfg.abs_pose_min_num_inliers,
-                     cfg.max_reproj_error, cfg.guided_matching)
+                     cfg.max_reproj_error, cfg.guided_matching, size, refine_pp, refine_kp)

@@ -35,7 +35,7 @@ def extraction_key(scene: Scene, prepared: list[PreparedImage], known: bool, cfg
     return settings_key({"images": [(im.colmap_name, im.width, im.height, _file_id(scene.frames[im.frame_index].image_path))
                             for im in prepared],
                  "known": known and [scene.frames[im.frame_index].intrinsics.to_dict() for im in prepared],
-                 "opts": [cfg.max_image_size, cfg.max_num_features, cfg.camera_model, cfg.shared_intrinsics,
+                 "opts": [eff.max_image_size, cfg.max_num_features, cfg.camera_model, cfg.shared_intrinsics,
                           eff.first_octave, eff.peak_threshold, cfg.sift_domain_size_pooling,
                           "cameras per image, merged after matching"]})
 

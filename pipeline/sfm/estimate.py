@@ -24,11 +24,13 @@ from pipeline.sfm.colmap import colmap_device, import_pycolmap, quiet_colmap
 from pipeline.sfm.config import EstimationConfig, check_config, effective_settings
 from pipeline.sfm.database import export_database, extraction_key, matching_key, restore_database, write_state
 from pipeline.sfm.diagnose import diagnose_registration, save_failure_report
-from pipeline.sfm.features import camera_groups, extract, use_known_intrinsics
+from pipeline.sfm.features import apply_intrinsics_file, camera_groups, extract, use_known_intrinsics
+from pipeline.sfm.keypoints import refine_track_keypoints
 from pipeline.sfm.mapping import reconstruct, write_model
 from pipeline.sfm.matching import choose_matcher, match_images
 from pipeline.sfm.panoramas import estimate_panoramas, is_panorama_scene
 from pipeline.sfm.prepare import prepare
+from pipeline.sfm.refine import bundle_adjust, refine_principal_point
 
 
 def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path, final_dir: Path,
@@ -54,8 +56,10 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
     if is_panorama_scene(scene):
         with quiet_colmap(pycolmap, quiet):
             return estimate_panoramas(scene, cfg, work_dir, out_dir, final_dir, log, pycolmap, device)
+    scene = apply_intrinsics_file(cfg, scene)
     known = use_known_intrinsics(cfg, scene)
-    report.update(intrinsics="known (from the dataset)" if known else f"estimated ({cfg.camera_model})",
+    report.update(intrinsics=(f"known (from {cfg.intrinsics_file})" if cfg.intrinsics_file else "known (from the dataset)")
+                  if known else f"estimated ({cfg.camera_model})",
                   device="cuda" if device == pycolmap.Device.cuda else "cpu")
 
     # 1. images COLMAP can read; corrupt files are skipped and named
@@ -85,7 +89,7 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
     with quiet_colmap(pycolmap, quiet):
         t = time.time()
         if state.get("extract") != extract_key:
-            log.info(f"extracting SIFT features of {len(prepared)} images (max size {cfg.max_image_size} px)")
+            log.info(f"extracting SIFT features of {len(prepared)} images (max size {eff.max_image_size} px)")
             extract(pycolmap, db_path, image_dir, groups, cfg, eff, device)
             state = {"extract": extract_key}
             write_state(db_path, state)
@@ -109,6 +113,19 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
         models, best, mapper_used = reconstruct(pycolmap, db_path, image_dir, work_dir, len(prepared), cfg, eff,
                                                 known, log)
         timings["map_s"] = time.time() - t
+        # 4b. the tracks' keypoints aligned at full resolution, then bundle adjustment
+        if best is not None and eff.refine_keypoints:
+            t = time.time()
+            report["keypoint_refinement"] = refine_track_keypoints(pycolmap, best, db_path, image_dir)
+            bundle_adjust(pycolmap, best, not known, cfg.num_threads)
+            timings["refine_keypoints_s"] = time.time() - t
+        # 4c. the principal point, when the views support it (checked on held-out tracks)
+        if best is not None and eff.refine_principal_point and not known:
+            t = time.time()
+            checks = refine_principal_point(pycolmap, best, cfg.pp_min_views, cfg.pp_min_z, cfg.pp_max_shift,
+                                            num_threads=cfg.num_threads, log=log)
+            report["principal_point"] = [asdict(c) for c in checks]
+            timings["principal_point_s"] = time.time() - t
     report["mapper"] = mapper_used
 
     # 5. per-image counts and diagnosis

@@ -15,8 +15,46 @@ from pipeline.sfm.config import INTRINSICS_MODES, Effective, EstimationConfig
 from pipeline.sfm.prepare import PreparedImage
 
 
+def apply_intrinsics_file(cfg: EstimationConfig, scene: Scene) -> Scene:
+    """``scene`` with every frame's intrinsics from ``cfg.intrinsics_file`` (fitted to the image's
+    size), or ``scene`` itself when no file is set. A frame the file has no camera for is an error."""
+    if not cfg.intrinsics_file:
+        return scene
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from datasets.intrinsics import intrinsics_for_image, read_intrinsics_file
+
+    path = Path(cfg.intrinsics_file).expanduser()
+    if not path.exists():
+        raise SceneError(f"intrinsics_file {path} not found; give a .camera file or folder, a COLMAP cameras.txt / "
+                         "cameras.bin or a transforms.json, or leave intrinsics_file empty")
+    spec = read_intrinsics_file(path)
+    frames = []
+    for frame in scene.frames:
+        if frame.intrinsics is not None:
+            size = (frame.intrinsics.width, frame.intrinsics.height)
+        else:
+            with Image.open(frame.image_path) as img:
+                size = img.size
+        intr = intrinsics_for_image(spec, frame.image_path, size, source=str(path))
+        if intr is None:
+            raise SceneError(f"intrinsics_file {path} has no camera for image {frame.image_path.name}; add one "
+                             "or give a file with a single camera for all images")
+        frames.append(replace(frame, intrinsics=intr))
+    meta = dict(scene.meta, intrinsics_guessed=False)
+    return Scene(frames, scene.splits, scene.bounds, scene.background, meta, scene.source)
+
+
 def use_known_intrinsics(cfg: EstimationConfig, scene: Scene) -> bool:
-    """Whether the dataset's intrinsics are used (and kept fixed) rather than estimated."""
+    """Whether the dataset's intrinsics are used (and kept fixed) rather than estimated: always
+    with ``cfg.intrinsics_file`` (:func:`apply_intrinsics_file` put them into ``scene``)."""
+    if cfg.intrinsics_file:
+        if cfg.intrinsics == "estimate":
+            raise SceneError("intrinsics_file is set but intrinsics=estimate; use intrinsics=auto or known with a "
+                             "file, or leave intrinsics_file empty to estimate them")
+        return True
     if cfg.intrinsics not in INTRINSICS_MODES:
         raise SceneError(f"intrinsics must be one of {INTRINSICS_MODES}, got {cfg.intrinsics!r}")
     have = all(f.intrinsics is not None and f.intrinsics.fx > 0 for f in scene.frames)
@@ -49,7 +87,7 @@ def extract(pycolmap, db_path: Path, image_dir: Path, groups: dict[tuple, list[s
     camera per image (a group's cameras are merged after matching: see :func:`merge_cameras`)."""
     options = pycolmap.FeatureExtractionOptions()
     options.num_threads = cfg.num_threads
-    options.max_image_size = cfg.max_image_size
+    options.max_image_size = eff.max_image_size
     options.sift.max_num_features = cfg.max_num_features
     options.sift.peak_threshold = eff.peak_threshold
     options.sift.first_octave = eff.first_octave

@@ -1,0 +1,177 @@
+"""Step 4c of pose estimation: the principal point refined when the views support it, checked on
+held-out tracks.
+
+COLMAP's mapper keeps the principal point at the image centre: with a few views it is poorly
+determined and freeing it can make things worse. A real lens's principal point is often 10-20 px
+off the centre of a 24-megapixel photo (Herz-Jesu-P8: 16 px), and the mapper then tilts every camera
+to absorb the offset (~0.3 deg there). :func:`refine_principal_point` frees it only when a shared
+camera has enough registered views, and keeps the result only when it predicts tracks that the
+refinement did not see better than the fixed principal point does
+(bench/RESULTS.md, poses on high-resolution photos).
+
+The check: every ``holdout_every``-th 3D point is taken out; the model without them is
+bundle-adjusted twice, principal point fixed and free; the held-out points are then
+re-triangulated in each (poses and intrinsics held constant) and their reprojection errors
+compared track by track (:func:`paired_gain`: the z-score of the mean decrease). Freeing the
+principal point always lowers the error on the tracks it was fitted to; on held-out tracks it does
+so, beyond chance, only when the offset is real (Herz-Jesu-P8: z = 6; the same photos cropped so
+that the principal point is at the centre: z = 0.3).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class PrincipalPointCheck:
+    """What the check found (recorded in the report)."""
+
+    camera_id: int
+    views: int
+    accepted: bool
+    reason: str
+    heldout_fixed_px: Optional[float] = None  # mean reprojection error of the held-out tracks, principal point fixed
+    heldout_free_px: Optional[float] = None  # same, principal point free (None: not checked)
+    shift_px: tuple[float, float] = (0.0, 0.0)  # principal point found minus the one before
+    gain: float = 0.0  # relative decrease of the held-out error
+    z: float = 0.0  # z-score of the per-track paired decrease (>= min_z to accept)
+
+
+def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads: int):
+    options = pycolmap.BundleAdjustmentOptions()
+    options.print_summary = False
+    options.refine_focal_length = refine_intrinsics
+    options.refine_extra_params = refine_intrinsics
+    options.refine_principal_point = refine_pp
+    options.ceres.solver_options.num_threads = num_threads
+    return options
+
+
+def bundle_adjust(pycolmap, rec, refine_intrinsics: bool, num_threads: int = -1) -> None:
+    """A global bundle adjustment of ``rec`` in place (principal points as they are)."""
+    pycolmap.bundle_adjustment(rec, _ba_options(pycolmap, False, refine_intrinsics, num_threads))
+
+
+def _points_only_options(pycolmap, num_threads: int):
+    """Bundle adjustment that moves the 3D points only: a triangulation minimising reprojection error."""
+    options = _ba_options(pycolmap, False, False, num_threads)
+    options.refine_rig_from_world = False
+    options.refine_sensor_from_rig = False
+    return options
+
+
+def _copy(pycolmap, rec):
+    return pycolmap.Reconstruction(rec)
+
+
+def _heldout_errors(pycolmap, rec, heldout: list, num_threads: int) -> np.ndarray:
+    """Re-triangulate the held-out tracks (``[(xyz, track)]``) in ``rec`` with its cameras fixed;
+    (len(heldout),) their mean reprojection errors (px)."""
+    model = _copy(pycolmap, rec)
+    ids = [model.add_point3D(xyz, track) for xyz, track in heldout]
+    pycolmap.bundle_adjustment(model, _points_only_options(pycolmap, num_threads))
+    model.update_point_3d_errors()
+    return np.array([model.points3D[i].error for i in ids], dtype=np.float64)
+
+
+def check_principal_point(pycolmap, rec, camera_id: int, holdout_every: int, num_threads: int) -> tuple:
+    """(error fixed, error free, the model refined with a free principal point but without the
+    held-out tracks) for ``camera_id`` of ``rec`` (see the module docstring)."""
+    point_ids = sorted(rec.point3D_ids())
+    heldout_ids = set(point_ids[::holdout_every])
+    train = _copy(pycolmap, rec)
+    heldout = []
+    for pid in heldout_ids:
+        point = rec.points3D[pid]
+        elements = [pycolmap.TrackElement(e.image_id, e.point2D_idx) for e in point.track.elements]
+        heldout.append((np.array(point.xyz), pycolmap.Track(elements)))
+        train.delete_point3D(pid)
+    fixed = _copy(pycolmap, train)
+    pycolmap.bundle_adjustment(fixed, _ba_options(pycolmap, False, True, num_threads))
+    free = _copy(pycolmap, train)
+    _adjust_with_free_principal_points(pycolmap, free, [camera_id], num_threads)
+    return (_heldout_errors(pycolmap, fixed, heldout, num_threads), _heldout_errors(pycolmap, free, heldout, num_threads),
+            free)
+
+
+def _run_config(pycolmap, rec, options, config) -> None:
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
+    adjuster = pycolmap.create_default_bundle_adjuster(options, config, rec)
+    adjuster.solve()
+
+
+def paired_gain(err_fixed: np.ndarray, err_free: np.ndarray) -> tuple[float, float]:
+    """(relative gain of the mean error, z-score of the per-track paired difference) of freeing the
+    principal point; errors (N,) of the same held-out tracks."""
+    diff = err_fixed - err_free
+    spread = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+    gain = float(diff.mean() / max(err_fixed.mean(), 1e-12))
+    z = float(diff.mean() / (spread / np.sqrt(len(diff)))) if spread > 0 else 0.0
+    return gain, z
+
+
+def refine_principal_point(pycolmap, rec, min_views: int, min_z: float, max_shift: float,
+                           holdout_every: int = 5, num_threads: int = -1,
+                           log: logging.Logger | None = None) -> list[PrincipalPointCheck]:
+    """Free the principal point of each camera of ``rec`` seen by at least ``min_views``
+    registered images, and keep it when held-out tracks are reprojected better, significantly
+    (the per-track paired improvement's z-score >= ``min_z``), and the point moved by at most
+    ``max_shift`` (a fraction of the image's long side). Cameras are checked one at a time, most
+    views first; an accepted one is refined in ``rec`` at once (a bundle adjustment with every
+    track, the principal points of the cameras accepted so far free), so that the next camera is
+    checked against the better model. Returns one :class:`PrincipalPointCheck` per camera."""
+    results = []
+    views_of: dict[int, int] = {}
+    for image_id in rec.reg_image_ids():
+        cam = rec.images[image_id].camera_id
+        views_of[cam] = views_of.get(cam, 0) + 1
+    accepted: list[int] = []
+    for camera_id in sorted(rec.cameras, key=lambda c: (-views_of.get(c, 0), c)):
+        camera = rec.cameras[camera_id]
+        views = views_of.get(camera_id, 0)
+        if views < min_views:
+            results.append(PrincipalPointCheck(camera_id, views, False, f"{views} views < {min_views}"))
+            continue
+        if rec.num_points3D() < 10 * holdout_every:
+            results.append(PrincipalPointCheck(camera_id, views, False, f"{rec.num_points3D()} points: too few"))
+            continue
+        before = np.array([camera.principal_point_x, camera.principal_point_y])
+        err_fixed, err_free, free = check_principal_point(pycolmap, rec, camera_id, holdout_every, num_threads)
+        after = free.cameras[camera_id]
+        shift = np.array([after.principal_point_x, after.principal_point_y]) - before
+        gain, z = paired_gain(err_fixed, err_free)
+        ok_gain = z >= min_z
+        ok_shift = float(np.linalg.norm(shift)) <= max_shift * max(camera.width, camera.height)
+        ok = ok_gain and ok_shift
+        reason = ("held-out tracks reprojected better" if ok else
+                  "held-out tracks not reprojected significantly better" if not ok_gain else "moved too far from the centre")
+        results.append(PrincipalPointCheck(camera_id, views, ok, reason, float(err_fixed.mean()), float(err_free.mean()),
+                                           (float(shift[0]), float(shift[1])), gain, z))
+        if log is not None:
+            log.info(f"principal point of camera {camera_id} ({views} views): held-out error {err_fixed.mean():.3f} px "
+                     f"fixed, {err_free.mean():.3f} px free (z = {z:.1f}), shift ({shift[0]:+.1f}, {shift[1]:+.1f}) px: "
+                     f"{'kept' if ok else 'rejected'}")
+        if ok:
+            accepted.append(camera_id)
+            _adjust_with_free_principal_points(pycolmap, rec, accepted, num_threads)
+    return sorted(results, key=lambda r: r.camera_id)
+
+
+def _adjust_with_free_principal_points(pycolmap, rec, free_cameras: list[int], num_threads: int) -> None:
+    """Bundle adjustment of ``rec`` in place with the principal points of ``free_cameras`` free and
+    the other cameras' intrinsics constant."""
+    options = _ba_options(pycolmap, True, True, num_threads)
+    constant = [c for c in rec.cameras if c not in free_cameras]
+    if not constant:
+        pycolmap.bundle_adjustment(rec, options)
+        return
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in rec.reg_image_ids():
+        config.add_image(image_id)
+    for c in constant:
+        config.set_constant_cam_intrinsics(c)
+    _run_config(pycolmap, rec, options, config)
