@@ -6,6 +6,7 @@
     python run.py synthetic --out DIR [--views N --size S --seed K --panoramas]
     python run.py poses --data DIR --workspace W    # import poses, or estimate them
     python run.py <stage> --workspace W [--config configs/X.yaml] [key=value ...] [--force]
+    python run.py view --workspace W [--port 8080]  # live 3-D viewer in the browser
 
 Any config key can be given as ``key=value`` or as ``--key value`` (``--flag`` alone means true).
 ``--debug`` shows the traceback of an error (it is always written to ``W/logs/run.log``).
@@ -146,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--panoramas", action="store_true", help="also write the indoor scene's panoramas")
 
+    view = sub.add_parser("view", help="a live 3-D viewer of a workspace in the browser (viser)")
+    from pipeline.viewer.server import add_arguments as add_view_arguments
+
+    add_view_arguments(view)  # --workspace --port --host --max-seconds --device --method --threads
+
     from stages import available_stages
 
     for name, stage in available_stages().items():
@@ -189,6 +195,12 @@ def main(argv=None) -> int:
     try:
         if args.command == "demo":
             cmd_demo(args, extra)
+        elif args.command == "view":
+            if extra:
+                parser.error(f"unknown arguments: {extra}")
+            from pipeline.viewer.server import run_from_args
+
+            return run_from_args(args)
         elif args.command == "synthetic":
             if extra:
                 parser.error(f"unknown arguments: {extra}")

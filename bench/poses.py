@@ -105,7 +105,9 @@ def run_one(name: str, path: Path, work: Path, overrides: list[str]) -> dict:
         if len(pairs) >= 2:
             errors = pose_errors(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
             row.update(rot_med=errors["rotation_deg_median"], rot_max=errors["rotation_deg_max"],
-                       ctr_med=100 * errors["center_rel_median"], ctr_max=100 * errors["center_rel_max"])
+                       ctr_med=100 * errors["center_rel_median"], ctr_max=100 * errors["center_rel_max"],
+                       orient_med=errors["orientation_deg_median"],
+                       pair_med=errors["relative_rotation_deg_median"])
     return row
 
 
@@ -144,7 +146,8 @@ def run_baseline(name: str, path: Path, work: Path) -> dict:
         errors = pose_errors(np.stack([c2w_from_image(im) for im in images]),
                              np.stack([ref[by_name[im.name]] for im in images]))
         row.update(rot_med=errors["rotation_deg_median"], rot_max=errors["rotation_deg_max"],
-                   ctr_med=100 * errors["center_rel_median"], ctr_max=100 * errors["center_rel_max"])
+                   ctr_med=100 * errors["center_rel_median"], ctr_max=100 * errors["center_rel_max"],
+                   orient_med=errors["orientation_deg_median"], pair_med=errors["relative_rotation_deg_median"])
     return row
 
 
@@ -155,17 +158,18 @@ def fmt(value, digits=2) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| scene | settings | registered | mapper | rot med / max (deg) | centre med / max (% radius) | "
-          "reproj (px) | extract / match / map (s) | total (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| scene | settings | registered | mapper | rot med / max (deg) | orientation / pairwise med (deg) | "
+          "centre med / max (% radius) | reproj (px) | extract / match / map (s) | total (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['scene']} | {r['settings']} | FAILED: {r['error'][:90]} | | | | | | {r['wall_s']:.1f} |")
+            print(f"| {r['scene']} | {r['settings']} | FAILED: {r['error'][:90]} | | | | | | | {r['wall_s']:.1f} |")
             continue
         t = r["timings"]
         steps = " / ".join(fmt(t.get(k), 1) for k in ("extract_s", "match_s", "map_s"))
         print(f"| {r['scene']} | {r['settings']} | {r['registered']}/{r['given']} | {r['mapper']} | "
-              f"{fmt(r.get('rot_med'), 3)} / {fmt(r.get('rot_max'), 3)} | {fmt(r.get('ctr_med'))} / "
+              f"{fmt(r.get('rot_med'), 3)} / {fmt(r.get('rot_max'), 3)} | {fmt(r.get('orient_med'), 3)} / "
+              f"{fmt(r.get('pair_med'), 3)} | {fmt(r.get('ctr_med'))} / "
               f"{fmt(r.get('ctr_max'))} | {fmt(r.get('reproj'))} | {steps} | {r['wall_s']:.1f} |")
 
 

@@ -7,10 +7,11 @@ import importlib
 from pipeline.runner.stage import Stage
 
 # module name in stages/ -> position in the chain
-STAGE_MODULES = ("poses", "centres", "nerf", "idr", "export", "eval")
+STAGE_MODULES = ("poses", "centres", "nerf", "idr", "sdf", "export", "eval", "report")
 
 # the demo chain of each method; stages that are not available are left out
-DEMO_CHAINS = {"nerf": ("poses", "nerf", "export", "eval"), "idr": ("poses", "idr", "export", "eval")}
+DEMO_CHAINS = {"nerf": ("poses", "nerf", "export", "eval", "report"), "idr": ("poses", "idr", "export", "eval", "report"),
+               "sdf": ("poses", "sdf", "export", "eval", "report")}
 
 
 def available_stages() -> dict[str, Stage]:

@@ -27,6 +27,8 @@ from pipeline.runner.fingerprint import (MAX_LISTED_FILES, data_listing, describ
                                          describe_listing_change, file_fingerprint, listing_digest)
 from pipeline.runner.workspace import OWNER_FILE, Workspace, WorkspaceError
 
+# the training curve a stage logs in its resume folder as it goes (pipeline.training.progress_log)
+PROGRESS_LOG = "metrics.jsonl"
 TRACKED_PACKAGES = ("torch", "numpy", "kornia", "pycolmap", "imageio", "omegaconf", "scikit-image", "triton")
 
 
@@ -181,6 +183,10 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
     try:
         ctx = StageContext(workspace, config, out_dir, resume_dir, log, force)
         metrics = stage.run(ctx) or {}
+        # the resume folder survives interruptions but goes when the stage completes: keep the curve
+        curve = resume_dir / PROGRESS_LOG
+        if curve.is_file() and not (out_dir / PROGRESS_LOG).exists():
+            shutil.copy2(curve, out_dir / PROGRESS_LOG)
     except BaseException as exc:
         # Keep the resume state and any previous output; drop the half-written folder.
         shutil.rmtree(out_dir, ignore_errors=True)

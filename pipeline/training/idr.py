@@ -19,6 +19,7 @@ from pipeline.models.idr.losses import LossConfig, eikonal_loss, mask_alpha, mas
 from pipeline.models.idr.model import IDRModel, RendererConfig, uniform_ball_points
 from pipeline.training.common import (Budget, CheckpointSchedule, adam, build_kernels_before_timing,
                                       decay_factor, load_resumable, restore_or_start_afresh, save_checkpoint)
+from pipeline.training.progress_log import ProgressLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # idr stage keys a resumed run may change: the budget, checkpoint periods, evaluation, meshing,
@@ -152,6 +153,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
     t_session = time.time()
     schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s, elapsed)
     stopped_by_time = False
+    curve = ProgressLog(resume_dir, start, elapsed)  # the training curve, beside the checkpoint
     build_kernels_before_timing(device)
     bar = TrainingProgress("idr", budget.max_steps, budget.max_time_s, start, elapsed)
     rng_at_step_start = generator.get_state()  # an interrupted step is redone from here
@@ -191,6 +193,9 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
                          f"{stats['mask']:.4f} eik {stats['eikonal']:.4f} psnr(hit) {stats['psnr']:.2f} hit/mask "
                          f"{stats['hit_in_mask']:.3f} t={elapsed + time.time() - t_session:.0f}s")
             spent = elapsed + time.time() - t_session
+            if curve.due(iteration, spent, last=budget.done(iteration, spent)):
+                curve.write(iteration, spent, lr=optimizer.param_groups[0]["lr"],
+                            **{k: stats[k] for k in ("loss", "psnr", "rgb", "mask", "eikonal", "hit_in_mask")})
             if schedule.due(iteration, spent):
                 checkpoint(spent)
                 schedule.saved(spent)
@@ -201,6 +206,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         raise
     finally:
         bar.close()
+        curve.close()
     model.set_progress(1.0)
     total = elapsed + time.time() - t_session
     checkpoint(total)

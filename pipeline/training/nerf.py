@@ -19,6 +19,7 @@ from pipeline.runner.runtime import autocast
 from pipeline.training.common import (Budget, CheckpointSchedule, adam, build_kernels_before_timing,
                                       decay_factor, load_resumable, restore_or_start_afresh, save_checkpoint)
 from pipeline.training.nerf_data import PixelData
+from pipeline.training.progress_log import ProgressLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BACKGROUNDS = ("white", "black", "random", "learned", "scene")
@@ -118,6 +119,7 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
                                                      [generator]):
         log.info(f"nerf: resuming from step {step} ({elapsed:.1f}s trained) of {ckpt_path}")
     schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s, elapsed)
+    curve = ProgressLog(resume_dir, step, elapsed)  # the training curve, beside the checkpoint
 
     rng_at_step_start = (generator.get_state(), torch.get_rng_state())
 
@@ -184,6 +186,10 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
                 bar.postfix.update(loss=f"{last_loss:.4f}", psnr=f"{last_psnr:.2f}",
                                    samples_s=f"{total_samples / max(elapsed, 1e-9):.3g}")
             bar.update(step, elapsed)
+            if curve.due(step, elapsed, last=budget.done(step, elapsed)):
+                mse = float(torch.mean((out["rgb"].detach() - target) ** 2))
+                curve.write(step, elapsed, loss=float(loss.detach()), psnr=-10 * np.log10(max(mse, 1e-10)),
+                            lr=optimizer.param_groups[0]["lr"], rays=n_rays)
             if ckpt_path is not None and schedule.due(step, elapsed):
                 save_checkpoint(ckpt_path, checkpoint_state())
                 schedule.saved(elapsed)
@@ -194,6 +200,7 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
         raise
     finally:
         bar.close()
+        curve.close()
     if ckpt_path is not None:
         save_checkpoint(ckpt_path, checkpoint_state())
     return {"steps": step, "train_time_s": elapsed, "samples": total_samples,
