@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     demo = sub.add_parser("demo", help="built-in scene through every available stage (the default command)")
-    demo.add_argument("--method", choices=("nerf", "idr"), default="nerf")
+    from stages import DEMO_CHAINS
+
+    demo.add_argument("--method", choices=tuple(DEMO_CHAINS), default="nerf")
     demo.add_argument("--out", default=str(DEMO_DIR), help="output folder (default outputs/demo)")
     demo.add_argument("--views", type=int, default=50)
     demo.add_argument("--size", type=int, default=200)

@@ -1,6 +1,7 @@
-"""The surface of a trained model as a coloured triangle mesh: marching cubes of the IDR SDF at
-level 0, or of NeRF density at a threshold after carving away what no training camera sees, then
-hidden-face culling, small-piece removal, normals and vertex colours."""
+"""The surface of a trained model as a coloured triangle mesh: marching cubes of an SDF (IDR, or
+the volume-rendered sdf stage's field) at level 0, or of NeRF density at a threshold after carving
+away what no training camera sees, then hidden-face culling, small-piece removal, normals and
+vertex colours."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.export.config import ExportConfig
+from pipeline.export.methods import SDF_METHODS
 from pipeline.geometry.cameras import Cameras, visibility_counts
 from pipeline.geometry.mesh import (is_watertight, keep_large_components, marching_cubes, sample_grid, select_faces,
                                     write_obj, write_ply)
@@ -44,10 +46,10 @@ def field_function(model, method: str, density_threshold: float, cameras: Option
     """(fn(points) -> values, level) whose iso-surface at ``level`` is the surface, oriented so
     values increase outwards (the winding marching cubes gives then points normals outwards).
 
-    IDR: the SDF, level 0. NeRF: minus the density, level minus the threshold; density is zeroed
+    IDR and sdf: the SDF, level 0. NeRF: minus the density, level minus the threshold; density is zeroed
     where fewer than ``carve_min_views`` training cameras see the point (floaters outside every
     view go away; only points above the threshold are projected, so carving is cheap)."""
-    if method == "idr":
+    if method in SDF_METHODS:
         return (lambda p: model.query_sdf(p).reshape(-1)), 0.0
 
     def neg_density(points: torch.Tensor) -> torch.Tensor:
@@ -138,8 +140,8 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int,
     SDF network; vertex colours look along them. ``query_chunk``: points per normal/colour query."""
     if normals not in NORMALS:
         raise ValueError(f"normals must be one of {NORMALS}, got {normals!r}")
-    if method != "idr" and (lipschitz is not None or normals == "sdf_gradient"):
-        raise ValueError("lipschitz and normals=sdf_gradient need an SDF (method=idr)")
+    if method not in SDF_METHODS and (lipschitz is not None or normals == "sdf_gradient"):
+        raise ValueError(f"lipschitz and normals=sdf_gradient need an SDF (method {' or '.join(SDF_METHODS)})")
     fn, level = field_function(model, method, density_threshold, cameras, carve_min_views)
     with torch.no_grad():
         if lipschitz is not None:
@@ -151,7 +153,7 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int,
     except ValueError as exc:
         hint = (f"the NeRF density never reaches density_threshold={density_threshold:g} inside the box "
                 f"(max {-values.min():.3g}): the model may be under-trained, or lower density_threshold"
-                if method == "nerf" else "the IDR SDF has no zero crossing inside the box: the model may be "
+                if method == "nerf" else f"the {method} SDF has no zero crossing inside the box: the model may be "
                 "under-trained, or the box too small (export: widen mesh_bounds)")
         raise ValueError(f"{hint} ({exc})") from None
     n_raw = len(faces)
@@ -197,9 +199,12 @@ def export_mesh(model, method: str, scene, sim, cfg: ExportConfig, out: Path, de
     train = scene.splits.get("train") or list(range(len(scene)))
     cameras = scene.cameras(train, device=device) if method == "nerf" else None
     log.info(f"export: meshing {method} at {cfg.mesh_resolution}^3 over {bounds.tolist()} (normalised frame)")
+    # the sdf stage's field is trained to be a distance (eikonal) everywhere in its sphere: the grid is
+    # refined near the surface only, as the stage's own mesh
+    lipschitz = 1.5 if method == "sdf" else None
     mesh = extract_mesh(model, method, bounds, cfg.mesh_resolution, cfg.density_threshold, cameras,
                         cfg.carve_min_views, cfg.min_component_fraction, cfg.mesh_colors, device,
-                        cfg.cull_hidden, cfg.cull_tolerance, cfg.chunk)
+                        cfg.cull_hidden, cfg.cull_tolerance, cfg.chunk, lipschitz=lipschitz)
     inv = sim.inverse()
     verts = inv.apply_points(mesh["verts"])
     normals = mesh["normals"] @ inv.rotation.T

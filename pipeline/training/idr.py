@@ -195,7 +195,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
             spent = elapsed + time.time() - t_session
             if curve.due(iteration, spent, last=budget.done(iteration, spent)):
                 curve.write(iteration, spent, lr=optimizer.param_groups[0]["lr"],
-                            **{k: stats[k] for k in ("loss", "psnr", "rgb", "mask", "eikonal", "hit_in_mask")})
+                            **{k: stats[k] for k in ("loss", "psnr", "rgb", "mask", "eikonal", "hit_in_mask") if k in stats})
             if schedule.due(iteration, spent):
                 checkpoint(spent)
                 schedule.saved(spent)

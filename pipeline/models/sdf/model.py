@@ -1,0 +1,180 @@
+"""A volume-rendered implicit surface (NeuS, or UNISURF's occupancy with ``field=occupancy``) inside
+the object's sphere, in front of a NeRF++ background outside it.
+
+Geometry is IDR's SDF network (:class:`pipeline.models.idr.sdf_network.SDFNetwork`: Fourier or
+hash-grid encoding, geometric init, coarse-to-fine levels), colour IDR's renderer
+``M(x, n, v, z)``, the sharpness the learned inverse deviation ``s = exp(10 variance)`` (NeuS).
+Each ray inside the sphere gets uniform samples plus NeuS's hierarchical samples near the first
+zero crossing (:func:`pipeline.models.sdf.rendering.neus_upsample`); the sections between them are
+evaluated at their midpoints (value, feature, gradient) and turned into opacities by
+:func:`pipeline.models.sdf.rendering.neus_section_alpha` (or the occupancy). What the foreground
+lets through sees the background field (:mod:`pipeline.models.sdf.background`).
+
+:class:`VolumeSDFModel` is a :class:`pipeline.models.render.SDFModel`: ``render_rays`` (rgb, t =
+expected distance of the foreground, acc = foreground opacity, normal), ``query_sdf`` (the field,
+cut at the sphere: nothing outside it is trained) and ``query_color``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.models.components.volume_rendering import stratified_samples
+from pipeline.models.idr.model import NeuralRenderer, RendererConfig
+from pipeline.models.idr.sdf_network import SDFNetwork, SDFNetworkConfig
+from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig, BackgroundField, composite_behind
+from pipeline.models.sdf.rendering import (neus_section_alpha, neus_upsample, occupancy_alpha, sphere_segments,
+                                           weights_from_alpha)
+
+FIELDS = ("sdf", "occupancy")
+
+
+@dataclass
+class SamplingConfig:
+    radius: float = 1.0  # the object's sphere (normalised frame); the background begins outside it
+    samples: int = 32  # uniform samples per ray inside the sphere
+    importance: int = 32  # NeuS hierarchical samples per ray near the first zero crossing
+    upsample_steps: int = 4  # rounds of hierarchical sampling (importance // steps samples each)
+    upsample_inv_s: float = 64.0  # s of the first round, doubled each round (NeuS)
+    init_variance: float = 0.3  # s = exp(10 variance) starts at ~20 (NeuS)
+    # cos annealing (NeuS): the relaxed slope fades out over this share of training (0 = off)
+    anneal_end: float = 0.1
+    render_chunk: int = 2048  # rays per internal batch when rendering without gradients
+
+
+@dataclass
+class SDFModelConfig:
+    # the attribute shadows dataclasses.field inside this class body, hence dataclasses.field below
+    field: str = "sdf"  # sdf (NeuS weights) | occupancy (UNISURF: alpha = sigmoid(-s f), surface at 0.5)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    sdf: SDFNetworkConfig = dataclasses.field(default_factory=SDFNetworkConfig)
+    renderer: RendererConfig = dataclasses.field(default_factory=RendererConfig)
+    background_field: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
+
+
+class VolumeSDFModel(nn.Module):
+    """background: (3,) constant colour behind everything (behind the background field, if any)."""
+
+    def __init__(self, config: SDFModelConfig, background=(1.0, 1.0, 1.0)):
+        super().__init__()
+        if config.field not in FIELDS:
+            raise ValueError(f"field must be one of {FIELDS}, got {config.field!r}")
+        if config.background_field.model not in BACKGROUND_MODELS:
+            raise ValueError(f"background_field.model must be nerf++ or none, got {config.background_field.model!r}")
+        self.config = config
+        self.sampling = config.sampling
+        self.sdf_network = SDFNetwork(config.sdf)
+        self.renderer = NeuralRenderer(config.sdf.feature_dim, config.renderer)
+        self.variance = nn.Parameter(torch.tensor(float(config.sampling.init_variance)))
+        self.background_field = (BackgroundField(config.background_field, config.sampling.radius)
+                                 if config.background_field.model == "nerf++" else None)
+        self.register_buffer("background", torch.as_tensor(background, dtype=torch.float32).reshape(3))
+        r = config.sampling.radius
+        self.bounds = np.array([[-r] * 3, [r] * 3])  # the meshing box when the scene has none
+        self.anneal = 1.0  # cos annealing ratio (training progress); 1 = inference
+
+    def inv_s(self) -> torch.Tensor:
+        """The inverse deviation s (a scalar tensor, differentiable)."""
+        return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1]: coarse-to-fine levels and the cos annealing; 1 = inference."""
+        self.sdf_network.set_progress(progress)
+        self.renderer.set_progress(progress)
+        end = self.sampling.anneal_end
+        self.anneal = 1.0 if end <= 0 else min(1.0, progress / end)
+
+    # --- rendering -----------------------------------------------------------------------------
+
+    def _foreground(self, rays_o, rays_d, near, far, perturb, generator, create_graph):
+        """Rays that cross the sphere: (M, 3), near/far (M,) -> rgb (M, 3), acc, t (M,), normal
+        (M, 3), and for the losses the section gradients (M * S, 3) and weights (M, S)."""
+        s = self.sampling
+        z = stratified_samples(near, far, s.samples, perturb, generator)
+        z = neus_upsample(rays_o, rays_d, z, self.sdf_network.sdf, s.importance, s.upsample_steps,
+                          s.upsample_inv_s, s.radius, occupancy=self.config.field == "occupancy")
+        edges = torch.cat([z, far[:, None].expand(-1, 1).maximum(z[:, -1:])], -1)
+        dists = edges[:, 1:] - edges[:, :-1]
+        mids = z + 0.5 * dists
+        m, n_s = mids.shape
+        points = (rays_o[:, None] + rays_d[:, None] * mids[..., None]).reshape(-1, 3)
+        sdf, feature, grad = self.sdf_network.sdf_and_gradient(points, create_graph=create_graph)
+        dirs = rays_d[:, None].expand(m, n_s, 3).reshape(-1, 3)
+        inv_s = self.inv_s()
+        if self.config.field == "occupancy":
+            alpha = occupancy_alpha(sdf.reshape(m, n_s), inv_s)
+        else:
+            cos = (dirs * grad).sum(-1).reshape(m, n_s)
+            alpha = neus_section_alpha(sdf.reshape(m, n_s), cos, dists, inv_s, self.anneal)
+        weights = weights_from_alpha(alpha)
+        rgb = self.renderer(points, grad, -dirs, feature).reshape(m, n_s, 3)
+        acc = weights.sum(-1)
+        unit = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        normal = (weights[..., None] * unit.reshape(m, n_s, 3)).sum(1)
+        return {"rgb": (weights[..., None] * rgb).sum(1), "acc": acc,
+                "t": (weights * mids).sum(-1) / acc.clamp_min(1e-6),
+                "normal": normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+                "gradients": grad, "weights": weights}
+
+    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, perturb: bool = False,
+                    generator: torch.Generator | None = None, training: bool = False) -> dict[str, torch.Tensor]:
+        """rays_o, rays_d: (N, 3) unit rays -> rgb (N, 3), t (N,), acc (N,) the foreground's opacity,
+        normal (N, 3), acc_background (N,); with ``training`` also gradients (P, 3) at every
+        foreground section midpoint (for the eikonal loss, differentiable), weights (M, S), hit
+        (N,) bool (the M rays that cross the sphere). Without ``training`` rays go through in
+        chunks of ``sampling.render_chunk`` without gradients to the parameters."""
+        chunk = self.sampling.render_chunk
+        if not training and rays_o.shape[0] > chunk:
+            parts = [self.render_rays(rays_o[i:i + chunk], rays_d[i:i + chunk]) for i in range(0, rays_o.shape[0], chunk)]
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        n = rays_o.shape[0]
+        near, far, hit = sphere_segments(rays_o, rays_d, self.sampling.radius)
+        idx = hit.nonzero().squeeze(1)
+        fg_rgb, acc = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
+        t, normal = far.clone(), rays_o.new_zeros(n, 3)
+        fg = None
+        if len(idx):
+            fg = self._foreground(rays_o[idx], rays_d[idx], near[idx], far[idx], perturb, generator, training)
+            if not training:
+                fg = {k: v.detach() for k, v in fg.items()}
+            # index_put keeps the scatter differentiable for the rays that cross the sphere
+            fg_rgb = fg_rgb.index_put((idx,), fg["rgb"])
+            acc = acc.index_put((idx,), fg["acc"])
+            t = t.index_put((idx,), torch.where(fg["acc"] > 1e-4, fg["t"], far[idx]))
+            normal = normal.index_put((idx,), fg["normal"])
+        if self.background_field is not None:
+            bg = self.background_field.render(rays_o, rays_d, far, perturb, generator)
+            bg_rgb, bg_acc = bg["rgb"], bg["acc"]
+        else:
+            bg_rgb, bg_acc = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
+        rgb = composite_behind(fg_rgb, acc, bg_rgb, bg_acc, self.background.to(rays_o.dtype))
+        out = {"rgb": rgb, "t": t, "acc": acc, "normal": normal, "acc_background": bg_acc}
+        if not training:
+            return {k: v.detach() for k, v in out.items()}
+        empty = rays_o.new_zeros(0, 3)
+        out.update(hit=hit, gradients=fg["gradients"] if fg else empty,
+                   weights=fg["weights"] if fg else rays_o.new_zeros(0, 1))
+        return out
+
+    # --- SDFModel ------------------------------------------------------------------------------
+
+    def query_sdf(self, points: torch.Tensor) -> torch.Tensor:
+        """points (N, 3) -> the field (N,), negative inside, cut at the sphere: ``max(f, |x| - r)``
+        (outside the sphere no sample ever trained f, and stray zero crossings there are not
+        the object's)."""
+        with torch.no_grad():
+            return torch.maximum(self.sdf_network.sdf(points), points.norm(dim=-1) - self.sampling.radius)
+
+    def query_color(self, points: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+        """points, dirs: (N, 3) (dirs = viewing directions, camera -> point) -> rgb (N, 3)."""
+        _, feature, grad = self.sdf_network.sdf_and_gradient(points.detach(), create_graph=False)
+        with torch.no_grad():
+            dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            return self.renderer(points, grad, -dirs, feature)
+
+
+__all__ = ["FIELDS", "SamplingConfig", "SDFModelConfig", "VolumeSDFModel"]

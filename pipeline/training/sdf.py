@@ -1,0 +1,200 @@
+"""The training loop of the volume-rendered SDF (NeuS / occupancy): one step (render a batch of
+random pixels, colour L1, eikonal on every foreground sample and on uniform points in the sphere,
+optional mask and curvature terms), the optimiser with its schedule, the training curve
+(``metrics.jsonl``, :mod:`pipeline.training.progress_log`), checkpoints in the stage's
+resume folder (every ``checkpoint_every`` steps / ``checkpoint_every_s`` trained seconds, on an
+interruption and at the end; resumed only when made with the same training config, see
+``pipeline.training.common``), and the step/time budget."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.geometry.cameras import Cameras
+from pipeline.models.idr.losses import eikonal_loss, smoothness_loss
+from pipeline.models.idr.model import uniform_ball_points
+from pipeline.models.sdf.model import VolumeSDFModel
+from pipeline.runner.log import TrainingProgress
+from pipeline.training.common import (Budget, CheckpointSchedule, adam, build_kernels_before_timing,
+                                      decay_factor, load_resumable, restore_or_start_afresh, save_checkpoint)
+from pipeline.training.progress_log import ProgressLog
+from pipeline.training.sdf_data import PixelRays
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# sdf stage keys a resumed run may change: the budget, checkpoint periods, evaluation, meshing,
+# threads (the device actually used is recorded instead of ``device``)
+NOT_RESUME_KEYS = ("max_steps", "max_time_s", "checkpoint_every", "checkpoint_every_s", "cpu_threads", "device",
+                   "eval_max_views", "eval_downscale", "mesh_resolution", "mesh_min_component", "mesh_colors",
+                   "gt_mesh", "sampling.render_chunk")
+
+
+@dataclass
+class SDFTrainSettings:
+    """What the loop needs of the sdf stage's config (see ``stages.sdf.SDFConfig`` for each)."""
+
+    max_steps: int
+    max_time_s: float  # trained seconds, counted across resumes; 0 = no time budget
+    batch_rays: int
+    eikonal_points: int
+    eikonal_weight: float
+    mask_weight: float  # 0 = masks not used
+    curvature_weight: float
+    curvature_std: float
+    lr: float
+    lr_grid: float
+    lr_final_factor: float
+    warmup_steps: int
+    checkpoint_every: int
+    checkpoint_every_s: float
+    seed: int
+    resume_config: Optional[dict]  # what a checkpoint must have been made with (None: not checked)
+
+
+def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFTrainSettings,
+                  generator: torch.Generator, render_generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """Losses of one batch. batch: (view (N,), uv (N, 2), rgb (N, 3), mask (N,)) on the model's device."""
+    view, uv, rgb_gt, mask_gt = batch
+    rays_o, rays_d, _ = cameras[view].generate_rays(uv)
+    out = model.render_rays(rays_o, rays_d, perturb=True, generator=render_generator, training=True)
+    l_rgb = (out["rgb"] - rgb_gt).abs().mean()
+    radius = model.sampling.radius
+    grads = [out["gradients"]]
+    if settings.eikonal_points > 0:  # the samples cover what the cameras see; these, the rest of the sphere
+        ball = uniform_ball_points(settings.eikonal_points, radius, generator=generator, device=rays_o.device)
+        grads.append(model.sdf_network.sdf_and_gradient(ball, create_graph=True)[2])
+    l_eik = eikonal_loss(torch.cat(grads))
+    loss = l_rgb + settings.eikonal_weight * l_eik
+    l_mask = l_curv = loss.new_zeros(())
+    if settings.mask_weight > 0:
+        acc = out["acc"].clamp(1e-3, 1.0 - 1e-3)
+        l_mask = F.binary_cross_entropy(acc, mask_gt.to(acc.dtype))
+        loss = loss + settings.mask_weight * l_mask
+    if settings.curvature_weight > 0:
+        # normals at the rays' expected surface points and at points jittered around them should agree
+        surface = out["acc"].detach() > 0.5
+        if surface.any():
+            x = (rays_o + out["t"].detach()[:, None] * rays_d)[surface]
+            jitter = settings.curvature_std * torch.randn(x.shape, generator=generator).to(x.device)
+            g = model.sdf_network.sdf_and_gradient(torch.cat([x, x + jitter]), create_graph=True)[2]
+            l_curv = smoothness_loss(g[:len(x)], g[len(x):])
+            loss = loss + settings.curvature_weight * l_curv
+    with torch.no_grad():
+        psnr = -10 * torch.log10(((out["rgb"] - rgb_gt) ** 2).mean().clamp_min(1e-10))
+    stats = {"loss": float(loss.detach()), "rgb": float(l_rgb.detach()), "eikonal": float(l_eik.detach()),
+             "mask": float(l_mask.detach()), "curvature": float(l_curv.detach()), "psnr": float(psnr),
+             "inv_s": float(model.inv_s().detach()), "samples": samples_of(model, out)}
+    return loss, stats
+
+
+def samples_of(model: VolumeSDFModel, out: dict) -> int:
+    """Field samples of a training render: the foreground sections with gradients, plus the
+    background field's samples (the no-gradient queries of hierarchical sampling not counted)."""
+    background = model.background_field.config.samples * len(out["rgb"]) if model.background_field else 0
+    return int(out["weights"].numel()) + background
+
+
+def make_optimizer(model: VolumeSDFModel, settings: SDFTrainSettings):
+    grid, other = [], []
+    for name, p in model.named_parameters():
+        # hash-grid tables learn at the grid rate, as in instant-ngp
+        (grid if name.endswith("encoding.table") else other).append(p)
+    groups = [{"params": other, "lr": settings.lr, "base_lr": settings.lr}]
+    if grid:
+        groups.append({"params": grid, "lr": settings.lr_grid, "base_lr": settings.lr_grid})
+    return adam(groups, fused=False, betas=(0.9, 0.99), eps=1e-15)
+
+
+def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SDFTrainSettings, resume_dir: Path,
+          log) -> dict:
+    """Train until ``max_steps`` or ``max_time_s`` (counted across resumes). Returns a summary."""
+    budget = Budget(settings.max_steps, settings.max_time_s)
+    device = model.background.device
+    generator = torch.Generator().manual_seed(settings.seed)
+    render_generator = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    optimizer = make_optimizer(model, settings)
+    ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
+    start, elapsed, samples = 0, 0.0, 0
+    state = load_resumable(ckpt_path, settings.resume_config, log, "sdf")
+
+    def restore(state: dict) -> None:
+        nonlocal start, elapsed, samples
+        counters = int(state["iteration"]), float(state["elapsed_s"]), int(state.get("samples", 0))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        render_generator.set_state(state["render_generator"])
+        start, elapsed, samples = counters
+
+    if state is not None and restore_or_start_afresh(state, ckpt_path, restore, log, "sdf", [model, optimizer],
+                                                     [generator, render_generator]):
+        log.info(f"sdf: resuming from step {start} ({elapsed:.1f}s trained) of {ckpt_path}")
+    stats: dict = {}
+    iteration = start
+    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s, elapsed)
+    stopped_by_time = False
+    curve = ProgressLog(resume_dir, start, elapsed)  # the training curve, beside the checkpoint
+    build_kernels_before_timing(device)
+    bar = TrainingProgress("sdf", budget.max_steps, budget.max_time_s, start, elapsed)
+    t_session = time.time()
+    rng_at_step_start = (generator.get_state(), render_generator.get_state())  # an interrupted step is redone
+
+    def checkpoint(spent: float) -> None:
+        save_checkpoint(ckpt_path, {"iteration": iteration, "elapsed_s": spent, "samples": samples,
+                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "generator": rng_at_step_start[0], "render_generator": rng_at_step_start[1],
+                                    "config": settings.resume_config})
+
+    try:
+        while iteration < budget.max_steps:
+            spent = elapsed + time.time() - t_session
+            if budget.time_up(spent):
+                stopped_by_time = True
+                break
+            frac = budget.progress(iteration, spent)
+            warm = min(1.0, (iteration + 1) / max(1, settings.warmup_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * warm * decay_factor(settings.lr_final_factor, frac)
+            model.set_progress(frac)
+            # pixels are drawn on the CPU (one generator: the same batches on any device), then moved
+            batch = tuple(t.to(device) for t in rays.sample(settings.batch_rays, generator))
+            loss, stats = training_step(model, cameras, batch, settings, generator, render_generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            samples += stats["samples"]
+            rng_at_step_start = (generator.get_state(), render_generator.get_state())
+            spent = elapsed + time.time() - t_session
+            if iteration % 10 == 0:
+                bar.postfix.update(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}", s=f"{stats['inv_s']:.0f}")
+            bar.update(iteration, spent)
+            if iteration % 200 == 0:
+                log.info(f"sdf it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} eik "
+                         f"{stats['eikonal']:.4f} psnr {stats['psnr']:.2f} s {stats['inv_s']:.1f} t={spent:.0f}s")
+            if curve.due(iteration, spent, last=budget.done(iteration, spent)):
+                curve.write(iteration, spent, lr=optimizer.param_groups[0]["lr"],
+                            **{k: stats[k] for k in ("loss", "psnr", "rgb", "eikonal", "mask", "curvature", "inv_s")})
+            if schedule.due(iteration, spent):
+                checkpoint(spent)
+                schedule.saved(spent)
+    except BaseException:  # Ctrl-C or an error: keep what was trained since the last checkpoint
+        if iteration > start:
+            checkpoint(elapsed + time.time() - t_session)
+            log.warning(f"sdf: interrupted at step {iteration}; checkpoint saved to {ckpt_path} (re-run to resume)")
+        raise
+    finally:
+        bar.close()
+        curve.close()
+    model.set_progress(1.0)
+    total = elapsed + time.time() - t_session
+    checkpoint(total)
+    return {"steps": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time, "samples": samples,
+            "samples_per_s": samples / max(total, 1e-9), "last_step": stats}
+
+
+__all__ = ["SDFTrainSettings", "NOT_RESUME_KEYS", "training_step", "make_optimizer", "train"]

@@ -1,0 +1,189 @@
+"""SDF stage: a surface from photos by volume rendering an implicit field (NeuS, Wang et al. 2021;
+``field=occupancy``: UNISURF's occupancy, Oechsle et al. 2021), no masks needed.
+
+Inside the object's sphere (``sampling.radius`` in the normalised frame) the field is IDR's SDF
+network (hash grid by default, or Fourier features), rendered with NeuS's unbiased weights from a
+learned sharpness ``s``, with uniform plus hierarchical samples that gather at the surface as ``s``
+grows; outside it a small NeRF in inverted-sphere coordinates (NeRF++) explains the background,
+so the surface is not dragged out to explain it. Losses: colour L1, eikonal, optionally a mask
+BCE (``use_masks=true``: the same mask sources as the idr stage) and a curvature term.
+
+Outputs in ``W/sdf/``: ``model.pt`` (load with :func:`pipeline.models.sdf.io.load_trained`),
+``renders/`` (RGB and normal PNGs of the held-out views), ``depth/*.npy`` (z-depth in the
+original units, 0 where the foreground opacity < 0.5), ``mesh.ply`` (marching cubes of the field
+at 0 over the sphere's cube, original units, vertex colours), ``metrics.json`` (PSNR, SSIM, mask
+IoU when the scene has masks, Chamfer / F-score when a GT mesh is known, times, samples/s).
+
+Checkpoints and resuming as in the idr stage: every ``checkpoint_every_s`` trained seconds (30 by
+default), on Ctrl-C and at the end, in the stage's resume folder; a checkpoint of another config
+or other views is set aside with a warning.
+"""
+from __future__ import annotations
+
+import time
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from datasets.scene import SceneError
+from pipeline.evaluation.geometry import mesh_metrics
+from pipeline.evaluation.ground_truth import load_ground_truth
+from pipeline.evaluation.sdf_views import evaluate_sdf_views
+from pipeline.export.meshing import bounding_sphere_mesh
+from pipeline.geometry.mesh import is_watertight, write_ply
+from pipeline.models.idr.model import RendererConfig
+from pipeline.models.idr.sdf_network import SDFNetworkConfig
+from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig
+from pipeline.models.sdf.io import build_model, save_model
+from pipeline.models.sdf.model import FIELDS, SamplingConfig, SDFModelConfig
+from pipeline.runner.config import ConfigError
+from pipeline.runner.io import write_json
+from pipeline.runner.runtime import pick_device, torch_threads
+from pipeline.runner.stage import Stage, StageContext
+from pipeline.training.common import (DEFAULT_CHECKPOINT_EVERY_S, check_budget, resume_config, settings_from,
+                                      views_fingerprint)
+from pipeline.training.idr_data import MaskOptions, background_color, load_masks, load_views, train_test_split
+from pipeline.training.sdf import NOT_RESUME_KEYS, SDFTrainSettings, train
+from pipeline.training.sdf_data import PixelRays, full_masks
+
+
+@dataclass
+class SDFStageConfig:
+    """A CPU-sized default: geometry on a hash grid (levels fading in coarse to fine) with a
+    one-layer MLP, a small renderer, 32 uniform + 32 hierarchical samples per ray in the sphere,
+    16 background samples. Nested keys: ``sdf.encoding=fourier``, ``sampling.importance=64``."""
+
+    max_steps: int = 20000  # an upper bound (>= 1): the time budget usually ends training first
+    # training budget in seconds, counted across resumes (0 = no time budget; negative is an
+    # error); renders and mesh come after
+    max_time_s: float = 600.0
+    # (the key shadows dataclasses.field in this class body, hence dataclasses.field below)
+    field: str = "sdf"  # sdf (NeuS) | occupancy (UNISURF: alpha = occupancy = sigmoid(-s f); surface at 0.5)
+    batch_rays: int = 128  # rays per step (x 64 foreground + 16 background samples)
+    eikonal_points: int = 256  # uniform points in the sphere per step, besides every foreground sample
+    eikonal_weight: float = 0.1  # NeuS: 0.1
+    # masks are optional: with use_masks=true a BCE of the foreground opacity against them
+    use_masks: bool = False
+    mask_weight: float = 0.1  # NeuS: 0.1
+    mask_source: str = "auto"  # as the idr stage: auto | dataset | folder | threshold
+    mask_folder: str = ""
+    mask_threshold: float = 0.2
+    mask_background: str = "black"
+    # normals at the expected surface points and at points jittered by curvature_std should agree
+    # (0 = off)
+    curvature_weight: float = 0.0
+    curvature_std: float = 0.01
+    lr: float = 1e-3  # MLPs and the sharpness s
+    lr_grid: float = 1e-2  # hash-grid tables
+    lr_final_factor: float = 0.1  # learning rates decay exponentially to this factor
+    warmup_steps: int = 100
+    downscale: int = 1  # train on images downscaled by this integer factor
+    holdout_every: int = 8  # scenes without a test/val split hold back every k-th view (0: none)
+    eval_max_views: int = 0  # 0 = all held-out views
+    eval_downscale: int = 1
+    # the colour behind the background field (all of the background with background_field.model=none):
+    # white | black | auto (the median colour outside the masks; white without masks)
+    background: str = "white"
+    mesh_resolution: int = 256  # marching-cubes grid over the sphere's cube
+    mesh_min_component: float = 0.01  # drop mesh pieces smaller than this share of the faces
+    mesh_colors: bool = True
+    gt_mesh: str = ""  # reference mesh (original units) for Chamfer; default: mesh_gt.ply beside the data
+    checkpoint_every: int = 0  # steps (0 = off: the time-based ones suffice)
+    checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S  # seconds of training (0 = off)
+    seed: int = 0
+    cpu_threads: int = 1  # torch CPU threads during the stage (0 = torch's default)
+    device: str = "auto"  # auto | cpu | cuda
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    # geometry: a hash grid (its levels fade in over the first 30% of training) and one hidden
+    # layer; the torch backend gives the eikonal loss its second derivatives
+    sdf: SDFNetworkConfig = dataclasses.field(default_factory=lambda: SDFNetworkConfig(
+        encoding="hashgrid", hidden_dim=64, num_layers=2, skip_layers=[], feature_dim=15, init_radius=0.5,
+        weight_norm=False, hash_levels=12, hash_log2_size=15, hash_max_resolution=512, coarse_to_fine=0.3))
+    renderer: RendererConfig = dataclasses.field(default_factory=lambda: RendererConfig(
+        hidden_dim=64, num_layers=3, weight_norm=False, position_encoding="none"))
+    background_field: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: SDFStageConfig = ctx.config
+    check_budget(cfg)  # before any work
+    if cfg.field not in FIELDS:
+        raise ConfigError(f"field must be one of {', '.join(FIELDS)}, got {cfg.field!r}")
+    if cfg.background_field.model not in BACKGROUND_MODELS:
+        raise ConfigError(f"background_field.model must be one of {', '.join(BACKGROUND_MODELS)}, "
+                          f"got {cfg.background_field.model!r}")
+    with torch_threads(cfg.cpu_threads):
+        return _run(ctx, cfg)
+
+
+def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    scene = ctx.workspace.load_scene()
+    train_idx, test_idx = train_test_split(scene, cfg.holdout_every)
+    if not train_idx:
+        raise SceneError(f"{ctx.workspace.transforms_path}: no training views")
+    if cfg.eval_max_views > 0:
+        test_idx = test_idx[:cfg.eval_max_views]
+    mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
+    masks = load_masks(scene, train_idx, mask_options) if cfg.use_masks else full_masks(scene, train_idx)
+    views = load_views(scene, train_idx, masks, cfg.downscale)
+    background = background_color(cfg.background, views)
+    rays = PixelRays(views)
+    device = pick_device(cfg.device)
+    model_cfg = SDFModelConfig(cfg.field, cfg.sampling, cfg.sdf, cfg.renderer, cfg.background_field)
+    model = build_model(model_cfg, background).to(device)
+    ctx.log.info(f"sdf: {cfg.field} field, {len(train_idx)} training views ({len(rays)} rays, masks "
+                 f"{'used' if cfg.use_masks else 'not used'}), {len(test_idx)} held out, encoding {cfg.sdf.encoding}, "
+                 f"background field {cfg.background_field.model}, device {device}")
+    resume = resume_config(cfg, NOT_RESUME_KEYS, device=str(device), views=views_fingerprint(scene, train_idx))
+    settings = settings_from(SDFTrainSettings, cfg, resume_config=resume,
+                             mask_weight=cfg.mask_weight if cfg.use_masks else 0.0)
+    summary = train(model, views.cameras.to(device), rays, settings, ctx.resume_dir, ctx.log)
+    model.eval()
+    save_model(ctx.out_dir / "model.pt", model)
+    metrics: dict = {"iterations": summary["steps"], "train_time_s": round(summary["train_time_s"], 1),
+                     "stopped_by_time": summary["stopped_by_time"], "samples_per_s": round(summary["samples_per_s"]),
+                     "step_time_ms": round(1000 * summary["train_time_s"] / max(1, summary["steps"]), 1),
+                     "inv_s": round(float(model.inv_s().detach()), 1), "field": cfg.field, "encoding": cfg.sdf.encoding,
+                     "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads()}
+
+    t_eval = time.time()
+    eval_idx, eval_on = (test_idx, "held-out") if test_idx else (train_idx[:3], "training")
+    true_masks = [scene.load_mask(i) for i in eval_idx]  # None where a view has none (RGB PNGs)
+    with_masks = all(m is not None for m in true_masks)
+    eval_views = load_views(scene, eval_idx, true_masks if with_masks else full_masks(scene, eval_idx),
+                            cfg.eval_downscale)
+    view_metrics = evaluate_sdf_views(model, eval_views, [scene.frames[i].name for i in eval_idx], with_masks,
+                                      ctx.out_dir, ctx.workspace.normalization().scale)
+    metrics.update({k: v for k, v in view_metrics.items() if k != "views"}, eval_views=eval_on,
+                   eval_time_s=round(time.time() - t_eval, 1))
+
+    t_mesh = time.time()
+    try:
+        mesh = bounding_sphere_mesh(model, cfg.sampling.radius, 1.5, cfg.mesh_resolution, cfg.mesh_min_component,
+                                    cfg.mesh_colors)
+        verts = ctx.workspace.normalization().inverse().apply_points(mesh["verts"])
+        write_ply(ctx.out_dir / "mesh.ply", verts, mesh["faces"], mesh["colors"])
+        metrics.update(mesh_vertices=len(verts), mesh_faces=len(mesh["faces"]),
+                       mesh_watertight=is_watertight(mesh["faces"]))
+        gt = load_ground_truth(scene, cfg.gt_mesh)
+        if gt is not None:
+            metrics["mesh"] = mesh_metrics(verts, mesh["faces"], gt)
+    except ValueError as exc:  # no zero crossing: training found no surface
+        ctx.log.warning(f"sdf: no mesh: {exc}")
+        metrics["mesh_error"] = str(exc)
+    metrics["mesh_time_s"] = round(time.time() - t_mesh, 1)
+    metrics["total_time_s"] = round(time.time() - t_start, 1)
+    write_json(ctx.out_dir / "metrics.json", {**metrics, "views": view_metrics.get("views", [])})
+    chamfer = metrics.get("mesh", {}).get("chamfer_l1_over_radius")
+    ctx.log.info(f"sdf: {metrics['iterations']} steps in {metrics['train_time_s']:.0f}s; PSNR "
+                 f"{metrics.get('psnr', float('nan')):.2f} dB on {eval_on} views"
+                 + (f", Chamfer-L1 {chamfer:.4f} x radius" if chamfer is not None else ""))
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k == "mesh"}
+
+
+STAGE = Stage(name="sdf", config_cls=SDFStageConfig, run=run, inputs=("poses/transforms.json",),
+              produced_by={"poses/transforms.json": "python run.py poses --data DATA --workspace W"},
+              description="volume-rendered SDF (NeuS) or occupancy surface + NeRF++ background; masks optional")
