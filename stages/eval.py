@@ -31,7 +31,7 @@ from pipeline.evaluation.table import format_table
 from pipeline.evaluation.views import evaluate_views
 from pipeline.export.methods import MODEL_PRODUCED_BY, load_model, model_inputs, resolve_method, trained_methods
 from pipeline.runner.io import write_json
-from pipeline.runner.runtime import pick_device
+from pipeline.runner.runtime import pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
 from pipeline.runner.workspace import Workspace
 from pipeline.training.common import check_non_negative
@@ -39,8 +39,9 @@ from pipeline.training.common import check_non_negative
 
 @dataclass
 class EvalConfig:
-    method: str = "auto"  # auto (newest of W/nerf, W/idr) | nerf | idr
+    method: str = "auto"  # auto (newest of W/nerf, W/idr, W/sdf) | nerf | idr | sdf
     device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int = 0  # torch threads on CPU (0 = torch's default); 1 is faster on a busy machine
     chunk: int = 8192  # rays per batch
     split: str = "eval"  # eval (test, else val, else train) | train | val | test | all
     max_views: int = 0  # 0 = all views of the split
@@ -71,6 +72,11 @@ def poses_only(workspace: Workspace, config) -> bool:
 def run(ctx: StageContext) -> dict:
     cfg: EvalConfig = ctx.config
     check_non_negative(holdout_max_time_s=cfg.holdout_max_time_s)  # before any work
+    with torch_threads(cfg.cpu_threads):
+        return _run(ctx, cfg)
+
+
+def _run(ctx: StageContext, cfg: EvalConfig) -> dict:
     if poses_only(ctx.workspace, cfg):
         return run_poses_only(ctx)
     method = resolve_method(ctx.workspace, cfg.method)

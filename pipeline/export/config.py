@@ -8,7 +8,7 @@ from typing import Optional
 
 @dataclass
 class ExportConfig:
-    method: str = "auto"  # auto (newest of W/nerf, W/idr) | nerf | idr
+    method: str = "auto"  # auto (newest of W/nerf, W/idr, W/sdf) | nerf | idr | sdf
     what: str = "depth,views,mesh"  # comma-separated parts: depth, views, mesh, panoramas
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     chunk: int = 8192  # rays per rendering batch: bounds peak memory at any resolution
