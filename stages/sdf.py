@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets.scene import SceneError
 from pipeline.evaluation.geometry import mesh_metrics
 from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.sdf_views import evaluate_sdf_views
@@ -121,11 +120,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     scene = ctx.workspace.load_scene()
-    train_idx, test_idx = train_test_split(scene, cfg.holdout_every)
-    if not train_idx:
-        raise SceneError(f"{ctx.workspace.transforms_path}: no training views")
-    if cfg.eval_max_views > 0:
-        test_idx = test_idx[:cfg.eval_max_views]
+    train_idx, test_idx = train_test_split(scene, cfg.holdout_every, cfg.eval_max_views, ctx.workspace.transforms_path)
     mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
     masks = load_masks(scene, train_idx, mask_options) if cfg.use_masks else full_masks(scene, train_idx)
     views = load_views(scene, train_idx, masks, cfg.downscale)

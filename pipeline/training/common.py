@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -27,6 +28,13 @@ from pipeline.runner.config import ConfigError
 
 # the default period of the time-based checkpoints of both training stages: a kill loses at most this
 DEFAULT_CHECKPOINT_EVERY_S = 30.0
+
+
+# keys of a surface stage's config (idr, sdf) that a resumed run may change: the budget, checkpoint
+# periods, evaluation, meshing, threads (the device actually used is recorded instead of ``device``)
+SURFACE_NOT_RESUME_KEYS = ("max_steps", "max_time_s", "checkpoint_every", "checkpoint_every_s", "cpu_threads",
+                           "device", "eval_max_views", "eval_downscale", "mesh_resolution", "mesh_min_component",
+                           "mesh_colors", "gt_mesh")
 
 
 def settings_from(cls, config, **extra):
@@ -281,3 +289,78 @@ def build_kernels_before_timing(device: torch.device) -> None:
         from pipeline.kernels import cpu_kernels
 
         cpu_kernels.load()
+
+
+class TrainingSession:
+    """The bookkeeping around a training loop's steps: the progress bar, the training curve (the
+    ``metrics.jsonl`` beside the checkpoint), checkpoints every period and on Ctrl-C or an error,
+    and the trained seconds across resumes.
+
+        with TrainingSession("idr", budget, settings, resume_dir, start, elapsed, save, log) as session:
+            while session.iteration < budget.max_steps and not session.time_up():
+                ...one step...
+                session.step_done(stats, lr, postfix={...}, curve_keys=(...))
+        total = session.finish()  # the final checkpoint
+
+    ``save(iteration, trained_seconds)`` writes a checkpoint. ``clock`` is read at call time, so a
+    test can stand a fake clock in for it.
+    """
+
+    def __init__(self, name: str, budget: Budget, checkpoint_every: int, checkpoint_every_s: float, resume_dir,
+                 start: int, elapsed: float, save, log, device: torch.device, clock=None):
+        from pipeline.runner.log import TrainingProgress
+        from pipeline.training.progress_log import ProgressLog
+
+        self.name, self.budget, self.save, self.log = name, budget, save, log
+        self.clock = clock or time.time
+        self.start = self.iteration = start
+        self.elapsed = elapsed
+        self.stopped_by_time = False
+        self.schedule = CheckpointSchedule(checkpoint_every, checkpoint_every_s, elapsed)
+        self.curve = ProgressLog(resume_dir, start, elapsed)
+        build_kernels_before_timing(device)
+        self.bar = TrainingProgress(name, budget.max_steps, budget.max_time_s, start, elapsed)
+        self.t_session = self.clock()
+
+    def spent(self) -> float:
+        """Trained seconds, this session's and those of earlier ones."""
+        return self.elapsed + self.clock() - self.t_session
+
+    def time_up(self) -> bool:
+        if self.budget.time_up(self.spent()):
+            self.stopped_by_time = True
+        return self.stopped_by_time
+
+    def step_done(self, stats: dict, lr: float, postfix: dict, curve_keys, log_line: str = "") -> None:
+        """After a step: count it, update the bar, the curve and (when due) the checkpoint."""
+        self.iteration += 1
+        spent = self.spent()
+        if self.iteration % 10 == 0:
+            self.bar.postfix.update(postfix)
+        self.bar.update(self.iteration, spent)
+        if log_line and self.iteration % 200 == 0:
+            self.log.info(f"{self.name} it {self.iteration}: {log_line} t={spent:.0f}s")
+        if self.curve.due(self.iteration, spent, last=self.budget.done(self.iteration, spent)):
+            self.curve.write(self.iteration, spent, lr=lr, **{k: stats[k] for k in curve_keys if k in stats})
+        if self.schedule.due(self.iteration, spent):
+            self.save(self.iteration, spent)
+            self.schedule.saved(spent)
+
+    def finish(self) -> float:
+        """The final checkpoint; returns the trained seconds."""
+        total = self.spent()
+        self.save(self.iteration, total)
+        return total
+
+    def __enter__(self) -> "TrainingSession":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and self.iteration > self.start:  # Ctrl-C or an error: keep what was trained
+                self.save(self.iteration, self.spent())
+                self.log.warning(f"{self.name}: interrupted at step {self.iteration}; checkpoint saved "
+                                 f"(re-run to resume)")
+        finally:
+            self.bar.close()
+            self.curve.close()

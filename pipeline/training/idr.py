@@ -13,20 +13,14 @@ from typing import Optional
 import torch
 
 from pipeline.geometry.cameras import Cameras
-from pipeline.runner.log import TrainingProgress
 from pipeline.models.idr.cameras import PoseCorrections, corrected_cameras
 from pipeline.models.idr.losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss, smoothness_loss
 from pipeline.models.idr.model import IDRModel, RendererConfig, uniform_ball_points
-from pipeline.training.common import (Budget, CheckpointSchedule, adam, build_kernels_before_timing,
-                                      decay_factor, load_resumable, restore_or_start_afresh, save_checkpoint)
-from pipeline.training.progress_log import ProgressLog
+from pipeline.training.common import (SURFACE_NOT_RESUME_KEYS, Budget, TrainingSession, adam, decay_factor,
+                                      load_resumable, restore_or_start_afresh, save_checkpoint)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-# idr stage keys a resumed run may change: the budget, checkpoint periods, evaluation, meshing,
-# threads (the device actually used is recorded instead of ``device``)
-NOT_RESUME_KEYS = ("max_steps", "max_time_s", "checkpoint_every", "checkpoint_every_s", "cpu_threads", "device",
-                   "eval_downscale", "eval_max_views", "render_chunk", "mesh_resolution", "mesh_min_component",
-                   "mesh_colors", "gt_mesh")
+NOT_RESUME_KEYS = SURFACE_NOT_RESUME_KEYS + ("render_chunk",)
 
 
 @dataclass
@@ -149,26 +143,16 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
     if state is not None and restore_or_start_afresh(state, ckpt_path, restore, log, "idr", modules, [generator]):
         log.info(f"idr: resuming from step {start} ({elapsed:.1f}s trained) of {ckpt_path}")
     stats: dict = {}
-    iteration = start
-    t_session = time.time()
-    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s, elapsed)
-    stopped_by_time = False
-    curve = ProgressLog(resume_dir, start, elapsed)  # the training curve, beside the checkpoint
-    build_kernels_before_timing(device)
-    bar = TrainingProgress("idr", budget.max_steps, budget.max_time_s, start, elapsed)
     rng_at_step_start = generator.get_state()  # an interrupted step is redone from here
 
-    def checkpoint(spent: float) -> None:
+    def save(iteration: int, spent: float) -> None:
         save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, iteration, spent,
                                                      rng_at_step_start, settings))
 
-    try:
-        while iteration < budget.max_steps:
-            spent = elapsed + time.time() - t_session
-            if budget.time_up(spent):
-                stopped_by_time = True
-                break
-            frac = budget.progress(iteration, spent)
+    with TrainingSession("idr", budget, settings.checkpoint_every, settings.checkpoint_every_s, resume_dir, start,
+                         elapsed, save, log, device, clock=lambda: time.time()) as session:
+        while session.iteration < budget.max_steps and not session.time_up():
+            frac = budget.progress(session.iteration, session.spent())
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * decay_factor(settings.lr_final_factor, frac)
             alpha = mask_alpha(loss_cfg, frac)
@@ -182,32 +166,14 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
             optimizer.step()
             if corrections is not None and settings.camera_gauge:
                 corrections.remove_gauge(cameras.c2w)
-            iteration += 1
             rng_at_step_start = generator.get_state()
-            if iteration % 10 == 0:
-                bar.postfix.update(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}",
-                                   hit=f"{stats['hit_in_mask']:.2f}")
-            bar.update(iteration, elapsed + time.time() - t_session)
-            if iteration % 200 == 0:
-                log.info(f"idr it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} mask "
-                         f"{stats['mask']:.4f} eik {stats['eikonal']:.4f} psnr(hit) {stats['psnr']:.2f} hit/mask "
-                         f"{stats['hit_in_mask']:.3f} t={elapsed + time.time() - t_session:.0f}s")
-            spent = elapsed + time.time() - t_session
-            if curve.due(iteration, spent, last=budget.done(iteration, spent)):
-                curve.write(iteration, spent, lr=optimizer.param_groups[0]["lr"],
-                            **{k: stats[k] for k in ("loss", "psnr", "rgb", "mask", "eikonal", "hit_in_mask") if k in stats})
-            if schedule.due(iteration, spent):
-                checkpoint(spent)
-                schedule.saved(spent)
-    except BaseException:  # Ctrl-C or an error: keep what was trained since the last checkpoint
-        if iteration > start:
-            checkpoint(elapsed + time.time() - t_session)
-            log.warning(f"idr: interrupted at step {iteration}; checkpoint saved to {ckpt_path} (re-run to resume)")
-        raise
-    finally:
-        bar.close()
-        curve.close()
+            session.step_done(stats, optimizer.param_groups[0]["lr"],
+                              postfix={"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.1f}",
+                                       "hit": f"{stats['hit_in_mask']:.2f}"},
+                              curve_keys=("loss", "psnr", "rgb", "mask", "eikonal", "hit_in_mask"),
+                              log_line=", ".join(f"{k} {stats[k]:.4f}" for k in ("loss", "rgb", "mask", "eikonal",
+                                                                                  "psnr", "hit_in_mask") if k in stats))
     model.set_progress(1.0)
-    total = elapsed + time.time() - t_session
-    checkpoint(total)
-    return {"steps": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time, "last_step": stats}
+    total = session.finish()
+    return {"steps": session.iteration, "train_time_s": total, "stopped_by_time": session.stopped_by_time,
+            "last_step": stats}

@@ -131,9 +131,18 @@ def load_views(scene: Scene, indices: list[int], masks: list[np.ndarray], downsc
     return Views(list(indices), images, small_masks, Cameras.from_intrinsics(intrinsics, c2w))
 
 
-def train_test_split(scene: Scene, holdout_every: int) -> tuple[list[int], list[int]]:
+def train_test_split(scene: Scene, holdout_every: int, max_test_views: int = 0,
+                     source=None) -> tuple[list[int], list[int]]:
     """Training and held-out views: the scene's own split when it has one, else every
-    ``holdout_every``-th view held out (0: none)."""
+    ``holdout_every``-th view held out (0: none); at most ``max_test_views`` held out (0: all).
+    No training view is an error naming ``source`` (the scene's file)."""
+    train_idx, test = _split(scene, holdout_every)
+    if not train_idx:
+        raise SceneError(f"{source or scene.source}: no training views")
+    return train_idx, test[:max_test_views] if max_test_views > 0 else test
+
+
+def _split(scene: Scene, holdout_every: int) -> tuple[list[int], list[int]]:
     test = list(scene.eval_split())
     if test:
         held = set(test) | set(scene.splits.get("val", []))

@@ -19,18 +19,12 @@ from pipeline.geometry.cameras import Cameras
 from pipeline.models.idr.losses import eikonal_loss, smoothness_loss
 from pipeline.models.idr.model import uniform_ball_points
 from pipeline.models.sdf.model import VolumeSDFModel
-from pipeline.runner.log import TrainingProgress
-from pipeline.training.common import (Budget, CheckpointSchedule, adam, build_kernels_before_timing,
-                                      decay_factor, load_resumable, restore_or_start_afresh, save_checkpoint)
-from pipeline.training.progress_log import ProgressLog
+from pipeline.training.common import (SURFACE_NOT_RESUME_KEYS, Budget, TrainingSession, adam, decay_factor,
+                                      load_resumable, restore_or_start_afresh, save_checkpoint)
 from pipeline.training.sdf_data import PixelRays
 
 CHECKPOINT_NAME = "checkpoint.pt"
-# sdf stage keys a resumed run may change: the budget, checkpoint periods, evaluation, meshing,
-# threads (the device actually used is recorded instead of ``device``)
-NOT_RESUME_KEYS = ("max_steps", "max_time_s", "checkpoint_every", "checkpoint_every_s", "cpu_threads", "device",
-                   "eval_max_views", "eval_downscale", "mesh_resolution", "mesh_min_component", "mesh_colors",
-                   "gt_mesh", "sampling.render_chunk")
+NOT_RESUME_KEYS = SURFACE_NOT_RESUME_KEYS + ("sampling.render_chunk",)
 
 
 @dataclass
@@ -134,28 +128,19 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
                                                      [generator, render_generator]):
         log.info(f"sdf: resuming from step {start} ({elapsed:.1f}s trained) of {ckpt_path}")
     stats: dict = {}
-    iteration = start
-    schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s, elapsed)
-    stopped_by_time = False
-    curve = ProgressLog(resume_dir, start, elapsed)  # the training curve, beside the checkpoint
-    build_kernels_before_timing(device)
-    bar = TrainingProgress("sdf", budget.max_steps, budget.max_time_s, start, elapsed)
-    t_session = time.time()
     rng_at_step_start = (generator.get_state(), render_generator.get_state())  # an interrupted step is redone
 
-    def checkpoint(spent: float) -> None:
+    def save(iteration: int, spent: float) -> None:
         save_checkpoint(ckpt_path, {"iteration": iteration, "elapsed_s": spent, "samples": samples,
                                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "generator": rng_at_step_start[0], "render_generator": rng_at_step_start[1],
                                     "config": settings.resume_config})
 
-    try:
-        while iteration < budget.max_steps:
-            spent = elapsed + time.time() - t_session
-            if budget.time_up(spent):
-                stopped_by_time = True
-                break
-            frac = budget.progress(iteration, spent)
+    with TrainingSession("sdf", budget, settings.checkpoint_every, settings.checkpoint_every_s, resume_dir, start,
+                         elapsed, save, log, device, clock=lambda: time.time()) as session:
+        while session.iteration < budget.max_steps and not session.time_up():
+            iteration = session.iteration
+            frac = budget.progress(iteration, session.spent())
             warm = min(1.0, (iteration + 1) / max(1, settings.warmup_steps))
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * warm * decay_factor(settings.lr_final_factor, frac)
@@ -166,35 +151,18 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            iteration += 1
             samples += stats["samples"]
             rng_at_step_start = (generator.get_state(), render_generator.get_state())
-            spent = elapsed + time.time() - t_session
-            if iteration % 10 == 0:
-                bar.postfix.update(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}", s=f"{stats['inv_s']:.0f}")
-            bar.update(iteration, spent)
-            if iteration % 200 == 0:
-                log.info(f"sdf it {iteration}: loss {stats['loss']:.4f} rgb {stats['rgb']:.4f} eik "
-                         f"{stats['eikonal']:.4f} psnr {stats['psnr']:.2f} s {stats['inv_s']:.1f} t={spent:.0f}s")
-            if curve.due(iteration, spent, last=budget.done(iteration, spent)):
-                curve.write(iteration, spent, lr=optimizer.param_groups[0]["lr"],
-                            **{k: stats[k] for k in ("loss", "psnr", "rgb", "eikonal", "mask", "curvature", "inv_s")})
-            if schedule.due(iteration, spent):
-                checkpoint(spent)
-                schedule.saved(spent)
-    except BaseException:  # Ctrl-C or an error: keep what was trained since the last checkpoint
-        if iteration > start:
-            checkpoint(elapsed + time.time() - t_session)
-            log.warning(f"sdf: interrupted at step {iteration}; checkpoint saved to {ckpt_path} (re-run to resume)")
-        raise
-    finally:
-        bar.close()
-        curve.close()
+            session.step_done(stats, optimizer.param_groups[0]["lr"],
+                              postfix={"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.1f}",
+                                       "s": f"{stats['inv_s']:.0f}"},
+                              curve_keys=("loss", "psnr", "rgb", "eikonal", "mask", "curvature", "inv_s"),
+                              log_line=", ".join(f"{k} {stats[k]:.4f}" for k in ("loss", "rgb", "eikonal", "psnr",
+                                                                                  "inv_s") if k in stats))
     model.set_progress(1.0)
-    total = elapsed + time.time() - t_session
-    checkpoint(total)
-    return {"steps": iteration, "train_time_s": total, "stopped_by_time": stopped_by_time, "samples": samples,
-            "samples_per_s": samples / max(total, 1e-9), "last_step": stats}
+    total = session.finish()
+    return {"steps": session.iteration, "train_time_s": total, "stopped_by_time": session.stopped_by_time,
+            "samples": samples, "samples_per_s": samples / max(total, 1e-9), "last_step": stats}
 
 
 __all__ = ["SDFTrainSettings", "NOT_RESUME_KEYS", "training_step", "make_optimizer", "train"]
