@@ -144,16 +144,12 @@ def img_tag(src: str, caption: str, width: Optional[int] = None) -> str:
 def read_image(path: Path, background: float = 1.0) -> Optional[np.ndarray]:
     """An image file as float RGB in [0, 1] (alpha composited on ``background``); None when it
     cannot be read (a moved dataset, a corrupt file): the report shows what it can."""
-    import imageio.v3 as iio
+    from datasets.scene import SceneError, load_image_file
 
     try:
-        img = np.asarray(iio.imread(path))
-    except Exception:  # any unreadable file: the report leaves the picture out
+        img = load_image_file(path).astype(np.float64)  # every image mode, as the training stages load it
+    except SceneError:
         return None
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
-    img = img.astype(np.float64) / scale
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
     if img.shape[-1] == 4:
         img = img[..., :3] * img[..., 3:] + background * (1 - img[..., 3:])
     return img[..., :3]

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.export.images import depth_preview as coloured_depth
 from pipeline.report.html import Assets, colormap, esc, figure, img_tag, note, read_image, read_json_file
 from pipeline.training.progress_log import FILE_NAME, read_progress_log
 
@@ -115,8 +116,7 @@ def test_views(stage_dir: Path, workspace: Path, assets: Assets, max_views: int)
 
 
 def depth_preview(path: Path) -> Optional[np.ndarray]:
-    """A depth map (.npy) as a picture: turbo colours from the 2nd to 98th percentile of the valid
-    depths, near red, far blue (as the export's previews); background white."""
+    """A depth map (.npy) as a picture: the export's turbo preview (near red, far blue), background white."""
     try:
         depth = np.load(path).astype(np.float64)
     except (OSError, ValueError):
@@ -126,8 +126,7 @@ def depth_preview(path: Path) -> Optional[np.ndarray]:
     valid = np.isfinite(depth) & (depth > 0)
     if not valid.any():
         return None
-    lo, hi = np.percentile(depth[valid], [2, 98])
-    picture = colormap(1 - (depth - lo) / max(hi - lo, 1e-12), 1.0, "turbo")
+    picture = coloured_depth(depth, valid).astype(np.float64) / 255.0  # the export's colours and range
     picture[~valid] = 1.0
     return picture
 

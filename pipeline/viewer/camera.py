@@ -18,10 +18,10 @@ from pipeline.geometry.cameras import Cameras, Intrinsics
 
 def quaternion_to_matrix(wxyz) -> np.ndarray:
     """A unit quaternion (w, x, y, z) -> rotation matrix (3, 3); the quaternion is normalised first."""
-    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    from scipy.spatial.transform import Rotation
+
+    w, x, y, z = np.asarray(wxyz, dtype=np.float64)
+    return Rotation.from_quat([x, y, z, w]).as_matrix()  # scipy normalises; its order is (x, y, z, w)
 
 
 def matrix_to_quaternion(rotation) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from pipeline.models.components.volume_rendering import sample_pdf
+from pipeline.models.idr.sphere_tracing import ray_sphere_intersection
 
 
 
@@ -79,13 +80,8 @@ def sphere_segments(rays_o: torch.Tensor, rays_d: torch.Tensor, radius: float):
     """Where unit rays (N, 3) cross the origin-centred sphere of ``radius``: near, far (N,) and
     hit (N,) bool. Rays that miss (or whose sphere lies behind them) get ``near = far`` = the
     distance of their closest approach to the origin (>= 0), where their background begins."""
-    b = (rays_o * rays_d).sum(-1)
-    c = (rays_o * rays_o).sum(-1) - radius * radius
-    disc = b * b - c
-    root = disc.clamp_min(0.0).sqrt()
-    near, far = (-b - root).clamp_min(0.0), (-b + root).clamp_min(0.0)
-    hit = (disc > 0) & (far > near)
-    closest = (-b).clamp_min(0.0)
+    near, far, hit = ray_sphere_intersection(rays_o, rays_d, radius)
+    closest = (-(rays_o * rays_d).sum(-1)).clamp_min(0.0)
     return torch.where(hit, near, closest), torch.where(hit, far, closest), hit
 
 
