@@ -95,6 +95,9 @@ def run(ctx: StageContext) -> dict:
     metrics = {"images_given": report["images_given"], "images_registered": report["images_registered"]}
     if est_report["mode"] == "estimate":
         metrics["mean_reprojection_error_px"] = est_report["summary"]["mean_reprojection_error_px"]
+        # the strategies chosen (matching=auto, mapper=auto) and why: pipeline/sfm/matching.py, mapping.py
+        metrics.update({k: est_report[k] for k in ("matcher", "matcher_reason", "mapper", "mapper_reason")
+                        if k in est_report})
         metrics.update({f"time_{k}": v for k, v in report["timings_s"].items()})
     return metrics
 

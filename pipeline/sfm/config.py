@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 from datasets.scene import SceneError
 
-MATCHERS = ("auto", "exhaustive", "sequential")
+MATCHERS = ("auto", "exhaustive", "sequential", "spatial", "retrieval")
+SPATIAL_PRIORS = ("auto", "gps", "poses", "no")
 QUALITIES = ("fast", "balanced", "max")
-MAPPERS = ("incremental", "global")
+MAPPERS = ("incremental", "global")  # panorama_mapper; mapper also takes auto
 INTRINSICS_MODES = ("auto", "known", "estimate")
 ESTIMATED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
 
@@ -46,12 +47,32 @@ class EstimationConfig:
     # several times more accurate (bench/RESULTS.md, poses)
     small_max_reproj_error: float = 0.5
     small_guided_matching: bool = True  # guided matching for small images (a few seconds there)
-    matcher: str = "auto"  # auto (exhaustive up to exhaustive_max_images, else sequential) | exhaustive | sequential
+    # auto: chosen from the data and logged with why (pipeline/sfm/matching.py): exhaustive up to
+    # exhaustive_max_images; above it spatial when positions are known (EXIF GPS), sequential for
+    # numbered images whose consecutive ones share more features than distant ones (video, ordered
+    # captures), else retrieval (a vocabulary tree built from the images' own features)
+    # | exhaustive | sequential | spatial | retrieval
+    matcher: str = "auto"
     exhaustive_max_images: int = 60
     sequential_overlap: int = 10  # neighbours matched on each side in sequential matching
+    # numbered images count as an ordered capture when sampled consecutive pairs share at least this
+    # times the SIFT matches of pairs far apart in name order (shuffled temple-ring, lund, and the
+    # built-in scene's views spread over a sphere: 0.9-1.2; temple-ring 5.5, lund 3.2 in order)
+    sequential_min_gain: float = 2.0
+    # positions for spatial matching: auto / gps (EXIF GPS of every image) | poses (the dataset's
+    # camera centres: approximate poses to re-estimate; auto never uses them) | no
+    spatial_priors: str = "auto"
+    spatial_neighbors: int = 20  # nearest images by position matched with each (spatial)
+    retrieval_neighbors: int = 30  # most similar images by the vocabulary tree matched with each (retrieval)
     loop_detection: bool = False  # sequential only; needs vocab_tree_path (a local file: no downloads)
     vocab_tree_path: str = ""
-    mapper: str = "incremental"  # incremental | global (GLOMAP-style)
+    # auto: global (GLOMAP-style rotation averaging + global positioning) from global_min_images
+    # images, else incremental. On the built-in scene (bench/poses_scale.py, same databases) global
+    # registered every view but was less accurate and not clearly faster: 200 views 67 s, 0.31 / 70.7 deg
+    # median / max vs incremental 76 s, 0.13 / 0.59 deg; 400 views global 167 s, 0.37 / 5.9 deg vs
+    # incremental 133 s, 0.11 / 0.88 deg. So global only for sets larger than measured here
+    mapper: str = "auto"  # auto | incremental | global
+    global_min_images: int = 1000
     fallback_to_global: bool = True  # when incremental mapping leaves images out, try global mapping too
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
     # known intrinsics from a file, kept fixed in mapping: a Strecha .camera file (or a folder of
@@ -100,8 +121,12 @@ class EstimationConfig:
 
 def check_config(cfg: EstimationConfig) -> None:
     """Reject a mapper or camera model that does not exist before any work is done."""
-    if cfg.mapper not in MAPPERS:
-        raise SceneError(f"mapper must be one of {MAPPERS}, got {cfg.mapper!r}")
+    if cfg.mapper not in ("auto", *MAPPERS):
+        raise SceneError(f"mapper must be one of {('auto', *MAPPERS)}, got {cfg.mapper!r}")
+    if cfg.matcher not in MATCHERS:
+        raise SceneError(f"matcher must be one of {MATCHERS}, got {cfg.matcher!r}")
+    if cfg.spatial_priors not in SPATIAL_PRIORS:
+        raise SceneError(f"spatial_priors must be one of {SPATIAL_PRIORS}, got {cfg.spatial_priors!r}")
     if cfg.panorama_mapper not in MAPPERS:
         raise SceneError(f"panorama_mapper must be one of {MAPPERS}, got {cfg.panorama_mapper!r}")
     if cfg.quality not in QUALITIES:

@@ -44,6 +44,7 @@ def matching_key(extract_key: str, matcher: str, cfg: EstimationConfig, eff: Eff
     """What the matches depend on: the features and the matching options."""
     return settings_key({"extract": extract_key, "matcher": matcher, "overlap": cfg.sequential_overlap,
                  "loop": cfg.loop_detection, "seed": cfg.seed,
+                 "neighbors": [cfg.spatial_neighbors, cfg.retrieval_neighbors, cfg.spatial_priors],
                  "guided": eff.guided_matching, "min_inliers": eff.min_num_inliers})
 
 

@@ -1,9 +1,10 @@
 """Pose estimation with pycolmap: photos -> calibrated cameras, sparse points and a diagnosis.
 
 :func:`estimate` runs the steps in order: images prepared for COLMAP (:mod:`pipeline.sfm.prepare`),
-SIFT features (:mod:`~pipeline.sfm.features`), matching (exhaustive for small sets, sequential for
-long ordered captures: :mod:`~pipeline.sfm.matching`), mapping (incremental, falling back to global
-mapping when images are left out: :mod:`~pipeline.sfm.mapping`) and the diagnosis
+SIFT features (:mod:`~pipeline.sfm.features`), matching (``matcher=auto``: exhaustive for small sets,
+sequential for ordered captures, spatial with GPS priors, vocabulary-tree retrieval otherwise:
+:mod:`~pipeline.sfm.matching`), mapping (incremental, or global for large sets, falling back to
+global mapping when images are left out: :mod:`~pipeline.sfm.mapping`) and the diagnosis
 (:mod:`~pipeline.sfm.diagnose`). It returns the scene with poses and intrinsics, and a report:
 images given and registered, per-image features / matched neighbours / reprojection error, the
 unregistered images with the likely cause in plain words, other models found, the time of each step.
@@ -27,7 +28,7 @@ from pipeline.sfm.diagnose import diagnose_registration, save_failure_report
 from pipeline.sfm.features import apply_intrinsics_file, camera_groups, extract, use_known_intrinsics
 from pipeline.sfm.keypoints import refine_track_keypoints
 from pipeline.sfm.mapping import reconstruct, write_model
-from pipeline.sfm.matching import choose_matcher, match_images
+from pipeline.sfm.matching import choose_matcher, consecutive_gain, match_images, prior_positions
 from pipeline.sfm.panoramas import estimate_panoramas, is_panorama_scene
 from pipeline.sfm.prepare import prepare
 from pipeline.sfm.refine import bundle_adjust, refine_principal_point
@@ -75,11 +76,9 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
                          + ". Add photos of the same scene taken from nearby viewpoints.")
 
     # 2-3. features and matches, reused from an earlier run with the same images and settings
-    matcher = choose_matcher(cfg, [im.colmap_name for im in prepared])
     eff = effective_settings(cfg, [(im.width, im.height) for im in prepared])
     report["effective_settings"] = asdict(eff)
     extract_key = extraction_key(scene, prepared, known, cfg, eff)
-    match_key = matching_key(extract_key, matcher, cfg, eff)
     groups = camera_groups(prepared, scene, cfg, known)
     db_path = work_dir / "database.db"
     state = restore_database(db_path, final_dir / "colmap")
@@ -97,21 +96,29 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
         else:
             report["database"] = "reused features"
         timings["extract_s"] = time.time() - t
+        # the matching strategy, from the data (the ordered-capture check looks at the features)
         t = time.time()
+        names = [im.colmap_name for im in prepared]
+        positions, prior_source = prior_positions(cfg, scene, [im.frame_index for im in prepared],
+                                                  [scene.frames[im.frame_index].image_path for im in prepared])
+        choice = choose_matcher(cfg, names, lambda order: consecutive_gain(pycolmap, db_path, order, cfg.seed),
+                                positions, prior_source)
+        matcher = choice.matcher
+        log.info(f"matching: {matcher} ({choice.reason})")
+        report.update(matcher=matcher, matcher_reason=choice.reason)
+        match_key = matching_key(extract_key, matcher, cfg, eff)
         if state.get("match") != match_key:
-            log.info(f"matching ({matcher})")
-            match_images(pycolmap, db_path, matcher, groups, cfg, eff, device, known)
+            match_images(pycolmap, db_path, choice, groups, cfg, eff, device, known, names)
             state["match"] = match_key
             write_state(db_path, state)
         else:
             report["database"] = "reused features and matches"
         timings["match_s"] = time.time() - t
-        report["matcher"] = matcher
 
         # 4. mapping: keep the largest model; the diagnosis reports the others
         t = time.time()
-        models, best, mapper_used = reconstruct(pycolmap, db_path, image_dir, work_dir, len(prepared), cfg, eff,
-                                                known, log)
+        models, best, mapper_used, mapper_reason = reconstruct(pycolmap, db_path, image_dir, work_dir, len(prepared),
+                                                               cfg, eff, known, log)
         timings["map_s"] = time.time() - t
         # 4b. the tracks' keypoints aligned at full resolution, then bundle adjustment
         if best is not None and eff.refine_keypoints:
@@ -126,7 +133,7 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
                                             num_threads=cfg.num_threads, log=log)
             report["principal_point"] = [asdict(c) for c in checks]
             timings["principal_point_s"] = time.time() - t
-    report["mapper"] = mapper_used
+    report.update(mapper=mapper_used, mapper_reason=mapper_reason)
 
     # 5. per-image counts and diagnosis
     diagnose_registration(pycolmap, db_path, scene, prepared, models, best, eff.min_num_inliers,

@@ -59,16 +59,29 @@ def largest(models: dict):
     return max(models.values(), key=lambda r: r.num_reg_images()) if models else None
 
 
+def choose_mapper(cfg: EstimationConfig, num_images: int) -> tuple[str, str]:
+    """(incremental | global, why in one line) for ``num_images`` images: ``mapper=auto`` maps
+    globally from ``global_min_images`` on (incremental mapping bundle-adjusts again and again as
+    it grows: ~n^2; global mapping solves all rotations, then all positions, then one adjustment)."""
+    if cfg.mapper != "auto":
+        return cfg.mapper, f"mapper={cfg.mapper} in the config"
+    if num_images >= cfg.global_min_images:
+        return "global", f"{num_images} images >= global_min_images={cfg.global_min_images}"
+    return "incremental", f"{num_images} images < global_min_images={cfg.global_min_images}"
+
+
 def reconstruct(pycolmap, db_path: Path, image_dir: Path, work_dir: Path, num_images: int, cfg: EstimationConfig,
-                eff: Effective, known: bool, log: logging.Logger) -> tuple[dict, object, str]:
-    """Map with ``cfg.mapper``; when incremental mapping leaves some of the ``num_images`` out and
-    ``cfg.fallback_to_global``, map globally too and keep the result that registers more.
-    Returns (every model found, the largest or None, the mapper that made it, in words)."""
-    log.info(f"mapping ({cfg.mapper})")
-    models = map_images(pycolmap, db_path, image_dir, work_dir / "models", cfg.mapper, cfg, eff, known)
-    mapper_used = cfg.mapper
+                eff: Effective, known: bool, log: logging.Logger) -> tuple[dict, object, str, str]:
+    """Map with the mapper :func:`choose_mapper` picks; when incremental mapping leaves some of the
+    ``num_images`` out and ``cfg.fallback_to_global``, map globally too and keep the result that
+    registers more. Returns (every model found, the largest or None, the mapper that made it, in
+    words, why that mapper)."""
+    mapper, reason = choose_mapper(cfg, num_images)
+    log.info(f"mapping: {mapper} ({reason})")
+    models = map_images(pycolmap, db_path, image_dir, work_dir / "models", mapper, cfg, eff, known)
+    mapper_used = mapper
     best = largest(models)
-    if cfg.mapper == "incremental" and cfg.fallback_to_global and (best is None or best.num_reg_images() < num_images):
+    if mapper == "incremental" and cfg.fallback_to_global and (best is None or best.num_reg_images() < num_images):
         n_inc = 0 if best is None else best.num_reg_images()
         log.info(f"incremental mapping registered {n_inc}/{num_images}; trying global mapping")
         global_models = map_images(pycolmap, db_path, image_dir, work_dir / "models_global", "global", cfg, eff,
@@ -76,7 +89,8 @@ def reconstruct(pycolmap, db_path: Path, image_dir: Path, work_dir: Path, num_im
         best_global = largest(global_models)
         if best_global is not None and best_global.num_reg_images() > n_inc:
             models, best, mapper_used = global_models, best_global, "global (incremental registered %d)" % n_inc
-    return models, best, mapper_used
+            reason += f"; incremental registered {n_inc}/{num_images}, global more"
+    return models, best, mapper_used, reason
 
 
 def posed_scene(scene: Scene, rec, prepared: list[PreparedImage]) -> tuple[Scene, list[str]]:
