@@ -1,7 +1,12 @@
 """Training data of the IDR stage: object masks (dataset, user folder or plain-background
-threshold), downscaled views, and a bank of training rays sampled mostly inside the masks."""
+threshold), downscaled views, and a bank of training rays sampled mostly inside the masks.
+
+Memory: pixels are stored uint8 (3 B per pixel, ``pipeline.training.pixel_store``: in RAM within
+the budget, else memory-mapped), masks bool (1 B per pixel), and the ray bank keeps only pixel
+rows (4 B per kept pixel); each drawn batch becomes float and rays."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -13,6 +18,7 @@ from datasets.scene import Scene, SceneError, load_image_file, mask_from_image
 from pipeline.geometry.cameras import Cameras, Intrinsics, pixel_grid
 from pipeline.geometry.masks import mask_edges
 from pipeline.models.idr.sphere_tracing import ray_sphere_intersection
+from pipeline.training.pixel_store import PixelStore, files_key, memory_budget_bytes, quantize_uint8, to_float
 
 MASK_SOURCES = ("auto", "dataset", "folder", "threshold")
 MASK_HELP = ("give masks in one of these ways: (1) a dataset with masks (alpha channel of RGBA images, "
@@ -103,32 +109,92 @@ def downscale_view(image: np.ndarray, mask: np.ndarray, intrinsics: Intrinsics, 
     return img.astype(np.float32), msk, k
 
 
+class ViewImages(Sequence):
+    """The views' images, held as uint8 in one :class:`PixelStore` (1 B per channel, in RAM or
+    memory-mapped); ``images[v]`` is view v as float32 (H, W, 3) in [0, 1], made on access."""
+
+    def __init__(self, store: PixelStore):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store.sizes)
+
+    def __getitem__(self, v):
+        if isinstance(v, slice):
+            return [self[i] for i in range(*v.indices(len(self)))]
+        if not -len(self) <= v < len(self):
+            raise IndexError(v)
+        return self.store.view(v % len(self)).astype(np.float32) / np.float32(255.0)
+
+
 @dataclass
 class Views:
-    """Loaded views: images (H, W, 3), masks (H, W), their cameras (one batch)."""
+    """Loaded views: images (H, W, 3) float on access (stored uint8: ``images.store``), masks
+    (H, W) bool (views into the flat ``mask_flat`` (P,), 1 B per pixel), their cameras (one batch)."""
 
     indices: list[int]
-    images: list[np.ndarray]
+    images: ViewImages
     masks: list[np.ndarray]
     cameras: Cameras
+    mask_flat: Optional[np.ndarray] = None
+
+    @property
+    def store(self) -> PixelStore:
+        return self.images.store
 
 
-def load_views(scene: Scene, indices: list[int], masks: list[np.ndarray], downscale: int) -> Views:
-    images, small_masks, intrinsics = [], [], []
+def load_views(scene: Scene, indices: list[int], masks: list[np.ndarray], downscale: int, memory_gb: float = 0.0,
+               cache_dir: Optional[Path] = None) -> Views:
+    """The views ``indices`` downscaled by ``downscale`` with their masks (H, W) bool (full size).
+    Pixels are stored uint8 (exact for 8-bit images at downscale 1, else rounded to 8 bits), in
+    RAM within ``memory_gb`` (0 = auto) or memory-mapped from ``cache_dir`` (see
+    ``pipeline.training.pixel_store``)."""
+    intrinsics, sizes = [], []
     for i, mask in zip(indices, masks):
+        k = scene.frames[i].intrinsics
+        h, w = mask.shape
+        if (k.width, k.height) != (w, h):  # checked against the decoded image below
+            k = k.scaled(w / k.width)
+        if downscale > 1:
+            h, w = h // downscale, w // downscale
+            k = replace(k, width=w, height=h, fx=k.fx / downscale, fy=k.fy / downscale, cx=k.cx / downscale,
+                        cy=k.cy / downscale)
+        intrinsics.append(k)
+        sizes.append((h, w))
+
+    def load(v: int) -> np.ndarray:
+        i, mask = indices[v], masks[v]
         image = scene.load_image(i)
         if image.shape[:2] != mask.shape:
             raise SceneError(f"view {scene.frames[i].name!r}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
                              f"is {image.shape[1]}x{image.shape[0]}; masks must match their images")
-        k = scene.frames[i].intrinsics
-        if (k.width, k.height) != (image.shape[1], image.shape[0]):
-            k = k.scaled(image.shape[1] / k.width)
-        img, m, k = downscale_view(image, mask, k, downscale)
-        images.append(img)
-        small_masks.append(m)
-        intrinsics.append(k)
+        img, _, _ = downscale_view(image, mask, scene.frames[i].intrinsics, downscale)
+        return quantize_uint8(img)
+
+    key = files_key([scene.frames[i].image_path for i in indices], scene.background, downscale)
+    store = PixelStore(sizes, 3, load, memory_budget_bytes(memory_gb), cache_dir, key)
+    mask_flat = np.empty(store.num_pixels, dtype=bool)
+    small_masks = []
+    for v, mask in enumerate(masks):
+        h, w = sizes[v]
+        if downscale > 1:
+            mask = mask[:h * downscale, :w * downscale].reshape(h, downscale, w, downscale).mean((1, 3)) > 0.5
+        flat = mask_flat[store.offsets[v]:store.offsets[v + 1]]
+        flat[:] = mask.reshape(-1)
+        small_masks.append(flat.reshape(h, w))
     c2w = np.stack([scene.frames[i].c2w for i in indices])
-    return Views(list(indices), images, small_masks, Cameras.from_intrinsics(intrinsics, c2w))
+    return Views(list(indices), ViewImages(store), small_masks, Cameras.from_intrinsics(intrinsics, c2w), mask_flat)
+
+
+def view_pixels(store: PixelStore, rows: torch.Tensor):
+    """Flat pixel rows (n,) int64 of a store -> view (n,) int64, uv (n, 2) pixel centres, rgb (n, 3) float32."""
+    offsets = torch.from_numpy(store.offsets)
+    widths = torch.tensor([w for _, w in store.sizes])
+    view = torch.searchsorted(offsets, rows, right=True) - 1
+    local = rows - offsets[view]
+    w = widths[view]
+    uv = torch.stack([(local % w).float(), (local // w).float()], -1) + 0.5
+    return view, uv, to_float(store.gather(rows))
 
 
 def train_test_split(scene: Scene, holdout_every: int, max_test_views: int = 0,
@@ -181,31 +247,34 @@ class RayBank:
     the masks (the RGB loss only sees those; the mask loss sees all) and, optionally, a share near
     the silhouette edges (``edge_fraction``: thin gaps and outlines get more mask-loss rays).
 
-    view (M,) int64 index into the views; uv (M, 2) pixel centres; rgb (M, 3); mask (M,) bool.
+    No ray is stored: the bank keeps the flat pixel rows of ``views.store`` in three pools
+    (inside, outside, edge; int32 when the views have fewer than 2^31 pixels, i.e. 4 B per kept
+    pixel) and makes each drawn pixel's view, uv, colour and mask on demand.
     """
 
     def __init__(self, views: Views, radius: float, mask_fraction: float = 0.6, edge_fraction: float = 0.0,
                  edge_width: int = 2):
-        parts = {"view": [], "uv": [], "rgb": [], "mask": [], "edge": []}
-        for v, (img, m) in enumerate(zip(views.images, views.masks)):
+        self.store = views.store
+        self.mask_flat = torch.from_numpy(views.mask_flat)
+        index_dtype = torch.int32 if self.store.num_pixels < 2 ** 31 else torch.int64
+        inside, outside, edges = [], [], []
+        for v, m in enumerate(views.masks):
             h, w = m.shape
-            uv = pixel_grid(w, h)
             cam = views.cameras[v]
-            rays_o, rays_d, _ = cam.generate_rays(uv)
-            _, _, inside = ray_sphere_intersection(rays_o, rays_d, radius)
+            rays_o, rays_d, _ = cam.generate_rays(pixel_grid(w, h))
+            _, _, hits = ray_sphere_intersection(rays_o, rays_d, radius)
             mask = torch.from_numpy(m.reshape(-1))
-            keep = inside | mask  # masked pixels outside the sphere still count (they are misses)
-            parts["view"].append(torch.full((int(keep.sum()),), v, dtype=torch.int64))
-            parts["uv"].append(uv[keep])
-            parts["rgb"].append(torch.from_numpy(img.reshape(-1, 3))[keep])
-            parts["mask"].append(mask[keep])
-            parts["edge"].append(mask_edges(torch.from_numpy(m), edge_width).reshape(-1)[keep])
-        edge = torch.cat(parts.pop("edge"))
-        for key, value in parts.items():
-            setattr(self, key, torch.cat(value))
-        self.inside_idx = self.mask.nonzero().squeeze(1)
-        self.outside_idx = (~self.mask).nonzero().squeeze(1)
-        self.edge_idx = edge.nonzero().squeeze(1)
+            keep = hits | mask  # masked pixels outside the sphere still count (they are misses)
+            start = int(self.store.offsets[v])
+
+            def rows(sel: torch.Tensor) -> torch.Tensor:
+                return (torch.nonzero(sel)[:, 0] + start).to(index_dtype)
+
+            inside.append(rows(keep & mask))
+            outside.append(rows(keep & ~mask))
+            edges.append(rows(keep & mask_edges(torch.from_numpy(m), edge_width).reshape(-1)))
+        # pools in pixel order: inside, outside and edge rows as the old per-ray tables had them
+        self.inside_idx, self.outside_idx, self.edge_idx = torch.cat(inside), torch.cat(outside), torch.cat(edges)
         if len(self.inside_idx) == 0:
             raise SceneError("every training mask is empty: the object is not visible in any view; "
                              f"check the masks ({MASK_HELP})")
@@ -213,10 +282,10 @@ class RayBank:
         self.edge_fraction = edge_fraction if len(self.edge_idx) else 0.0
 
     def __len__(self) -> int:
-        return len(self.view)
+        return len(self.inside_idx) + len(self.outside_idx)
 
     def sample(self, count: int, generator: Optional[torch.Generator] = None):
-        """``count`` random rays: (view (N,), uv (N, 2), rgb (N, 3), mask (N,))."""
+        """``count`` random rays: (view (N,), uv (N, 2), rgb (N, 3) float32, mask (N,))."""
         n_edge = int(round(count * self.edge_fraction))
         n_in = int(round((count - n_edge) * self.mask_fraction))
         n_out = count - n_edge - n_in
@@ -224,9 +293,11 @@ class RayBank:
         def draw(pool, n):
             return pool[torch.randint(len(pool), (n,), generator=generator)] if n > 0 else pool[:0]
 
-        idx = torch.cat([draw(self.inside_idx, n_in), draw(self.outside_idx, n_out), draw(self.edge_idx, n_edge)])
-        return self.view[idx], self.uv[idx], self.rgb[idx], self.mask[idx]
+        rows = torch.cat([draw(self.inside_idx, n_in), draw(self.outside_idx, n_out),
+                          draw(self.edge_idx, n_edge)]).long()
+        view, uv, rgb = view_pixels(self.store, rows)
+        return view, uv, rgb, self.mask_flat[rows]
 
 
 __all__ = ["MASK_SOURCES", "MASK_HELP", "MaskOptions", "threshold_mask", "load_masks", "downscale_view", "Views",
-           "load_views", "estimate_background", "RayBank"]
+           "ViewImages", "load_views", "view_pixels", "estimate_background", "RayBank"]

@@ -25,7 +25,7 @@ from pipeline.training.nerf_data import PixelData
 # nerf stage keys a resumed run may change: the budget, checkpoint periods, evaluation, threads
 # (the device actually used is recorded instead of ``device``)
 NOT_RESUME_KEYS = ("max_steps", "max_time_s", "checkpoint_every", "checkpoint_every_s", "eval_chunk",
-                   "eval_max_views", "lpips", "cpu_threads", "device")
+                   "eval_max_views", "lpips", "cpu_threads", "device", "data_memory_gb")
 
 
 def uses_alpha(scene, indices: list[int], background: str) -> bool:
@@ -47,7 +47,8 @@ def fit_nerf(scene, train_idx: list[int], cfg: Any, device: torch.device, resume
     settings = settings_from(NeRFTrainSettings, cfg)
     use_alpha = uses_alpha(scene, train_idx, cfg.background)
     data = PixelData(scene, train_idx, device, use_alpha, cfg.edge_fraction, cfg.edge_width,
-                     latitude_weighting=getattr(cfg, "latitude_weighting", False))
+                     latitude_weighting=getattr(cfg, "latitude_weighting", False),
+                     memory_gb=getattr(cfg, "data_memory_gb", 0.0), cache_dir=resume_dir)
     if not use_alpha and cfg.background in ("random", "learned"):
         log.info("nerf: images have no alpha; training against their own background")
     aabb = default_aabb(scene.bounds, cfg.scene_radius)

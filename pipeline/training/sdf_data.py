@@ -8,8 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipeline.geometry.cameras import pixel_grid
-from pipeline.training.idr_data import Views
+from pipeline.training.idr_data import Views, view_pixels
 
 
 def full_masks(scene, indices: list[int]) -> list[np.ndarray]:
@@ -18,26 +17,23 @@ def full_masks(scene, indices: list[int]) -> list[np.ndarray]:
 
 
 class PixelRays:
-    """Every pixel of the views: view (P,) int64, uv (P, 2) pixel centres, rgb (P, 3), mask (P,)
-    bool (all true when ``views`` came with stand-in masks)."""
+    """Every pixel of the views, drawn uniformly: the flat rows of ``views.store`` (uint8 colours,
+    1 B per channel) and ``views.mask_flat`` (bool; all true when ``views`` came with stand-in
+    masks). Nothing per ray is stored: each drawn pixel's view, uv and float colour are made on
+    demand."""
 
     def __init__(self, views: Views):
-        view, uv, rgb, mask = [], [], [], []
-        for v, (img, m) in enumerate(zip(views.images, views.masks)):
-            h, w = m.shape
-            view.append(torch.full((h * w,), v, dtype=torch.int64))
-            uv.append(pixel_grid(w, h))
-            rgb.append(torch.from_numpy(np.ascontiguousarray(img.reshape(-1, 3), dtype=np.float32)))
-            mask.append(torch.from_numpy(m.reshape(-1)))
-        self.view, self.uv, self.rgb, self.mask = torch.cat(view), torch.cat(uv), torch.cat(rgb), torch.cat(mask)
+        self.store = views.store
+        self.mask_flat = torch.from_numpy(views.mask_flat)
 
     def __len__(self) -> int:
-        return len(self.view)
+        return self.store.num_pixels
 
     def sample(self, count: int, generator: Optional[torch.Generator] = None):
-        """``count`` uniform random pixels: (view (N,), uv (N, 2), rgb (N, 3), mask (N,))."""
-        idx = torch.randint(len(self.view), (count,), generator=generator)
-        return self.view[idx], self.uv[idx], self.rgb[idx], self.mask[idx]
+        """``count`` uniform random pixels: (view (N,), uv (N, 2), rgb (N, 3) float32, mask (N,))."""
+        idx = torch.randint(len(self), (count,), generator=generator)
+        view, uv, rgb = view_pixels(self.store, idx)
+        return view, uv, rgb, self.mask_flat[idx]
 
 
 __all__ = ["full_masks", "PixelRays"]
