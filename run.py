@@ -69,7 +69,8 @@ def run_one_stage(name: str, workspace: Path, config_path, overrides: list[str],
     stage = stages[name]
     config = stage.load_config(config_path, overrides)
     result = run_stage(stage, Workspace(workspace, create=False), config, force=force)
-    print_metrics(name, result.manifest.get("metrics", {}), result.out_dir)
+    if result.manifest:  # under torchrun, ranks > 0 have none: rank 0 reports
+        print_metrics(name, result.manifest.get("metrics", {}), result.out_dir)
 
 
 def print_metrics(name: str, metrics: dict, out_dir: Path) -> None:
@@ -91,13 +92,17 @@ def cmd_synthetic(args, extra) -> None:
 def cmd_demo(args, extra) -> None:
     """Built-in scene -> every available stage of the method's chain, in outputs/demo/."""
     from datasets.synthetic import SyntheticConfig, generate
+    from pipeline.training import distributed
     from stages import DEMO_CHAINS, available_stages
 
     out = Path(args.out)
     scene_dir = out / "scene"
     log = get_logger("demo")
     t0 = time.time()
-    generate(scene_dir, SyntheticConfig(views=args.views, size=args.size, seed=args.seed, panoramas=args.panoramas))
+    distributed.init_from_env()  # under torchrun: rank 0 writes the scene, the training stages use every rank
+    if distributed.is_main():
+        generate(scene_dir, SyntheticConfig(views=args.views, size=args.size, seed=args.seed, panoramas=args.panoramas))
+    distributed.barrier()
     log.info(f"built-in scene in {scene_dir} ({time.time() - t0:.1f}s)")
     stages = available_stages()
     chain = [name for name in DEMO_CHAINS[args.method] if name in stages]
@@ -120,7 +125,10 @@ def cmd_demo(args, extra) -> None:
         stage_overrides += [o for o in overrides if o.split("=", 1)[0].split(".")[0] in keys]
         config = stage.load_config(None, stage_overrides)
         result = run_stage(stage, workspace, config, force=args.force)
-        print_metrics(name, result.manifest.get("metrics", {}), result.out_dir)
+        if result.manifest:
+            print_metrics(name, result.manifest.get("metrics", {}), result.out_dir)
+    if not distributed.is_main():
+        return
     missing = [n for n in DEMO_CHAINS[args.method] if n not in stages]
     print(f"demo done in {time.time() - t0:.1f}s: workspace {workspace.root}"
           + (f" (stages not available yet: {', '.join(missing)})" if missing else ""))

@@ -39,6 +39,7 @@ from pipeline.models.idr.sphere_tracing import TracingConfig
 from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
+from pipeline.training import distributed
 from pipeline.training.common import (DEFAULT_CHECKPOINT_EVERY_S, check_budget, resume_config, settings_from,
                                       views_fingerprint)
 from pipeline.training.idr import NOT_RESUME_KEYS, TrainSettings, train, training_renderer
@@ -137,7 +138,8 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     scene = ctx.workspace.load_scene()
     train_idx, test_idx = train_test_split(scene, cfg.holdout_every, cfg.eval_max_views, ctx.workspace.transforms_path)
     mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
-    train_views = load_views(scene, train_idx, load_masks(scene, train_idx, mask_options), cfg.downscale)
+    train_views = load_views(scene, train_idx, load_masks(scene, train_idx, mask_options), cfg.downscale,
+                             cache_dir=ctx.resume_dir)  # a memory-mapped pixel table goes there
     background = background_color(cfg.background, train_views)
     bank = RayBank(train_views, cfg.tracing.radius, cfg.mask_fraction, cfg.edge_fraction, cfg.edge_width)
     ctx.log.info(f"idr: {len(train_idx)} training views ({len(bank)} rays), {len(test_idx)} held out, "
@@ -151,6 +153,8 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
     resume = resume_config(cfg, NOT_RESUME_KEYS, device=str(device), views=views_fingerprint(scene, train_idx))
     settings = settings_from(TrainSettings, cfg, resume_config=resume)
     summary = train(model, train_cameras, corrections, bank, cfg.loss, settings, ctx.resume_dir, ctx.log)
+    if not distributed.is_main():  # under torchrun rank 0 alone saves, evaluates and meshes
+        return {}
     model.eval()
 
     extra = {}
@@ -203,4 +207,5 @@ def _run(ctx: StageContext, cfg: IDRConfig) -> dict:
 
 STAGE = Stage(name="idr", config_cls=IDRConfig, run=run, inputs=("poses/transforms.json",),
               produced_by={"poses/transforms.json": "python run.py poses --data DATA --workspace W"},
-              description="IDR: SDF surface + neural renderer (+ trainable cameras) from masked views")
+              description="IDR: SDF surface + neural renderer (+ trainable cameras) from masked views",
+              distributed=True)

@@ -35,6 +35,7 @@ from pipeline.runner.config import config_to_dict
 from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
+from pipeline.training import distributed
 from pipeline.training.common import DEFAULT_CHECKPOINT_EVERY_S, check_budget
 from pipeline.training.nerf import uses_mixed_precision
 from pipeline.training.nerf_fit import fit_nerf
@@ -83,6 +84,9 @@ class NerfConfig:
     # panoramas: draw rows in proportion to cos(latitude) (uniform on the sphere; no effect on
     # perspective views), so the stretched poles do not dominate
     latitude_weighting: bool = True
+    # RAM the training pixels may take, stored uint8 (4 B per RGBA pixel); beyond it they are decoded
+    # once into a file in the resume folder and memory-mapped (0 = half of the available RAM)
+    data_memory_gb: float = 0.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch threads during this stage on CPU (0 = torch's default); 1 is faster
@@ -126,6 +130,8 @@ def _run(ctx: StageContext, cfg: NerfConfig) -> dict:
         eval_idx = eval_idx[:cfg.eval_max_views]
     scored = views_scored(len(eval_idx), eval_note)
     model, stats = fit_nerf(scene, train_idx, cfg, device, ctx.resume_dir, ctx.log)
+    if not distributed.is_main():  # under torchrun rank 0 alone saves and evaluates
+        return {}
     save_model(ctx.out_dir / "model.pt", model, cfg.background, scene.background, config_to_dict(cfg))
     scale = ctx.workspace.normalization().scale
     metrics = evaluate(model, scene, eval_idx, ctx.out_dir, scale, cfg.eval_chunk, cfg.lpips,
@@ -156,4 +162,4 @@ def views_scored(n: int, eval_on: str) -> str:
 
 STAGE = Stage(name="nerf", config_cls=NerfConfig, run=run, inputs=("poses/transforms.json",),
               produced_by={"poses/transforms.json": "python run.py poses --data DATA --workspace W"},
-              description="train a NeRF (hash grid or Fourier features) and render the test views")
+              description="train a NeRF (hash grid or Fourier features) and render the test views", distributed=True)

@@ -10,7 +10,14 @@ from pipeline.runner.config import ConfigError
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` = CUDA when torch sees a GPU, else CPU; asking for CUDA without one is a clear error."""
+    """``auto`` = CUDA when torch sees a GPU, else CPU; asking for CUDA without one is a clear error.
+    Under torchrun (``pipeline.training.distributed``) ``cuda`` is this process's ``cuda:LOCAL_RANK``."""
+    from pipeline.training.distributed import device_for
+
+    return device_for(_pick_device(name))
+
+
+def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -5,6 +5,13 @@ A stage is a name, a typed config (dataclass), the workspace files it reads, and
 and inputs (``force`` re-runs it; when it re-runs it says what changed), writes outputs to a temporary folder that is renamed into place
 only when the stage completes, and records a ``manifest.json`` (config, versions, times, metrics).
 A stage that keeps checkpoints in ``ctx.resume_dir`` resumes from them after an interruption.
+
+Under ``torchrun`` (several processes, :mod:`pipeline.training.distributed`) every rank runs the
+stage's code, but rank 0 alone decides whether it is up to date, owns the temporary output folder
+(``W/.tmp/<stage>-*`` with its ``.owner``), the log file, the manifest and the published output;
+the other ranks write their (unused) outputs into a private temporary folder outside the workspace,
+removed when they finish. A stage that does not train (``Stage.distributed`` false) runs on rank 0
+alone while the others wait (a chain under torchrun, like the demo, stays in step).
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import logging
 import platform
 import shutil
 import subprocess
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,6 +34,7 @@ from pipeline.runner.io import write_json
 from pipeline.runner.fingerprint import (MAX_LISTED_FILES, data_listing, describe_config_change,
                                          describe_listing_change, file_fingerprint, listing_digest)
 from pipeline.runner.workspace import OWNER_FILE, Workspace, WorkspaceError
+from pipeline.training import distributed
 
 # the training curve a stage logs in its resume folder as it goes (pipeline.training.progress_log)
 PROGRESS_LOG = "metrics.jsonl"
@@ -60,6 +69,8 @@ class Stage:
     data_inputs: Optional[Callable[[Any], Sequence[str | Path]]] = None
     # checks of the config that need no data (raise ConfigError), run before anything is created
     check: Optional[Callable[[Any], None]] = None
+    # runs on every rank under torchrun (a training stage: DDP); otherwise on rank 0 alone
+    distributed: bool = False
 
     def load_config(self, path=None, overrides: Sequence[str] = ()):
         return load_config(self.config_cls, path if path is not None else self.default_config, overrides)
@@ -145,7 +156,18 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
     """Run one stage unless its output is up to date; returns its manifest.
 
     Everything that can be checked before work starts (config, inputs, data) is checked before
-    anything is created on disk."""
+    anything is created on disk. Under torchrun see the module's docstring: ranks > 0 return a
+    result with an empty manifest."""
+    distributed.init_from_env()
+    if not distributed.is_main():
+        return _run_stage_follower(stage, workspace, config, force)
+    result = _run_stage_main(stage, workspace, config, force)
+    if not stage.distributed:  # the others waited for it (its outputs may be the next stage's inputs)
+        distributed.barrier()
+    return result
+
+
+def _run_stage_main(stage: Stage, workspace: Workspace, config: Any, force: bool) -> StageResult:
     log = get_logger(stage.name)
     config = stage.load_config() if config is None else config
     if stage.check is not None:
@@ -153,7 +175,11 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
     listings = data_listings(stage, workspace, config)
     fingerprint = input_fingerprint(stage, workspace, config, listings)
     previous = workspace.manifest(stage.name)
-    if not force and previous and previous.get("status") == "done" and previous.get("fingerprint") == fingerprint:
+    up_to_date = (not force and previous and previous.get("status") == "done"
+                  and previous.get("fingerprint") == fingerprint)
+    if stage.distributed:  # the others follow rank 0's decision
+        distributed.broadcast_object(bool(up_to_date))
+    if up_to_date:
         log.info(f"{stage.name}: up to date in {workspace.stage_dir(stage.name)} (use --force to re-run)")
         return StageResult(stage.name, True, previous, workspace.stage_dir(stage.name))
     if previous and not force:
@@ -173,6 +199,8 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
         shutil.rmtree(resume_dir)
     resume_dir = workspace.resume_dir(stage.name)
     out_dir = workspace.new_temp_dir(stage.name)
+    if stage.distributed:  # set up (a forced re-run's resume folder cleared): the others may start
+        distributed.barrier()
     started = time.time()
     manifest = {"stage": stage.name, "status": "running", "config": config_to_dict(config),
                 "fingerprint": fingerprint, "versions": package_versions(),
@@ -212,6 +240,30 @@ def run_stage(stage: Stage, workspace: Workspace, config: Any = None, force: boo
     log.info(f"{stage.name}: done in {finished - started:.1f}s")
     detach_log_file(handler)
     return StageResult(stage.name, False, manifest, final)
+
+
+def _run_stage_follower(stage: Stage, workspace: Workspace, config: Any, force: bool) -> StageResult:
+    """A rank > 0 under torchrun: the stage's code (its training steps) with nothing written to the
+    workspace; outputs go to a private temporary folder, removed at the end."""
+    empty = StageResult(stage.name, True, {}, workspace.stage_dir(stage.name))
+    if not stage.distributed:  # rank 0 runs it alone
+        distributed.barrier()
+        return empty
+    config = stage.load_config() if config is None else config
+    if stage.check is not None:
+        stage.check(config)
+    input_fingerprint(stage, workspace, config, {})  # the inputs must be readable here too (clear error)
+    if distributed.broadcast_object(None):  # up to date, says rank 0
+        return empty
+    distributed.barrier()
+    out_dir = Path(tempfile.mkdtemp(prefix=f"recon-{stage.name}-rank{distributed.rank()}-"))
+    try:
+        ctx = StageContext(workspace, config, out_dir, workspace.root / ".resume" / stage.name,
+                           get_logger(stage.name), force)
+        stage.run(ctx)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return StageResult(stage.name, False, {}, workspace.stage_dir(stage.name))
 
 
 def run_chain(stages: Sequence[Stage], workspace: Workspace, configs: Optional[dict] = None,

@@ -7,7 +7,9 @@ stage's config without the keys that only set the budget, checkpoints or evaluat
 device and a fingerprint of the training views). One made with another config, one that does not
 load into the model, or an unreadable one (a truncated file) is moved aside
 (``checkpoint.stale.pt`` / ``checkpoint.corrupt.pt`` in the resume folder) with a warning naming
-why, and training starts afresh.
+why, and training starts afresh. The device is recorded by kind (``cuda``, not ``cuda:1``), so a
+checkpoint of one GPU resumes under ``torchrun`` on several and back (the global batch is the
+same); under DDP rank 0 alone reads it and moves files (:mod:`pipeline.training.distributed`).
 """
 from __future__ import annotations
 
@@ -188,6 +190,8 @@ def resume_config(config: Any, ignore: Iterable[str], **extra) -> dict:
     ignore = tuple(ignore)
     flat = {k: v for k, v in _flatten(config).items()
             if not any(k == i or k.startswith(i + ".") for i in ignore)}
+    if "device" in extra:  # the kind: rank N of torchrun trains on cuda:N
+        extra = {**extra, "device": str(extra["device"]).split(":")[0]}
     flat.update({k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in extra.items()})
     return flat
 
@@ -255,6 +259,10 @@ def restore_or_start_afresh(state: dict, path: Path, restore: Callable[[dict], N
         for g, saved in zip(generators, before[1]):
             g.set_state(saved)
         torch.set_rng_state(before[2])
+        from pipeline.training import distributed
+
+        if not distributed.is_main():  # under DDP rank 0 alone moves files (every rank fails alike)
+            return False
         aside = set_aside(path, "stale")
         log.warning(f"{stage}: the checkpoint {path} does not fit this model, it was made with another config or "
                     f"version ({_first_line(exc)}); moved to {aside.name}, training starts afresh")
@@ -304,27 +312,44 @@ class TrainingSession:
 
     ``save(iteration, trained_seconds)`` writes a checkpoint. ``clock`` is read at call time, so a
     test can stand a fake clock in for it.
+
+    Under DDP (:mod:`pipeline.training.distributed`) the trained seconds are rank 0's, shared after
+    every step, so all ranks stop, decay and checkpoint at the same step; only rank 0 saves and
+    writes the curve.
     """
 
     def __init__(self, name: str, budget: Budget, checkpoint_every: int, checkpoint_every_s: float, resume_dir,
                  start: int, elapsed: float, save, log, device: torch.device, clock=None):
         from pipeline.runner.log import TrainingProgress
+        from pipeline.training import distributed
         from pipeline.training.progress_log import ProgressLog
 
-        self.name, self.budget, self.save, self.log = name, budget, save, log
+        self.distributed = distributed.is_distributed()
+        self.main = distributed.is_main()
+        self._from_main = distributed.from_main
+        self.name, self.save, self.log = name, save, log
+        self.budget = budget
         self.clock = clock or time.time
         self.start = self.iteration = start
         self.elapsed = elapsed
         self.stopped_by_time = False
         self.schedule = CheckpointSchedule(checkpoint_every, checkpoint_every_s, elapsed)
-        self.curve = ProgressLog(resume_dir, start, elapsed)
+        self.curve = ProgressLog(resume_dir if self.main else None, start, elapsed)
         build_kernels_before_timing(device)
         self.bar = TrainingProgress(name, budget.max_steps, budget.max_time_s, start, elapsed)
         self.t_session = self.clock()
+        self.synced = elapsed  # under DDP: rank 0's trained seconds after the last step
 
     def spent(self) -> float:
-        """Trained seconds, this session's and those of earlier ones."""
+        """Trained seconds, this session's and those of earlier ones (under DDP: rank 0's, as of the
+        last step)."""
+        if self.distributed:
+            return self.synced
         return self.elapsed + self.clock() - self.t_session
+
+    def _save(self, iteration: int, spent: float) -> None:
+        if self.main:
+            self.save(iteration, spent)
 
     def time_up(self) -> bool:
         if self.budget.time_up(self.spent()):
@@ -334,6 +359,8 @@ class TrainingSession:
     def step_done(self, stats: dict, lr: float, postfix: dict, curve_keys, log_line: str = "") -> None:
         """After a step: count it, update the bar, the curve and (when due) the checkpoint."""
         self.iteration += 1
+        if self.distributed:
+            self.synced = self._from_main(self.elapsed + self.clock() - self.t_session)
         spent = self.spent()
         if self.iteration % 10 == 0:
             self.bar.postfix.update(postfix)
@@ -343,13 +370,13 @@ class TrainingSession:
         if self.curve.due(self.iteration, spent, last=self.budget.done(self.iteration, spent)):
             self.curve.write(self.iteration, spent, lr=lr, **{k: stats[k] for k in curve_keys if k in stats})
         if self.schedule.due(self.iteration, spent):
-            self.save(self.iteration, spent)
+            self._save(self.iteration, spent)
             self.schedule.saved(spent)
 
     def finish(self) -> float:
         """The final checkpoint; returns the trained seconds."""
         total = self.spent()
-        self.save(self.iteration, total)
+        self._save(self.iteration, total)
         return total
 
     def __enter__(self) -> "TrainingSession":
@@ -357,8 +384,8 @@ class TrainingSession:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None and self.iteration > self.start:  # Ctrl-C or an error: keep what was trained
-                self.save(self.iteration, self.spent())
+            if exc_type is not None and self.iteration > self.start and self.main:  # Ctrl-C or an error
+                self._save(self.iteration, self.spent())
                 self.log.warning(f"{self.name}: interrupted at step {self.iteration}; checkpoint saved "
                                  f"(re-run to resume)")
         finally:

@@ -16,6 +16,7 @@ from pipeline.geometry.cameras import Cameras
 from pipeline.models.idr.cameras import PoseCorrections, corrected_cameras
 from pipeline.models.idr.losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss, smoothness_loss
 from pipeline.models.idr.model import IDRModel, RendererConfig, uniform_ball_points
+from pipeline.training import distributed
 from pipeline.training.common import (SURFACE_NOT_RESUME_KEYS, Budget, TrainingSession, adam, decay_factor,
                                       load_resumable, restore_or_start_afresh, save_checkpoint)
 
@@ -95,6 +96,16 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
     return loss, stats
 
 
+def distributed_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], batch,
+                     loss_cfg: LossConfig, alpha: float, eikonal_points: int,
+                     generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict]:
+    """:func:`training_step` as the forward of DDP: every parameter in the loss (an empty batch
+    included). Each rank's terms are means over its equal share of the rays (rgb and mask divide
+    by the batch's ray count), so DDP's average is the mean over the global batch."""
+    loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha, eikonal_points, generator)
+    return distributed.touch_all(loss, [model, corrections]), stats
+
+
 def make_optimizer(model: IDRModel, corrections: Optional[PoseCorrections], settings: TrainSettings):
     grid, other = [], []
     for name, p in model.named_parameters():
@@ -118,14 +129,20 @@ def _checkpoint_state(model, corrections, optimizer, iteration, elapsed, generat
 
 def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], bank, loss_cfg: LossConfig,
           settings: TrainSettings, resume_dir: Path, log) -> dict:
-    """Train until ``max_steps`` or ``max_time_s`` (counted across resumes). Returns a summary."""
+    """Train until ``max_steps`` or ``max_time_s`` (counted across resumes). Returns a summary.
+
+    Under torchrun (:mod:`pipeline.training.distributed`) each rank draws ``batch_rays / world``
+    rays and ``eikonal_points / world`` eikonal points with its own generator (``seed + rank``),
+    DDP averages the gradients, rank 0's checkpoint is broadcast on resume and rank 0 alone saves."""
     budget = Budget(settings.max_steps, settings.max_time_s)
-    generator = torch.Generator().manual_seed(settings.seed)
+    main = distributed.is_main()
+    generator = torch.Generator().manual_seed(distributed.rank_seed(settings.seed))
     device = model.background.device
     optimizer = make_optimizer(model, corrections, settings)
     ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
     start, elapsed = 0, 0.0
-    state = load_resumable(ckpt_path, settings.resume_config, log, "idr")
+    state = distributed.broadcast_object(load_resumable(ckpt_path, settings.resume_config, log, "idr")
+                                         if main else None)
 
     def restore(state: dict) -> None:
         nonlocal start, elapsed
@@ -136,7 +153,10 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         elif (corrections is None) != (state["corrections"] is None):
             raise ValueError("trainable cameras (train_cameras) differ")
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        if main:
+            generator.set_state(state["generator"])
+        else:  # only rank 0's generator is saved: the others continue on fresh streams of their own
+            generator.manual_seed(distributed.rank_seed(settings.seed) + 7919 * counters[0])
         start, elapsed = counters
 
     modules = [model, optimizer] + ([corrections] if corrections is not None else [])
@@ -149,6 +169,11 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, iteration, spent,
                                                      rng_at_step_start, settings))
 
+    forward = distributed.ddp_step(distributed_step, [model, corrections], find_unused_parameters=True)
+    rays, eikonal_points = distributed.shard(settings.batch_rays), distributed.shard(settings.eikonal_points)
+    if distributed.world_size() > 1:
+        log.info(f"idr: DistributedDataParallel on {distributed.world_size()} processes "
+                 f"({distributed.dist.get_backend()}), {rays} rays and {eikonal_points} eikonal points per process")
     with TrainingSession("idr", budget, settings.checkpoint_every, settings.checkpoint_every_s, resume_dir, start,
                          elapsed, save, log, device, clock=lambda: time.time()) as session:
         while session.iteration < budget.max_steps and not session.time_up():
@@ -158,9 +183,8 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
             alpha = mask_alpha(loss_cfg, frac)
             model.set_progress(frac)
             # rays are drawn on the CPU (one generator: the same batches on any device), then moved
-            batch = tuple(t.to(device) for t in bank.sample(settings.batch_rays, generator))
-            loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha,
-                                        settings.eikonal_points, generator)
+            batch = tuple(t.to(device) for t in bank.sample(rays, generator))
+            loss, stats = forward(model, cameras, corrections, batch, loss_cfg, alpha, eikonal_points, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -2,7 +2,8 @@
 updates, the ray count steered to a sample budget, the optimiser and its schedule, checkpoints
 (step, weights, optimiser, RNG states, error map, trained seconds and the config they were made
 with) in the stage's resume folder: every ``checkpoint_every`` steps / ``checkpoint_every_s``
-trained seconds, on an interruption and at the end of training."""
+trained seconds, on an interruption and at the end of training. Under ``torchrun`` the same loop
+runs data-parallel (DDP; :mod:`pipeline.training.distributed`): see :func:`train`."""
 from __future__ import annotations
 
 import time
@@ -16,6 +17,7 @@ import torch
 from pipeline.models.nerf.model import NeRFModel
 from pipeline.runner.log import TrainingProgress, get_logger
 from pipeline.runner.runtime import autocast
+from pipeline.training import distributed
 from pipeline.training.common import (Budget, CheckpointSchedule, adam, build_kernels_before_timing,
                                       decay_factor, load_resumable, restore_or_start_afresh, save_checkpoint)
 from pipeline.training.nerf_data import PixelData
@@ -84,17 +86,47 @@ def lr_factor(progress_fraction: float, step: int, settings: NeRFTrainSettings) 
     return warm * decay_factor(settings.lr_final_factor, progress_fraction)
 
 
+def step_loss(model: NeRFModel, rays_o: torch.Tensor, rays_d: torch.Tensor, target: torch.Tensor,
+              bg: Optional[torch.Tensor], settings: NeRFTrainSettings, generator: torch.Generator,
+              max_samples: int, mixed: bool, device: torch.device,
+              perturb: bool = True) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """The loss of one batch of rays (N, 3) against target (N, 3) -> (loss, the render, the target
+    rows rendered). Under DDP (run through :func:`pipeline.training.distributed.ddp_step`) the
+    ray-mean is rescaled so that the ranks' averaged gradient is that of the mean over all ranks'
+    rays, even when the sample budget cut some rank's batch short."""
+    with autocast(device, mixed):
+        out = model.render_rays(rays_o, rays_d, perturb=perturb, background=bg, generator=generator,
+                                max_samples=max_samples, distortion=settings.distortion_weight > 0)
+    target = target[:out["rgb"].shape[0]]
+    loss = torch.mean((out["rgb"] - target) ** 2)
+    if "distortion" in out:
+        loss = loss + settings.distortion_weight * out["distortion"].mean()
+    if "rgb_coarse" in out:
+        loss = loss + torch.mean((out["rgb_coarse"] - target) ** 2)
+    if distributed.is_distributed():
+        # no sample on this rank: the field's parameters are out of the graph, put them back
+        loss = distributed.touch_all(loss * distributed.global_mean_scale(target.shape[0]), [model],
+                                     force=int(out["num_samples"]) == 0)
+    return loss, out, target
+
+
 def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device: torch.device,
           resume_dir: Optional[Path], log=None, resume_config: Optional[dict] = None) -> dict:
     """Train in place; returns training statistics. Resumes from ``resume_dir/checkpoint.pt`` when
     it was made with the same ``resume_config`` (``pipeline.training.common.resume_config``; None:
-    not checked), otherwise sets it aside with a warning and starts afresh."""
+    not checked), otherwise sets it aside with a warning and starts afresh.
+
+    Under torchrun (:mod:`pipeline.training.distributed`) every rank runs this loop on its share of
+    each step's rays (``n_rays / world size``, its own generator seeded ``seed + rank``); rank 0
+    alone updates the occupancy grid (then broadcast), keeps the clock, writes checkpoints and the
+    curve; the ray count follows the samples summed over ranks."""
     log = log or get_logger("nerf")
+    world, main = distributed.world_size(), distributed.is_main()
     budget = Budget(settings.max_steps, settings.max_time_s)
     mixed = uses_mixed_precision(device, settings.mixed_precision, settings.cpu_mixed_precision)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(settings.seed))
     step, elapsed, total_samples = 0, 0.0, 0
     marched = model.sampler == "occupancy"
     n_rays = settings.initial_rays if marched else max(
@@ -102,15 +134,20 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
     if settings.error_fraction > 0:
         data.enable_error_map(settings.error_fraction)
     ckpt_path = resume_dir / CHECKPOINT_NAME if resume_dir is not None else None
-    state = load_resumable(ckpt_path, resume_config, log, "nerf")
+    # rank 0 reads (and sets aside a stale or unreadable) checkpoint; the others get its contents
+    state = load_resumable(ckpt_path, resume_config, log, "nerf") if main else None
+    state = distributed.broadcast_object(state)
 
     def restore(state: dict) -> None:
         nonlocal step, elapsed, total_samples, n_rays
         counters = int(state["step"]), float(state["elapsed"]), int(state["samples"]), int(state["n_rays"])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        if main:
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        else:  # only rank 0's RNG is saved: the others continue on fresh streams of their own
+            generator.manual_seed(distributed.rank_seed(settings.seed) + 7919 * counters[0])
         if data.pixel_error is not None and state.get("pixel_error") is not None:
             data.pixel_error.copy_(state["pixel_error"])
         step, elapsed, total_samples, n_rays = counters
@@ -119,7 +156,12 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
                                                      [generator]):
         log.info(f"nerf: resuming from step {step} ({elapsed:.1f}s trained) of {ckpt_path}")
     schedule = CheckpointSchedule(settings.checkpoint_every, settings.checkpoint_every_s, elapsed)
-    curve = ProgressLog(resume_dir, step, elapsed)  # the training curve, beside the checkpoint
+    curve = ProgressLog(resume_dir if main else None, step, elapsed)  # the training curve, beside the checkpoint
+    # DDP broadcasts rank 0's parameters here (all ranks start alike) and averages gradients
+    forward = distributed.ddp_step(step_loss, [model])
+    if world > 1:
+        log.info(f"nerf: DistributedDataParallel on {world} processes ({distributed.dist.get_backend()}), "
+                 f"{n_rays} rays per step in all, {distributed.shard(n_rays)} per process")
 
     rng_at_step_start = (generator.get_state(), torch.get_rng_state())
 
@@ -128,12 +170,12 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
         return {"step": step, "elapsed": elapsed, "samples": total_samples, "n_rays": n_rays,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "generator": rng_at_step_start[0], "torch_rng": rng_at_step_start[1],
-                "pixel_error": data.pixel_error, "config": resume_config}
+                "pixel_error": data.pixel_error, "config": resume_config, "world_size": world}
 
-    use_alpha = data.colors.shape[1] == 4
     build_kernels_before_timing(device)
     bar = TrainingProgress("nerf", budget.max_steps, budget.max_time_s, step, elapsed)
     last_psnr, last_loss = float("nan"), float("nan")
+    applied = False
     model.train()
     try:
         while not budget.done(step, elapsed):
@@ -142,34 +184,37 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(frac, step, settings)
             if model.occupancy is not None and step % settings.occupancy_update_every == 0:
-                with autocast(device, mixed):
-                    model.update_occupancy(all_cells=step < settings.occupancy_warmup_steps, generator=generator,
-                                           fraction=settings.occupancy_fraction)
-            rays_o, rays_d, target, pixels = data.sample(n_rays, generator)
+                if main:
+                    with autocast(device, mixed):
+                        model.update_occupancy(all_cells=step < settings.occupancy_warmup_steps,
+                                               generator=generator, fraction=settings.occupancy_fraction)
+                grid = model.occupancy
+                distributed.broadcast_tensors_([grid.density, grid.occupied, grid.updates])
+            local_rays = distributed.shard(n_rays)
+            rays_o, rays_d, target, pixels = data.sample(local_rays, generator)
             bg = None
-            if use_alpha:
+            if target.shape[1] == 4:  # alpha: composite the target onto the training background
                 if settings.background == "random":
-                    bg = torch.rand(n_rays, 3, device=device, generator=generator)
+                    bg = torch.rand(local_rays, 3, device=device, generator=generator)
                 else:
-                    bg = model.background().detach().expand(n_rays, 3)
+                    bg = model.background().detach().expand(local_rays, 3)
                 target = target[:, :3] * target[:, 3:] + bg * (1.0 - target[:, 3:])
                 if settings.background == "learned":
                     bg = None  # the model composites onto its learned colour
-            with autocast(device, mixed):
-                out = model.render_rays(rays_o, rays_d, perturb=True, background=bg, generator=generator,
-                                        max_samples=2 * settings.samples_per_batch,
-                                        distortion=settings.distortion_weight > 0)
-            target = target[:out["rgb"].shape[0]]
-            loss = torch.mean((out["rgb"] - target) ** 2)
-            if "distortion" in out:
-                loss = loss + settings.distortion_weight * out["distortion"].mean()
-            if "rgb_coarse" in out:
-                loss = loss + torch.mean((out["rgb_coarse"] - target) ** 2)
+            loss, out, target = forward(model, rays_o, rays_d, target, bg, settings, generator,
+                                        2 * distributed.shard(settings.samples_per_batch), mixed, device)
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
                 optimizer.step()
+            applied = True  # the step's update is in the weights (an interruption from here counts it)
             num_samples = int(out["num_samples"])
+            step_s = time.perf_counter() - t_start
+            if world > 1:
+                # one small collective: the samples of all ranks, and rank 0's clock (so that all
+                # ranks agree on the budget, the schedules and when to checkpoint)
+                num_samples, step_s = (int(v) if i == 0 else v for i, v in enumerate(
+                    distributed.all_reduce_sum([num_samples, step_s if main else 0.0])))
             total_samples += num_samples
             if marched and num_samples > 0:
                 # steer the ray count so the next step evaluates about samples_per_batch samples
@@ -178,8 +223,11 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
             if data.pixel_error is not None:  # last in the step: an interrupted step leaves the map as it was
                 data.record_error(pixels[:target.shape[0]], ((out["rgb"].detach() - target) ** 2).mean(-1))
             step += 1
-            elapsed += time.perf_counter() - t_start
+            elapsed += step_s
             rng_at_step_start = (generator.get_state(), torch.get_rng_state())  # what the next step starts from
+            applied = False
+            if not main:
+                continue
             if step % 10 == 0 or step == 1:
                 mse = float(torch.mean((out["rgb"].detach() - target) ** 2))
                 last_loss, last_psnr = float(loss.detach()), -10 * np.log10(max(mse, 1e-10))
@@ -194,15 +242,18 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
                 save_checkpoint(ckpt_path, checkpoint_state())
                 schedule.saved(elapsed)
     except BaseException:
-        if ckpt_path is not None and step > 0:
+        if applied:  # interrupted after the update (a peer failing in the step's last collective)
+            step += 1
+            rng_at_step_start = (generator.get_state(), torch.get_rng_state())
+        if ckpt_path is not None and step > 0 and main:
             save_checkpoint(ckpt_path, checkpoint_state())
             log.warning(f"nerf: interrupted at step {step}; checkpoint saved to {ckpt_path} (re-run to resume)")
         raise
     finally:
         bar.close()
         curve.close()
-    if ckpt_path is not None:
+    if ckpt_path is not None and main:
         save_checkpoint(ckpt_path, checkpoint_state())
     return {"steps": step, "train_time_s": elapsed, "samples": total_samples,
             "samples_per_s": total_samples / max(elapsed, 1e-9), "final_train_psnr": last_psnr,
-            "final_loss": last_loss, "final_rays_per_batch": n_rays}
+            "final_loss": last_loss, "final_rays_per_batch": n_rays, "processes": world}

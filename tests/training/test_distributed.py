@@ -1,0 +1,165 @@
+"""Training under torch.distributed (gloo on the CPU, 2 processes): one DDP step's gradients equal
+one process's on the same global batch; a rank killed mid-training stops the ``torchrun`` job,
+and the next run resumes from the checkpoint and writes its outputs once. (PSNR of a 2-process
+run against one process: ``bench/distributed.py``, too slow for CI.)"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pipeline.runner.workspace import running_owner
+from pipeline.training import distributed
+from pipeline.training.common import settings_from
+from pipeline.training.nerf import NeRFTrainSettings, step_loss
+from tests.scenes import write_ball_workspace
+from tests.tiny_configs import build_nerf_model, tiny_nerf_config
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model_and_batch(n: int = 96, miss_from: int | None = None):
+    """The tiny NeRF (seeded) and a fixed global batch: rays from a sphere of radius 2.5 towards the
+    box (from ray ``miss_from`` on, away from it: no samples), random target colours."""
+    cfg = tiny_nerf_config()
+    torch.manual_seed(0)
+    model = build_nerf_model(cfg, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    g = torch.Generator().manual_seed(1)
+    rays_o = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 2.5
+    rays_d = torch.nn.functional.normalize(0.3 * torch.randn(n, 3, generator=g) - rays_o, dim=-1)
+    if miss_from is not None:
+        rays_d[miss_from:] = torch.nn.functional.normalize(rays_o[miss_from:], dim=-1)
+    target = torch.rand(n, 3, generator=g)
+    return model, (rays_o, rays_d, target), settings_from(NeRFTrainSettings, cfg)
+
+
+def _loss_and_grads(model, batch, settings, forward=step_loss):
+    loss, out, _ = forward(model, *batch, None, settings, torch.Generator(), 10 ** 9, False, torch.device("cpu"),
+                           perturb=False)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _grad_worker(rank: int, world: int, port: int, out: str, cases: list[tuple[int, bool]]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    assert distributed.init_from_env() and distributed.world_size() == world
+    for split, miss in cases:
+        model, batch, settings = _model_and_batch(miss_from=split if miss else None)
+        if rank > 0:  # another start: DDP must broadcast rank 0's weights
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+        bounds = [0, split, len(batch[0])]
+        shard = tuple(t[bounds[rank]:bounds[rank + 1]] for t in batch)
+        grads = _loss_and_grads(model, shard, settings, distributed.ddp_step(step_loss, [model]))
+        torch.save(grads, Path(out) / f"grads{split}{miss}-{rank}.pt")
+    distributed.cleanup()
+
+
+def test_ddp_gradients_equal_one_process_on_the_global_batch(tmp_path):
+    # equal halves; 40 + 56 rays (each rank's mean rescaled); rank 1's rays all miss the box (no
+    # sample: its loss holds no field parameter, yet DDP must reduce them all)
+    cases = [(48, False), (40, False), (48, True)]
+    mp.spawn(_grad_worker, args=(2, free_port(), str(tmp_path), cases), nprocs=2, join=True)
+    for split, miss in cases:
+        model, batch, settings = _model_and_batch(miss_from=split if miss else None)
+        expected = _loss_and_grads(model, batch, settings)
+        for rank in range(2):
+            got = torch.load(tmp_path / f"grads{split}{miss}-{rank}.pt")
+            assert got.keys() == expected.keys()
+            for name, g in expected.items():
+                assert g.abs().max() > 0, name  # every parameter takes part
+                torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6 * float(g.abs().max()),
+                                           msg=f"{name}, rays split {split} + {96 - split}")
+
+
+NERF_ARGS = ["samples_per_batch=2048", "initial_rays=512", "max_rays=4096", "model.grid.levels=6",
+             "model.grid.log2_table_size=12", "model.grid.finest_resolution=64", "model.width=16",
+             "model.occupancy_resolution=16", "occupancy_warmup_steps=16", "lpips=false", "cpu_threads=1"]
+
+
+def _env() -> dict:
+    env = dict(os.environ, CI="true", RECON_QUIET="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def torchrun(workspace: Path, *args: str, nproc: int = 2, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(free_port()), str(ROOT / "run.py"), "nerf", "--workspace", str(workspace), *NERF_ARGS, *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The process id of torchrun's worker of ``rank`` (a child of ``parent`` with RANK=rank)."""
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(child)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers through /proc (Linux)")
+def test_killed_rank_stops_the_job_and_the_next_run_resumes_writing_once(tmp_path):
+    """torchrun --nproc_per_node 2: kill -9 rank 1 after a checkpoint; the job fails, publishes
+    nothing; the same command resumes from rank 0's checkpoint, and its outputs are written once."""
+    ws = write_ball_workspace(tmp_path, views=6, size=16).root
+    ckpt = ws / ".resume" / "nerf" / "checkpoint.pt"
+    args = ["max_steps=100000", "checkpoint_every=20", "checkpoint_every_s=0"]
+    run = torchrun(ws, *args, "max_time_s=0")
+    try:
+        deadline = time.time() + 90
+        while not ckpt.exists() and run.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert ckpt.exists(), run.communicate(timeout=30)[0] if run.poll() is not None else "no checkpoint in 90 s"
+        victim = _rank_pid(run.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        output, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0, output
+    assert not (ws / "nerf").exists()  # nothing published; a half-written folder has no live owner
+    assert all(running_owner(p) is None for p in (ws / ".tmp").iterdir())
+    state = torch.load(ckpt, weights_only=False)
+    saved, trained = state["step"], state["elapsed"]
+    assert saved >= 20
+    # resumed with a time budget: the ranks must agree on when it runs out (or the job would hang)
+    budget = trained + 1.0
+    again = torchrun(ws, *args, f"max_time_s={budget}")
+    output, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, output
+    log = (ws / "logs" / "run.log").read_text()
+    resumed = re.findall(r"nerf: resuming from step (\d+)", log)
+    assert resumed == [str(saved)], log  # logged by rank 0 only
+    metrics = json.loads((ws / "nerf" / "metrics.json").read_text())
+    assert metrics["steps"] > saved and budget <= metrics["train_time_s"] < budget + 0.5 and metrics["processes"] == 2
+    # outputs once: one report on stdout, one published folder, no leftovers, one curve
+    assert output.count("nerf: outputs in") == 1, output
+    assert not any((ws / ".tmp").iterdir()) and not (ws / ".resume" / "nerf").exists()
+    assert log.count("nerf: done in") == 1 and log.count("DistributedDataParallel on 2 processes (gloo)") == 2
+    steps = [json.loads(line)["step"] for line in (ws / "nerf" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == metrics["steps"]
