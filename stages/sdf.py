@@ -1,18 +1,36 @@
 """SDF stage: a surface from photos by volume rendering an implicit field (NeuS, Wang et al. 2021;
 ``field=occupancy``: UNISURF's occupancy, Oechsle et al. 2021), no masks needed.
 
-Inside the object's sphere (``sampling.radius`` in the normalised frame) the field is IDR's SDF
+The object's sphere is the region of interest (``roi``, :mod:`pipeline.geometry.roi`): ``auto``
+takes the dataset's box of the object, else the sparse points of pose estimation
+(``W/poses/points.ply``), else the cameras' common view; ``box`` a box in the original units
+(``roi_box``); ``sphere`` the normalised frame's ball. A similarity moves the cameras so that it
+becomes the origin-centred ball of ``sampling.radius``, where the model trains; ``model.pt``
+remembers it, so loaded models render in the normalised frame like the other methods'.
+
+Inside the object's sphere the field is IDR's SDF
 network (hash grid by default, or Fourier features), rendered with NeuS's unbiased weights from a
 learned sharpness ``s``, with uniform plus hierarchical samples that gather at the surface as ``s``
 grows; outside it a small NeRF in inverted-sphere coordinates (NeRF++) explains the background,
 so the surface is not dragged out to explain it. Losses: colour L1, eikonal, optionally a mask
 BCE (``use_masks=true``: the same mask sources as the idr stage) and a curvature term.
 
+Speed: once a fifth of training has passed, a grid of the cells the surface may cross
+(:mod:`pipeline.models.sdf.surface_grid`, recomputed every 16 steps) limits each ray's samples to
+its stretch near the surface. With ``sample_gradients=constant`` (the default) grad f at the ray
+samples (NeuS's cos, the renderer's normal input) is a constant computed with first derivatives
+only, and the eikonal loss takes central differences at ``eikonal_ray_points`` of the samples plus
+``eikonal_points`` in the ball, so nothing needs second derivatives through the hash grid
+(``differentiable`` is NeuS's exact form, about 2.4x slower per sample on a CPU: bench/sdf_speed.py).
+
 Outputs in ``W/sdf/``: ``model.pt`` (load with :func:`pipeline.models.sdf.io.load_trained`),
 ``renders/`` (RGB and normal PNGs of the held-out views), ``depth/*.npy`` (z-depth in the
 original units, 0 where the foreground opacity < 0.5), ``mesh.ply`` (marching cubes of the field
-at 0 over the sphere's cube, original units, vertex colours), ``metrics.json`` (PSNR, SSIM, mask
-IoU when the scene has masks, Chamfer / F-score when a GT mesh is known, times, samples/s).
+at 0 over the sphere's cube, original units, vertex colours; pieces smaller than
+``mesh_min_component`` dropped, and with ``mesh_visibility=components`` the pieces no training
+camera sees as its first surface, rendered at ``mesh_visibility_size`` px), ``metrics.json`` (PSNR,
+SSIM, mask IoU when the scene has masks, Chamfer / F-score when a GT mesh is known, the ROI,
+watertightness, times, samples/s).
 
 Checkpoints and resuming as in the idr stage: every ``checkpoint_every_s`` trained seconds (30 by
 default), on Ctrl-C and at the end, in the stage's resume folder; a checkpoint of another config
@@ -24,18 +42,20 @@ import time
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pipeline.evaluation.geometry import mesh_metrics
 from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.sdf_views import evaluate_sdf_views
-from pipeline.export.meshing import bounding_sphere_mesh
-from pipeline.geometry.mesh import is_watertight, write_ply
+from pipeline.export.meshing import bounding_sphere_mesh, visible_mesh_parts
+from pipeline.geometry.mesh import is_watertight, read_ply, write_ply
+from pipeline.geometry.roi import ROI_MODES, choose_roi, is_identity, move_scene, parse_box
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig
 from pipeline.models.sdf.io import build_model, save_model
-from pipeline.models.sdf.model import FIELDS, SamplingConfig, SDFModelConfig
+from pipeline.models.sdf.model import FIELDS, SAMPLE_GRADIENTS, SamplingConfig, SDFModelConfig
 from pipeline.runner.config import ConfigError
 from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device, torch_threads
@@ -43,6 +63,7 @@ from pipeline.runner.stage import Stage, StageContext
 from pipeline.training.common import (DEFAULT_CHECKPOINT_EVERY_S, check_budget, resume_config, settings_from,
                                       views_fingerprint)
 from pipeline.training.idr_data import MaskOptions, background_color, load_masks, load_views, train_test_split
+from pipeline.training import distributed
 from pipeline.training.sdf import NOT_RESUME_KEYS, SDFTrainSettings, train
 from pipeline.training.sdf_data import PixelRays, full_masks
 
@@ -50,8 +71,9 @@ from pipeline.training.sdf_data import PixelRays, full_masks
 @dataclass
 class SDFStageConfig:
     """A CPU-sized default: geometry on a hash grid (levels fading in coarse to fine) with a
-    one-layer MLP, a small renderer, 32 uniform + 32 hierarchical samples per ray in the sphere,
-    16 background samples. Nested keys: ``sdf.encoding=fourier``, ``sampling.importance=64``."""
+    one-layer MLP, a small renderer with an appearance hash grid, 16 uniform + 16 hierarchical
+    samples per ray over the stretch the skipping grid keeps, 16 background samples, 512 rays per
+    step. Nested keys: ``sdf.encoding=fourier``, ``sampling.importance=64``."""
 
     max_steps: int = 20000  # an upper bound (>= 1): the time budget usually ends training first
     # training budget in seconds, counted across resumes (0 = no time budget; negative is an
@@ -59,8 +81,13 @@ class SDFStageConfig:
     max_time_s: float = 600.0
     # (the key shadows dataclasses.field in this class body, hence dataclasses.field below)
     field: str = "sdf"  # sdf (NeuS) | occupancy (UNISURF: alpha = occupancy = sigmoid(-s f); surface at 0.5)
-    batch_rays: int = 128  # rays per step (x 64 foreground + 16 background samples)
-    eikonal_points: int = 256  # uniform points in the sphere per step, besides every foreground sample
+    batch_rays: int = 512  # rays per step (x 32 foreground + 16 background samples)
+    eikonal_points: int = 256  # uniform points in the sphere per step, besides the ray samples below
+    # grad f at the ray samples: constant (first derivatives only: the C++ hash-grid kernels; the
+    # eikonal loss then takes eikonal_ray_points of the samples) | differentiable (NeuS: second
+    # derivatives at every sample, several times slower on a CPU)
+    sample_gradients: str = "constant"
+    eikonal_ray_points: int = 512  # with sample_gradients=constant: ray samples per step in the eikonal loss
     eikonal_weight: float = 0.1  # NeuS: 0.1
     # masks are optional: with use_masks=true a BCE of the foreground opacity against them
     use_masks: bool = False
@@ -87,6 +114,15 @@ class SDFStageConfig:
     mesh_resolution: int = 256  # marching-cubes grid over the sphere's cube
     mesh_min_component: float = 0.01  # drop mesh pieces smaller than this share of the faces
     mesh_colors: bool = True
+    # visibility cleaning: components (drop mesh pieces no training camera sees as its first surface;
+    # keeps closed surfaces closed) | faces (drop every face no camera sees: opens hidden parts) | off
+    mesh_visibility: str = "components"
+    mesh_visibility_views: int = 16  # training cameras rendered for it (evenly spread)
+    mesh_visibility_size: int = 64  # long side (px) of their depth maps
+    # region of interest (see the module docstring): auto | sphere | box
+    roi: str = "auto"
+    roi_box: list[float] = dataclasses.field(default_factory=list)  # [xmin,ymin,zmin,xmax,ymax,zmax], original units
+    roi_margin: float = 0.1  # an estimated ROI (sparse points, cameras) grows by this share of its radius
     gt_mesh: str = ""  # reference mesh (original units) for Chamfer; default: mesh_gt.ply beside the data
     checkpoint_every: int = 0  # steps (0 = off: the time-based ones suffice)
     checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S  # seconds of training (0 = off)
@@ -95,12 +131,14 @@ class SDFStageConfig:
     device: str = "auto"  # auto | cpu | cuda
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     # geometry: a hash grid (its levels fade in over the first 30% of training) and one hidden
-    # layer; the torch backend gives the eikonal loss its second derivatives
+    # layer; the C++ kernels (backend cpu) give first derivatives, the PyTorch reference the
+    # second derivatives of the eikonal loss
     sdf: SDFNetworkConfig = dataclasses.field(default_factory=lambda: SDFNetworkConfig(
-        encoding="hashgrid", hidden_dim=64, num_layers=2, skip_layers=[], feature_dim=15, init_radius=0.5,
+        encoding="hashgrid", hash_backend="cpu", hidden_dim=64, num_layers=2, skip_layers=[], feature_dim=15,
+        init_radius=0.5,
         weight_norm=False, hash_levels=12, hash_log2_size=15, hash_max_resolution=512, coarse_to_fine=0.3))
     renderer: RendererConfig = dataclasses.field(default_factory=lambda: RendererConfig(
-        hidden_dim=64, num_layers=3, weight_norm=False, position_encoding="none"))
+        hidden_dim=64, num_layers=3, weight_norm=False, position_encoding="hashgrid"))
     background_field: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
 
 
@@ -109,25 +147,51 @@ def run(ctx: StageContext) -> dict:
     check_budget(cfg)  # before any work
     if cfg.field not in FIELDS:
         raise ConfigError(f"field must be one of {', '.join(FIELDS)}, got {cfg.field!r}")
+    if cfg.sample_gradients not in SAMPLE_GRADIENTS:
+        raise ConfigError(f"sample_gradients must be one of {', '.join(SAMPLE_GRADIENTS)}, got {cfg.sample_gradients!r}")
     if cfg.background_field.model not in BACKGROUND_MODELS:
         raise ConfigError(f"background_field.model must be one of {', '.join(BACKGROUND_MODELS)}, "
                           f"got {cfg.background_field.model!r}")
+    if cfg.roi not in ROI_MODES:
+        raise ConfigError(f"roi must be one of {', '.join(ROI_MODES)}, got {cfg.roi!r}")
+    if cfg.roi == "box" or cfg.roi_box:
+        parse_box(cfg.roi_box)
+    if cfg.mesh_visibility not in MESH_VISIBILITY:
+        raise ConfigError(f"mesh_visibility must be one of {', '.join(MESH_VISIBILITY)}, got {cfg.mesh_visibility!r}")
     with torch_threads(cfg.cpu_threads):
         return _run(ctx, cfg)
+
+
+MESH_VISIBILITY = ("components", "faces", "off")
+
+
+def sparse_points(workspace) -> np.ndarray | None:
+    """The poses stage's sparse points (M, 3), normalised frame, when it estimated poses."""
+    path = workspace.stage_dir("poses") / "points.ply"
+    return read_ply(path)[0] if path.exists() else None
 
 
 def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     t_start = time.time()
     torch.manual_seed(cfg.seed)
-    scene = ctx.workspace.load_scene()
-    train_idx, test_idx = train_test_split(scene, cfg.holdout_every, cfg.eval_max_views, ctx.workspace.transforms_path)
+    original = ctx.workspace.load_scene()
+    normalization = ctx.workspace.normalization()
+    train_idx, test_idx = train_test_split(original, cfg.holdout_every, cfg.eval_max_views,
+                                           ctx.workspace.transforms_path)
+    roi = choose_roi(cfg.roi, original, normalization, cfg.sampling.radius, sparse_points(ctx.workspace),
+                     cfg.roi_box, cfg.roi_margin, train_idx)
+    to_model = roi.similarity(cfg.sampling.radius)  # normalised frame -> the frame the model trains in
+    ctx.log.info(f"sdf: {roi.describe()}")
+    scene = move_scene(original, to_model)
+    to_original = to_model.compose(normalization).inverse()  # model frame -> original units
     mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
     masks = load_masks(scene, train_idx, mask_options) if cfg.use_masks else full_masks(scene, train_idx)
-    views = load_views(scene, train_idx, masks, cfg.downscale)
+    views = load_views(scene, train_idx, masks, cfg.downscale, cache_dir=ctx.resume_dir)  # memory-mapped when large
     background = background_color(cfg.background, views)
     rays = PixelRays(views)
     device = pick_device(cfg.device)
-    model_cfg = SDFModelConfig(cfg.field, cfg.sampling, cfg.sdf, cfg.renderer, cfg.background_field)
+    model_cfg = SDFModelConfig(cfg.field, cfg.sampling, cfg.sdf, cfg.renderer, cfg.background_field,
+                               cfg.sample_gradients)
     model = build_model(model_cfg, background).to(device)
     ctx.log.info(f"sdf: {cfg.field} field, {len(train_idx)} training views ({len(rays)} rays, masks "
                  f"{'used' if cfg.use_masks else 'not used'}), {len(test_idx)} held out, encoding {cfg.sdf.encoding}, "
@@ -136,13 +200,17 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     settings = settings_from(SDFTrainSettings, cfg, resume_config=resume,
                              mask_weight=cfg.mask_weight if cfg.use_masks else 0.0)
     summary = train(model, views.cameras.to(device), rays, settings, ctx.resume_dir, ctx.log)
+    if not distributed.is_main():  # under torchrun rank 0 alone saves, evaluates and meshes
+        return {}
     model.eval()
-    save_model(ctx.out_dir / "model.pt", model)
+    save_model(ctx.out_dir / "model.pt", model, None if is_identity(to_model) else to_model)
     metrics: dict = {"iterations": summary["steps"], "train_time_s": round(summary["train_time_s"], 1),
                      "stopped_by_time": summary["stopped_by_time"], "samples_per_s": round(summary["samples_per_s"]),
                      "step_time_ms": round(1000 * summary["train_time_s"] / max(1, summary["steps"]), 1),
                      "inv_s": round(float(model.inv_s().detach()), 1), "field": cfg.field, "encoding": cfg.sdf.encoding,
-                     "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads()}
+                     "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads(),
+                     "roi": {"source": roi.source, "center": roi.center.tolist(), "radius": roi.radius,
+                             "reason": roi.reason}}
 
     t_eval = time.time()
     eval_idx, eval_on = (test_idx, "held-out") if test_idx else (train_idx[:3], "training")
@@ -151,7 +219,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     eval_views = load_views(scene, eval_idx, true_masks if with_masks else full_masks(scene, eval_idx),
                             cfg.eval_downscale)
     view_metrics = evaluate_sdf_views(model, eval_views, [scene.frames[i].name for i in eval_idx], with_masks,
-                                      ctx.out_dir, ctx.workspace.normalization().scale)
+                                      ctx.out_dir, 1.0 / to_original.scale)
     metrics.update({k: v for k, v in view_metrics.items() if k != "views"}, eval_views=eval_on,
                    eval_time_s=round(time.time() - t_eval, 1))
 
@@ -159,11 +227,17 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     try:
         mesh = bounding_sphere_mesh(model, cfg.sampling.radius, 1.5, cfg.mesh_resolution, cfg.mesh_min_component,
                                     cfg.mesh_colors)
-        verts = ctx.workspace.normalization().inverse().apply_points(mesh["verts"])
+        if cfg.mesh_visibility != "off":
+            mesh, stats = visible_mesh_parts(model, mesh, _visibility_cameras(scene, train_idx, cfg, device),
+                                             cfg.mesh_visibility, tolerance=0.02 * cfg.sampling.radius)
+            metrics["mesh_visibility"] = stats
+            ctx.log.info(f"sdf: visibility cleaning ({cfg.mesh_visibility}) removed {stats['faces_removed']} of "
+                         f"{stats['faces_before']} faces in {stats['time_s']:.0f}s")
+        verts = to_original.apply_points(mesh["verts"])
         write_ply(ctx.out_dir / "mesh.ply", verts, mesh["faces"], mesh["colors"])
         metrics.update(mesh_vertices=len(verts), mesh_faces=len(mesh["faces"]),
-                       mesh_watertight=is_watertight(mesh["faces"]))
-        gt = load_ground_truth(scene, cfg.gt_mesh)
+                       mesh_watertight=bool(len(mesh["faces"])) and is_watertight(mesh["faces"]))
+        gt = load_ground_truth(original, cfg.gt_mesh)
         if gt is not None:
             metrics["mesh"] = mesh_metrics(verts, mesh["faces"], gt)
     except ValueError as exc:  # no zero crossing: training found no surface
@@ -179,6 +253,20 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k == "mesh"}
 
 
+def _visibility_cameras(scene, train_idx: list[int], cfg: SDFStageConfig, device):
+    """Up to ``mesh_visibility_views`` training cameras, evenly spread, shrunk to a long side of
+    ``mesh_visibility_size`` px (the depth maps only need to tell which piece is in front)."""
+    count = max(1, min(cfg.mesh_visibility_views, len(train_idx)))
+    picked = [train_idx[int(i)] for i in np.linspace(0, len(train_idx) - 1, count).round()]
+    frames = list(scene.frames)
+    for i in picked:
+        k = frames[i].intrinsics
+        factor = min(1.0, cfg.mesh_visibility_size / max(k.width, k.height))
+        frames[i] = dataclasses.replace(frames[i], intrinsics=k.scaled(factor))
+    return dataclasses.replace(scene, frames=frames).cameras(picked, device=device)
+
+
 STAGE = Stage(name="sdf", config_cls=SDFStageConfig, run=run, inputs=("poses/transforms.json",),
               produced_by={"poses/transforms.json": "python run.py poses --data DATA --workspace W"},
-              description="volume-rendered SDF (NeuS) or occupancy surface + NeRF++ background; masks optional")
+              description="volume-rendered SDF (NeuS) or occupancy surface + NeRF++ background; masks optional",
+              distributed=True)

@@ -4,6 +4,7 @@ away what no training camera sees, then hidden-face culling, small-piece removal
 vertex colours."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -180,6 +181,47 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int,
             "stats": {"vertices": int(len(verts)), "faces": int(len(faces)), "faces_before_cleanup": int(n_raw),
                       "resolution": resolution, "level": level, "voxel_normalised": voxel,
                       "hidden_faces_culled": n_hidden}}
+
+
+def visible_mesh_parts(model, mesh: dict, cameras: Cameras, mode: str = "components", tolerance: float = 0.02,
+                       chunk: int = DEFAULTS.chunk) -> tuple[dict, dict]:
+    """Visibility cleaning of a mesh (as :func:`extract_mesh` returns it, the model's frame) against
+    the model's own depth maps from ``cameras``: ``components`` keeps the connected pieces with a
+    vertex some camera sees as its first surface (within ``tolerance``, model units), so a closed
+    surface stays closed while hidden inner shells and pieces outside every view go; ``faces``
+    keeps only the faces with such a vertex (as the NeRF export's ``cull_hidden``). Returns the
+    mesh (verts, faces, colors, normals re-indexed) and stats."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    start = time.time()
+    verts, faces = mesh["verts"], mesh["faces"]
+    stats = {"mode": mode, "views": len(cameras), "faces_before": int(len(faces)), "faces_removed": 0}
+    if len(faces):
+        depth_maps = render_depth_maps(model, cameras, chunk)
+        seen = first_surface_vertices(torch.as_tensor(verts, dtype=torch.float32), cameras, depth_maps,
+                                      tolerance).numpy()
+        if mode == "faces":
+            keep = seen[faces].any(1)
+        else:
+            n = len(verts)
+            edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+            graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+            _, labels = connected_components(graph, directed=False)
+            visible = np.zeros(labels.max() + 1, dtype=bool)
+            visible[labels[seen]] = True
+            keep = visible[labels[faces[:, 0]]]
+        # colours and normals travel with their vertices through the re-indexing
+        extra = [mesh[k] for k in ("colors", "normals") if mesh.get(k) is not None]
+        widths = [a.shape[1] for a in extra]
+        packed, faces = select_faces(np.concatenate([verts] + extra, axis=1), faces, keep)
+        parts = np.split(packed, np.cumsum([3] + widths)[:-1], axis=1)
+        mesh = dict(mesh, verts=parts[0], faces=faces)
+        for k, part in zip([k for k in ("colors", "normals") if mesh.get(k) is not None], parts[1:]):
+            mesh[k] = part.astype(mesh[k].dtype)
+        stats["faces_removed"] = int((~keep).sum())
+    stats["time_s"] = round(time.time() - start, 1)
+    return mesh, stats
 
 
 def bounding_sphere_mesh(model, radius: float, lipschitz: float, resolution: int, min_component_fraction: float,

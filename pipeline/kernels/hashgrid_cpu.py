@@ -99,9 +99,22 @@ class _HashGridCPUFunction(torch.autograd.Function):
         return grad_x, grad_table, None, None, None, None, None
 
 
+def hashgrid_cpu_input_grad(x, table, scale, stride, dense, offset, table_mask: int,
+                            grad_out: torch.Tensor) -> torch.Tensor:
+    """d<grad_out, features(x)>/dx (N, 3) for x (N, 3) in [0, 1], grad_out (N, L * F): the input
+    gradient alone (first derivatives of a field's value at x, with no table gradient)."""
+    lv = _LevelArgs(scale, stride, offset, dense, table_mask)
+    x_c, table_c = x.detach().contiguous(), table.detach().contiguous()
+    grad = grad_out.detach().to(table_c.dtype).contiguous()
+    grad_x = torch.empty_like(x_c)
+    _call("input_grad", x_c.dtype, _ptr(x_c), _ptr(table_c), _ptr(grad), _ptr(grad_x), ctypes.c_int64(x_c.shape[0]),
+          ctypes.c_int32(table_c.shape[1]), *lv.tail(torch.get_num_threads()))
+    return grad_x
+
+
 def hashgrid_cpu(x, table, scale, stride, dense, offset, table_mask: int) -> torch.Tensor:
     """The ``cpu`` backend: x (N, 3) in [0, 1] -> (N, L * F); call :func:`supports` first."""
     return _HashGridCPUFunction.apply(x, table, scale, stride, dense, offset, table_mask)
 
 
-__all__ = ["available", "supports", "hashgrid_cpu", "unavailable_reason"]
+__all__ = ["available", "supports", "hashgrid_cpu", "hashgrid_cpu_input_grad", "unavailable_reason"]

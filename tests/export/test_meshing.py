@@ -58,3 +58,26 @@ def test_nerf_mesh_culls_surfaces_no_camera_sees_first():
     upper_outer = lambda v: np.sum((np.linalg.norm(v, axis=1) > 0.45) & (v[:, 2] > 0.1))  # noqa: E731
     assert upper_outer(culled["verts"]) >= 0.95 * upper_outer(both["verts"])
     assert culled["stats"]["hidden_faces_culled"] > 0
+
+
+def test_visibility_cleaning_drops_hidden_and_unseen_pieces_and_keeps_the_seen_one_closed():
+    from pipeline.export.meshing import visible_mesh_parts
+    from tests.analytic_sphere import SphereSDF, sphere_mesh
+
+    k, poses = ring_cameras(8, distance=3.0, size=32, fov_deg=30.0, center=np.zeros(3))
+    cameras = Cameras.from_intrinsics([k] * len(poses), poses)
+    pieces = [sphere_mesh(np.zeros(3), 0.5, 32), sphere_mesh(np.zeros(3), 0.3, 24),  # outer, hidden inner shell
+              sphere_mesh(np.array([0.0, 0.0, 2.5]), 0.2, 16)]  # above every view
+    verts = np.concatenate([v for v, _ in pieces])
+    offsets = np.cumsum([0] + [len(v) for v, _ in pieces])[:-1]
+    faces = np.concatenate([f + o for (_, f), o in zip(pieces, offsets)])
+    mesh = {"verts": verts, "faces": faces, "colors": verts.astype(np.float32), "normals": None}
+    model = SphereSDF([0, 0, 0], 0.5)  # renders the outer sphere's depth
+    kept, stats = visible_mesh_parts(model, mesh, cameras, "components", tolerance=0.02)
+    np.testing.assert_allclose(np.linalg.norm(kept["verts"], axis=1), 0.5, atol=0.02)
+    assert len(kept["faces"]) == len(pieces[0][1]) and is_watertight(kept["faces"])
+    np.testing.assert_allclose(kept["colors"], kept["verts"], atol=1e-6)  # colours re-indexed with their vertices
+    assert stats["faces_removed"] == len(faces) - len(pieces[0][1])
+    # per face, the never-seen underside of the outer sphere goes too: no longer closed
+    faces_only, _ = visible_mesh_parts(model, mesh, cameras, "faces", tolerance=0.02)
+    assert 0 < len(faces_only["faces"]) < len(pieces[0][1]) and not is_watertight(faces_only["faces"])

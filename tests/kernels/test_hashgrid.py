@@ -320,3 +320,18 @@ def test_triton_kernels_match_the_reference_in_the_triton_interpreter():
     assert done.returncode == 0, done.stderr[-2000:]
     forward_error, gradient_error = map(float, done.stdout.split())
     assert forward_error < 1e-6 and gradient_error < 1e-6
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_the_input_gradient_alone_equals_autograds(backend):
+    torch.manual_seed(0)
+    enc = HashGridEncoding(HashGridConfig(levels=5, features_per_level=2, log2_table_size=10, base_resolution=4,
+                                          finest_resolution=64, backend=backend))
+    with torch.no_grad():
+        enc.table.normal_(0.0, 0.1)
+    x = torch.rand(400, 3).requires_grad_(True)
+    grad_out = torch.randn(400, enc.out_dim)
+    (expected,) = torch.autograd.grad(enc(x), x, grad_out)
+    got = enc.input_gradient(x, grad_out)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert not got.requires_grad and enc.table.grad is None

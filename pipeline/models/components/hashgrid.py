@@ -208,6 +208,27 @@ class HashGridEncoding(nn.Module):
             raise ValueError(f"unknown hash grid backend {backend!r}; valid: {BACKENDS}")
         return out.reshape(*lead, self.out_dim)
 
+    def input_gradient(self, x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+        """x (N, 3) in [0, 1], grad_out (N, out_dim) -> d<grad_out, features(x)>/dx (N, 3), a
+        constant (no graph): the C++ kernel where it runs, else autograd of the reference with the
+        table held fixed."""
+        x = x.detach().reshape(-1, 3).clamp(0.0, 1.0)
+        if self.table is not None and x.dtype != self.table.dtype:
+            x = x.to(self.table.dtype)
+        if (self.table is not None and self.resolve_backend(x.device) == "cpu"
+                and hashgrid_cpu.supports(x, self.table)):
+            return hashgrid_cpu.hashgrid_cpu_input_grad(x, self.table, self.scale, self.stride, self.dense,
+                                                        self.offset, self.table_mask, grad_out)
+        with torch.enable_grad():
+            x = x.requires_grad_(True)
+            if self.table is None:
+                out = self.forward(x)
+            else:  # the reference with a detached table: autograd computes no table gradient
+                out = hashgrid_torch(x, self.table.detach(), self.scale, self.stride, self.dense, self.offset,
+                                     self.table_mask)
+            (grad,) = torch.autograd.grad(out, x, grad_out.to(out.dtype))
+        return grad
+
     def extra_repr(self) -> str:
         c = self.config
         return (f"levels={c.levels}, F={c.features_per_level}, T=2^{c.log2_table_size}, "

@@ -176,7 +176,10 @@ class SDFNetwork(nn.Module):
         return 2.0 * c.bound / (float(scales[0]) * growth ** finest)
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = self.encode(points)
+        return self._mlp(self.encode(points))
+
+    def _mlp(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoded points (N, in_dim) -> sdf (N,), feature (N, feature_dim)."""
         x = inputs
         for i, layer in enumerate(self.layers):
             if i in self.skip_layers:
@@ -190,29 +193,64 @@ class SDFNetwork(nn.Module):
         """points (N, 3) -> sdf (N,)."""
         return self.forward(points)[0]
 
-    def sdf_and_gradient(self, points: torch.Tensor, create_graph: bool = False):
+    def sdf_and_gradient(self, points: torch.Tensor, create_graph: bool = False, keep_values_graph: bool = False):
         """sdf (N,), feature (N, F) and grad_x f (N, 3); ``create_graph`` keeps the gradient
-        differentiable (needed when a loss depends on it: eikonal, normals in the renderer)."""
+        differentiable (needed when a loss depends on it: eikonal, normals in the renderer).
+        ``keep_values_graph``: the gradient is a constant (first derivatives only, which the C++
+        hash-grid kernels compute) but sdf and feature stay differentiable to the parameters."""
         if self.config.gradient == "numerical":
             return self._numerical_sdf_and_gradient(points, create_graph)
+        if keep_values_graph and not create_graph and self.config.encoding == "hashgrid":
+            return self._values_and_constant_gradient(points)
         with torch.enable_grad():
             x = points if points.requires_grad else points.detach().requires_grad_(True)
             sdf, feature = self.forward(x)
-            (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
+            (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph,
+                                          retain_graph=create_graph or keep_values_graph)
         return sdf, feature, grad
+
+    def _values_and_constant_gradient(self, points: torch.Tensor):
+        """sdf (N,) and feature (N, F) differentiable to the parameters, grad_x f (N, 3) a constant,
+        by the chain rule by hand: autograd through the MLP down to the grid's features, then the
+        grid's input gradient alone (one C++ kernel call on a CPU). Plain autograd would also
+        compute a table gradient here and an input gradient in the loss's backward, both unused."""
+        c = self.config
+        with torch.enable_grad():
+            x = points.detach().requires_grad_(True)  # the MLP's direct input (IDR concatenates x)
+            unit = (x.detach() / c.bound + 1.0) * 0.5
+            weights = self.level_weights()
+            features = weight_levels(self.encoding(unit.clamp(0.0, 1.0)), weights, c.hash_levels)
+            sdf, feature = self._mlp(torch.cat([x, features], -1))
+            grad_direct, grad_features = torch.autograd.grad(sdf.sum(), [x, features], retain_graph=True)
+        inside = ((unit >= 0.0) & (unit <= 1.0)).to(unit.dtype)  # the clamp passes no gradient outside
+        grad_grid = self.encoding.input_gradient(unit, weight_levels(grad_features, weights, c.hash_levels))
+        grad = grad_direct + grad_grid.to(grad_direct.dtype) * inside * (0.5 / c.bound)
+        return sdf, feature, grad.detach()
+
+    def _stencil(self, points: torch.Tensor) -> torch.Tensor:
+        """(6N, 3): points (N, 3) moved by +/- the numerical step along x, y, z (+x, +y, +z, -x, -y, -z)."""
+        axes = torch.eye(3, dtype=points.dtype, device=points.device) * self.numerical_step()
+        return (points[None] + torch.cat([axes, -axes])[:, None]).reshape(-1, 3)
+
+    def _central_differences(self, shifted_sdf: torch.Tensor) -> torch.Tensor:
+        """f at :meth:`_stencil`'s points (6N,) -> grad_x f (N, 3)."""
+        shifted = shifted_sdf.reshape(6, -1)
+        return ((shifted[:3] - shifted[3:]) / (2.0 * self.numerical_step())).T
+
+    def numerical_gradient(self, points: torch.Tensor) -> torch.Tensor:
+        """grad_x f (N, 3) by central differences (6N field values), differentiable to the
+        parameters with first derivatives only: an eikonal loss on it needs no second derivatives
+        (Neuralangelo, Li et al. 2023), and on a CPU it runs on the C++ kernels."""
+        with torch.enable_grad():
+            return self._central_differences(self.sdf(self._stencil(points.detach())))
 
     def _numerical_sdf_and_gradient(self, points: torch.Tensor, create_graph: bool):
         """Central differences along the axes, one batched forward of 7N points. The result is
         differentiable to the parameters (and to ``points``) with first derivatives only."""
-        eps = self.numerical_step()
         n = points.shape[0]
-        axes = torch.eye(3, dtype=points.dtype, device=points.device) * eps
-        offsets = torch.cat([axes, -axes])  # (6, 3): +x, +y, +z, -x, -y, -z
         with torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
-            stencil = (points[None] + offsets[:, None]).reshape(-1, 3)
-            sdf_all, feature_all = self.forward(torch.cat([points, stencil]))
-            shifted = sdf_all[n:].reshape(6, n)
-            grad = ((shifted[:3] - shifted[3:]) / (2.0 * eps)).T
+            sdf_all, feature_all = self.forward(torch.cat([points, self._stencil(points)]))
+            grad = self._central_differences(sdf_all[n:])
         if not create_graph:
             grad = grad.detach()
         return sdf_all[:n], feature_all[:n], grad

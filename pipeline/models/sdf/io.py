@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.geometry.normalize import Similarity
+from pipeline.models.framed import FramedModel
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.sdf.background import BackgroundConfig
@@ -30,12 +32,16 @@ def build_model(config: SDFModelConfig, background) -> VolumeSDFModel:
 def config_from_dict(d: dict) -> SDFModelConfig:
     return SDFModelConfig(field=d["field"], sampling=SamplingConfig(**d["sampling"]), sdf=SDFNetworkConfig(**d["sdf"]),
                           renderer=RendererConfig(**d["renderer"]),
-                          background_field=BackgroundConfig(**d["background_field"]))
+                          background_field=BackgroundConfig(**d["background_field"]),
+                          sample_gradients=d.get("sample_gradients", "differentiable"))
 
 
-def save_model(path: Path, model: VolumeSDFModel) -> None:
+def save_model(path: Path, model: VolumeSDFModel, frame: Similarity | None = None) -> None:
+    """``frame``: the model's frame as a similarity of the normalised one (the sdf stage's region of
+    interest); loading then wraps the model in a :class:`FramedModel` of the normalised frame."""
     torch.save({"format": MODEL_FORMAT, "config": dataclasses.asdict(model.config),
-                "background": model.background.tolist(), "state_dict": model.state_dict()}, path)
+                "background": model.background.tolist(), "state_dict": model.state_dict(),
+                "frame": frame.to_dict() if frame is not None else None}, path)
 
 
 def load_model_file(path: Path, device="cpu") -> VolumeSDFModel:
@@ -48,6 +54,9 @@ def load_model_file(path: Path, device="cpu") -> VolumeSDFModel:
         raise WorkspaceError(f"{path}: not an SDF model file (format {blob.get('format')!r}); re-run the sdf stage")
     model = build_model(config_from_dict(blob["config"]), blob["background"])
     model.load_state_dict(blob["state_dict"])
+    model.to(device).prepare_for_rendering()  # the skipping grid is not saved: it comes from the field
+    if blob.get("frame"):  # trained in its region of interest's frame
+        return FramedModel(model, Similarity.from_dict(blob["frame"])).to(device).eval()
     return model.to(device).eval()
 
 

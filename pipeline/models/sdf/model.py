@@ -27,23 +27,33 @@ from pipeline.models.components.volume_rendering import stratified_samples
 from pipeline.models.idr.model import NeuralRenderer, RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetwork, SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig, BackgroundField, composite_behind
+from pipeline.models.sdf.surface_grid import SurfaceGrid
 from pipeline.models.sdf.rendering import (neus_section_alpha, neus_upsample, occupancy_alpha, sphere_segments,
                                            weights_from_alpha)
 
 FIELDS = ("sdf", "occupancy")
+SAMPLE_GRADIENTS = ("constant", "differentiable")
 
 
 @dataclass
 class SamplingConfig:
     radius: float = 1.0  # the object's sphere (normalised frame); the background begins outside it
-    samples: int = 32  # uniform samples per ray inside the sphere
-    importance: int = 32  # NeuS hierarchical samples per ray near the first zero crossing
-    upsample_steps: int = 4  # rounds of hierarchical sampling (importance // steps samples each)
+    # uniform samples per ray over its span (the sphere's chord, or the skipping grid's stretch)
+    samples: int = 16
+    importance: int = 16  # NeuS hierarchical samples per ray near the first zero crossing
+    upsample_steps: int = 2  # rounds of hierarchical sampling (importance // steps samples each)
     upsample_inv_s: float = 64.0  # s of the first round, doubled each round (NeuS)
     init_variance: float = 0.3  # s = exp(10 variance) starts at ~20 (NeuS)
     # cos annealing (NeuS): the relaxed slope fades out over this share of training (0 = off)
     anneal_end: float = 0.1
     render_chunk: int = 2048  # rays per internal batch when rendering without gradients
+    # empty-space skipping (field=sdf): each ray's samples span only the cells of a grid^3 grid that
+    # the surface may cross (pipeline.models.sdf.surface_grid), recomputed every grid_update_every
+    # steps from grid_start of training on (0 = off)
+    grid_resolution: int = 32
+    grid_margin: float = 2.0  # a cell is kept when |f(centre)| <= margin x half its diagonal
+    grid_start: float = 0.2  # share of training before the grid is used (the surface moves most early)
+    grid_update_every: int = 16
 
 
 @dataclass
@@ -54,6 +64,11 @@ class SDFModelConfig:
     sdf: SDFNetworkConfig = dataclasses.field(default_factory=SDFNetworkConfig)
     renderer: RendererConfig = dataclasses.field(default_factory=RendererConfig)
     background_field: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
+    # grad f at the ray samples (NeuS's cos, the renderer's normal input): "differentiable" (NeuS:
+    # the colour loss reaches the geometry through them too; second derivatives through the hash
+    # grid) or "constant" (first derivatives only, which the C++ kernels compute; the eikonal loss
+    # then takes its own differentiable points, see the sdf stage's eikonal_ray_points)
+    sample_gradients: str = "differentiable"
 
 
 class VolumeSDFModel(nn.Module):
@@ -65,6 +80,8 @@ class VolumeSDFModel(nn.Module):
             raise ValueError(f"field must be one of {FIELDS}, got {config.field!r}")
         if config.background_field.model not in BACKGROUND_MODELS:
             raise ValueError(f"background_field.model must be nerf++ or none, got {config.background_field.model!r}")
+        if config.sample_gradients not in SAMPLE_GRADIENTS:
+            raise ValueError(f"sample_gradients must be one of {SAMPLE_GRADIENTS}, got {config.sample_gradients!r}")
         self.config = config
         self.sampling = config.sampling
         self.sdf_network = SDFNetwork(config.sdf)
@@ -76,6 +93,9 @@ class VolumeSDFModel(nn.Module):
         r = config.sampling.radius
         self.bounds = np.array([[-r] * 3, [r] * 3])  # the meshing box when the scene has none
         self.anneal = 1.0  # cos annealing ratio (training progress); 1 = inference
+        s = config.sampling
+        self.grid = (SurfaceGrid(r, s.grid_resolution, s.grid_margin)
+                     if s.grid_resolution > 0 and config.field == "sdf" else None)
 
     def inv_s(self) -> torch.Tensor:
         """The inverse deviation s (a scalar tensor, differentiable)."""
@@ -87,6 +107,23 @@ class VolumeSDFModel(nn.Module):
         self.renderer.set_progress(progress)
         end = self.sampling.anneal_end
         self.anneal = 1.0 if end <= 0 else min(1.0, progress / end)
+
+    def update_grid(self, step: int, progress: float) -> bool:
+        """In training: recompute the skipping grid every ``grid_update_every`` steps once
+        ``grid_start`` of training has passed (and at once after a resume). Returns whether it ran."""
+        s = self.sampling
+        if self.grid is None or progress < s.grid_start:
+            return False
+        if self.grid.updated and step % max(1, s.grid_update_every) != 0:
+            return False
+        self.grid.update(self.sdf_network.sdf)
+        return True
+
+    @torch.no_grad()
+    def prepare_for_rendering(self) -> None:
+        """After loading or training: the skipping grid from the field as it is now."""
+        if self.grid is not None:
+            self.grid.update(self.sdf_network.sdf)
 
     # --- rendering -----------------------------------------------------------------------------
 
@@ -102,7 +139,9 @@ class VolumeSDFModel(nn.Module):
         mids = z + 0.5 * dists
         m, n_s = mids.shape
         points = (rays_o[:, None] + rays_d[:, None] * mids[..., None]).reshape(-1, 3)
-        sdf, feature, grad = self.sdf_network.sdf_and_gradient(points, create_graph=create_graph)
+        constant = self.config.sample_gradients == "constant"
+        sdf, feature, grad = self.sdf_network.sdf_and_gradient(points, create_graph=create_graph and not constant,
+                                                               keep_values_graph=create_graph)
         dirs = rays_d[:, None].expand(m, n_s, 3).reshape(-1, 3)
         inv_s = self.inv_s()
         if self.config.field == "occupancy":
@@ -118,7 +157,7 @@ class VolumeSDFModel(nn.Module):
         return {"rgb": (weights[..., None] * rgb).sum(1), "acc": acc,
                 "t": (weights * mids).sum(-1) / acc.clamp_min(1e-6),
                 "normal": normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12),
-                "gradients": grad, "weights": weights}
+                "gradients": grad, "weights": weights, "points": points.detach()}
 
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, perturb: bool = False,
                     generator: torch.Generator | None = None, training: bool = False) -> dict[str, torch.Tensor]:
@@ -132,10 +171,14 @@ class VolumeSDFModel(nn.Module):
             parts = [self.render_rays(rays_o[i:i + chunk], rays_d[i:i + chunk]) for i in range(0, rays_o.shape[0], chunk)]
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         n = rays_o.shape[0]
-        near, far, hit = sphere_segments(rays_o, rays_d, self.sampling.radius)
+        near, sphere_far, hit = sphere_segments(rays_o, rays_d, self.sampling.radius)
+        far = sphere_far
+        if self.grid is not None:  # only the stretch of each ray where the surface may be
+            near, far, crosses = self.grid.ray_span(rays_o, rays_d, near, sphere_far)
+            hit = hit & crosses
         idx = hit.nonzero().squeeze(1)
         fg_rgb, acc = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
-        t, normal = far.clone(), rays_o.new_zeros(n, 3)
+        t, normal = sphere_far.clone(), rays_o.new_zeros(n, 3)
         fg = None
         if len(idx):
             fg = self._foreground(rays_o[idx], rays_d[idx], near[idx], far[idx], perturb, generator, training)
@@ -144,10 +187,10 @@ class VolumeSDFModel(nn.Module):
             # index_put keeps the scatter differentiable for the rays that cross the sphere
             fg_rgb = fg_rgb.index_put((idx,), fg["rgb"])
             acc = acc.index_put((idx,), fg["acc"])
-            t = t.index_put((idx,), torch.where(fg["acc"] > 1e-4, fg["t"], far[idx]))
+            t = t.index_put((idx,), torch.where(fg["acc"] > 1e-4, fg["t"], sphere_far[idx]))
             normal = normal.index_put((idx,), fg["normal"])
         if self.background_field is not None:
-            bg = self.background_field.render(rays_o, rays_d, far, perturb, generator)
+            bg = self.background_field.render(rays_o, rays_d, sphere_far, perturb, generator)
             bg_rgb, bg_acc = bg["rgb"], bg["acc"]
         else:
             bg_rgb, bg_acc = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
@@ -156,7 +199,7 @@ class VolumeSDFModel(nn.Module):
         if not training:
             return {k: v.detach() for k, v in out.items()}
         empty = rays_o.new_zeros(0, 3)
-        out.update(hit=hit, gradients=fg["gradients"] if fg else empty,
+        out.update(hit=hit, gradients=fg["gradients"] if fg else empty, points=fg["points"] if fg else empty,
                    weights=fg["weights"] if fg else rays_o.new_zeros(0, 1))
         return out
 
@@ -177,4 +220,4 @@ class VolumeSDFModel(nn.Module):
             return self.renderer(points, grad, -dirs, feature)
 
 
-__all__ = ["FIELDS", "SamplingConfig", "SDFModelConfig", "VolumeSDFModel"]
+__all__ = ["FIELDS", "SAMPLE_GRADIENTS", "SamplingConfig", "SDFModelConfig", "VolumeSDFModel"]

@@ -80,3 +80,45 @@ def test_geometry_grid_fades_in_and_the_numerical_step_follows_the_finest_level_
     assert net.level_weights() is None and net.numerical_step() == pytest.approx(2.0 / 64)
     with pytest.raises(ValueError, match="sdf.gradient"):
         SDFNetwork(SDFNetworkConfig(gradient="finite"))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_constant_sample_gradients_equal_autograds_and_leave_the_values_trainable(one_thread, backend):
+    """The sdf stage's fast path: grad_x f by the chain rule by hand (MLP by autograd, the grid's input
+    gradient alone) equals plain autograd, while sdf and feature still train the grid."""
+    torch.manual_seed(0)
+    net = SDFNetwork(SDFNetworkConfig(encoding="hashgrid", hash_backend=backend, hidden_dim=32, num_layers=2,
+                                      skip_layers=[], feature_dim=8, weight_norm=False, hash_levels=6,
+                                      hash_log2_size=12, hash_max_resolution=128, coarse_to_fine=0.5))
+    with torch.no_grad():
+        net.encoding.table.normal_(0.0, 0.1)  # a grid with structure, not the near-zero init
+    net.set_progress(0.3)  # some levels partly faded in: their weights are in the chain
+    points = torch.rand(300, 3) * 2.4 - 1.2  # some outside the grid's cube, where the clamp stops gradients
+    sdf_ref, feature_ref, grad_ref = net.sdf_and_gradient(points, create_graph=False)
+    sdf, feature, grad = net.sdf_and_gradient(points, keep_values_graph=True)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sdf.detach(), sdf_ref)
+    assert not grad.requires_grad and sdf.requires_grad and feature.requires_grad
+    (sdf.sum() + feature.sum()).backward()
+    table_grad = net.encoding.table.grad.clone()
+    net.zero_grad()
+    sdf_plain, feature_plain = net(points)
+    (sdf_plain.sum() + feature_plain.sum()).backward()
+    torch.testing.assert_close(table_grad, net.encoding.table.grad)
+
+
+def test_numerical_gradient_for_the_eikonal_loss_trains_with_first_derivatives_only(one_thread):
+    torch.manual_seed(0)
+    net = SDFNetwork(SDFNetworkConfig(encoding="hashgrid", hash_backend="cpu", hidden_dim=64, num_layers=2,
+                                      skip_layers=[], feature_dim=8, weight_norm=False, hash_levels=4,
+                                      hash_log2_size=12, hash_max_resolution=32, init_radius=0.5))
+    dirs = torch.randn(500, 3)
+    points = dirs / dirs.norm(dim=-1, keepdim=True) * torch.empty(500, 1).uniform_(0.2, 0.9)
+    numerical = net.numerical_gradient(points)
+    analytic = net.sdf_and_gradient(points)[2]
+    assert numerical.requires_grad
+    # the step is a cell of the finest level (1/16 here): close, not equal, to the analytic gradient
+    assert (numerical - analytic).norm(dim=-1).mean() < 0.05 * analytic.norm(dim=-1).mean()
+    ((numerical.norm(dim=-1) - 1) ** 2).mean().backward()
+    # the geometric init gives the grid's features zero weight, so the loss reaches them first
+    assert net.layers[0].weight.grad[:, 3:].abs().sum() > 0 and net.encoding.table.grad is not None
