@@ -15,9 +15,20 @@ from pipeline.sfm.config import Effective, EstimationConfig
 from pipeline.sfm.prepare import PreparedImage
 
 
+def global_ba_ratio(cfg: EstimationConfig, num_images: int) -> float:
+    """Growth of the model (registered images, points) between two global bundle adjustments of
+    incremental mapping: ``cfg.ba_global_ratio``, or when 0 COLMAP's 1.1 for small sets and 1.3 from
+    ``cfg.ba_global_ratio_min_images`` images (the global adjustments are what makes incremental
+    mapping grow ~n^2; fewer of them cost little accuracy once many views constrain each other)."""
+    if cfg.ba_global_ratio > 0:
+        return cfg.ba_global_ratio
+    return 1.3 if num_images >= cfg.ba_global_ratio_min_images else 1.1
+
+
 def map_images(pycolmap, db_path: Path, image_dir: Path, out: Path, mapper: str, cfg: EstimationConfig,
-               eff: Effective, known: bool) -> dict:
-    """{model id: pycolmap.Reconstruction} from incremental or global mapping."""
+               eff: Effective, known: bool, num_images: int = 0) -> dict:
+    """{model id: pycolmap.Reconstruction} from incremental or global mapping of the ``num_images``
+    images in the database."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -35,6 +46,9 @@ def map_images(pycolmap, db_path: Path, image_dir: Path, out: Path, mapper: str,
         options.mapper.abs_pose_max_error = 3 * err
         options.triangulation.complete_max_reproj_error = err
         options.triangulation.merge_max_reproj_error = err
+        ratio = global_ba_ratio(cfg, num_images)
+        options.ba_global_frames_ratio = ratio
+        options.ba_global_points_ratio = ratio
         if known:
             options.ba_refine_focal_length = False
             options.ba_refine_extra_params = False
@@ -77,15 +91,17 @@ def reconstruct(pycolmap, db_path: Path, image_dir: Path, work_dir: Path, num_im
     registers more. Returns (every model found, the largest or None, the mapper that made it, in
     words, why that mapper)."""
     mapper, reason = choose_mapper(cfg, num_images)
+    if mapper == "incremental":
+        reason += f"; global bundle adjustment each time the model grew x{global_ba_ratio(cfg, num_images)}"
     log.info(f"mapping: {mapper} ({reason})")
-    models = map_images(pycolmap, db_path, image_dir, work_dir / "models", mapper, cfg, eff, known)
+    models = map_images(pycolmap, db_path, image_dir, work_dir / "models", mapper, cfg, eff, known, num_images)
     mapper_used = mapper
     best = largest(models)
     if mapper == "incremental" and cfg.fallback_to_global and (best is None or best.num_reg_images() < num_images):
         n_inc = 0 if best is None else best.num_reg_images()
         log.info(f"incremental mapping registered {n_inc}/{num_images}; trying global mapping")
         global_models = map_images(pycolmap, db_path, image_dir, work_dir / "models_global", "global", cfg, eff,
-                                   known)
+                                   known, num_images)
         best_global = largest(global_models)
         if best_global is not None and best_global.num_reg_images() > n_inc:
             models, best, mapper_used = global_models, best_global, "global (incremental registered %d)" % n_inc

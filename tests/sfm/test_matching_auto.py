@@ -8,7 +8,7 @@ import pytest
 
 from datasets.scene import Frame, Scene, SceneError
 from pipeline.sfm.config import EstimationConfig, check_config, effective_settings
-from pipeline.sfm.mapping import choose_mapper
+from pipeline.sfm.mapping import choose_mapper, global_ba_ratio
 from pipeline.sfm.matching import (choose_matcher, consecutive_gain, count_matches, gps_positions, match_images,
                                    natural_key, numbered, prior_positions, sequential_pairs, spatial_pairs)
 
@@ -79,6 +79,14 @@ def test_large_sets_are_mapped_globally():
     assert choose_mapper(cfg, 400) == ("incremental", "400 images < global_min_images=1000")
     assert choose_mapper(EstimationConfig(mapper="incremental"), 400) == ("incremental",
                                                                           "mapper=incremental in the config")
+
+
+def test_large_sets_get_fewer_global_bundle_adjustments():
+    assert global_ba_ratio(EstimationConfig(), 50) == 1.1  # COLMAP's for small sets
+    assert global_ba_ratio(EstimationConfig(), 400) == 1.3
+    assert global_ba_ratio(EstimationConfig(ba_global_ratio=1.5), 50) == 1.5
+    with pytest.raises(SceneError, match="ba_global_ratio must be 0"):
+        check_config(EstimationConfig(ba_global_ratio=0.9))
 
 
 def test_names_order_and_pairs():
