@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""A picture of a mesh seen from one of the workspace's cameras (for README and bench/figures).
+
+    python bench/mesh_picture.py --workspace W --mesh W/export/mesh.ply --view 3 --out bench/figures/lund-sdf-mesh.png
+
+The mesh (original scene units, as ``export`` and the surface stages write it) is moved into the
+workspace's normalised frame and drawn from frame ``--view``'s camera: dense random points on
+every triangle (barycentric, as many as the triangle covers pixels, times ``--density``), a depth
+buffer, the vertex colours (``--shade-only``: grey) lit by the face normal against the view
+direction. No renderer beyond numpy; left beside the training photo of the same view.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from datasets.scene import load_image_file  # noqa: E402
+from pipeline.geometry.mesh import read_ply  # noqa: E402
+from pipeline.runner.workspace import Workspace  # noqa: E402
+
+
+def project(points: np.ndarray, c2w: np.ndarray, intr) -> tuple[np.ndarray, np.ndarray]:
+    """points (N, 3) world -> pixel coordinates (N, 2), depth (N,) along the camera's z (OpenCV)."""
+    w2c = np.linalg.inv(c2w)
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2]
+    safe = np.where(z > 1e-9, z, 1e-9)
+    uv = np.stack([intr.fx * cam[:, 0] / safe + intr.cx, intr.fy * cam[:, 1] / safe + intr.cy], -1)
+    return uv, z
+
+
+def draw(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None, c2w: np.ndarray, intr,
+         density: float = 3.0, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 picture of the mesh (verts (V, 3), faces (F, 3), colours (V, 3) uint8 or None)
+    from camera ``c2w`` (4, 4) with intrinsics ``intr``; white where nothing is seen."""
+    h, w = int(intr.height), int(intr.width)
+    uv, z = project(verts, c2w, intr)
+    tri_uv = uv[faces]  # (F, 3, 2)
+    area = 0.5 * np.abs(np.cross(tri_uv[:, 1] - tri_uv[:, 0], tri_uv[:, 2] - tri_uv[:, 0]))
+    front = (z[faces] > 1e-6).all(1)
+    inside = ((tri_uv[..., 0].max(1) >= 0) & (tri_uv[..., 0].min(1) < w) & (tri_uv[..., 1].max(1) >= 0)
+              & (tri_uv[..., 1].min(1) < h))
+    area = np.where(front & inside, area, 0.0)
+    counts = np.minimum(np.ceil(area * density), 10_000).astype(np.int64)
+    face_of = np.repeat(np.arange(len(faces)), counts)
+    rng = np.random.default_rng(seed)
+    r1, r2 = rng.random(len(face_of)), rng.random(len(face_of))
+    s = np.sqrt(r1)
+    bary = np.stack([1 - s, s * (1 - r2), s * r2], -1)  # uniform on the triangle
+    corners = faces[face_of]
+    pts = np.einsum("nk,nkd->nd", bary, verts[corners])
+    normals = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    view_dir = pts - c2w[:3, 3]
+    view_dir /= np.maximum(np.linalg.norm(view_dir, axis=1, keepdims=True), 1e-12)
+    light = 0.25 + 0.75 * np.abs(np.einsum("nd,nd->n", normals[face_of], view_dir))
+    base = (np.einsum("nk,nkd->nd", bary, colors[corners].astype(np.float64)) / 255.0 if colors is not None
+            else np.full((len(pts), 3), 0.8))
+    shade = np.clip(base * light[:, None], 0, 1)
+    p_uv, p_z = project(pts, c2w, intr)
+    px, py = np.floor(p_uv[:, 0]).astype(np.int64), np.floor(p_uv[:, 1]).astype(np.int64)
+    ok = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (p_z > 0)
+    px, py, p_z, shade = px[ok], py[ok], p_z[ok], shade[ok]
+    pixel = py * w + px
+    order = np.lexsort((p_z, pixel))  # by pixel, nearest first
+    pixel, shade = pixel[order], shade[order]
+    first = np.ones(len(pixel), bool)
+    first[1:] = pixel[1:] != pixel[:-1]
+    image = np.ones((h * w, 3))
+    image[pixel[first]] = shade[first]
+    return (image.reshape(h, w, 3) * 255 + 0.5).astype(np.uint8)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", type=Path, required=True)
+    parser.add_argument("--mesh", type=Path, required=True, help="PLY in original scene units (export, sdf, idr)")
+    parser.add_argument("--view", type=int, default=0, help="frame index of the camera to draw from")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--density", type=float, default=3.0, help="points per covered pixel")
+    parser.add_argument("--shade-only", action="store_true", help="grey surface: the shape alone")
+    parser.add_argument("--no-photo", action="store_true", help="the mesh alone, not beside the photo")
+    args = parser.parse_args(argv)
+    from PIL import Image
+
+    ws = Workspace(args.workspace)
+    scene = ws.load_scene()
+    frame = scene.frames[args.view]
+    verts, faces, colors = read_ply(args.mesh)
+    if faces is None or len(faces) == 0:
+        sys.exit(f"error: {args.mesh} has no faces; give a mesh (export --what mesh, or the sdf/idr stage's mesh.ply)")
+    verts = ws.normalization().apply_points(verts.astype(np.float64))
+    picture = draw(verts, faces, None if args.shade_only else colors, frame.c2w, frame.intrinsics, args.density)
+    if not args.no_photo:
+        photo = load_image_file(frame.image_path)  # float32 (H, W, 3 or 4) in [0, 1]
+        photo = (np.clip(photo[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
+        photo = np.asarray(Image.fromarray(photo).resize((picture.shape[1], picture.shape[0])))
+        picture = np.concatenate([photo, picture], 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(args.out)
+    print(f"{args.out}: {len(faces)} faces from view {args.view} ({frame.image_path.name})")
+
+
+if __name__ == "__main__":
+    main()
