@@ -16,31 +16,29 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from datasets.scene import load_image_file  # noqa: E402
+from pipeline.geometry.cameras import Cameras  # noqa: E402
 from pipeline.geometry.mesh import read_ply  # noqa: E402
 from pipeline.runner.workspace import Workspace  # noqa: E402
 
 
-def project(points: np.ndarray, c2w: np.ndarray, intr) -> tuple[np.ndarray, np.ndarray]:
-    """points (N, 3) world -> pixel coordinates (N, 2), depth (N,) along the camera's z (OpenCV)."""
-    w2c = np.linalg.inv(c2w)
-    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2]
-    safe = np.where(z > 1e-9, z, 1e-9)
-    uv = np.stack([intr.fx * cam[:, 0] / safe + intr.cx, intr.fy * cam[:, 1] / safe + intr.cy], -1)
-    return uv, z
-
-
-def draw(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None, c2w: np.ndarray, intr,
+def draw(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None, camera: Cameras,
          density: float = 3.0, seed: int = 0) -> np.ndarray:
     """(H, W, 3) uint8 picture of the mesh (verts (V, 3), faces (F, 3), colours (V, 3) uint8 or None)
-    from camera ``c2w`` (4, 4) with intrinsics ``intr``; white where nothing is seen."""
-    h, w = int(intr.height), int(intr.width)
-    uv, z = project(verts, c2w, intr)
+    from one perspective ``camera`` (its lens distortion included); white where nothing is seen."""
+    h, w = int(camera.height), int(camera.width)
+
+    def project(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        uv, depth = camera.project_world(torch.from_numpy(points))
+        return uv.numpy(), depth.numpy()
+
+    centre = camera.c2w.reshape(-1, 4, 4)[0, :3, 3].numpy()
+    uv, z = project(verts)
     tri_uv = uv[faces]  # (F, 3, 2)
     area = 0.5 * np.abs(np.cross(tri_uv[:, 1] - tri_uv[:, 0], tri_uv[:, 2] - tri_uv[:, 0]))
     front = (z[faces] > 1e-6).all(1)
@@ -57,13 +55,13 @@ def draw(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None, c2w: n
     pts = np.einsum("nk,nkd->nd", bary, verts[corners])
     normals = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-    view_dir = pts - c2w[:3, 3]
+    view_dir = pts - centre
     view_dir /= np.maximum(np.linalg.norm(view_dir, axis=1, keepdims=True), 1e-12)
     light = 0.25 + 0.75 * np.abs(np.einsum("nd,nd->n", normals[face_of], view_dir))
     base = (np.einsum("nk,nkd->nd", bary, colors[corners].astype(np.float64)) / 255.0 if colors is not None
             else np.full((len(pts), 3), 0.8))
     shade = np.clip(base * light[:, None], 0, 1)
-    p_uv, p_z = project(pts, c2w, intr)
+    p_uv, p_z = project(pts)
     px, py = np.floor(p_uv[:, 0]).astype(np.int64), np.floor(p_uv[:, 1]).astype(np.int64)
     ok = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (p_z > 0)
     px, py, p_z, shade = px[ok], py[ok], p_z[ok], shade[ok]
@@ -96,7 +94,10 @@ def main(argv=None) -> None:
     if faces is None or len(faces) == 0:
         sys.exit(f"error: {args.mesh} has no faces; give a mesh (export --what mesh, or the sdf/idr stage's mesh.ply)")
     verts = ws.normalization().apply_points(verts.astype(np.float64))
-    picture = draw(verts, faces, None if args.shade_only else colors, frame.c2w, frame.intrinsics, args.density)
+    if frame.intrinsics.model == "equirect":
+        sys.exit("error: view %d is a panorama; pick a perspective view" % args.view)
+    camera = scene.cameras([args.view], dtype=torch.float64)  # a batch of one
+    picture = draw(verts, faces, None if args.shade_only else colors, camera, args.density)
     if not args.no_photo:
         photo = load_image_file(frame.image_path)  # float32 (H, W, 3 or 4) in [0, 1]
         photo = (np.clip(photo[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)

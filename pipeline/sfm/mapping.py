@@ -26,7 +26,7 @@ def global_ba_ratio(cfg: EstimationConfig, num_images: int) -> float:
 
 
 def map_images(pycolmap, db_path: Path, image_dir: Path, out: Path, mapper: str, cfg: EstimationConfig,
-               eff: Effective, known: bool, num_images: int = 0) -> dict:
+               eff: Effective, known: bool, num_images: int) -> dict:
     """{model id: pycolmap.Reconstruction} from incremental or global mapping of the ``num_images``
     images in the database."""
     if out.exists():
