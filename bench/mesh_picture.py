@@ -7,7 +7,8 @@ The mesh (original scene units, as ``export`` and the surface stages write it) i
 workspace's normalised frame and drawn from frame ``--view``'s camera: dense random points on
 every triangle (barycentric, as many as the triangle covers pixels, times ``--density``), a depth
 buffer, the vertex colours (``--shade-only``: grey) lit by the face normal against the view
-direction. No renderer beyond numpy; left beside the training photo of the same view.
+direction; projected by the project's cameras (lens distortion included). No renderer dependency;
+left beside the training photo of the same view.
 """
 from __future__ import annotations
 
