@@ -11,8 +11,9 @@ Without ``--data`` the built-in scene is rendered first (``run.py synthetic``). 
 masks used in training, trained seconds, steps, test PSNR (the stage's own held-out renders),
 mesh Chamfer-L1 over the object radius and F-score at 1% of it (when the scene has a GT mesh; the
 same :func:`pipeline.evaluation.geometry.mesh_metrics` for every mesh), watertight, and mask IoU of
-the rendered silhouettes (the stages' ``depth/*.npy`` > 0, i.e. opacity >= 0.5) against the true
-masks (or threshold masks, ``--mask-threshold``) of the same held-out views. Stages run one after
+the rendered silhouettes (the stages' ``depth/*.npy`` > 0, i.e. opacity >= 0.5) and of the mesh
+itself (its surface splatted from the same cameras) against the true masks (or threshold masks,
+``--mask-threshold``) of the same held-out views. Stages run one after
 another (never in parallel); the table goes to stdout and ``--write``.
 """
 from __future__ import annotations
@@ -35,6 +36,9 @@ from pipeline.evaluation.geometry import mesh_metrics  # noqa: E402
 from pipeline.evaluation.ground_truth import load_ground_truth  # noqa: E402
 from pipeline.geometry.mesh import is_watertight, read_ply  # noqa: E402
 from pipeline.runner.workspace import Workspace  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from mesh_picture import silhouette  # noqa: E402
 
 METHODS = ("nerf", "idr", "sdf", "occupancy")
 # stage, its extra overrides, where its mesh lands
@@ -87,6 +91,23 @@ def silhouette_iou(depth_dir: Path, masks: dict) -> float | None:
     return float(np.mean(ious)) if ious else None
 
 
+def mesh_silhouette_iou(ws: Path, verts: np.ndarray, faces: np.ndarray, masks: dict) -> float | None:
+    """Mean IoU of the mesh's own silhouette (verts in original units) against the masks, from the
+    same held-out cameras: what the mesh keeps (or cuts, as a temple's cloth), not the renders."""
+    import torch
+
+    workspace = Workspace(ws)
+    scene = workspace.load_scene()
+    normalised = workspace.normalization().apply_points(np.asarray(verts, dtype=np.float64))
+    index = {f.name: i for i, f in enumerate(scene.frames)}
+    ious = []
+    for name, mask in masks.items():
+        covered = silhouette(normalised, faces, scene.cameras([index[name]], dtype=torch.float64))
+        if covered.shape == mask.shape:
+            ious.append((covered & mask).sum() / max(1, (covered | mask).sum()))
+    return float(np.mean(ious)) if ious else None
+
+
 def bench_method(method: str, base: Path, out: Path, args, log: Path) -> dict:
     stage, extra, mesh_rel = PLANS[method]
     ws = out / method
@@ -123,7 +144,10 @@ def bench_method(method: str, base: Path, out: Path, args, log: Path) -> dict:
             row.update(chamfer_r=mm["chamfer_l1_over_radius"], fscore=mm.get("fscore"))
     depth_dir = ws / stage / "depth"
     names = sorted(p.stem for p in depth_dir.glob("*.npy")) if depth_dir.exists() else []
-    row["mask_iou"] = silhouette_iou(depth_dir, true_masks(scene, names, args.mask_threshold, args.background or "black"))
+    masks = true_masks(scene, names, args.mask_threshold, args.background or "black")
+    row["mask_iou"] = silhouette_iou(depth_dir, masks)
+    if mesh_path.exists() and row.get("faces"):
+        row["mesh_iou"] = mesh_silhouette_iou(ws, verts, faces, masks)
     row["roi"] = m.get("roi", {}).get("source") if isinstance(m.get("roi"), dict) else None
     print(json.dumps(row), flush=True)
     return row
@@ -135,16 +159,17 @@ def fmt(value, spec: str) -> str:
 
 def table(rows: list[dict], title: str) -> str:
     lines = [title, "", "| method | masks used | train time | steps | test PSNR | Chamfer-L1 (x r) | F-score @1% r | "
-             "watertight | mask IoU |", "|---|---|---|---|---|---|---|---|---|"]
+             "watertight | mask IoU (renders) | mask IoU (mesh) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | | | |")
             continue
         label = {"nerf": "nerf + export mesh", "occupancy": "sdf field=occupancy"}.get(r["method"], r["method"])
         chamfer = "" if r.get("chamfer_r") is None else f"{100 * r['chamfer_r']:.2f}%"
         lines.append(f"| {label} | {r['masks']} | {fmt(r.get('train_time_s'), '.0f')} s | {r.get('steps')} | "
                      f"{fmt(r.get('psnr'), '.2f')} dB | {chamfer} | {fmt(r.get('fscore'), '.3f')} | "
-                     f"{'yes' if r.get('watertight') else 'no'} | {fmt(r.get('mask_iou'), '.3f')} |")
+                     f"{'yes' if r.get('watertight') else 'no'} | {fmt(r.get('mask_iou'), '.3f')} | "
+                     f"{fmt(r.get('mesh_iou'), '.3f')} |")
     return "\n".join(lines)
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import time
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +51,7 @@ from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.sdf_views import evaluate_sdf_views
 from pipeline.export.meshing import bounding_sphere_mesh, visible_mesh_parts
 from pipeline.geometry.mesh import is_watertight, read_ply, write_ply
-from pipeline.geometry.roi import ROI_MODES, choose_roi, is_identity, move_scene, parse_box
+from pipeline.geometry.roi import ROI_MODES, box_distance, choose_roi, is_identity, move_scene, parse_box
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig
@@ -119,6 +120,14 @@ class SDFStageConfig:
     mesh_visibility: str = "components"
     mesh_visibility_views: int = 16  # training cameras rendered for it (evenly spread)
     mesh_visibility_size: int = 64  # long side (px) of their depth maps
+    # cut the mesh at the object's box and close it there (a temple's cloth, a statue's plinth, the
+    # table under a shoe): auto = when the ROI came from a box (the dataset's box of the object, or
+    # roi_box) | off
+    mesh_clip: str = "auto"
+    # the field starts as a sphere around the cameras (free space inside, Neuralangelo's
+    # inside_outside) instead of a ball of matter: auto = when most training cameras stand inside
+    # the region of interest (a street, a room) | on | off
+    inside_out: str = "auto"
     # region of interest (see the module docstring): auto | sphere | box
     roi: str = "auto"
     roi_box: list[float] = dataclasses.field(default_factory=list)  # [xmin,ymin,zmin,xmax,ymax,zmax], original units
@@ -152,6 +161,10 @@ def run(ctx: StageContext) -> dict:
     if cfg.background_field.model not in BACKGROUND_MODELS:
         raise ConfigError(f"background_field.model must be one of {', '.join(BACKGROUND_MODELS)}, "
                           f"got {cfg.background_field.model!r}")
+    if cfg.inside_out not in INSIDE_OUT_MODES:
+        raise ConfigError(f"inside_out must be one of {', '.join(INSIDE_OUT_MODES)}, got {cfg.inside_out!r}")
+    if cfg.mesh_clip not in MESH_CLIP_MODES:
+        raise ConfigError(f"mesh_clip must be one of {', '.join(MESH_CLIP_MODES)}, got {cfg.mesh_clip!r}")
     if cfg.roi not in ROI_MODES:
         raise ConfigError(f"roi must be one of {', '.join(ROI_MODES)}, got {cfg.roi!r}")
     if cfg.roi == "box" or cfg.roi_box:
@@ -163,6 +176,9 @@ def run(ctx: StageContext) -> dict:
 
 
 MESH_VISIBILITY = ("components", "faces", "off")
+MESH_CLIP_MODES = ("auto", "off")
+INSIDE_OUT_MODES = ("auto", "on", "off")
+INSIDE_OUT_INIT = 0.9  # share of the sphere's radius the inside-out field starts at
 
 
 def sparse_points(workspace) -> np.ndarray | None:
@@ -190,7 +206,12 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     background = background_color(cfg.background, views)
     rays = PixelRays(views)
     device = pick_device(cfg.device)
-    model_cfg = SDFModelConfig(cfg.field, cfg.sampling, cfg.sdf, cfg.renderer, cfg.background_field,
+    inside_out, why = cameras_inside(scene, train_idx, cfg.sampling.radius, cfg.inside_out)
+    ctx.log.info(f"sdf: field starts {'inside out (free space inside its sphere)' if inside_out else 'as a ball'}: {why}")
+    sdf_cfg = dataclasses.replace(cfg.sdf, inside_out=inside_out)
+    if inside_out:  # the starting sphere must hold the cameras: they stand in free space
+        sdf_cfg.init_radius = max(cfg.sdf.init_radius, INSIDE_OUT_INIT * cfg.sampling.radius)
+    model_cfg = SDFModelConfig(cfg.field, cfg.sampling, sdf_cfg, cfg.renderer, cfg.background_field,
                                cfg.sample_gradients)
     model = build_model(model_cfg, background).to(device)
     ctx.log.info(f"sdf: {cfg.field} field, {len(train_idx)} training views ({len(rays)} rays, masks "
@@ -208,7 +229,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                      "stopped_by_time": summary["stopped_by_time"], "samples_per_s": round(summary["samples_per_s"]),
                      "step_time_ms": round(1000 * summary["train_time_s"] / max(1, summary["steps"]), 1),
                      "inv_s": round(float(model.inv_s().detach()), 1), "field": cfg.field, "encoding": cfg.sdf.encoding,
-                     "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads(),
+                     "inside_out": inside_out, "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads(),
                      "roi": {"source": roi.source, "center": roi.center.tolist(), "radius": roi.radius,
                              "reason": roi.reason}}
 
@@ -225,8 +246,14 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
 
     t_mesh = time.time()
     try:
+        clip = None
+        if cfg.mesh_clip == "auto" and roi.box is not None:
+            clip = functools.partial(box_distance, box=roi.box, to_original=to_original)
+            metrics["mesh_clip_box"] = roi.box.tolist()
+            ctx.log.info(f"sdf: the mesh is cut at the {roi.source} box {roi.box.reshape(-1).round(4).tolist()} "
+                         "(original units; mesh_clip=off keeps what lies outside)")
         mesh = bounding_sphere_mesh(model, cfg.sampling.radius, 1.5, cfg.mesh_resolution, cfg.mesh_min_component,
-                                    cfg.mesh_colors)
+                                    cfg.mesh_colors, clip=clip)
         if cfg.mesh_visibility != "off":
             mesh, stats = visible_mesh_parts(model, mesh, _visibility_cameras(scene, train_idx, cfg, device),
                                              cfg.mesh_visibility, tolerance=0.02 * cfg.sampling.radius)
@@ -251,6 +278,16 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                  f"{metrics.get('psnr', float('nan')):.2f} dB on {eval_on} views"
                  + (f", Chamfer-L1 {chamfer:.4f} x radius" if chamfer is not None else ""))
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k == "mesh"}
+
+
+def cameras_inside(scene, train_idx: list[int], radius: float, mode: str) -> tuple[bool, str]:
+    """Whether the field should start inside out (``mode`` auto: more than half of the training
+    cameras (model frame) stand inside its sphere of ``radius``), and why, for the log."""
+    if mode != "auto":
+        return mode == "on", f"inside_out={mode}"
+    centres = np.stack([scene.frames[i].c2w[:3, 3] for i in train_idx])
+    inside = int((np.linalg.norm(centres, axis=1) < radius).sum())
+    return inside * 2 > len(train_idx), f"{inside} of {len(train_idx)} training cameras inside the sphere (auto)"
 
 
 def _visibility_cameras(scene, train_idx: list[int], cfg: SDFStageConfig, device):

@@ -4,6 +4,7 @@ away what no training camera sees, then hidden-face culling, small-piece removal
 vertex colours."""
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -16,6 +17,7 @@ from pipeline.export.methods import SDF_METHODS
 from pipeline.geometry.cameras import Cameras, visibility_counts
 from pipeline.geometry.mesh import (is_watertight, keep_large_components, marching_cubes, sample_grid, select_faces,
                                     write_obj, write_ply)
+from pipeline.geometry.roi import box_distance, dataset_box_original
 from pipeline.models.idr.sdf_mesh import sample_sdf_grid
 from pipeline.models.render import render_image
 from pipeline.runner.log import progress
@@ -42,6 +44,16 @@ def mesh_bounds(scene, model, sim, cfg_bounds) -> np.ndarray:
     return np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
 
+def clip_box_original(scene, sim, cfg_bounds) -> Optional[np.ndarray]:
+    """The box (2, 3, ORIGINAL units) an SDF's mesh is cut at and closed on: ``cfg_bounds`` when
+    given, else the dataset's box of the object (``scene.bounds``), else None (no cut)."""
+    if cfg_bounds:
+        return np.asarray(cfg_bounds, dtype=np.float64).reshape(2, 3)
+    if scene is not None and scene.bounds is not None:
+        return dataset_box_original(scene.bounds, sim)
+    return None
+
+
 def field_function(model, method: str, density_threshold: float, cameras: Optional[Cameras],
                    carve_min_views: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
     """(fn(points) -> values, level) whose iso-surface at ``level`` is the surface, oriented so
@@ -63,6 +75,15 @@ def field_function(model, method: str, density_threshold: float, cameras: Option
         return -sigma
 
     return neg_density, -density_threshold
+
+
+def _clipped(field: Callable[[torch.Tensor], torch.Tensor], clip: Callable[[torch.Tensor], torch.Tensor]
+             ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The field intersected with a region (both signed distances, negative inside): max(f, clip)."""
+    def clipped(points: torch.Tensor) -> torch.Tensor:
+        values = field(points)
+        return torch.maximum(values, clip(points).to(values.dtype))
+    return clipped
 
 
 def finite_difference_normals(fn, points: torch.Tensor, eps: float, chunk: int = 65536) -> torch.Tensor:
@@ -127,7 +148,7 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int,
                  min_component_fraction: float = DEFAULTS.min_component_fraction, colors: bool = True,
                  device="cpu", cull_hidden: bool = DEFAULTS.cull_hidden, cull_tolerance: float = DEFAULTS.cull_tolerance,
                  chunk: int = DEFAULTS.chunk, lipschitz: Optional[float] = None, normals: str = "finite_differences",
-                 query_chunk: int = 65536) -> dict:
+                 query_chunk: int = 65536, clip: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict:
     """The surface of a trained model in the normalised frame: dict of verts (V, 3), faces (F, 3),
     normals (V, 3) outward, colors (V, 3) in [0, 1] or None, and stats.
 
@@ -138,12 +159,18 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int,
     coarse to fine near the surface only (:func:`pipeline.models.idr.sdf_mesh.sample_sdf_grid`,
     whose finest grid is the next ``64 * 2^k + 1`` >= ``resolution``). ``normals``:
     ``finite_differences`` of the field at half a voxel, or the ``sdf_gradient`` of an IDR model's
-    SDF network; vertex colours look along them. ``query_chunk``: points per normal/colour query."""
+    SDF network; vertex colours look along them. ``query_chunk``: points per normal/colour query.
+    ``clip`` (SDF methods): a signed distance (N,) of points (N, 3) to a region (negative inside);
+    the surface is that of ``max(f, clip)``, the field cut at the region's border and closed there."""
     if normals not in NORMALS:
         raise ValueError(f"normals must be one of {NORMALS}, got {normals!r}")
     if method not in SDF_METHODS and (lipschitz is not None or normals == "sdf_gradient"):
         raise ValueError(f"lipschitz and normals=sdf_gradient need an SDF (method {' or '.join(SDF_METHODS)})")
     fn, level = field_function(model, method, density_threshold, cameras, carve_min_views)
+    if clip is not None:
+        if method not in SDF_METHODS:
+            raise ValueError(f"clip needs an SDF (method {' or '.join(SDF_METHODS)})")
+        fn = _clipped(fn, clip)
     with torch.no_grad():
         if lipschitz is not None:
             values = sample_sdf_grid(lambda p: fn(p.to(device)), bounds, resolution, lipschitz=lipschitz)
@@ -225,14 +252,16 @@ def visible_mesh_parts(model, mesh: dict, cameras: Cameras, mode: str = "compone
 
 
 def bounding_sphere_mesh(model, radius: float, lipschitz: float, resolution: int, min_component_fraction: float,
-                         colors: bool) -> dict:
+                         colors: bool, clip: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict:
     """An IDR model's surface over the cube around its bounding sphere of ``radius``, as
     :func:`extract_mesh` returns it (normalised frame): the grid refined near the surface only
-    (``lipschitz``: the SDF's slope bound), colours seen along the SDF gradient."""
+    (``lipschitz``: the SDF's slope bound), colours seen along the SDF gradient (along the
+    clipped field's finite differences when ``clip`` cuts it: the cut faces have no SDF gradient)."""
     box = np.array([[-radius] * 3, [radius] * 3])
     return extract_mesh(model, "idr", box, resolution, min_component_fraction=min_component_fraction, colors=colors,
-                        device=model.background.device, lipschitz=lipschitz, normals="sdf_gradient",
-                        query_chunk=32768)
+                        device=model.background.device, lipschitz=lipschitz,
+                        normals="sdf_gradient" if clip is None else "finite_differences", query_chunk=32768,
+                        clip=clip)
 
 
 def export_mesh(model, method: str, scene, sim, cfg: ExportConfig, out: Path, device, log) -> dict:
@@ -244,9 +273,11 @@ def export_mesh(model, method: str, scene, sim, cfg: ExportConfig, out: Path, de
     # the sdf stage's field is trained to be a distance (eikonal) everywhere in its sphere: the grid is
     # refined near the surface only, as the stage's own mesh
     lipschitz = 1.5 if method == "sdf" else None
+    clip_box = clip_box_original(scene, sim, cfg.mesh_bounds) if method in SDF_METHODS else None
+    clip = None if clip_box is None else functools.partial(box_distance, box=clip_box, to_original=sim.inverse())
     mesh = extract_mesh(model, method, bounds, cfg.mesh_resolution, cfg.density_threshold, cameras,
                         cfg.carve_min_views, cfg.min_component_fraction, cfg.mesh_colors, device,
-                        cfg.cull_hidden, cfg.cull_tolerance, cfg.chunk, lipschitz=lipschitz)
+                        cfg.cull_hidden, cfg.cull_tolerance, cfg.chunk, lipschitz=lipschitz, clip=clip)
     inv = sim.inverse()
     verts = inv.apply_points(mesh["verts"])
     normals = mesh["normals"] @ inv.rotation.T

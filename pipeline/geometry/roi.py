@@ -19,6 +19,8 @@ Where the ball comes from (:func:`choose_roi`, ``roi=auto`` tries them in this o
 :class:`RegionOfInterest` holds the ball; :meth:`RegionOfInterest.similarity` is the map into the
 model's frame (``x_model = s (x - c)``, no rotation, so the workspace's up axis stays up) and its
 ``inverse()`` the way back; depths scale by ``s``. :func:`move_scene` moves a scene's cameras.
+When the ball came from a box (``bounds``, ``box``), the ROI keeps that box (original units), and
+:func:`box_distance` gives the signed distance to it in the model's frame: meshes are cut there.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class RegionOfInterest:
     radius: float
     source: str
     reason: str = ""
+    box: Optional[np.ndarray] = None  # (2, 3) the object's box in ORIGINAL units, when one is known
 
     def similarity(self, target_radius: float = 1.0) -> Similarity:
         """normalised frame -> model frame: the ball onto the origin-centred ball of ``target_radius``.
@@ -68,20 +71,54 @@ def ball_around_box(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
     return (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2)
 
 
+def _box_half_extents(bounds: np.ndarray, rotation: np.ndarray) -> Optional[np.ndarray]:
+    """The half-extents ``e`` (3,) of the box whose rotation by ``rotation`` has the axis-aligned
+    box ``bounds`` (2, 3): the solution of ``|R| e = half`` with ``e >= 0``; None when none fits."""
+    from scipy.optimize import nnls
+
+    half = (bounds[1] - bounds[0]) / 2
+    e, residual = nnls(np.abs(np.asarray(rotation, dtype=np.float64)), half)
+    return e if residual <= 1e-6 * max(1e-12, float(np.linalg.norm(half))) else None
+
+
+def dataset_box_original(bounds: np.ndarray, normalization: Similarity) -> Optional[np.ndarray]:
+    """The dataset's box of the object back in ORIGINAL units (2, 3), from the normalised scene's
+    ``bounds`` (the axis-aligned box of the rotated box); None when no box fits them."""
+    bounds = np.asarray(bounds, dtype=np.float64)
+    e = _box_half_extents(bounds, normalization.rotation)
+    if e is None:
+        return None
+    center = normalization.inverse().apply_points(((bounds[0] + bounds[1]) / 2)[None])[0]
+    # the normalisation's rotation maps original axes onto its columns: e_j lies along original axis j
+    half = e / normalization.scale
+    return np.stack([center - half, center + half])
+
+
+def box_distance(points, box: np.ndarray, to_original: Similarity):
+    """Signed distance (N,) in the model's units from points (N, 3) (a torch tensor in the model's
+    frame) to the box (2, 3, ORIGINAL units): negative inside. ``to_original`` maps the model frame
+    to the original units; a similarity keeps distances up to its scale."""
+    import torch
+
+    rotation = torch.as_tensor(to_original.rotation, dtype=points.dtype, device=points.device)
+    translation = torch.as_tensor(to_original.translation, dtype=points.dtype, device=points.device)
+    box = torch.as_tensor(np.asarray(box, dtype=np.float64), dtype=points.dtype, device=points.device)
+    original = to_original.scale * points @ rotation.T + translation
+    q = (original - (box[0] + box[1]) / 2).abs() - (box[1] - box[0]) / 2
+    outside = q.clamp_min(0).norm(dim=-1)
+    inside = q.max(dim=-1).values.clamp_max(0)
+    return (outside + inside) / to_original.scale
+
+
 def ball_of_dataset_box(bounds: np.ndarray, rotation: np.ndarray) -> tuple[np.ndarray, float]:
     """The ball around a dataset's box, from ``bounds`` (2, 3): the normalised frame's axis-aligned
     box of that box after the normalisation's ``rotation`` (3, 3), which is larger than the box
     itself unless the rotation is axis-aligned. Its half-extents are ``|R| e`` for the box's own
     half-extents ``e``; solving for ``e >= 0`` gives back the box's ball (the very ball the poses
     stage normalised), else (no consistent ``e``) the ball around ``bounds``."""
-    from scipy.optimize import nnls
-
     center, outer = ball_around_box(*bounds)
-    half = (bounds[1] - bounds[0]) / 2
-    e, residual = nnls(np.abs(np.asarray(rotation, dtype=np.float64)), half)
-    if residual <= 1e-6 * max(1e-12, float(np.linalg.norm(half))):
-        return center, float(min(outer, np.linalg.norm(e)))
-    return center, outer
+    e = _box_half_extents(np.asarray(bounds, dtype=np.float64), rotation)
+    return (center, float(min(outer, np.linalg.norm(e)))) if e is not None else (center, outer)
 
 
 def parse_box(values: Sequence[float], key: str = "roi_box") -> np.ndarray:
@@ -106,7 +143,8 @@ def roi_from_box(box: np.ndarray, normalization: Similarity) -> RegionOfInterest
     c = normalization.apply_points(corners)
     center = c.mean(0)  # a similarity keeps the box's centre the centre of the moved corners
     radius = float(np.linalg.norm(c - center, axis=1).max())
-    return RegionOfInterest(center, radius, "box", f"roi_box {box.reshape(-1).tolist()} (original units)")
+    return RegionOfInterest(center, radius, "box", f"roi_box {box.reshape(-1).tolist()} (original units)",
+                            box=np.asarray(box, dtype=np.float64))
 
 
 def _half_fov(intrinsics) -> float:
@@ -193,7 +231,8 @@ def choose_roi(mode: str, scene, normalization: Similarity, sphere_radius: float
         return sphere
     if scene.bounds is not None:
         center, radius = ball_of_dataset_box(np.asarray(scene.bounds), normalization.rotation)
-        return RegionOfInterest(center, radius, "bounds", "the dataset's box of the object")
+        return RegionOfInterest(center, radius, "bounds", "the dataset's box of the object",
+                                box=dataset_box_original(scene.bounds, normalization))
     idx = list(range(len(scene.frames))) if cameras is None else list(cameras)
     c2w = np.stack([scene.frames[i].c2w for i in idx])
     intrinsics = [scene.frames[i].intrinsics for i in idx]
@@ -221,5 +260,5 @@ def move_scene(scene, sim: Similarity):
     return replace(scene, frames=frames, bounds=bounds, meta=meta)
 
 
-__all__ = ["ROI_MODES", "RegionOfInterest", "ball_around_box", "choose_roi", "in_view_counts", "is_identity",
-           "move_scene", "parse_box", "roi_from_box", "roi_from_cameras", "roi_from_points"]
+__all__ = ["ROI_MODES", "RegionOfInterest", "ball_around_box", "box_distance", "choose_roi", "dataset_box_original",
+           "in_view_counts", "is_identity", "move_scene", "parse_box", "roi_from_box", "roi_from_cameras", "roi_from_points"]

@@ -26,7 +26,7 @@ from pipeline.training.sdf_data import PixelRays
 
 CHECKPOINT_NAME = "checkpoint.pt"
 NOT_RESUME_KEYS = SURFACE_NOT_RESUME_KEYS + ("sampling.render_chunk", "mesh_visibility", "mesh_visibility_views",
-                                             "mesh_visibility_size")
+                                             "mesh_visibility_size", "mesh_clip")
 
 
 @dataclass

@@ -10,7 +10,8 @@ import torch
 from datasets.scene import Frame, Scene
 from pipeline.geometry.cameras import look_at, pinhole_from_fov
 from pipeline.geometry.normalize import Similarity
-from pipeline.geometry.roi import choose_roi, move_scene, parse_box, roi_from_cameras, roi_from_points
+from pipeline.geometry.roi import (box_distance, choose_roi, move_scene, parse_box, roi_from_cameras,
+                                   roi_from_points)
 from pipeline.runner.config import ConfigError
 
 TARGET = np.array([0.3, -0.2, 0.1])
@@ -76,6 +77,7 @@ def test_known_bounds_and_sphere_keep_the_normalised_ball():
     roi = choose_roi("auto", scene, normalization, 1.0)
     assert roi.radius == pytest.approx(0.5 * np.linalg.norm([1.0, 2.0, 0.5]), rel=1e-9)
     assert np.linalg.norm(corners.max(0) - corners.min(0)) / 2 > 1.05 * roi.radius  # the naive ball is larger
+    np.testing.assert_allclose(roi.box, box, atol=1e-9)  # the dataset's own box, back in original units
     sphere = choose_roi("sphere", ring_scene(), Similarity(), 0.8)
     assert sphere.radius == 0.8 and not sphere.similarity(0.8).translation.any()
 
@@ -94,6 +96,11 @@ def test_a_box_in_original_units_overrides_and_round_trips():
     np.testing.assert_allclose(np.linalg.norm(in_model, axis=1), 1.0)  # the box's corners on the unit ball
     back = to_model.compose(normalization).inverse()
     np.testing.assert_allclose(back.apply_points(in_model), corners, atol=1e-12)
+    np.testing.assert_allclose(roi.box.reshape(-1), box)
+    # the box's signed distance, measured in the model's frame: 1 original unit is to_model.scale x 0.5
+    probes = np.array([[1.0, 2.0, 2.0], [1.0, 2.0, 5.0], [2.0, 4.0, 4.0], [3.0, 5.0, 4.0]])  # centre, above, corner, off
+    distance = box_distance(torch.as_tensor(to_model.apply_points(normalization.apply_points(probes))), roi.box, back)
+    np.testing.assert_allclose(distance.numpy() * back.scale, [-1.0, 1.0, 0.0, math.sqrt(2)], atol=1e-12)
     # cameras move with it; depths scale by the same factor
     scene = move_scene(ring_scene(), to_model)
     c2w = ring_scene().frames[3].c2w

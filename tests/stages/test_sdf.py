@@ -204,7 +204,8 @@ def test_the_cli_chain_scores_a_trained_model_above_an_untrained_one(tmp_path):
 
 def test_a_region_of_interest_box_trains_there_and_answers_in_original_units(photo_workspace):
     """roi=box (original units, off-centre) moves training into the box's ball; the mesh, the
-    depth maps and the loaded model still come back in the original units / normalised frame."""
+    depth maps and the loaded model still come back in the original units / normalised frame. The
+    box cuts the sphere's top off (z > 0.3): the mesh is cut there and closed by a flat cap."""
     import stages.sdf as sdf
     from pipeline.geometry.cameras import pixel_grid
     from pipeline.geometry.mesh import read_ply
@@ -214,16 +215,20 @@ def test_a_region_of_interest_box_trains_there_and_answers_in_original_units(pho
     from tests.scenes import analytic_first_hit
 
     ws, _ = photo_workspace  # the sphere: radius 0.5 at the origin of the ORIGINAL units
-    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=150", "roi=box", "roi_box=[-0.5,-0.6,-0.7,0.7,0.6,0.5]"))
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=150", "roi=box", "roi_box=[-0.5,-0.6,-0.7,0.7,0.6,0.3]"))
     out = ws.stage_dir("sdf")
     metrics = json.loads((out / "metrics.json").read_text())
     sim = ws.normalization()
     assert metrics["roi"]["source"] == "box"
-    np.testing.assert_allclose(metrics["roi"]["center"], sim.apply_points(np.array([[0.1, 0.0, -0.1]]))[0], atol=1e-9)
+    np.testing.assert_allclose(metrics["roi"]["center"], sim.apply_points(np.array([[0.1, 0.0, -0.2]]))[0], atol=1e-9)
     verts, faces, _ = read_ply(out / "mesh.ply")
     radii = np.linalg.norm(verts, axis=1)
-    print(f"mesh radius {np.median(radii):.3f} (true 0.5), visibility {metrics.get('mesh_visibility')}")
+    cap = np.abs(verts[:, 2] - 0.3) < 0.01
+    print(f"mesh radius {np.median(radii):.3f} (true 0.5), top z {verts[:, 2].max():.4f}, {cap.sum()} vertices on "
+          f"the cut, visibility {metrics.get('mesh_visibility')}")
     assert abs(np.median(radii) - 0.5) < 0.05 and metrics["mesh_watertight"]
+    assert verts[:, 2].max() < 0.3 + 1e-3 and cap.sum() > 20  # cut at the box and closed there
+    assert np.abs(radii[cap] - 0.5).max() > 0.05  # the cap is flat: points inside the sphere too
     # z-depth of a held-out view in original units against the analytic sphere
     scene = ws.load_scene()
     index = [f.name for f in scene.frames].index("r_4")  # a held-out view

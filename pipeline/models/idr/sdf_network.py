@@ -10,6 +10,7 @@ Two input encodings (shared with the NeRF fields, see :mod:`pipeline.models.comp
 Both use the *geometric initialisation* of Atzmon & Lipman (SAL, 2020): at initialisation the
 network is close to the signed distance of a sphere of radius ``init_radius`` (negative inside),
 with all encoded (high-frequency) inputs weighted zero so training starts from a smooth shape.
+``inside_out`` flips it (``r - |x|``) for scenes seen from inside.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class SDFNetworkConfig:
     skip_layers: list[int] = field(default_factory=lambda: [4])  # layers whose input gets x again
     feature_dim: int = 256  # size of the global feature z passed to the renderer (IDR: 256)
     init_radius: float = 0.6  # sphere of the geometric initialisation (IDR: 0.6)
+    # start as r - |x| instead (Neuralangelo's inside_outside): the cameras stand inside the sphere
+    # (a street, a room), free space is inside and the surfaces they see lie around them
+    inside_out: bool = False
     softplus_beta: float = 100.0
     weight_norm: bool = True
     # hash grid (encoding=hashgrid); the grid covers the cube [-bound, bound]^3
@@ -126,16 +130,19 @@ class SDFNetwork(nn.Module):
         points = dirs / dirs.norm(dim=-1, keepdim=True) * radius
         last = self.layers[-1]
         points = points.to(last.bias.dtype)
-        offset = (self.sdf(points) - (points.norm(dim=-1) - self.config.init_radius)).mean()
+        sign = -1.0 if self.config.inside_out else 1.0
+        offset = (self.sdf(points) - sign * (points.norm(dim=-1) - self.config.init_radius)).mean()
         last.bias[0] -= offset
 
     def _geometric_init(self, layer: nn.Linear, index: int, in_dim: int, out_dim: int) -> None:
-        """SAL initialisation: the output approximates |x| - r (IDR's implicit network init)."""
+        """SAL initialisation: the output approximates |x| - r (IDR's implicit network init), or
+        r - |x| with ``inside_out``."""
         extra = self.in_dim - 3  # encoded inputs beyond x itself, zero-weighted at the start
+        sign = -1.0 if self.config.inside_out else 1.0
         with torch.no_grad():
             if index == self.config.num_layers - 1:
-                nn.init.normal_(layer.weight, mean=math.sqrt(math.pi) / math.sqrt(in_dim), std=1e-4)
-                nn.init.constant_(layer.bias, -self.config.init_radius)
+                nn.init.normal_(layer.weight, mean=sign * math.sqrt(math.pi) / math.sqrt(in_dim), std=1e-4)
+                nn.init.constant_(layer.bias, -sign * self.config.init_radius)
                 return
             nn.init.constant_(layer.bias, 0.0)
             nn.init.normal_(layer.weight, 0.0, math.sqrt(2) / math.sqrt(out_dim))

@@ -22,6 +22,21 @@ def test_geometric_init_is_close_to_a_sphere(one_thread):
     assert (sdf[points.norm(dim=-1) > 0.8] > 0).float().mean() > 0.95
 
 
+@pytest.mark.parametrize("encoding", ["fourier", "hashgrid"])
+def test_inside_out_init_puts_free_space_inside_the_sphere(one_thread, encoding):
+    """For cameras inside the scene (a street, a room): r - |x|, positive (free) inside."""
+    torch.manual_seed(0)
+    grid = dict(hidden_dim=64, num_layers=2, skip_layers=[], hash_levels=4, hash_log2_size=12,
+                hash_max_resolution=64, hash_backend="torch") if encoding == "hashgrid" else dict(hidden_dim=128)
+    net = SDFNetwork(SDFNetworkConfig(encoding=encoding, feature_dim=8, init_radius=0.6, inside_out=True, **grid))
+    dirs = torch.randn(4000, 3)
+    points = dirs / dirs.norm(dim=-1, keepdim=True) * torch.empty(4000, 1).uniform_(0.0, 1.0)
+    with torch.no_grad():
+        sdf = net.sdf(points).reshape(-1)
+    assert (sdf[points.norm(dim=-1) < 0.45] > 0).float().mean() > 0.95
+    assert (sdf[points.norm(dim=-1) > 0.75] < 0).float().mean() > 0.95
+
+
 def test_hashgrid_variant_starts_as_a_sphere_and_trains_its_grid(one_thread):
     torch.manual_seed(0)
     net = SDFNetwork(SDFNetworkConfig(encoding="hashgrid", hidden_dim=64, num_layers=3, skip_layers=[], feature_dim=8,
