@@ -143,12 +143,31 @@ def test_an_interrupted_run_resumes(photo_workspace, monkeypatch, recon_log):
     assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 20
 
 
+def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
+    """A street or a room: the cameras stand in the region of interest, so free space must be inside."""
+    from datasets.scene import Frame, Scene
+    from pipeline.geometry.cameras import look_at, pinhole_from_fov
+    from stages.sdf import cameras_inside
+
+    k = pinhole_from_fov(32, 24, 1.0)
+
+    def ring(radius):
+        return Scene([Frame(f"v{i}.png", k, look_at(radius * np.array([np.cos(a), np.sin(a), 0.2]), (0, 0, 0)))
+                      for i, a in enumerate(np.linspace(0, 2 * np.pi, 8, endpoint=False))])
+
+    assert cameras_inside(ring(3.0), list(range(8)), 1.0, "auto") == (False, "0 of 8 training cameras inside the sphere (auto)")
+    assert cameras_inside(ring(0.5), list(range(8)), 1.0, "auto")[0]
+    assert cameras_inside(ring(3.0), list(range(8)), 1.0, "on") == (True, "inside_out=on")
+
+
 @pytest.mark.parametrize("override,message", [("field=density", "field must be one of sdf, occupancy"),
                                                ("background_field.model=sky", "background_field.model must be"),
                                                ("max_time_s=-1", "max_time_s must be >= 0"),
                                                ("roi=ball", "roi must be one of auto, sphere, box"),
                                                ("roi_box=[0,0,0,1,1]", "roi_box must be 6"),
-                                               ("mesh_visibility=all", "mesh_visibility must be one of")])
+                                               ("mesh_visibility=all", "mesh_visibility must be one of"),
+                                               ("mesh_clip=yes", "mesh_clip must be one of auto, off"),
+                                               ("inside_out=maybe", "inside_out must be one of auto, on, off")])
 def test_bad_settings_stop_before_any_work(photo_workspace, override, message):
     import stages.sdf as sdf
     from pipeline.runner.config import ConfigError
