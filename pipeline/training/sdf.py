@@ -87,7 +87,10 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
         if surface.any():
             x = (rays_o + out["t"].detach()[:, None] * rays_d)[surface]
             jitter = settings.curvature_std * torch.randn(x.shape, generator=generator).to(x.device)
-            g = model.sdf_network.sdf_and_gradient(torch.cat([x, x + jitter]), create_graph=True)[2]
+            both = torch.cat([x, x + jitter])
+            g = (model.sdf_network.sdf_and_gradient(both, create_graph=True)[2]
+                 if model.config.sample_gradients == "differentiable"
+                 else model.sdf_network.numerical_gradient(both))  # first derivatives only, as the eikonal
             l_curv = smoothness_loss(g[:len(x)], g[len(x):])
             loss = loss + settings.curvature_weight * l_curv
     with torch.no_grad():

@@ -143,6 +143,17 @@ def test_an_interrupted_run_resumes(photo_workspace, monkeypatch, recon_log):
     assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 20
 
 
+@pytest.mark.parametrize("gradients", ["constant", "differentiable"])
+def test_the_curvature_term_is_trained_with_either_kind_of_gradient(photo_workspace, gradients):
+    import stages.sdf as sdf
+
+    ws, _ = photo_workspace
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=6", "curvature_weight=0.1", f"sample_gradients={gradients}",
+                                             "sdf.encoding=fourier", "sdf.num_layers=3"))
+    curve = [json.loads(line) for line in (ws.stage_dir("sdf") / "metrics.jsonl").read_text().splitlines()]
+    assert curve and all(c["curvature"] > 0 for c in curve), curve
+
+
 def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
     """A street or a room: the cameras stand in the region of interest, so free space must be inside."""
     from datasets.scene import Frame, Scene
