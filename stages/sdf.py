@@ -51,7 +51,8 @@ from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.sdf_views import evaluate_sdf_views
 from pipeline.export.meshing import bounding_sphere_mesh, visible_mesh_parts
 from pipeline.geometry.mesh import is_watertight, read_ply, write_ply
-from pipeline.geometry.roi import ROI_MODES, box_distance, choose_roi, is_identity, move_scene, parse_box
+from pipeline.geometry.roi import (ROI_MODES, box_distance, choose_roi, holding_cameras, is_identity, move_scene,
+                                   parse_box)
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig
@@ -178,7 +179,7 @@ def run(ctx: StageContext) -> dict:
 MESH_VISIBILITY = ("components", "faces", "off")
 MESH_CLIP_MODES = ("auto", "off")
 INSIDE_OUT_MODES = ("auto", "on", "off")
-INSIDE_OUT_INIT = 0.9  # share of the sphere's radius the inside-out field starts at
+INSIDE_OUT_INIT = 0.95  # share of the sphere's radius the inside-out field starts at
 
 
 def sparse_points(workspace) -> np.ndarray | None:
@@ -197,8 +198,13 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     roi = choose_roi(cfg.roi, original, normalization, cfg.sampling.radius, sparse_points(ctx.workspace),
                      cfg.roi_box, cfg.roi_margin, train_idx)
     to_model = roi.similarity(cfg.sampling.radius)  # normalised frame -> the frame the model trains in
-    ctx.log.info(f"sdf: {roi.describe()}")
     scene = move_scene(original, to_model)
+    inside_out, why = cameras_inside(scene, train_idx, cfg.sampling.radius, cfg.inside_out)
+    if inside_out and roi.box is None:  # seen from inside: every camera must stand in the modelled ball
+        roi = holding_cameras(roi, np.stack([original.frames[i].c2w[:3, 3] for i in train_idx]), cfg.roi_margin)
+        to_model = roi.similarity(cfg.sampling.radius)
+        scene = move_scene(original, to_model)
+    ctx.log.info(f"sdf: {roi.describe()}")
     to_original = to_model.compose(normalization).inverse()  # model frame -> original units
     mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
     masks = load_masks(scene, train_idx, mask_options) if cfg.use_masks else full_masks(scene, train_idx)
@@ -206,7 +212,6 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     background = background_color(cfg.background, views)
     rays = PixelRays(views)
     device = pick_device(cfg.device)
-    inside_out, why = cameras_inside(scene, train_idx, cfg.sampling.radius, cfg.inside_out)
     ctx.log.info(f"sdf: field starts {'inside out (free space inside its sphere)' if inside_out else 'as a ball'}: {why}")
     sdf_cfg = dataclasses.replace(cfg.sdf, inside_out=inside_out)
     if inside_out:  # the starting sphere must hold the cameras: they stand in free space

@@ -244,6 +244,18 @@ def choose_roi(mode: str, scene, normalization: Similarity, sphere_radius: float
     return found
 
 
+def holding_cameras(roi: RegionOfInterest, centres: np.ndarray, margin: float) -> RegionOfInterest:
+    """The ROI grown (same centre) until it holds every camera centre (N, 3, normalised frame) with
+    ``margin`` of its radius to spare: a scene seen from inside (a street) must model what lies
+    between each camera and the rest, which a ball that leaves cameras outside cannot."""
+    farthest = float(np.linalg.norm(np.asarray(centres, dtype=np.float64) - roi.center, axis=1).max())
+    radius = max(roi.radius, farthest * (1 + margin))
+    if radius == roi.radius:
+        return roi
+    return replace(roi, radius=radius, reason=f"{roi.reason}; grown from {roi.radius:.3g} to hold all {len(centres)} "
+                                              f"cameras (margin {margin:g})")
+
+
 def move_scene(scene, sim: Similarity):
     """The scene with its cameras (and bounds) moved by ``sim`` and its depth scale updated."""
     if is_identity(sim):
@@ -261,4 +273,4 @@ def move_scene(scene, sim: Similarity):
 
 
 __all__ = ["ROI_MODES", "RegionOfInterest", "ball_around_box", "box_distance", "choose_roi", "dataset_box_original",
-           "in_view_counts", "is_identity", "move_scene", "parse_box", "roi_from_box", "roi_from_cameras", "roi_from_points"]
+           "holding_cameras", "in_view_counts", "is_identity", "move_scene", "parse_box", "roi_from_box", "roi_from_cameras", "roi_from_points"]

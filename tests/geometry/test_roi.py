@@ -10,8 +10,8 @@ import torch
 from datasets.scene import Frame, Scene
 from pipeline.geometry.cameras import look_at, pinhole_from_fov
 from pipeline.geometry.normalize import Similarity
-from pipeline.geometry.roi import (box_distance, choose_roi, move_scene, parse_box, roi_from_cameras,
-                                   roi_from_points)
+from pipeline.geometry.roi import (RegionOfInterest, box_distance, choose_roi, holding_cameras, move_scene, parse_box,
+                                   roi_from_cameras, roi_from_points)
 from pipeline.runner.config import ConfigError
 
 TARGET = np.array([0.3, -0.2, 0.1])
@@ -143,3 +143,12 @@ def test_a_framed_model_renders_in_the_outer_frame():
     out = framed.render_rays(torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([[-1.0, 0.0, 0.0]]))
     torch.testing.assert_close(out["t"], torch.tensor([2.0]))  # hits x = 1 from x = 3
     np.testing.assert_allclose(framed.bounds, [[0, -0.5, -0.5], [1, 0.5, 0.5]])
+
+
+def test_a_region_seen_from_inside_grows_to_hold_every_camera():
+    roi = RegionOfInterest(np.array([1.0, 0.0, 0.0]), 2.0, "points")
+    centres = np.array([[1.0, 0.5, 0.0], [4.0, 0.0, 0.0], [1.0, -2.5, 0.0]])
+    grown = holding_cameras(roi, centres, margin=0.1)
+    assert grown.radius == pytest.approx(3.3) and np.array_equal(grown.center, roi.center)
+    assert "grown from 2 to hold all 3 cameras" in grown.reason
+    assert holding_cameras(roi, centres[:1], margin=0.1) is roi  # already inside: unchanged
