@@ -7,6 +7,9 @@ takes the dataset's box of the object, else the sparse points of pose estimation
 (``roi_box``); ``sphere`` the normalised frame's ball. A similarity moves the cameras so that it
 becomes the origin-centred ball of ``sampling.radius``, where the model trains; ``model.pt``
 remembers it, so loaded models render in the normalised frame like the other methods'.
+When most training cameras stand inside that ball (a street, a room: ``inside_out=auto``), the
+ball grows to hold every camera and the field starts inside out (free space inside, surfaces
+around), as Neuralangelo's ``inside_outside``.
 
 Inside the object's sphere the field is IDR's SDF
 network (hash grid by default, or Fourier features), rendered with NeuS's unbiased weights from a
@@ -26,7 +29,9 @@ only, and the eikonal loss takes central differences at ``eikonal_ray_points`` o
 Outputs in ``W/sdf/``: ``model.pt`` (load with :func:`pipeline.models.sdf.io.load_trained`),
 ``renders/`` (RGB and normal PNGs of the held-out views), ``depth/*.npy`` (z-depth in the
 original units, 0 where the foreground opacity < 0.5), ``mesh.ply`` (marching cubes of the field
-at 0 over the sphere's cube, original units, vertex colours; pieces smaller than
+at 0 over the sphere's cube, original units, vertex colours; with ``mesh_clip=auto`` cut at the
+object's box when the ROI came from one (the dataset's box, ``roi_box``) and closed there, so a
+temple's cloth or a statue's plinth stays out of a watertight mesh; pieces smaller than
 ``mesh_min_component`` dropped, and with ``mesh_visibility=components`` the pieces no training
 camera sees as its first surface, rendered at ``mesh_visibility_size`` px), ``metrics.json`` (PSNR,
 SSIM, mask IoU when the scene has masks, Chamfer / F-score when a GT mesh is known, the ROI,
@@ -100,6 +105,9 @@ class SDFStageConfig:
     mask_background: str = "black"
     # normals at the expected surface points and at points jittered by curvature_std should agree
     # (0 = off)
+    # share of each batch drawn in proportion to the pixels' last colour errors (instant-ngp's error
+    # map): regions few views see (a pit between parts, a crease) get rays until they are right
+    error_sampling: float = 0.0
     curvature_weight: float = 0.0
     curvature_std: float = 0.01
     lr: float = 1e-3  # MLPs and the sharpness s
@@ -162,6 +170,8 @@ def run(ctx: StageContext) -> dict:
     if cfg.background_field.model not in BACKGROUND_MODELS:
         raise ConfigError(f"background_field.model must be one of {', '.join(BACKGROUND_MODELS)}, "
                           f"got {cfg.background_field.model!r}")
+    if not 0.0 <= cfg.error_sampling < 1.0:
+        raise ConfigError(f"error_sampling must be in [0, 1) (a share of each batch), got {cfg.error_sampling:g}")
     if cfg.inside_out not in INSIDE_OUT_MODES:
         raise ConfigError(f"inside_out must be one of {', '.join(INSIDE_OUT_MODES)}, got {cfg.inside_out!r}")
     if cfg.mesh_clip not in MESH_CLIP_MODES:

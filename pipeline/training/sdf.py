@@ -42,6 +42,7 @@ class SDFTrainSettings:
     mask_weight: float  # 0 = masks not used
     curvature_weight: float
     curvature_std: float
+    error_sampling: float  # share of each batch drawn in proportion to the pixels' last errors
     lr: float
     lr_grid: float
     lr_final_factor: float
@@ -95,7 +96,8 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
             loss = loss + settings.curvature_weight * l_curv
     with torch.no_grad():
         psnr = -10 * torch.log10(((out["rgb"] - rgb_gt) ** 2).mean().clamp_min(1e-10))
-    stats = {"loss": float(loss.detach()), "rgb": float(l_rgb.detach()), "eikonal": float(l_eik.detach()),
+    stats = {"ray_error": (out["rgb"].detach() - rgb_gt).abs().mean(-1),  # (N,) for the error map
+             "loss": float(loss.detach()), "rgb": float(l_rgb.detach()), "eikonal": float(l_eik.detach()),
              "mask": float(l_mask.detach()), "curvature": float(l_curv.detach()), "psnr": float(psnr),
              "inv_s": float(model.inv_s().detach()), "samples": samples_of(model, out)}
     return loss, stats
@@ -164,6 +166,8 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
                                     "generator": rng_at_step_start[0], "render_generator": rng_at_step_start[1],
                                     "config": settings.resume_config})
 
+    if settings.error_sampling > 0:
+        rays.enable_error_map(settings.error_sampling)
     step_settings, batch_rays = settings, settings.batch_rays
     if world > 1:  # each rank its share of the global batch and of the eikonal points
         batch_rays = distributed.shard(settings.batch_rays)
@@ -188,8 +192,12 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
             model.set_progress(frac)
             model.update_grid(iteration, frac)  # empty-space skipping (identical on every rank)
             # pixels are drawn on the CPU (one generator: the same batches on any device), then moved
-            batch = tuple(t.to(device) for t in rays.sample(batch_rays, generator))
+            rows = rays.draw(batch_rays, generator)
+            batch = tuple(t.to(device) for t in rays.batch(rows))
             loss, stats = forward(model, cameras, batch, step_settings, generator, render_generator)
+            ray_error = stats.pop("ray_error")
+            if rays.pixel_error is not None:
+                rays.record_error(rows, ray_error)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

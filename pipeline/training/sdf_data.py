@@ -1,6 +1,6 @@
 """Training rays of the sdf stage: every pixel of the training views (masks optional), drawn
-uniformly; no pixel is left out, since the background field has to explain what lies outside
-the object's sphere."""
+uniformly or partly by their last errors; no pixel is left out, since the background field has to
+explain what lies outside the object's sphere."""
 from __future__ import annotations
 
 from typing import Optional
@@ -17,23 +17,59 @@ def full_masks(scene, indices: list[int]) -> list[np.ndarray]:
 
 
 class PixelRays:
-    """Every pixel of the views, drawn uniformly: the flat rows of ``views.store`` (uint8 colours,
-    1 B per channel) and ``views.mask_flat`` (bool; all true when ``views`` came with stand-in
-    masks). Nothing per ray is stored: each drawn pixel's view, uv and float colour are made on
-    demand."""
+    """Every pixel of the views: the flat rows of ``views.store`` (uint8 colours, 1 B per channel)
+    and ``views.mask_flat`` (bool; all true when ``views`` came with stand-in masks). Nothing per
+    ray is stored: each drawn pixel's view, uv and float colour are made on demand. Pixels are
+    drawn uniformly, or (:meth:`enable_error_map`) partly in proportion to their last errors."""
 
     def __init__(self, views: Views):
         self.store = views.store
         self.mask_flat = torch.from_numpy(views.mask_flat)
+        self.error_fraction = 0.0
+        self.pixel_error: Optional[torch.Tensor] = None  # (P,) float16: each pixel's last error
+        self._cdf: Optional[torch.Tensor] = None
+        self._draws_since_cdf = 0
+        self.cdf_every = 16
 
     def __len__(self) -> int:
         return self.store.num_pixels
 
+    def enable_error_map(self, fraction: float, cdf_every: int = 16) -> None:
+        """Draw ``fraction`` of each batch in proportion to the pixels' last errors (instant-ngp's
+        error map, as the nerf stage's ``error_sampling``): few-view regions (a pit seen only from
+        above, a crease) get rays in proportion to what they still get wrong. Unseen pixels start
+        at the largest error; the drawing table is rebuilt every ``cdf_every`` batches (a cumulative
+        sum over every pixel costs more than a step on large sets)."""
+        self.error_fraction = float(fraction)
+        self.pixel_error = torch.ones(len(self), dtype=torch.float16)
+        self.cdf_every = max(1, int(cdf_every))
+        self._cdf, self._draws_since_cdf = None, 0
+
+    def record_error(self, rows: torch.Tensor, error: torch.Tensor) -> None:
+        """rows (n,) from :meth:`draw`, error (n,) of their renders (the error map is enabled)."""
+        self.pixel_error[rows.cpu()] = error.detach().float().cpu().clamp_max(60000.0).to(self.pixel_error.dtype)
+
+    def draw(self, count: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``count`` pixel rows (count,) int64: uniform, and the error map's share by weight."""
+        rows = torch.randint(len(self), (count,), generator=generator)
+        n_error = int(round(count * self.error_fraction)) if self.pixel_error is not None else 0
+        if n_error:
+            if self._cdf is None or self._draws_since_cdf >= self.cdf_every:
+                self._cdf = torch.cumsum(self.pixel_error, 0, dtype=torch.float64)
+                self._draws_since_cdf = 0
+            self._draws_since_cdf += 1
+            u = torch.rand(n_error, generator=generator, dtype=torch.float64) * self._cdf[-1]
+            rows[:n_error] = torch.searchsorted(self._cdf, u).clamp_max(len(self) - 1)
+        return rows
+
+    def batch(self, rows: torch.Tensor):
+        """Pixel rows (N,) -> (view (N,), uv (N, 2), rgb (N, 3) float32, mask (N,))."""
+        view, uv, rgb = view_pixels(self.store, rows)
+        return view, uv, rgb, self.mask_flat[rows]
+
     def sample(self, count: int, generator: Optional[torch.Generator] = None):
-        """``count`` uniform random pixels: (view (N,), uv (N, 2), rgb (N, 3) float32, mask (N,))."""
-        idx = torch.randint(len(self), (count,), generator=generator)
-        view, uv, rgb = view_pixels(self.store, idx)
-        return view, uv, rgb, self.mask_flat[idx]
+        """``count`` random pixels: (view (N,), uv (N, 2), rgb (N, 3) float32, mask (N,))."""
+        return self.batch(self.draw(count, generator))
 
 
 __all__ = ["full_masks", "PixelRays"]

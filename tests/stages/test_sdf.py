@@ -144,12 +144,12 @@ def test_an_interrupted_run_resumes(photo_workspace, monkeypatch, recon_log):
 
 
 @pytest.mark.parametrize("gradients", ["constant", "differentiable"])
-def test_the_curvature_term_is_trained_with_either_kind_of_gradient(photo_workspace, gradients):
+def test_the_curvature_term_and_the_error_map_train_with_either_kind_of_gradient(photo_workspace, gradients):
     import stages.sdf as sdf
 
     ws, _ = photo_workspace
     run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=6", "curvature_weight=0.1", f"sample_gradients={gradients}",
-                                             "sdf.encoding=fourier", "sdf.num_layers=3"))
+                                             "error_sampling=0.5", "sdf.encoding=fourier", "sdf.num_layers=3"))
     curve = [json.loads(line) for line in (ws.stage_dir("sdf") / "metrics.jsonl").read_text().splitlines()]
     assert curve and all(c["curvature"] > 0 for c in curve), curve
 
@@ -178,6 +178,7 @@ def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
                                                ("roi_box=[0,0,0,1,1]", "roi_box must be 6"),
                                                ("mesh_visibility=all", "mesh_visibility must be one of"),
                                                ("mesh_clip=yes", "mesh_clip must be one of auto, off"),
+                                               ("error_sampling=1.5", "error_sampling must be in"),
                                                ("inside_out=maybe", "inside_out must be one of auto, on, off")])
 def test_bad_settings_stop_before_any_work(photo_workspace, override, message):
     import stages.sdf as sdf

@@ -1,0 +1,38 @@
+"""The sdf stage's training rays: uniform pixels, and with the error map a share of each batch
+drawn where the renders are still wrong."""
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from pipeline.training.pixel_store import build_store
+from pipeline.training.sdf_data import PixelRays
+
+
+def tiny_rays() -> PixelRays:
+    images = [np.full((4, 5, 3), v * 40, np.uint8) for v in range(2)]  # 2 views of 4 x 5 px: 40 pixels
+    store = build_store([(4, 5), (4, 5)], 3, lambda v: images[v], budget_bytes=1 << 20)
+    return PixelRays(SimpleNamespace(store=store, mask_flat=np.ones(store.num_pixels, bool)))
+
+
+def test_the_error_map_draws_its_share_where_the_error_is():
+    rays = tiny_rays()
+    generator = torch.Generator().manual_seed(0)
+    assert len(rays) == 40 and rays.pixel_error is None
+    rays.enable_error_map(0.5, cdf_every=1)
+    rays.record_error(torch.arange(40), torch.zeros(40))
+    rays.record_error(torch.tensor([27]), torch.tensor([0.3]))  # one pixel still wrong (view 1, row 1, col 2)
+    rows = rays.draw(1000, generator)
+    assert (rows[:500] == 27).all()  # the error map's half, all on the wrong pixel
+    assert len(torch.unique(rows[500:])) == 40  # the uniform half still reaches every pixel
+    view, uv, rgb, mask = rays.batch(rows[:1])
+    assert int(view[0]) == 1 and uv[0].tolist() == [2.5, 1.5] and torch.allclose(rgb[0], torch.full((3,), 40 / 255))
+    # the drawing table follows the recorded errors
+    rays.record_error(torch.tensor([27, 3]), torch.tensor([0.0, 0.5]))
+    assert (rays.draw(10, generator)[:5] == 3).all()
+
+
+def test_without_the_error_map_pixels_are_uniform():
+    rows = tiny_rays().draw(4000, torch.Generator().manual_seed(1))
+    counts = torch.bincount(rows, minlength=40)
+    assert counts.min() > 60 and counts.max() < 140  # 100 expected each
