@@ -49,7 +49,7 @@ class SamplingConfig:
     render_chunk: int = 2048  # rays per internal batch when rendering without gradients
     # empty-space skipping (field=sdf): each ray's samples span only the cells of a grid^3 grid that
     # the surface may cross (pipeline.models.sdf.surface_grid), recomputed every grid_update_every
-    # steps from grid_start of training on (0 = off)
+    # steps from grid_start of training on (grid_resolution=0: off)
     grid_resolution: int = 32
     grid_margin: float = 2.0  # a cell is kept when |f(centre)| <= margin x half its diagonal
     grid_start: float = 0.2  # share of training before the grid is used (the surface moves most early)
