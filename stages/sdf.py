@@ -107,8 +107,11 @@ class SDFStageConfig:
     # (0 = off)
     # share of each batch drawn in proportion to the pixels' last colour errors (instant-ngp's error
     # map): regions few views see (a pit between parts, a crease) get rays until they are right
-    error_sampling: float = 0.0
-    curvature_weight: float = 0.0
+    # (built-in scene, 840 s: 0.63% r alone, 0.47% with 0.5, 0.24% with 0.5 and curvature 0.02)
+    error_sampling: float = 0.5
+    # normals at each ray's surface point and at a jittered neighbour agree (keeps texture out of
+    # the geometry: the bumps the base plate grew without it)
+    curvature_weight: float = 0.02
     curvature_std: float = 0.01
     lr: float = 1e-3  # MLPs and the sharpness s
     lr_grid: float = 1e-2  # hash-grid tables
