@@ -56,8 +56,8 @@ from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.sdf_views import evaluate_sdf_views
 from pipeline.export.meshing import bounding_sphere_mesh, visible_mesh_parts
 from pipeline.geometry.mesh import is_watertight, read_ply, write_ply
-from pipeline.geometry.roi import (ROI_MODES, box_distance, choose_roi, holding_cameras, is_identity, move_scene,
-                                   parse_box)
+from pipeline.geometry.roi import (ROI_MODES, box_distance, cameras_inside, choose_roi, holding_cameras, is_identity,
+                                   move_scene, parse_box)
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig
@@ -210,13 +210,12 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                                            ctx.workspace.transforms_path)
     roi = choose_roi(cfg.roi, original, normalization, cfg.sampling.radius, sparse_points(ctx.workspace),
                      cfg.roi_box, cfg.roi_margin, train_idx)
+    centres = np.stack([original.frames[i].c2w[:3, 3] for i in train_idx])
+    inside_out, why = cameras_inside(roi, centres, cfg.inside_out)
+    if inside_out and roi.box is None:  # seen from inside: every camera must stand in the modelled ball
+        roi = holding_cameras(roi, centres, cfg.roi_margin)
     to_model = roi.similarity(cfg.sampling.radius)  # normalised frame -> the frame the model trains in
     scene = move_scene(original, to_model)
-    inside_out, why = cameras_inside(scene, train_idx, cfg.sampling.radius, cfg.inside_out)
-    if inside_out and roi.box is None:  # seen from inside: every camera must stand in the modelled ball
-        roi = holding_cameras(roi, np.stack([original.frames[i].c2w[:3, 3] for i in train_idx]), cfg.roi_margin)
-        to_model = roi.similarity(cfg.sampling.radius)
-        scene = move_scene(original, to_model)
     ctx.log.info(f"sdf: {roi.describe()}")
     to_original = to_model.compose(normalization).inverse()  # model frame -> original units
     mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
@@ -296,16 +295,6 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                  f"{metrics.get('psnr', float('nan')):.2f} dB on {eval_on} views"
                  + (f", Chamfer-L1 {chamfer:.4f} x radius" if chamfer is not None else ""))
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k == "mesh"}
-
-
-def cameras_inside(scene, train_idx: list[int], radius: float, mode: str) -> tuple[bool, str]:
-    """Whether the field should start inside out (``mode`` auto: more than half of the training
-    cameras (model frame) stand inside its sphere of ``radius``), and why, for the log."""
-    if mode != "auto":
-        return mode == "on", f"inside_out={mode}"
-    centres = np.stack([scene.frames[i].c2w[:3, 3] for i in train_idx])
-    inside = int((np.linalg.norm(centres, axis=1) < radius).sum())
-    return inside * 2 > len(train_idx), f"{inside} of {len(train_idx)} training cameras inside the sphere (auto)"
 
 
 def _visibility_cameras(scene, train_idx: list[int], cfg: SDFStageConfig, device):

@@ -273,12 +273,12 @@ def export_mesh(model, method: str, scene, sim, cfg: ExportConfig, out: Path, de
     # the sdf stage's field is trained to be a distance (eikonal) everywhere in its sphere: the grid is
     # refined near the surface only, as the stage's own mesh
     lipschitz = 1.5 if method == "sdf" else None
+    inv = sim.inverse()
     clip_box = clip_box_original(scene, sim, cfg.mesh_bounds) if method in SDF_METHODS else None
-    clip = None if clip_box is None else functools.partial(box_distance, box=clip_box, to_original=sim.inverse())
+    clip = None if clip_box is None else functools.partial(box_distance, box=clip_box, to_original=inv)
     mesh = extract_mesh(model, method, bounds, cfg.mesh_resolution, cfg.density_threshold, cameras,
                         cfg.carve_min_views, cfg.min_component_fraction, cfg.mesh_colors, device,
                         cfg.cull_hidden, cfg.cull_tolerance, cfg.chunk, lipschitz=lipschitz, clip=clip)
-    inv = sim.inverse()
     verts = inv.apply_points(mesh["verts"])
     normals = mesh["normals"] @ inv.rotation.T
     write_ply(out / "mesh.ply", verts, mesh["faces"], colors=mesh["colors"], normals=normals)

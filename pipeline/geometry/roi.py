@@ -244,6 +244,15 @@ def choose_roi(mode: str, scene, normalization: Similarity, sphere_radius: float
     return found
 
 
+def cameras_inside(roi: RegionOfInterest, centres: np.ndarray, mode: str) -> tuple[bool, str]:
+    """Whether the scene is seen from inside its ROI (``mode`` auto: more than half of the camera
+    centres (N, 3, normalised frame) stand inside the ball; on | off force it), and why, for the log."""
+    if mode != "auto":
+        return mode == "on", f"inside_out={mode}"
+    inside = int((np.linalg.norm(np.asarray(centres, dtype=np.float64) - roi.center, axis=1) < roi.radius).sum())
+    return inside * 2 > len(centres), f"{inside} of {len(centres)} training cameras inside the sphere (auto)"
+
+
 def holding_cameras(roi: RegionOfInterest, centres: np.ndarray, margin: float) -> RegionOfInterest:
     """The ROI grown (same centre) until it holds every camera centre (N, 3, normalised frame) with
     ``margin`` of its radius to spare: a scene seen from inside (a street) must model what lies
@@ -272,5 +281,6 @@ def move_scene(scene, sim: Similarity):
     return replace(scene, frames=frames, bounds=bounds, meta=meta)
 
 
-__all__ = ["ROI_MODES", "RegionOfInterest", "ball_around_box", "box_distance", "choose_roi", "dataset_box_original",
-           "holding_cameras", "in_view_counts", "is_identity", "move_scene", "parse_box", "roi_from_box", "roi_from_cameras", "roi_from_points"]
+__all__ = ["ROI_MODES", "RegionOfInterest", "ball_around_box", "box_distance", "cameras_inside", "choose_roi",
+           "dataset_box_original", "holding_cameras", "in_view_counts", "is_identity", "move_scene", "parse_box",
+           "roi_from_box", "roi_from_cameras", "roi_from_points"]

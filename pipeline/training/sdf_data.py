@@ -29,7 +29,7 @@ class PixelRays:
         self.pixel_error: Optional[torch.Tensor] = None  # (P,) float16: each pixel's last error
         self._cdf: Optional[torch.Tensor] = None
         self._draws_since_cdf = 0
-        self.cdf_every = 16
+        self.cdf_every = 0  # set by enable_error_map
 
     def __len__(self) -> int:
         return self.store.num_pixels

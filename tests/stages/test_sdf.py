@@ -156,19 +156,17 @@ def test_the_curvature_term_and_the_error_map_train_with_either_kind_of_gradient
 
 def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
     """A street or a room: the cameras stand in the region of interest, so free space must be inside."""
-    from datasets.scene import Frame, Scene
-    from pipeline.geometry.cameras import look_at, pinhole_from_fov
-    from stages.sdf import cameras_inside
+    from pipeline.geometry.roi import RegionOfInterest, cameras_inside
 
-    k = pinhole_from_fov(32, 24, 1.0)
+    ball = RegionOfInterest(np.zeros(3), 1.0, "sphere")
 
     def ring(radius):
-        return Scene([Frame(f"v{i}.png", k, look_at(radius * np.array([np.cos(a), np.sin(a), 0.2]), (0, 0, 0)))
-                      for i, a in enumerate(np.linspace(0, 2 * np.pi, 8, endpoint=False))])
+        return np.stack([radius * np.array([np.cos(a), np.sin(a), 0.2])
+                         for a in np.linspace(0, 2 * np.pi, 8, endpoint=False)])
 
-    assert cameras_inside(ring(3.0), list(range(8)), 1.0, "auto") == (False, "0 of 8 training cameras inside the sphere (auto)")
-    assert cameras_inside(ring(0.5), list(range(8)), 1.0, "auto")[0]
-    assert cameras_inside(ring(3.0), list(range(8)), 1.0, "on") == (True, "inside_out=on")
+    assert cameras_inside(ball, ring(3.0), "auto") == (False, "0 of 8 training cameras inside the sphere (auto)")
+    assert cameras_inside(ball, ring(0.5), "auto")[0]
+    assert cameras_inside(ball, ring(3.0), "on") == (True, "inside_out=on")
 
 
 @pytest.mark.parametrize("override,message", [("field=density", "field must be one of sdf, occupancy"),
