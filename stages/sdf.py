@@ -9,7 +9,11 @@ becomes the origin-centred ball of ``sampling.radius``, where the model trains; 
 remembers it, so loaded models render in the normalised frame like the other methods'.
 When most training cameras stand inside that ball (a street, a room: ``inside_out=auto``), the
 ball grows to hold every camera and the field starts inside out (free space inside, surfaces
-around), as Neuralangelo's ``inside_outside``.
+around), as Neuralangelo's ``inside_outside``; its samples then take equal steps in log distance
+(``sampling.spacing=auto``), and its mesh is cut, open, at the box of the sparse points the
+cameras saw (a street keeps its facades and ground, not the starting sphere painted with sky).
+When pose estimation left sparse points, ``points_weight`` pulls the surface through them
+(Geo-NeuS's explicit SDF supervision): they fix the geometry where photos alone leave it loose.
 
 Inside the object's sphere the field is IDR's SDF
 network (hash grid by default, or Fourier features), rendered with NeuS's unbiased weights from a
@@ -54,15 +58,15 @@ import torch
 from pipeline.evaluation.geometry import mesh_metrics
 from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.sdf_views import evaluate_sdf_views
-from pipeline.export.meshing import bounding_sphere_mesh, visible_mesh_parts
+from pipeline.export.meshing import bounding_sphere_mesh, faces_inside, visible_mesh_parts
 from pipeline.geometry.mesh import is_watertight, read_ply, write_ply
-from pipeline.geometry.roi import (ROI_MODES, box_distance, cameras_inside, choose_roi, holding_cameras, is_identity,
-                                   move_scene, parse_box)
+from pipeline.geometry.roi import (ROI_MODES, box_distance, cameras_inside, choose_roi, holding_cameras, in_view_counts,
+                                   is_identity, move_scene, parse_box, points_box)
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig
 from pipeline.models.sdf.io import build_model, save_model
-from pipeline.models.sdf.model import FIELDS, SAMPLE_GRADIENTS, SamplingConfig, SDFModelConfig
+from pipeline.models.sdf.model import FIELDS, SAMPLE_GRADIENTS, SPACINGS, SamplingConfig, SDFModelConfig
 from pipeline.runner.config import ConfigError
 from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device, torch_threads
@@ -113,6 +117,11 @@ class SDFStageConfig:
     # the geometry: the bumps the base plate grew without it)
     curvature_weight: float = 0.02
     curvature_std: float = 0.01
+    # |f| at the sparse points of pose estimation (Geo-NeuS's explicit SDF supervision; only when
+    # the poses stage estimated poses and left W/poses/points.ply): the points seen by >= 2
+    # training cameras inside the ROI, points_per_step of them per step (0 = off)
+    points_weight: float = 1.0
+    points_per_step: int = 256
     lr: float = 1e-3  # MLPs and the sharpness s
     lr_grid: float = 1e-2  # hash-grid tables
     lr_final_factor: float = 0.1  # learning rates decay exponentially to this factor
@@ -150,7 +159,9 @@ class SDFStageConfig:
     seed: int = 0
     cpu_threads: int = 1  # torch CPU threads during the stage (0 = torch's default)
     device: str = "auto"  # auto | cpu | cuda
-    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    # sampling.spacing=auto: linear steps along the ray for an object seen from outside, log steps
+    # for a scene seen from inside (inside_out)
+    sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SamplingConfig(spacing="auto"))
     # geometry: a hash grid (its levels fade in over the first 30% of training) and one hidden
     # layer; the C++ kernels (backend cpu) give first derivatives, the PyTorch reference the
     # second derivatives of the eikonal loss
@@ -183,6 +194,10 @@ def run(ctx: StageContext) -> dict:
         raise ConfigError(f"roi must be one of {', '.join(ROI_MODES)}, got {cfg.roi!r}")
     if cfg.roi == "box" or cfg.roi_box:
         parse_box(cfg.roi_box)
+    if cfg.sampling.spacing not in ("auto",) + SPACINGS:
+        raise ConfigError(f"sampling.spacing must be auto, {' or '.join(SPACINGS)}, got {cfg.sampling.spacing!r}")
+    if not cfg.points_weight >= 0:
+        raise ConfigError(f"points_weight must be >= 0 (0 = off), got {cfg.points_weight}")
     if cfg.mesh_visibility not in MESH_VISIBILITY:
         raise ConfigError(f"mesh_visibility must be one of {', '.join(MESH_VISIBILITY)}, got {cfg.mesh_visibility!r}")
     with torch_threads(cfg.cpu_threads):
@@ -208,8 +223,9 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     normalization = ctx.workspace.normalization()
     train_idx, test_idx = train_test_split(original, cfg.holdout_every, cfg.eval_max_views,
                                            ctx.workspace.transforms_path)
-    roi = choose_roi(cfg.roi, original, normalization, cfg.sampling.radius, sparse_points(ctx.workspace),
-                     cfg.roi_box, cfg.roi_margin, train_idx)
+    points = sparse_points(ctx.workspace)
+    roi = choose_roi(cfg.roi, original, normalization, cfg.sampling.radius, points, cfg.roi_box, cfg.roi_margin,
+                     train_idx)
     centres = np.stack([original.frames[i].c2w[:3, 3] for i in train_idx])
     inside_out, why = cameras_inside(roi, centres, cfg.inside_out)
     if inside_out and roi.box is None:  # seen from inside: every camera must stand in the modelled ball
@@ -228,8 +244,9 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     sdf_cfg = dataclasses.replace(cfg.sdf, inside_out=inside_out)
     if inside_out:  # the starting sphere must hold the cameras: they stand in free space
         sdf_cfg.init_radius = max(cfg.sdf.init_radius, INSIDE_OUT_INIT * cfg.sampling.radius)
-    model_cfg = SDFModelConfig(cfg.field, cfg.sampling, sdf_cfg, cfg.renderer, cfg.background_field,
-                               cfg.sample_gradients)
+    spacing = cfg.sampling.spacing if cfg.sampling.spacing != "auto" else "log" if inside_out else "linear"
+    model_cfg = SDFModelConfig(cfg.field, dataclasses.replace(cfg.sampling, spacing=spacing), sdf_cfg, cfg.renderer,
+                               cfg.background_field, cfg.sample_gradients)
     model = build_model(model_cfg, background).to(device)
     ctx.log.info(f"sdf: {cfg.field} field, {len(train_idx)} training views ({len(rays)} rays, masks "
                  f"{'used' if cfg.use_masks else 'not used'}), {len(test_idx)} held out, encoding {cfg.sdf.encoding}, "
@@ -237,7 +254,11 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     resume = resume_config(cfg, NOT_RESUME_KEYS, device=str(device), views=views_fingerprint(scene, train_idx))
     settings = settings_from(SDFTrainSettings, cfg, resume_config=resume,
                              mask_weight=cfg.mask_weight if cfg.use_masks else 0.0)
-    summary = train(model, views.cameras.to(device), rays, settings, ctx.resume_dir, ctx.log)
+    anchors = _anchor_points(points, original, train_idx, to_model, cfg) if cfg.points_weight > 0 else None
+    if anchors is not None:
+        ctx.log.info(f"sdf: {len(anchors)} sparse points anchor the surface (f = 0 there, weight {cfg.points_weight:g})")
+    summary = train(model, views.cameras.to(device), rays, settings, ctx.resume_dir, ctx.log,
+                    anchors=None if anchors is None else torch.as_tensor(anchors, dtype=torch.float32, device=device))
     if not distributed.is_main():  # under torchrun rank 0 alone saves, evaluates and meshes
         return {}
     model.eval()
@@ -246,7 +267,8 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                      "stopped_by_time": summary["stopped_by_time"], "samples_per_s": round(summary["samples_per_s"]),
                      "step_time_ms": round(1000 * summary["train_time_s"] / max(1, summary["steps"]), 1),
                      "inv_s": round(float(model.inv_s().detach()), 1), "field": cfg.field, "encoding": cfg.sdf.encoding,
-                     "inside_out": inside_out, "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads(),
+                     "inside_out": inside_out, "spacing": spacing, "anchor_points": 0 if anchors is None else len(anchors),
+                     "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads(),
                      "roi": {"source": roi.source, "center": roi.center.tolist(), "radius": roi.radius,
                              "reason": roi.reason}}
 
@@ -263,14 +285,27 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
 
     t_mesh = time.time()
     try:
-        clip = None
+        clip = region = open_cut = None
+        seen_box = None if roi.box is not None or not inside_out or points is None else points_box(
+            points, *_camera_arrays(original, train_idx), cfg.roi_margin)
         if cfg.mesh_clip == "auto" and roi.box is not None:
             clip = functools.partial(box_distance, box=roi.box, to_original=to_original)
+            region = _box_in_model_frame(roi.box, to_original.inverse(), cfg)
             metrics["mesh_clip_box"] = roi.box.tolist()
             ctx.log.info(f"sdf: the mesh is cut at the {roi.source} box {roi.box.reshape(-1).round(4).tolist()} "
                          "(original units; mesh_clip=off keeps what lies outside)")
+        elif cfg.mesh_clip == "auto" and seen_box is not None:
+            # seen from inside, the field's starting sphere is still there far out, painted with sky:
+            # keep what the sparse points say the cameras saw, open at the cut (a street has no roof)
+            open_cut = functools.partial(box_distance, box=seen_box, to_original=to_model.inverse())
+            region = _box_in_model_frame(seen_box, to_model, cfg)
+            metrics["mesh_clip_box_normalised"] = seen_box.tolist()
+            ctx.log.info(f"sdf: the mesh is cut at the sparse points' box {seen_box.reshape(-1).round(4).tolist()} "
+                         "(normalised frame; mesh_clip=off keeps what lies outside)")
         mesh = bounding_sphere_mesh(model, cfg.sampling.radius, 1.5, cfg.mesh_resolution, cfg.mesh_min_component,
-                                    cfg.mesh_colors, clip=clip)
+                                    cfg.mesh_colors, clip=clip, region=region)
+        if open_cut is not None:
+            mesh = faces_inside(mesh, open_cut)
         if cfg.mesh_visibility != "off":
             mesh, stats = visible_mesh_parts(model, mesh, _visibility_cameras(scene, train_idx, cfg, device),
                                              cfg.mesh_visibility, tolerance=0.02 * cfg.sampling.radius)
@@ -295,6 +330,33 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                  f"{metrics.get('psnr', float('nan')):.2f} dB on {eval_on} views"
                  + (f", Chamfer-L1 {chamfer:.4f} x radius" if chamfer is not None else ""))
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k == "mesh"}
+
+
+def _box_in_model_frame(box: np.ndarray, to_model, cfg: SDFStageConfig) -> np.ndarray:
+    """The model frame's axis-aligned box (2, 3) around the 8 corners of ``box`` (2, 3, in the
+    frame ``to_model`` maps from), grown by two cells of the meshing grid."""
+    corners = np.stack(np.meshgrid(*zip(box[0], box[1]), indexing="ij"), -1).reshape(-1, 3)
+    moved = to_model.apply_points(corners)
+    pad = 2 * 2 * cfg.sampling.radius / cfg.mesh_resolution
+    return np.stack([moved.min(0) - pad, moved.max(0) + pad])
+
+
+def _camera_arrays(scene, idx: list[int]) -> tuple[np.ndarray, list]:
+    """c2w (N, 4, 4) and intrinsics of the frames ``idx``."""
+    return np.stack([scene.frames[i].c2w for i in idx]), [scene.frames[i].intrinsics for i in idx]
+
+
+def _anchor_points(points, scene, train_idx: list[int], to_model, cfg: SDFStageConfig) -> np.ndarray | None:
+    """The sparse points (M, 3, normalised frame) that pin the surface, in the model's frame: those
+    inside the view of >= 2 training cameras (``scene`` in the normalised frame) and inside the
+    modelled ball; None when there are none."""
+    if points is None or not len(points):
+        return None
+    c2w, intrinsics = _camera_arrays(scene, train_idx)
+    seen = points[in_view_counts(points, c2w, intrinsics) >= 2]
+    moved = to_model.apply_points(seen)
+    moved = moved[np.linalg.norm(moved, axis=1) < 0.98 * cfg.sampling.radius]
+    return moved if len(moved) else None
 
 
 def _visibility_cameras(scene, train_idx: list[int], cfg: SDFStageConfig, device):

@@ -210,6 +210,28 @@ def extract_mesh(model, method: str, bounds: np.ndarray, resolution: int,
                       "hidden_faces_culled": n_hidden}}
 
 
+def mesh_faces(mesh: dict, keep: np.ndarray) -> dict:
+    """The mesh (verts, faces, colors, normals as :func:`extract_mesh` returns them) with only the
+    faces where ``keep`` (F,) is true; colours and normals travel with their vertices."""
+    keys = [k for k in ("colors", "normals") if mesh.get(k) is not None]
+    extra = [mesh[k] for k in keys]
+    packed, faces = select_faces(np.concatenate([mesh["verts"]] + extra, axis=1), mesh["faces"], keep)
+    parts = np.split(packed, np.cumsum([3] + [a.shape[1] for a in extra])[:-1], axis=1)
+    return dict(mesh, verts=parts[0], faces=faces, **{k: part.astype(mesh[k].dtype) for k, part in zip(keys, parts[1:])})
+
+
+def faces_inside(mesh: dict, distance: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    """An open cut: the faces whose three vertices lie inside a region (``distance``: signed, (N,)
+    of points (N, 3), negative inside), as :func:`mesh_faces` gives them. Unlike ``clip`` in
+    :func:`extract_mesh` nothing closes the cut: a street's mesh stops at the box's top instead of
+    getting a roof."""
+    if not len(mesh["faces"]):
+        return mesh
+    with torch.no_grad():
+        inside = distance(torch.as_tensor(mesh["verts"], dtype=torch.float32)).cpu().numpy() <= 0
+    return mesh_faces(mesh, inside[mesh["faces"]].all(1))
+
+
 def visible_mesh_parts(model, mesh: dict, cameras: Cameras, mode: str = "components", tolerance: float = 0.02,
                        chunk: int = DEFAULTS.chunk) -> tuple[dict, dict]:
     """Visibility cleaning of a mesh (as :func:`extract_mesh` returns it, the model's frame) against
@@ -238,26 +260,26 @@ def visible_mesh_parts(model, mesh: dict, cameras: Cameras, mode: str = "compone
             visible = np.zeros(labels.max() + 1, dtype=bool)
             visible[labels[seen]] = True
             keep = visible[labels[faces[:, 0]]]
-        # colours and normals travel with their vertices through the re-indexing
-        extra = [mesh[k] for k in ("colors", "normals") if mesh.get(k) is not None]
-        widths = [a.shape[1] for a in extra]
-        packed, faces = select_faces(np.concatenate([verts] + extra, axis=1), faces, keep)
-        parts = np.split(packed, np.cumsum([3] + widths)[:-1], axis=1)
-        mesh = dict(mesh, verts=parts[0], faces=faces)
-        for k, part in zip([k for k in ("colors", "normals") if mesh.get(k) is not None], parts[1:]):
-            mesh[k] = part.astype(mesh[k].dtype)
+        mesh = mesh_faces(mesh, keep)
         stats["faces_removed"] = int((~keep).sum())
     stats["time_s"] = round(time.time() - start, 1)
     return mesh, stats
 
 
 def bounding_sphere_mesh(model, radius: float, lipschitz: float, resolution: int, min_component_fraction: float,
-                         colors: bool, clip: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict:
+                         colors: bool, clip: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                         region: Optional[np.ndarray] = None) -> dict:
     """An IDR model's surface over the cube around its bounding sphere of ``radius``, as
     :func:`extract_mesh` returns it (normalised frame): the grid refined near the surface only
     (``lipschitz``: the SDF's slope bound), colours seen along the SDF gradient (along the
-    clipped field's finite differences when ``clip`` cuts it: the cut faces have no SDF gradient)."""
+    clipped field's finite differences when ``clip`` cuts it: the cut faces have no SDF gradient).
+    ``region`` (2, 3): a box that holds all of the clipped surface; the grid then spans only its
+    part of the cube, so its cells are finer (a street in a ball many times wider)."""
     box = np.array([[-radius] * 3, [radius] * 3])
+    if region is not None:
+        box = np.stack([np.maximum(box[0], region[0]), np.minimum(box[1], region[1])])
+        if not (box[1] > box[0]).all():
+            raise ValueError(f"the meshing region {np.asarray(region).tolist()} misses the sphere of radius {radius:g}")
     return extract_mesh(model, "idr", box, resolution, min_component_fraction=min_component_fraction, colors=colors,
                         device=model.background.device, lipschitz=lipschitz,
                         normals="sdf_gradient" if clip is None else "finite_differences", query_chunk=32768,

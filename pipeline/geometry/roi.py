@@ -97,7 +97,8 @@ def dataset_box_original(bounds: np.ndarray, normalization: Similarity) -> Optio
 def box_distance(points, box: np.ndarray, to_original: Similarity):
     """Signed distance (N,) in the model's units from points (N, 3) (a torch tensor in the model's
     frame) to the box (2, 3, ORIGINAL units): negative inside. ``to_original`` maps the model frame
-    to the original units; a similarity keeps distances up to its scale."""
+    to the original units (or to whichever frame the box is given in); a similarity keeps
+    distances up to its scale."""
     import torch
 
     rotation = torch.as_tensor(to_original.rotation, dtype=points.dtype, device=points.device)
@@ -186,6 +187,23 @@ def roi_from_points(points: np.ndarray, c2w: np.ndarray, intrinsics_list, margin
     return RegionOfInterest(center, radius * (1 + margin), "points",
                             f"{len(kept)} of {len(points)} sparse points seen by >= half the cameras, "
                             f"{POINT_PERCENTILE:g}-{100 - POINT_PERCENTILE:g} percentile box, margin {margin:g}")
+
+
+def points_box(points: np.ndarray, c2w: np.ndarray, intrinsics_list, margin: float, min_views: int = 2,
+               percentile: float = 1.0) -> Optional[np.ndarray]:
+    """The box (2, 3, the points' frame) of what the cameras saw of a scene seen from inside: the
+    sparse points (M, 3) inside the view of at least ``min_views`` cameras (N, 4, 4), from the
+    ``percentile`` to the ``100 - percentile`` percentile on each axis, grown by ``margin`` of its
+    size. It holds the street's facades and ground but not the sky over them. None for fewer than
+    8 such points."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if _perspective(intrinsics_list) and len(c2w):
+        points = points[in_view_counts(points, c2w, intrinsics_list) >= min_views]
+    if len(points) < 8:
+        return None
+    lo, hi = np.percentile(points, percentile, axis=0), np.percentile(points, 100 - percentile, axis=0)
+    grow = margin * (hi - lo)
+    return np.stack([lo - grow, hi + grow])
 
 
 def roi_from_cameras(c2w: np.ndarray, intrinsics_list, margin: float) -> Optional[RegionOfInterest]:

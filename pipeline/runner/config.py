@@ -83,6 +83,25 @@ def _rename_key(cls, key: str, source: str) -> str:
     return renamed[key]
 
 
+def _field_type(cls, dotted: str):
+    """The type of a dotted key of a config dataclass, or None when it names no field."""
+    tp = cls
+    for name in dotted.split("."):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            return None
+        tp = _field_types(tp).get(name)
+    return tp
+
+
+def _keep_string(cls, override: str) -> str:
+    """``key=value`` with the value quoted when the key is a string field: YAML would read ``on``,
+    ``off``, ``yes`` or ``no`` as a boolean and hand the field ``'True'`` (``inside_out=on``)."""
+    key, value = override.split("=", 1)
+    if _field_type(cls, key) is str and value and value[0] not in "'\"" and "'" not in value:
+        return f"{key}='{value}'"
+    return override
+
+
 def load_config(cls: Type[T], path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> T:
     """Build a ``cls`` instance from its defaults, then a YAML file, then ``key=value`` overrides."""
     try:
@@ -105,6 +124,7 @@ def load_config(cls: Type[T], path: Optional[str | Path] = None, overrides: Sequ
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}; valid keys: {', '.join(valid_keys(cls))}")
     overrides = [_rename_key(cls, o.split("=", 1)[0], "command line") + "=" + o.split("=", 1)[1] for o in overrides]
+    overrides = [_keep_string(cls, o) for o in overrides]
     try:
         conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(conf)  # type: ignore[return-value]

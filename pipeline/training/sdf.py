@@ -43,6 +43,8 @@ class SDFTrainSettings:
     curvature_weight: float
     curvature_std: float
     error_sampling: float  # share of each batch drawn in proportion to the pixels' last errors
+    points_weight: float  # |f| at the sparse points of pose estimation (Geo-NeuS); 0 = off
+    points_per_step: int
     lr: float
     lr_grid: float
     lr_final_factor: float
@@ -54,8 +56,10 @@ class SDFTrainSettings:
 
 
 def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFTrainSettings,
-                  generator: torch.Generator, render_generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """Losses of one batch. batch: (view (N,), uv (N, 2), rgb (N, 3), mask (N,)) on the model's device."""
+                  generator: torch.Generator, render_generator: torch.Generator,
+                  anchors: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+    """Losses of one batch. batch: (view (N,), uv (N, 2), rgb (N, 3), mask (N,)) on the model's device.
+    anchors: (M, 3) points on the surface (the sparse points of pose estimation, model frame) or None."""
     view, uv, rgb_gt, mask_gt = batch
     rays_o, rays_d, _ = cameras[view].generate_rays(uv)
     out = model.render_rays(rays_o, rays_d, perturb=True, generator=render_generator, training=True)
@@ -77,7 +81,14 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
         grads.append(model.sdf_network.numerical_gradient(torch.cat(points)))
     l_eik = eikonal_loss(torch.cat(grads))
     loss = l_rgb + settings.eikonal_weight * l_eik
-    l_mask = l_curv = loss.new_zeros(())
+    l_mask = l_curv = l_points = loss.new_zeros(())
+    if anchors is not None and len(anchors) and settings.points_weight > 0:
+        # Geo-NeuS's explicit SDF supervision: pose estimation triangulated these points on the
+        # surface, so f = 0 there; where photos alone are ambiguous (a street seen walking down
+        # it, little parallax) they pin the surface down
+        pick = torch.randint(0, len(anchors), (min(settings.points_per_step, len(anchors)),), generator=generator)
+        l_points = model.sdf_network.sdf(anchors[pick.to(anchors.device)]).abs().mean()
+        loss = loss + settings.points_weight * l_points
     if settings.mask_weight > 0:
         acc = out["acc"].clamp(1e-3, 1.0 - 1e-3)
         l_mask = F.binary_cross_entropy(acc, mask_gt.to(acc.dtype))
@@ -98,7 +109,8 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
         psnr = -10 * torch.log10(((out["rgb"] - rgb_gt) ** 2).mean().clamp_min(1e-10))
     stats = {"ray_error": (out["rgb"].detach() - rgb_gt).abs().mean(-1),  # (N,) for the error map
              "loss": float(loss.detach()), "rgb": float(l_rgb.detach()), "eikonal": float(l_eik.detach()),
-             "mask": float(l_mask.detach()), "curvature": float(l_curv.detach()), "psnr": float(psnr),
+             "mask": float(l_mask.detach()), "curvature": float(l_curv.detach()), "points": float(l_points.detach()),
+             "psnr": float(psnr),
              "inv_s": float(model.inv_s().detach()), "samples": samples_of(model, out)}
     return loss, stats
 
@@ -122,8 +134,9 @@ def make_optimizer(model: VolumeSDFModel, settings: SDFTrainSettings):
 
 
 def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SDFTrainSettings, resume_dir: Path,
-          log) -> dict:
+          log, anchors: Optional[torch.Tensor] = None) -> dict:
     """Train until ``max_steps`` or ``max_time_s`` (counted across resumes). Returns a summary.
+    anchors: (M, 3) surface points for ``points_weight`` (model frame, the model's device) or None.
 
     Under torchrun (:mod:`pipeline.training.distributed`) each rank draws its share of the rays
     and eikonal points with generators of its own (``seed + rank``), DDP averages the gradients,
@@ -172,7 +185,7 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
     if world > 1:  # each rank its share of the global batch and of the eikonal points
         batch_rays = distributed.shard(settings.batch_rays)
         step_settings = dataclasses.replace(settings, **{k: distributed.shard(getattr(settings, k)) for k in (
-            "eikonal_points", "eikonal_ray_points") if getattr(settings, k, 0) > 0})
+            "eikonal_points", "eikonal_ray_points", "points_per_step") if getattr(settings, k, 0) > 0})
         log.info(f"sdf: DistributedDataParallel on {world} processes ({distributed.dist.get_backend()}), "
                  f"{batch_rays} rays per process")
 
@@ -194,7 +207,7 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
             # pixels are drawn on the CPU (one generator: the same batches on any device), then moved
             rows = rays.draw(batch_rays, generator)
             batch = tuple(t.to(device) for t in rays.batch(rows))
-            loss, stats = forward(model, cameras, batch, step_settings, generator, render_generator)
+            loss, stats = forward(model, cameras, batch, step_settings, generator, render_generator, anchors)
             ray_error = stats.pop("ray_error")
             if rays.pixel_error is not None:
                 rays.record_error(rows, ray_error)
@@ -208,7 +221,7 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
             session.step_done(stats, optimizer.param_groups[0]["lr"],
                               postfix={"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.1f}",
                                        "s": f"{stats['inv_s']:.0f}"},
-                              curve_keys=("loss", "psnr", "rgb", "eikonal", "mask", "curvature", "inv_s"),
+                              curve_keys=("loss", "psnr", "rgb", "eikonal", "mask", "curvature", "points", "inv_s"),
                               log_line=", ".join(f"{k} {stats[k]:.4f}" for k in ("loss", "rgb", "eikonal", "psnr",
                                                                                   "inv_s") if k in stats))
     model.set_progress(1.0)

@@ -11,7 +11,7 @@ from datasets.scene import Frame, Scene
 from pipeline.geometry.cameras import look_at, pinhole_from_fov
 from pipeline.geometry.normalize import Similarity
 from pipeline.geometry.roi import (RegionOfInterest, box_distance, choose_roi, holding_cameras, move_scene, parse_box,
-                                   roi_from_cameras, roi_from_points)
+                                   points_box, roi_from_cameras, roi_from_points)
 from pipeline.runner.config import ConfigError
 
 TARGET = np.array([0.3, -0.2, 0.1])
@@ -152,3 +152,23 @@ def test_a_region_seen_from_inside_grows_to_hold_every_camera():
     assert grown.radius == pytest.approx(3.3) and np.array_equal(grown.center, roi.center)
     assert "grown from 2 to hold all 3 cameras" in grown.reason
     assert holding_cameras(roi, centres[:1], margin=0.1) is roi  # already inside: unchanged
+
+
+def test_the_box_of_what_cameras_inside_a_street_saw():
+    """Sparse points on two facades and the ground of a street (z up), a bird far above it, a point
+    behind every camera: the box holds the street and stops at the roofs."""
+    from pipeline.geometry.cameras import Intrinsics
+
+    rng = np.random.default_rng(0)
+    facades = np.stack([np.where(rng.random(300) < 0.5, -1.0, 1.0), rng.uniform(0, 10, 300), rng.uniform(0, 2, 300)], 1)
+    ground = np.stack([rng.uniform(-1, 1, 100), rng.uniform(0, 10, 100), np.zeros(100)], 1)
+    bird, behind = np.array([[0.0, 8.0, 40.0]]), np.array([[0.0, -30.0, 1.0]])
+    points = np.concatenate([facades, ground, bird, behind])
+    # cameras walking down the street (+y) 1.5 above the ground; OpenCV axes: x right, y down, z forward
+    c2w = np.stack([np.array([[1, 0, 0, 0], [0, 0, 1, y0], [0, -1, 0, 1.5], [0, 0, 0, 1]], dtype=float)
+                    for y0 in np.linspace(-4, 6, 6)])
+    intrinsics = [Intrinsics("pinhole", 640, 480, 300.0, 300.0, 320.0, 240.0)] * len(c2w)
+    box = points_box(points, c2w, intrinsics, margin=0.05)
+    assert box[1][2] < 2.2 and box[0][1] > -1  # neither the bird nor the point behind the cameras
+    assert box[0][0] < -0.95 and box[1][0] > 0.95 and box[0][2] < 0.0  # both facades and the ground
+    assert points_box(points[:5], c2w, intrinsics, margin=0.05) is None  # too few to say

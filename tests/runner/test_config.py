@@ -94,3 +94,10 @@ def test_a_real_stage_lists_its_nested_keys():
     with pytest.raises(ConfigError) as err:
         load_config(NerfConfig, None, ["model.grid.finest=64"])
     assert "model.grid.finest_resolution" in str(err.value) and "max_time_s" in str(err.value)
+
+
+def test_words_yaml_reads_as_booleans_stay_words_in_string_keys():
+    """``inside_out=on`` must reach a string key as "on", not as YAML's boolean ("True")."""
+    cfg = load_config(TrainConfig, None, ["background=on", "mixed_precision=yes", "optimizer.lr=0.5"])
+    assert cfg.background == "on" and cfg.mixed_precision is True and cfg.optimizer.lr == 0.5
+    assert load_config(TrainConfig, None, ["background='off'"]).background == "off"

@@ -177,7 +177,9 @@ def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
                                                ("mesh_visibility=all", "mesh_visibility must be one of"),
                                                ("mesh_clip=yes", "mesh_clip must be one of auto, off"),
                                                ("error_sampling=1.5", "error_sampling must be in"),
-                                               ("inside_out=maybe", "inside_out must be one of auto, on, off")])
+                                               ("inside_out=maybe", "inside_out must be one of auto, on, off"),
+                                               ("sampling.spacing=even", "sampling.spacing must be auto, linear or log"),
+                                               ("points_weight=-1", "points_weight must be >= 0")])
 def test_bad_settings_stop_before_any_work(photo_workspace, override, message):
     import stages.sdf as sdf
     from pipeline.runner.config import ConfigError
@@ -280,3 +282,31 @@ def test_a_region_of_interest_box_trains_there_and_answers_in_original_units(pho
     run_stage(export.STAGE, ws, export.STAGE.load_config(overrides=["what=mesh", "mesh_resolution=32", "method=sdf"]))
     exported, _, _ = read_ply(ws.stage_dir("export") / "mesh.ply")
     assert abs(np.median(np.linalg.norm(exported, axis=1)) - 0.5) < 0.05
+
+
+def test_sparse_points_pin_the_surface_and_bound_the_mesh_of_a_scene_seen_from_inside(photo_workspace):
+    """Estimated poses leave sparse points (W/poses/points.ply): f = 0 is pulled to them, and a
+    field started inside out is meshed only within their box (not out at its starting sphere)."""
+    import stages.sdf as sdf
+    from pipeline.geometry.mesh import read_ply, write_ply
+
+    ws, _ = photo_workspace  # the sphere: radius 0.5 at the origin of the original units
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(400, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    on_sphere = 0.5 * directions[directions[:, 2] < 0.2]  # the pose stage's points: the lower part
+    sim = ws.normalization()
+    write_ply(ws.stage_dir("poses") / "points.ply", sim.apply_points(on_sphere))
+    # (mesh_visibility=off: from inside the starting sphere, which still holds these cameras, no
+    # camera sees the sphere scene first)
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=200", "inside_out=on", "points_weight=1", "mesh_visibility=off"))
+    metrics = json.loads((ws.stage_dir("sdf") / "metrics.json").read_text())
+    assert metrics["inside_out"] and metrics["spacing"] == "log"
+    assert metrics["anchor_points"] == len(on_sphere)  # every point is seen by >= 2 cameras
+    curve = [json.loads(line) for line in (ws.stage_dir("sdf") / "metrics.jsonl").read_text().splitlines()]
+    print(f"|f| at the points: {curve[0]['points']:.4f} -> {curve[-1]['points']:.4f}")
+    assert curve[-1]["points"] < 0.1 * curve[0]["points"]  # measured: 0.88 -> 0.0003
+    box = np.asarray(metrics["mesh_clip_box_normalised"])
+    assert (box[1] - box[0]).max() < 1.5 * sim.scale  # about the sphere's size (1 in the original units)
+    verts = sim.apply_points(read_ply(ws.stage_dir("sdf") / "mesh.ply")[0])
+    assert len(verts) and (verts >= box[0] - 0.02).all() and (verts <= box[1] + 0.02).all()

@@ -32,6 +32,7 @@ from pipeline.models.sdf.rendering import (neus_section_alpha, neus_upsample, oc
                                            weights_from_alpha)
 
 FIELDS = ("sdf", "occupancy")
+SPACINGS = ("linear", "log")
 SAMPLE_GRADIENTS = ("constant", "differentiable")
 
 
@@ -40,6 +41,11 @@ class SamplingConfig:
     radius: float = 1.0  # the object's sphere (normalised frame); the background begins outside it
     # uniform samples per ray over its span (the sphere's chord, or the skipping grid's stretch)
     samples: int = 16
+    # how the uniform samples are spread: linear (equal steps in t, an object seen from outside) |
+    # log (equal steps in log t from log_near x radius: a scene seen from inside, where a wall a
+    # step away and the far end of a street share one ray, as mip-NeRF 360's near-dense spacing)
+    spacing: str = "linear"
+    log_near: float = 0.002  # with spacing=log: the first sample's distance, a share of the radius
     importance: int = 16  # NeuS hierarchical samples per ray near the first zero crossing
     upsample_steps: int = 2  # rounds of hierarchical sampling (importance // steps samples each)
     upsample_inv_s: float = 64.0  # s of the first round, doubled each round (NeuS)
@@ -71,6 +77,17 @@ class SDFModelConfig:
     sample_gradients: str = "differentiable"
 
 
+def log_spaced_samples(near: torch.Tensor, far: torch.Tensor, closest: float, num: int, perturb: bool,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """num stratified samples per ray, equal steps in log t over [max(near, closest), far]:
+    near (N,), far (N,) -> (N, num). Each step is the same share of the distance travelled, so a
+    wall close to the camera and a facade far down the street get samples alike."""
+    start = near.clamp_min(closest)
+    unit = stratified_samples(torch.zeros_like(near), torch.ones_like(near), num, perturb, generator)
+    ratio = (far.clamp_min(start * (1 + 1e-6)) / start).log()
+    return start[:, None] * torch.exp(unit * ratio[:, None])
+
+
 class VolumeSDFModel(nn.Module):
     """background: (3,) constant colour behind everything (behind the background field, if any)."""
 
@@ -82,6 +99,8 @@ class VolumeSDFModel(nn.Module):
             raise ValueError(f"background_field.model must be nerf++ or none, got {config.background_field.model!r}")
         if config.sample_gradients not in SAMPLE_GRADIENTS:
             raise ValueError(f"sample_gradients must be one of {SAMPLE_GRADIENTS}, got {config.sample_gradients!r}")
+        if config.sampling.spacing not in SPACINGS:
+            raise ValueError(f"sampling.spacing must be one of {SPACINGS}, got {config.sampling.spacing!r}")
         self.config = config
         self.sampling = config.sampling
         self.sdf_network = SDFNetwork(config.sdf)
@@ -131,7 +150,10 @@ class VolumeSDFModel(nn.Module):
         """Rays that cross the sphere: (M, 3), near/far (M,) -> rgb (M, 3), acc, t (M,), normal
         (M, 3), and for the losses the section gradients (M * S, 3) and weights (M, S)."""
         s = self.sampling
-        z = stratified_samples(near, far, s.samples, perturb, generator)
+        if s.spacing == "log":
+            z = log_spaced_samples(near, far, s.log_near * s.radius, s.samples, perturb, generator)
+        else:
+            z = stratified_samples(near, far, s.samples, perturb, generator)
         z = neus_upsample(rays_o, rays_d, z, self.sdf_network.sdf, s.importance, s.upsample_steps,
                           s.upsample_inv_s, s.radius, occupancy=self.config.field == "occupancy")
         edges = torch.cat([z, far[:, None].expand(-1, 1).maximum(z[:, -1:])], -1)
@@ -220,4 +242,4 @@ class VolumeSDFModel(nn.Module):
             return self.renderer(points, grad, -dirs, feature)
 
 
-__all__ = ["FIELDS", "SAMPLE_GRADIENTS", "SamplingConfig", "SDFModelConfig", "VolumeSDFModel"]
+__all__ = ["FIELDS", "SAMPLE_GRADIENTS", "SPACINGS", "log_spaced_samples", "SamplingConfig", "SDFModelConfig", "VolumeSDFModel"]

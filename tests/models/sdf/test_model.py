@@ -118,3 +118,38 @@ def test_a_saved_model_loads_and_renders_the_same(tmp_path, one_thread):
     for key in ("rgb", "t", "acc"):
         torch.testing.assert_close(a[key], b[key])
     assert math.isclose(float(loaded.inv_s().detach()), float(model.inv_s().detach()))
+
+
+def test_log_spacing_gives_each_step_the_same_share_of_the_distance():
+    """A camera inside the scene (a street): samples from a wall a step away to the far end."""
+    from pipeline.models.sdf.model import log_spaced_samples
+
+    near, far = torch.tensor([0.0, 0.5]), torch.tensor([2.0, 1.0])
+    z = log_spaced_samples(near, far, closest=0.002, num=8, perturb=False)
+    ratios = z[:, 1:] / z[:, :-1]
+    torch.testing.assert_close(ratios, ratios[:, :1].expand_as(ratios))  # equal steps in log t
+    torch.testing.assert_close(ratios[0, 0], torch.tensor((2.0 / 0.002) ** (1 / 8)))
+    assert float(z[0, 0]) > 0.002 and float(z[0, -1]) < 2.0  # bin centres inside [closest, far]
+    assert float(z[1, 0]) > 0.5 and float(z[1, -1]) < 1.0  # a ray that starts farther keeps its near
+    jittered = log_spaced_samples(near, far, 0.002, 8, True, torch.Generator().manual_seed(0))
+    assert (jittered[:, 1:] > jittered[:, :-1]).all() and (jittered[0] >= 0.002).all() and (jittered[0] <= 2).all()
+
+
+def test_log_and_linear_spacing_find_the_same_surfaces_from_inside(one_thread):
+    """A camera at the centre of an inside-out field: both spacings see the same walls."""
+    def render(spacing):
+        config = SDFModelConfig(sampling=SamplingConfig(samples=16, importance=16, spacing=spacing, init_variance=0.6),
+                                sdf=SDFNetworkConfig(hidden_dim=32, feature_dim=8, init_radius=0.9, weight_norm=False,
+                                                     inside_out=True),
+                                background_field=BackgroundConfig(samples=8, width=16))
+        torch.manual_seed(0)
+        rays_d = torch.nn.functional.normalize(torch.randn(32, 3, generator=torch.Generator().manual_seed(2)), dim=-1)
+        return VolumeSDFModel(config, CONSTANT).render_rays(torch.zeros(32, 3), rays_d)
+
+    linear, log = render("linear"), render("log")
+    walls = linear["acc"] > 0.5
+    assert walls.sum() > 10  # the small network's inside-out start has walls on most rays
+    torch.testing.assert_close(log["acc"], linear["acc"], atol=0.05, rtol=0)
+    assert (log["t"][walls] - linear["t"][walls]).abs().max() < 0.1
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        VolumeSDFModel(SDFModelConfig(sampling=SamplingConfig(spacing="auto")))
