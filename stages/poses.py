@@ -6,7 +6,9 @@ opens in nerfstudio and instant-ngp), ``normalization.json`` (the similarity fro
 units to the normalised frame), ``report.json``. When poses are estimated
 (``pipeline/sfm/``) also ``sparse/`` (the COLMAP model, in COLMAP's own frame:
 ``normalization.json`` maps it to the normalised frame), ``points.ply`` (the sparse points with
-colour, in the NORMALISED frame of ``transforms.json``) and ``colmap/database.db`` (features and
+colour, in the NORMALISED frame of ``transforms.json``), ``points_views.npy`` ((K, 2) int64:
+point index in ``points.ply``, frame index in ``transforms.json``, one row per observation) and
+``colmap/database.db`` (features and
 matches, reused by a re-run with the same images).
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from datasets import READERS, read_scene
 from datasets.nerfstudio import write_nerfstudio
@@ -80,6 +84,8 @@ def run(ctx: StageContext) -> dict:
     if sparse is not None:
         write_ply(ctx.out_dir / "points.ply", sim.apply_points(sparse["xyz"]), colors=sparse["rgb"])
         normalized.meta["ply_file_path"] = "points.ply"  # nerfstudio reads it (e.g. splatfacto's init)
+        if sparse.get("views") is not None:  # which frames observed each point (the sdf stage's depth rays)
+            np.save(ctx.out_dir / "points_views.npy", sparse["views"])
     recon = dict(normalized.meta.get("recon", {}))
     recon.update(source=str(Path(cfg.data).resolve()), normalization=sim.to_dict())
     normalized.meta["recon"] = recon

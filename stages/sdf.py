@@ -76,7 +76,7 @@ from pipeline.training.common import (DEFAULT_CHECKPOINT_EVERY_S, check_budget, 
 from pipeline.training.idr_data import MaskOptions, background_color, load_masks, load_views, train_test_split
 from pipeline.training import distributed
 from pipeline.training.sdf import NOT_RESUME_KEYS, SDFTrainSettings, train
-from pipeline.training.sdf_data import PixelRays, full_masks
+from pipeline.training.sdf_data import PixelRays, SurfaceAnchors, full_masks, surface_anchors
 
 
 @dataclass
@@ -122,6 +122,13 @@ class SDFStageConfig:
     # training cameras inside the ROI, points_per_step of them per step (0 = off)
     points_weight: float = 1.0
     points_per_step: int = 256
+    # the rays along which training cameras saw those points (their tracks, W/poses/points_views.npy)
+    # end at them: relative depth error + the opacity they lack (DS-NeRF's depth from SfM; 0 = off)
+    depth_weight: float = 0.1
+    depth_rays: int = 128  # of those rays per step, rendered with the batch
+    # a cost on the foreground's opacity per ray: what the background field explains as well (the sky
+    # over a street, seen from inside) is left to it instead of painted on a surface (0 = off)
+    opacity_weight: float = 0.0
     lr: float = 1e-3  # MLPs and the sharpness s
     lr_grid: float = 1e-2  # hash-grid tables
     lr_final_factor: float = 0.1  # learning rates decay exponentially to this factor
@@ -196,8 +203,9 @@ def run(ctx: StageContext) -> dict:
         parse_box(cfg.roi_box)
     if cfg.sampling.spacing not in ("auto",) + SPACINGS:
         raise ConfigError(f"sampling.spacing must be auto, {' or '.join(SPACINGS)}, got {cfg.sampling.spacing!r}")
-    if not cfg.points_weight >= 0:
-        raise ConfigError(f"points_weight must be >= 0 (0 = off), got {cfg.points_weight}")
+    for key in ("points_weight", "depth_weight", "opacity_weight"):
+        if not getattr(cfg, key) >= 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = off), got {getattr(cfg, key)}")
     if cfg.mesh_visibility not in MESH_VISIBILITY:
         raise ConfigError(f"mesh_visibility must be one of {', '.join(MESH_VISIBILITY)}, got {cfg.mesh_visibility!r}")
     with torch_threads(cfg.cpu_threads):
@@ -254,20 +262,27 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     resume = resume_config(cfg, NOT_RESUME_KEYS, device=str(device), views=views_fingerprint(scene, train_idx))
     settings = settings_from(SDFTrainSettings, cfg, resume_config=resume,
                              mask_weight=cfg.mask_weight if cfg.use_masks else 0.0)
-    anchors = _anchor_points(points, original, train_idx, to_model, cfg) if cfg.points_weight > 0 else None
+    anchors = _anchors(ctx.workspace, points, original, train_idx, to_model, cfg)
     if anchors is not None:
-        ctx.log.info(f"sdf: {len(anchors)} sparse points anchor the surface (f = 0 there, weight {cfg.points_weight:g})")
+        ctx.log.info(f"sdf: {len(anchors.points)} sparse points anchor the surface (f = 0 there, weight "
+                     f"{cfg.points_weight:g}), {anchors.num_rays} training rays end at them (weight {cfg.depth_weight:g})")
     summary = train(model, views.cameras.to(device), rays, settings, ctx.resume_dir, ctx.log,
-                    anchors=None if anchors is None else torch.as_tensor(anchors, dtype=torch.float32, device=device))
+                    anchors=None if anchors is None else anchors.to(device))
     if not distributed.is_main():  # under torchrun rank 0 alone saves, evaluates and meshes
         return {}
     model.eval()
-    save_model(ctx.out_dir / "model.pt", model, None if is_identity(to_model) else to_model)
+    seen_box = None if roi.box is not None or not inside_out or points is None else points_box(
+        points, *_camera_arrays(original, train_idx), cfg.roi_margin)
+    open_region = (_box_in_model_frame(seen_box, to_model, cfg)
+                   if seen_box is not None and cfg.mesh_clip == "auto" else None)
+    # export meshes that box too (its grid ends there, so the mesh is open at it like the stage's)
+    save_model(ctx.out_dir / "model.pt", model, None if is_identity(to_model) else to_model, bounds=open_region)
     metrics: dict = {"iterations": summary["steps"], "train_time_s": round(summary["train_time_s"], 1),
                      "stopped_by_time": summary["stopped_by_time"], "samples_per_s": round(summary["samples_per_s"]),
                      "step_time_ms": round(1000 * summary["train_time_s"] / max(1, summary["steps"]), 1),
                      "inv_s": round(float(model.inv_s().detach()), 1), "field": cfg.field, "encoding": cfg.sdf.encoding,
-                     "inside_out": inside_out, "spacing": spacing, "anchor_points": 0 if anchors is None else len(anchors),
+                     "inside_out": inside_out, "spacing": spacing, "anchor_points": 0 if anchors is None else len(anchors.points),
+                     "anchor_rays": 0 if anchors is None else anchors.num_rays,
                      "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads(),
                      "roi": {"source": roi.source, "center": roi.center.tolist(), "radius": roi.radius,
                              "reason": roi.reason}}
@@ -286,8 +301,6 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     t_mesh = time.time()
     try:
         clip = region = open_cut = None
-        seen_box = None if roi.box is not None or not inside_out or points is None else points_box(
-            points, *_camera_arrays(original, train_idx), cfg.roi_margin)
         if cfg.mesh_clip == "auto" and roi.box is not None:
             clip = functools.partial(box_distance, box=roi.box, to_original=to_original)
             region = _box_in_model_frame(roi.box, to_original.inverse(), cfg)
@@ -298,7 +311,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
             # seen from inside, the field's starting sphere is still there far out, painted with sky:
             # keep what the sparse points say the cameras saw, open at the cut (a street has no roof)
             open_cut = functools.partial(box_distance, box=seen_box, to_original=to_model.inverse())
-            region = _box_in_model_frame(seen_box, to_model, cfg)
+            region = open_region
             metrics["mesh_clip_box_normalised"] = seen_box.tolist()
             ctx.log.info(f"sdf: the mesh is cut at the sparse points' box {seen_box.reshape(-1).round(4).tolist()} "
                          "(normalised frame; mesh_clip=off keeps what lies outside)")
@@ -346,17 +359,27 @@ def _camera_arrays(scene, idx: list[int]) -> tuple[np.ndarray, list]:
     return np.stack([scene.frames[i].c2w for i in idx]), [scene.frames[i].intrinsics for i in idx]
 
 
-def _anchor_points(points, scene, train_idx: list[int], to_model, cfg: SDFStageConfig) -> np.ndarray | None:
-    """The sparse points (M, 3, normalised frame) that pin the surface, in the model's frame: those
-    inside the view of >= 2 training cameras (``scene`` in the normalised frame) and inside the
-    modelled ball; None when there are none."""
-    if points is None or not len(points):
+def _anchors(workspace, points, scene, train_idx: list[int], to_model, cfg: SDFStageConfig) -> SurfaceAnchors | None:
+    """The sparse points (normalised frame) that pin the surface, in the model's frame: those inside
+    the view of >= 2 training cameras (``scene`` in the normalised frame) and inside the modelled
+    ball, with the training rays that observed them (``W/poses/points_views.npy``, when the
+    poses stage wrote it); None without such points or with both weights 0."""
+    if points is None or not len(points) or (cfg.points_weight <= 0 and cfg.depth_weight <= 0):
         return None
     c2w, intrinsics = _camera_arrays(scene, train_idx)
-    seen = points[in_view_counts(points, c2w, intrinsics) >= 2]
-    moved = to_model.apply_points(seen)
-    moved = moved[np.linalg.norm(moved, axis=1) < 0.98 * cfg.sampling.radius]
-    return moved if len(moved) else None
+    moved = to_model.apply_points(points)
+    keep = (in_view_counts(points, c2w, intrinsics) >= 2) & (np.linalg.norm(moved, axis=1) < 0.98 * cfg.sampling.radius)
+    if not keep.any():
+        return None
+    views_path = workspace.stage_dir("poses") / "points_views.npy"
+    views = np.load(views_path) if views_path.exists() else None
+    if views is not None:  # re-indexed to the kept points
+        index = -np.ones(len(points), dtype=np.int64)
+        index[keep] = np.arange(int(keep.sum()))
+        views = views[(views[:, 0] < len(points)) & (index[np.minimum(views[:, 0], len(points) - 1)] >= 0)]
+        views = np.stack([index[views[:, 0]], views[:, 1]], 1)
+    centres = {i: scene.frames[i].c2w[:3, 3] for i in train_idx}
+    return surface_anchors(points[keep], views, centres, to_model)
 
 
 def _visibility_cameras(scene, train_idx: list[int], cfg: SDFStageConfig, device):

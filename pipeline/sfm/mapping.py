@@ -150,7 +150,8 @@ def write_model(pycolmap, scene: Scene, rec, prepared: list[PreparedImage], imag
                 final_dir: Path, cfg: EstimationConfig) -> Scene:
     """Write ``rec`` to ``out_dir/sparse`` (and undistorted images when ``cfg.undistort``); return
     the posed scene (:func:`posed_scene`) with the sparse points in ``meta["sparse_points"]``
-    (``xyz`` (M, 3) float64, ``rgb`` (M, 3) uint8, COLMAP's frame)."""
+    (``xyz`` (M, 3) float64, ``rgb`` (M, 3) uint8, COLMAP's frame; ``views`` (K, 2) int64: each
+    observation's point index and frame index in the posed scene, from the points' tracks)."""
     sparse_dir = out_dir / "sparse"
     sparse_dir.mkdir(parents=True, exist_ok=True)
     rec.write(str(sparse_dir))
@@ -159,5 +160,15 @@ def write_model(pycolmap, scene: Scene, rec, prepared: list[PreparedImage], imag
         posed = undistort(pycolmap, posed, colmap_names, sparse_dir, image_dir, out_dir, final_dir, cfg.num_threads)
     points = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
     colors = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
-    posed.meta["sparse_points"] = {"xyz": points, "rgb": colors}
+    posed.meta["sparse_points"] = {"xyz": points, "rgb": colors, "views": point_views(rec, colmap_names)}
     return posed
+
+
+def point_views(rec, colmap_names: list[str]) -> np.ndarray:
+    """(K, 2) int64: (point index in ``rec.points3D``'s order, frame index) for every image that
+    observes a point, the frames being the images ``colmap_names`` in order."""
+    frame_of = {name: i for i, name in enumerate(colmap_names)}
+    frame_of_image = {image_id: frame_of.get(image.name) for image_id, image in rec.images.items()}
+    pairs = {(j, frame_of_image[el.image_id]) for j, point in enumerate(rec.points3D.values())
+             for el in point.track.elements if frame_of_image.get(el.image_id) is not None}
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)

@@ -22,7 +22,7 @@ from pipeline.models.idr.model import uniform_ball_points
 from pipeline.models.sdf.model import VolumeSDFModel
 from pipeline.training.common import (SURFACE_NOT_RESUME_KEYS, Budget, TrainingSession, adam, decay_factor,
                                       load_resumable, restore_or_start_afresh, save_checkpoint)
-from pipeline.training.sdf_data import PixelRays
+from pipeline.training.sdf_data import PixelRays, SurfaceAnchors
 
 CHECKPOINT_NAME = "checkpoint.pt"
 NOT_RESUME_KEYS = SURFACE_NOT_RESUME_KEYS + ("sampling.render_chunk", "mesh_visibility", "mesh_visibility_views",
@@ -45,6 +45,9 @@ class SDFTrainSettings:
     error_sampling: float  # share of each batch drawn in proportion to the pixels' last errors
     points_weight: float  # |f| at the sparse points of pose estimation (Geo-NeuS); 0 = off
     points_per_step: int
+    depth_weight: float  # relative depth error along the rays that saw the sparse points; 0 = off
+    depth_rays: int  # of those rays per step
+    opacity_weight: float  # cost of the foreground's opacity (what the background explains as well goes there)
     lr: float
     lr_grid: float
     lr_final_factor: float
@@ -57,13 +60,28 @@ class SDFTrainSettings:
 
 def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFTrainSettings,
                   generator: torch.Generator, render_generator: torch.Generator,
-                  anchors: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+                  anchors: Optional[SurfaceAnchors] = None) -> tuple[torch.Tensor, dict]:
     """Losses of one batch. batch: (view (N,), uv (N, 2), rgb (N, 3), mask (N,)) on the model's device.
-    anchors: (M, 3) points on the surface (the sparse points of pose estimation, model frame) or None."""
+    anchors: what pose estimation says about the surface (model frame, the model's device) or None."""
     view, uv, rgb_gt, mask_gt = batch
     rays_o, rays_d, _ = cameras[view].generate_rays(uv)
+    n = len(rays_o)
+    depth_rays = anchors is not None and anchors.num_rays > 0 and settings.depth_weight > 0 and settings.depth_rays > 0
+    if depth_rays:  # rendered with the batch, in one pass
+        pick = torch.randint(0, anchors.num_rays, (settings.depth_rays,), generator=generator).to(rays_o.device)
+        rays_o = torch.cat([rays_o, anchors.ray_origins[pick]])
+        rays_d = torch.cat([rays_d, anchors.ray_dirs[pick]])
     out = model.render_rays(rays_o, rays_d, perturb=True, generator=render_generator, training=True)
+    n_samples = samples_of(model, out)
+    l_depth = out["rgb"].new_zeros(())
+    if depth_rays:
+        # the ray that saw a sparse point ends there: nothing in front of it, something at it
+        depth = anchors.ray_depths[pick]
+        l_depth = ((out["t"][n:] - depth).abs() / depth).mean() + (1.0 - out["acc"][n:]).mean()
+        out = dict(out, rgb=out["rgb"][:n], acc=out["acc"][:n], t=out["t"][:n])
+        rays_o, rays_d = rays_o[:n], rays_d[:n]
     l_rgb = (out["rgb"] - rgb_gt).abs().mean()
+    l_opacity = out["acc"].mean()  # the batch's pixels only (the depth rays must end on a surface)
     radius = model.sampling.radius
     grads, points = [], []
     if model.config.sample_gradients == "differentiable":
@@ -80,14 +98,17 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
     elif points:  # central differences: first derivatives only, 3-6x cheaper than the analytic second ones
         grads.append(model.sdf_network.numerical_gradient(torch.cat(points)))
     l_eik = eikonal_loss(torch.cat(grads))
-    loss = l_rgb + settings.eikonal_weight * l_eik
+    loss = l_rgb + settings.eikonal_weight * l_eik + settings.depth_weight * l_depth
+    if settings.opacity_weight > 0:
+        loss = loss + settings.opacity_weight * l_opacity
     l_mask = l_curv = l_points = loss.new_zeros(())
-    if anchors is not None and len(anchors) and settings.points_weight > 0:
+    if anchors is not None and len(anchors.points) and settings.points_weight > 0:
         # Geo-NeuS's explicit SDF supervision: pose estimation triangulated these points on the
         # surface, so f = 0 there; where photos alone are ambiguous (a street seen walking down
         # it, little parallax) they pin the surface down
-        pick = torch.randint(0, len(anchors), (min(settings.points_per_step, len(anchors)),), generator=generator)
-        l_points = model.sdf_network.sdf(anchors[pick.to(anchors.device)]).abs().mean()
+        picked = torch.randint(0, len(anchors.points), (min(settings.points_per_step, len(anchors.points)),),
+                               generator=generator)
+        l_points = model.sdf_network.sdf(anchors.points[picked.to(anchors.points.device)]).abs().mean()
         loss = loss + settings.points_weight * l_points
     if settings.mask_weight > 0:
         acc = out["acc"].clamp(1e-3, 1.0 - 1e-3)
@@ -110,8 +131,9 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
     stats = {"ray_error": (out["rgb"].detach() - rgb_gt).abs().mean(-1),  # (N,) for the error map
              "loss": float(loss.detach()), "rgb": float(l_rgb.detach()), "eikonal": float(l_eik.detach()),
              "mask": float(l_mask.detach()), "curvature": float(l_curv.detach()), "points": float(l_points.detach()),
+             "depth": float(l_depth.detach()), "opacity": float(l_opacity.detach()),
              "psnr": float(psnr),
-             "inv_s": float(model.inv_s().detach()), "samples": samples_of(model, out)}
+             "inv_s": float(model.inv_s().detach()), "samples": n_samples}
     return loss, stats
 
 
@@ -134,9 +156,10 @@ def make_optimizer(model: VolumeSDFModel, settings: SDFTrainSettings):
 
 
 def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SDFTrainSettings, resume_dir: Path,
-          log, anchors: Optional[torch.Tensor] = None) -> dict:
+          log, anchors: Optional[SurfaceAnchors] = None) -> dict:
     """Train until ``max_steps`` or ``max_time_s`` (counted across resumes). Returns a summary.
-    anchors: (M, 3) surface points for ``points_weight`` (model frame, the model's device) or None.
+    anchors: the sparse points and the rays that saw them (``points_weight``, ``depth_weight``; model
+    frame, the model's device) or None.
 
     Under torchrun (:mod:`pipeline.training.distributed`) each rank draws its share of the rays
     and eikonal points with generators of its own (``seed + rank``), DDP averages the gradients,
@@ -185,7 +208,8 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
     if world > 1:  # each rank its share of the global batch and of the eikonal points
         batch_rays = distributed.shard(settings.batch_rays)
         step_settings = dataclasses.replace(settings, **{k: distributed.shard(getattr(settings, k)) for k in (
-            "eikonal_points", "eikonal_ray_points", "points_per_step") if getattr(settings, k, 0) > 0})
+            "eikonal_points", "eikonal_ray_points", "points_per_step",
+            "depth_rays") if getattr(settings, k, 0) > 0})
         log.info(f"sdf: DistributedDataParallel on {world} processes ({distributed.dist.get_backend()}), "
                  f"{batch_rays} rays per process")
 
@@ -221,7 +245,8 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
             session.step_done(stats, optimizer.param_groups[0]["lr"],
                               postfix={"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.1f}",
                                        "s": f"{stats['inv_s']:.0f}"},
-                              curve_keys=("loss", "psnr", "rgb", "eikonal", "mask", "curvature", "points", "inv_s"),
+                              curve_keys=("loss", "psnr", "rgb", "eikonal", "mask", "curvature", "points", "depth",
+                                          "opacity", "inv_s"),
                               log_line=", ".join(f"{k} {stats[k]:.4f}" for k in ("loss", "rgb", "eikonal", "psnr",
                                                                                   "inv_s") if k in stats))
     model.set_progress(1.0)

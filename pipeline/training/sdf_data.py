@@ -3,6 +3,7 @@ uniformly or partly by their last errors; no pixel is left out, since the backgr
 explain what lies outside the object's sphere."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -72,4 +73,48 @@ class PixelRays:
         return self.batch(self.draw(count, generator))
 
 
-__all__ = ["full_masks", "PixelRays"]
+@dataclass
+class SurfaceAnchors:
+    """What pose estimation says about the surface, in the model's frame: the sparse points
+    (M, 3), where f = 0, and the rays along which training cameras saw them: origins (K, 3), unit
+    directions (K, 3) and the distance to the point (K,), where each ray's first surface is
+    (DS-NeRF's depth from the points' tracks; None without tracks)."""
+
+    points: torch.Tensor
+    ray_origins: Optional[torch.Tensor] = None
+    ray_dirs: Optional[torch.Tensor] = None
+    ray_depths: Optional[torch.Tensor] = None
+
+    @property
+    def num_rays(self) -> int:
+        return 0 if self.ray_depths is None else len(self.ray_depths)
+
+    def to(self, device) -> "SurfaceAnchors":
+        return SurfaceAnchors(*(None if t is None else t.to(device) for t in (
+            self.points, self.ray_origins, self.ray_dirs, self.ray_depths)))
+
+
+def surface_anchors(points: np.ndarray, views: Optional[np.ndarray], centres: dict[int, np.ndarray],
+                    to_model) -> Optional[SurfaceAnchors]:
+    """The anchors of sparse points (M, 3, normalised frame): ``views`` (K, 2) (point index, frame
+    index) observations or None, ``centres`` the camera centre (3,) of each frame whose
+    observations count (the training views, normalised frame), ``to_model`` the similarity into
+    the model's frame. None without points."""
+    if points is None or not len(points):
+        return None
+    moved = to_model.apply_points(np.asarray(points, dtype=np.float64))
+    anchors = SurfaceAnchors(torch.as_tensor(moved, dtype=torch.float32))
+    if views is not None and len(views):
+        pairs = [(j, f) for j, f in np.asarray(views).tolist() if f in centres and 0 <= j < len(points)]
+        if pairs:
+            origins = to_model.apply_points(np.stack([centres[f] for _, f in pairs]))
+            offsets = moved[[j for j, _ in pairs]] - origins
+            depths = np.linalg.norm(offsets, axis=1)
+            ok = depths > 1e-9
+            anchors.ray_origins = torch.as_tensor(origins[ok], dtype=torch.float32)
+            anchors.ray_dirs = torch.as_tensor(offsets[ok] / depths[ok, None], dtype=torch.float32)
+            anchors.ray_depths = torch.as_tensor(depths[ok], dtype=torch.float32)
+    return anchors
+
+
+__all__ = ["full_masks", "PixelRays", "SurfaceAnchors", "surface_anchors"]

@@ -60,3 +60,19 @@ def test_diagnosis_names_the_cause_from_the_counts():
     split = ImageStats("island", features=2800, raw_matches=900, verified_matches=600, best_inliers=200,
                        neighbours=3, neighbours_registered=1, sharpness=0.01, other_model=1)
     assert "disconnected" in diagnose(split, median_features, median_sharpness)
+
+
+def test_point_views_list_each_observation_by_frame():
+    """The tracks of a COLMAP model as (point index, frame index) rows: the frames are the posed
+    images in the order the scene keeps them; an observation in an image not kept is left out."""
+    from types import SimpleNamespace as NS
+
+    from pipeline.sfm.mapping import point_views
+
+    images = {7: NS(name="b.jpg"), 3: NS(name="a.jpg"), 9: NS(name="dropped.jpg")}
+
+    def point(*image_ids):
+        return NS(track=NS(elements=[NS(image_id=i) for i in image_ids]))
+
+    rec = NS(images=images, points3D={101: point(3, 7), 55: point(7, 9, 7)})
+    np.testing.assert_array_equal(point_views(rec, ["a.jpg", "b.jpg"]), [[0, 0], [0, 1], [1, 1]])

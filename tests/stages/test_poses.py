@@ -57,8 +57,15 @@ def test_temple_ring_estimate_matches_the_calibration_and_reuses_the_database(sh
     import pycolmap  # one calibration for the 16 views: the per-image cameras of matching were merged
 
     assert pycolmap.Reconstruction(out / "sparse").num_cameras() == 1
-    points = read_ply(out / "points.ply")
-    assert len(points["verts"] if isinstance(points, dict) else points[0]) > 100
+    points = read_ply(out / "points.ply")[0]
+    assert len(points) > 100
+    views = np.load(out / "points_views.npy")  # the tracks: every observation lies in its image
+    est_frames = ws.load_scene().frames
+    assert views[:, 0].max() < len(points) and len(np.unique(views[:, 0])) == len(points)
+    for j, f in views[::7]:
+        frame, k = est_frames[f], est_frames[f].intrinsics
+        x = (points[j] - frame.c2w[:3, 3]) @ frame.c2w[:3, :3]
+        assert x[2] > 0 and 0 <= k.fx * x[0] / x[2] + k.cx <= k.width and 0 <= k.fy * x[1] / x[2] + k.cy <= k.height
 
     ref = {str(f.image_path.resolve()): f.c2w for f in read_scene(data).frames}
     est = ws.load_scene()

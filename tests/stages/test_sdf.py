@@ -179,7 +179,8 @@ def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
                                                ("error_sampling=1.5", "error_sampling must be in"),
                                                ("inside_out=maybe", "inside_out must be one of auto, on, off"),
                                                ("sampling.spacing=even", "sampling.spacing must be auto, linear or log"),
-                                               ("points_weight=-1", "points_weight must be >= 0")])
+                                               ("points_weight=-1", "points_weight must be >= 0"),
+                                               ("opacity_weight=-0.1", "opacity_weight must be >= 0")])
 def test_bad_settings_stop_before_any_work(photo_workspace, override, message):
     import stages.sdf as sdf
     from pipeline.runner.config import ConfigError
@@ -285,8 +286,9 @@ def test_a_region_of_interest_box_trains_there_and_answers_in_original_units(pho
 
 
 def test_sparse_points_pin_the_surface_and_bound_the_mesh_of_a_scene_seen_from_inside(photo_workspace):
-    """Estimated poses leave sparse points (W/poses/points.ply): f = 0 is pulled to them, and a
-    field started inside out is meshed only within their box (not out at its starting sphere)."""
+    """Estimated poses leave sparse points (W/poses/points.ply) and their tracks (points_views.npy):
+    f = 0 is pulled to the points and the rays that saw them end there; a field started inside out
+    is meshed only within their box (not out at its starting sphere)."""
     import stages.sdf as sdf
     from pipeline.geometry.mesh import read_ply, write_ply
 
@@ -297,16 +299,33 @@ def test_sparse_points_pin_the_surface_and_bound_the_mesh_of_a_scene_seen_from_i
     on_sphere = 0.5 * directions[directions[:, 2] < 0.2]  # the pose stage's points: the lower part
     sim = ws.normalization()
     write_ply(ws.stage_dir("poses") / "points.ply", sim.apply_points(on_sphere))
+    # the tracks: each point is seen by the cameras on its side of the sphere
+    centres = sim.inverse().apply_points(np.stack([f.c2w[:3, 3] for f in ws.load_scene().frames]))
+    facing = np.einsum("pj,pfj->pf", on_sphere, centres[None] - on_sphere[:, None]) > 0  # (points, frames)
+    np.save(ws.stage_dir("poses") / "points_views.npy", np.argwhere(facing))
+
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=100", "points_weight=1", "depth_weight=0.5"))
+    metrics = json.loads((ws.stage_dir("sdf") / "metrics.json").read_text())
+    assert not metrics["inside_out"] and metrics["spacing"] == "linear"
+    assert metrics["anchor_points"] == len(on_sphere)  # every point is seen by >= 2 cameras
+    assert 0.5 * facing.sum() < metrics["anchor_rays"] < facing.sum()  # those of the training views
+    curve = [json.loads(line) for line in (ws.stage_dir("sdf") / "metrics.jsonl").read_text().splitlines()]
+    print(f"|f| at the points: {curve[0]['points']:.4f} -> {curve[-1]['points']:.4f}, depth term "
+          f"{curve[0]['depth']:.4f} -> {curve[-1]['depth']:.4f}")
+    assert curve[-1]["points"] < 0.5 * curve[0]["points"] and curve[-1]["depth"] < 0.5 * curve[0]["depth"]
+
     # (mesh_visibility=off: from inside the starting sphere, which still holds these cameras, no
     # camera sees the sphere scene first)
-    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=200", "inside_out=on", "points_weight=1", "mesh_visibility=off"))
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=200", "inside_out=on", "mesh_visibility=off"))
     metrics = json.loads((ws.stage_dir("sdf") / "metrics.json").read_text())
     assert metrics["inside_out"] and metrics["spacing"] == "log"
-    assert metrics["anchor_points"] == len(on_sphere)  # every point is seen by >= 2 cameras
-    curve = [json.loads(line) for line in (ws.stage_dir("sdf") / "metrics.jsonl").read_text().splitlines()]
-    print(f"|f| at the points: {curve[0]['points']:.4f} -> {curve[-1]['points']:.4f}")
-    assert curve[-1]["points"] < 0.1 * curve[0]["points"]  # measured: 0.88 -> 0.0003
     box = np.asarray(metrics["mesh_clip_box_normalised"])
     assert (box[1] - box[0]).max() < 1.5 * sim.scale  # about the sphere's size (1 in the original units)
     verts = sim.apply_points(read_ply(ws.stage_dir("sdf") / "mesh.ply")[0])
     assert len(verts) and (verts >= box[0] - 0.02).all() and (verts <= box[1] + 0.02).all()
+    # the model file keeps that box as its meshing bounds, so export meshes the same region
+    from pipeline.models.sdf.io import load_trained
+
+    bounds = load_trained(ws).bounds  # normalised frame
+    assert (bounds[0] <= box[0]).all() and (bounds[1] >= box[1]).all()
+    assert ((bounds[1] - bounds[0]) < 2 * metrics["roi"]["radius"]).all()  # not the whole sphere's cube

@@ -36,3 +36,22 @@ def test_without_the_error_map_pixels_are_uniform():
     rows = tiny_rays().draw(4000, torch.Generator().manual_seed(1))
     counts = torch.bincount(rows, minlength=40)
     assert counts.min() > 60 and counts.max() < 140  # 100 expected each
+
+
+def test_surface_anchors_are_the_points_and_the_training_rays_that_saw_them():
+    from pipeline.geometry.normalize import Similarity
+    from pipeline.training.sdf_data import surface_anchors
+
+    points = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    views = np.array([[0, 0], [0, 1], [1, 1], [1, 2]])  # frame 2 is held out: not in centres
+    centres = {0: np.array([0.0, 0.0, -1.0]), 1: np.array([1.0, 0.0, 3.0])}
+    to_model = Similarity(0.5, np.eye(3), np.array([0.0, 0.0, 1.0]))  # x_model = x / 2 + (0, 0, 1)
+    anchors = surface_anchors(points, views, centres, to_model)
+    torch.testing.assert_close(anchors.points, torch.tensor([[0.0, 0.0, 1.5], [0.5, 0.0, 1.0]]))
+    assert anchors.num_rays == 3
+    torch.testing.assert_close(anchors.ray_origins[0], torch.tensor([0.0, 0.0, 0.5]))
+    torch.testing.assert_close(anchors.ray_depths, torch.tensor([1.0, np.hypot(0.5, 1.0), 1.5], dtype=torch.float32))
+    ends = anchors.ray_origins + anchors.ray_dirs * anchors.ray_depths[:, None]
+    torch.testing.assert_close(ends, anchors.points[[0, 0, 1]])  # each ray ends at its point
+    assert surface_anchors(points, None, centres, to_model).num_rays == 0  # no tracks: points only
+    assert surface_anchors(np.zeros((0, 3)), views, centres, to_model) is None

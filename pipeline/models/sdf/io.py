@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.geometry.normalize import Similarity
@@ -36,12 +37,15 @@ def config_from_dict(d: dict) -> SDFModelConfig:
                           sample_gradients=d.get("sample_gradients", "differentiable"))
 
 
-def save_model(path: Path, model: VolumeSDFModel, frame: Similarity | None = None) -> None:
+def save_model(path: Path, model: VolumeSDFModel, frame: Similarity | None = None, bounds=None) -> None:
     """``frame``: the model's frame as a similarity of the normalised one (the sdf stage's region of
-    interest); loading then wraps the model in a :class:`FramedModel` of the normalised frame."""
+    interest); loading then wraps the model in a :class:`FramedModel` of the normalised frame.
+    ``bounds`` (2, 3, the model's frame): the box to mesh, when it is not the sphere's cube (a scene
+    seen from inside: the box of what its cameras saw); loading sets ``model.bounds`` to it."""
     torch.save({"format": MODEL_FORMAT, "config": dataclasses.asdict(model.config),
                 "background": model.background.tolist(), "state_dict": model.state_dict(),
-                "frame": frame.to_dict() if frame is not None else None}, path)
+                "frame": frame.to_dict() if frame is not None else None,
+                "bounds": None if bounds is None else [[float(v) for v in row] for row in bounds]}, path)
 
 
 def load_model_file(path: Path, device="cpu") -> VolumeSDFModel:
@@ -55,6 +59,8 @@ def load_model_file(path: Path, device="cpu") -> VolumeSDFModel:
     model = build_model(config_from_dict(blob["config"]), blob["background"])
     model.load_state_dict(blob["state_dict"])
     model.to(device).prepare_for_rendering()  # the skipping grid is not saved: it comes from the field
+    if blob.get("bounds") is not None:
+        model.bounds = np.asarray(blob["bounds"], dtype=np.float64)
     if blob.get("frame"):  # trained in its region of interest's frame
         return FramedModel(model, Similarity.from_dict(blob["frame"])).to(device).eval()
     return model.to(device).eval()
