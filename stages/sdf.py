@@ -60,8 +60,8 @@ from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.sdf_views import evaluate_sdf_views
 from pipeline.export.meshing import bounding_sphere_mesh, faces_inside, visible_mesh_parts
 from pipeline.geometry.mesh import is_watertight, read_ply, write_ply
-from pipeline.geometry.roi import (ROI_MODES, box_distance, cameras_inside, choose_roi, holding_cameras, in_view_counts,
-                                   is_identity, move_scene, parse_box, points_box)
+from pipeline.geometry.roi import (ROI_MODES, box_distance, box_in_frame, camera_arrays, cameras_inside, choose_roi,
+                                   holding_cameras, is_identity, move_scene, parse_box, points_box)
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig
@@ -76,7 +76,7 @@ from pipeline.training.common import (DEFAULT_CHECKPOINT_EVERY_S, check_budget, 
 from pipeline.training.idr_data import MaskOptions, background_color, load_masks, load_views, train_test_split
 from pipeline.training import distributed
 from pipeline.training.sdf import NOT_RESUME_KEYS, SDFTrainSettings, train
-from pipeline.training.sdf_data import PixelRays, SurfaceAnchors, full_masks, surface_anchors
+from pipeline.training.sdf_data import PixelRays, anchors_for_training, full_masks
 
 
 @dataclass
@@ -262,7 +262,10 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     resume = resume_config(cfg, NOT_RESUME_KEYS, device=str(device), views=views_fingerprint(scene, train_idx))
     settings = settings_from(SDFTrainSettings, cfg, resume_config=resume,
                              mask_weight=cfg.mask_weight if cfg.use_masks else 0.0)
-    anchors = _anchors(ctx.workspace, points, original, train_idx, to_model, cfg)
+    views_path = ctx.workspace.stage_dir("poses") / "points_views.npy"  # the points' tracks, when written
+    anchors = None if points is None or (cfg.points_weight <= 0 and cfg.depth_weight <= 0) else anchors_for_training(
+        points, np.load(views_path) if views_path.exists() else None, original, train_idx, to_model,
+        0.98 * cfg.sampling.radius)
     if anchors is not None:
         ctx.log.info(f"sdf: {len(anchors.points)} sparse points anchor the surface (f = 0 there, weight "
                      f"{cfg.points_weight:g}), {anchors.num_rays} training rays end at them (weight {cfg.depth_weight:g})")
@@ -272,8 +275,9 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
         return {}
     model.eval()
     seen_box = None if roi.box is not None or not inside_out or points is None else points_box(
-        points, *_camera_arrays(original, train_idx), cfg.roi_margin)
-    open_region = (_box_in_model_frame(seen_box, to_model, cfg)
+        points, *camera_arrays(original, train_idx), cfg.roi_margin)
+    grid_pad = 4 * cfg.sampling.radius / cfg.mesh_resolution  # two cells of the meshing grid
+    open_region = (box_in_frame(seen_box, to_model, grid_pad)
                    if seen_box is not None and cfg.mesh_clip == "auto" else None)
     # export meshes that box too (its grid ends there, so the mesh is open at it like the stage's)
     save_model(ctx.out_dir / "model.pt", model, None if is_identity(to_model) else to_model, bounds=open_region)
@@ -303,7 +307,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
         clip = region = open_cut = None
         if cfg.mesh_clip == "auto" and roi.box is not None:
             clip = functools.partial(box_distance, box=roi.box, to_original=to_original)
-            region = _box_in_model_frame(roi.box, to_original.inverse(), cfg)
+            region = box_in_frame(roi.box, to_original.inverse(), grid_pad)
             metrics["mesh_clip_box"] = roi.box.tolist()
             ctx.log.info(f"sdf: the mesh is cut at the {roi.source} box {roi.box.reshape(-1).round(4).tolist()} "
                          "(original units; mesh_clip=off keeps what lies outside)")
@@ -343,43 +347,6 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                  f"{metrics.get('psnr', float('nan')):.2f} dB on {eval_on} views"
                  + (f", Chamfer-L1 {chamfer:.4f} x radius" if chamfer is not None else ""))
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k == "mesh"}
-
-
-def _box_in_model_frame(box: np.ndarray, to_model, cfg: SDFStageConfig) -> np.ndarray:
-    """The model frame's axis-aligned box (2, 3) around the 8 corners of ``box`` (2, 3, in the
-    frame ``to_model`` maps from), grown by two cells of the meshing grid."""
-    corners = np.stack(np.meshgrid(*zip(box[0], box[1]), indexing="ij"), -1).reshape(-1, 3)
-    moved = to_model.apply_points(corners)
-    pad = 2 * 2 * cfg.sampling.radius / cfg.mesh_resolution
-    return np.stack([moved.min(0) - pad, moved.max(0) + pad])
-
-
-def _camera_arrays(scene, idx: list[int]) -> tuple[np.ndarray, list]:
-    """c2w (N, 4, 4) and intrinsics of the frames ``idx``."""
-    return np.stack([scene.frames[i].c2w for i in idx]), [scene.frames[i].intrinsics for i in idx]
-
-
-def _anchors(workspace, points, scene, train_idx: list[int], to_model, cfg: SDFStageConfig) -> SurfaceAnchors | None:
-    """The sparse points (normalised frame) that pin the surface, in the model's frame: those inside
-    the view of >= 2 training cameras (``scene`` in the normalised frame) and inside the modelled
-    ball, with the training rays that observed them (``W/poses/points_views.npy``, when the
-    poses stage wrote it); None without such points or with both weights 0."""
-    if points is None or not len(points) or (cfg.points_weight <= 0 and cfg.depth_weight <= 0):
-        return None
-    c2w, intrinsics = _camera_arrays(scene, train_idx)
-    moved = to_model.apply_points(points)
-    keep = (in_view_counts(points, c2w, intrinsics) >= 2) & (np.linalg.norm(moved, axis=1) < 0.98 * cfg.sampling.radius)
-    if not keep.any():
-        return None
-    views_path = workspace.stage_dir("poses") / "points_views.npy"
-    views = np.load(views_path) if views_path.exists() else None
-    if views is not None:  # re-indexed to the kept points
-        index = -np.ones(len(points), dtype=np.int64)
-        index[keep] = np.arange(int(keep.sum()))
-        views = views[(views[:, 0] < len(points)) & (index[np.minimum(views[:, 0], len(points) - 1)] >= 0)]
-        views = np.stack([index[views[:, 0]], views[:, 1]], 1)
-    centres = {i: scene.frames[i].c2w[:3, 3] for i in train_idx}
-    return surface_anchors(points[keep], views, centres, to_model)
 
 
 def _visibility_cameras(scene, train_idx: list[int], cfg: SDFStageConfig, device):

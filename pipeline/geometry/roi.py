@@ -189,6 +189,19 @@ def roi_from_points(points: np.ndarray, c2w: np.ndarray, intrinsics_list, margin
                             f"{POINT_PERCENTILE:g}-{100 - POINT_PERCENTILE:g} percentile box, margin {margin:g}")
 
 
+def camera_arrays(scene, idx: Sequence[int]) -> tuple[np.ndarray, list]:
+    """c2w (N, 4, 4) and intrinsics of the frames ``idx`` of a posed scene."""
+    return np.stack([scene.frames[i].c2w for i in idx]), [scene.frames[i].intrinsics for i in idx]
+
+
+def box_in_frame(box: np.ndarray, sim: Similarity, pad: float = 0.0) -> np.ndarray:
+    """The axis-aligned box (2, 3) of the frame ``sim`` maps into around the 8 corners of ``box``
+    (2, 3), grown by ``pad``."""
+    corners = np.stack(np.meshgrid(*zip(box[0], box[1]), indexing="ij"), -1).reshape(-1, 3)
+    moved = sim.apply_points(corners)
+    return np.stack([moved.min(0) - pad, moved.max(0) + pad])
+
+
 def points_box(points: np.ndarray, c2w: np.ndarray, intrinsics_list, margin: float, min_views: int = 2,
                percentile: float = 1.0) -> Optional[np.ndarray]:
     """The box (2, 3, the points' frame) of what the cameras saw of a scene seen from inside: the

@@ -117,4 +117,28 @@ def surface_anchors(points: np.ndarray, views: Optional[np.ndarray], centres: di
     return anchors
 
 
-__all__ = ["full_masks", "PixelRays", "SurfaceAnchors", "surface_anchors"]
+def anchors_for_training(points: np.ndarray, views: Optional[np.ndarray], scene, train_idx: list[int], to_model,
+                         radius: float) -> Optional[SurfaceAnchors]:
+    """The anchors of the sdf stage: of the sparse points (M, 3, normalised frame) those inside the
+    view of >= 2 training cameras (``scene`` in the normalised frame) and within ``radius`` of the
+    model's origin, with the training rays that observed them (``views`` (K, 2): point index,
+    frame index, as the poses stage writes them; or None); None when no point is left."""
+    from pipeline.geometry.roi import camera_arrays, in_view_counts
+
+    if points is None or not len(points):
+        return None
+    keep = ((in_view_counts(points, *camera_arrays(scene, train_idx)) >= 2)
+            & (np.linalg.norm(to_model.apply_points(points), axis=1) < radius))
+    if not keep.any():
+        return None
+    if views is not None:  # re-indexed to the kept points
+        index = -np.ones(len(points), dtype=np.int64)
+        index[keep] = np.arange(int(keep.sum()))
+        views = views[(views[:, 0] >= 0) & (views[:, 0] < len(points))]
+        views = views[index[views[:, 0]] >= 0]
+        views = np.stack([index[views[:, 0]], views[:, 1]], 1)
+    centres = {i: scene.frames[i].c2w[:3, 3] for i in train_idx}
+    return surface_anchors(points[keep], views, centres, to_model)
+
+
+__all__ = ["full_masks", "PixelRays", "SurfaceAnchors", "surface_anchors", "anchors_for_training"]
