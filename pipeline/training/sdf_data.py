@@ -4,7 +4,7 @@ explain what lies outside the object's sphere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -118,17 +118,21 @@ def surface_anchors(points: np.ndarray, views: Optional[np.ndarray], centres: di
 
 
 def anchors_for_training(points: np.ndarray, views: Optional[np.ndarray], scene, train_idx: list[int], to_model,
-                         radius: float) -> Optional[SurfaceAnchors]:
+                         radius: float, box: Optional[Sequence[float]] = None) -> Optional[SurfaceAnchors]:
     """The anchors of the sdf stage: of the sparse points (M, 3, normalised frame) those inside the
-    view of >= 2 training cameras (``scene`` in the normalised frame) and within ``radius`` of the
-    model's origin, with the training rays that observed them (``views`` (K, 2): point index,
-    frame index, as the poses stage writes them; or None); None when no point is left."""
+    view of >= 2 training cameras (``scene`` in the normalised frame), within ``radius`` of the
+    model's origin and inside the foreground's ``box`` (6 numbers, model frame) when there is one,
+    with the training rays that observed them (``views`` (K, 2): point index, frame index, as the
+    poses stage writes them; or None); None when no point is left."""
     from pipeline.geometry.roi import camera_arrays, in_view_counts
 
     if points is None or not len(points):
         return None
-    keep = ((in_view_counts(points, *camera_arrays(scene, train_idx)) >= 2)
-            & (np.linalg.norm(to_model.apply_points(points), axis=1) < radius))
+    moved = to_model.apply_points(points)
+    keep = (in_view_counts(points, *camera_arrays(scene, train_idx)) >= 2) & (np.linalg.norm(moved, axis=1) < radius)
+    if box is not None and len(box):  # a ray cannot end on a surface outside the surface field
+        lo, hi = np.asarray(box, dtype=np.float64).reshape(2, 3)
+        keep &= ((moved >= lo) & (moved <= hi)).all(1)
     if not keep.any():
         return None
     if views is not None:  # re-indexed to the kept points

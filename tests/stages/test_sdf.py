@@ -180,7 +180,8 @@ def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
                                                ("inside_out=maybe", "inside_out must be one of auto, on, off"),
                                                ("sampling.spacing=even", "sampling.spacing must be auto, linear or log"),
                                                ("points_weight=-1", "points_weight must be >= 0"),
-                                               ("opacity_weight=-0.1", "opacity_weight must be >= 0")])
+                                               ("opacity_weight=-0.1", "opacity_weight must be >= 0"),
+                                               ("foreground_box=on", "foreground_box must be auto or off")])
 def test_bad_settings_stop_before_any_work(photo_workspace, override, message):
     import stages.sdf as sdf
     from pipeline.runner.config import ConfigError
@@ -316,9 +317,11 @@ def test_sparse_points_pin_the_surface_and_bound_the_mesh_of_a_scene_seen_from_i
 
     # (mesh_visibility=off: from inside the starting sphere, which still holds these cameras, no
     # camera sees the sphere scene first)
-    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=200", "inside_out=on", "mesh_visibility=off"))
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=200", "inside_out=on", "mesh_visibility=off",
+                                             "foreground_box=auto"))
     metrics = json.loads((ws.stage_dir("sdf") / "metrics.json").read_text())
     assert metrics["inside_out"] and metrics["spacing"] == "log"
+    assert len(metrics["foreground_box"]) == 6  # the surface field is kept to that box too
     box = np.asarray(metrics["mesh_clip_box_normalised"])
     assert (box[1] - box[0]).max() < 1.5 * sim.scale  # about the sphere's size (1 in the original units)
     verts = sim.apply_points(read_ply(ws.stage_dir("sdf") / "mesh.ply")[0])

@@ -46,6 +46,10 @@ class SamplingConfig:
     # step away and the far end of a street share one ray, as mip-NeRF 360's near-dense spacing)
     spacing: str = "linear"
     log_near: float = 0.002  # with spacing=log: the first sample's distance, a share of the radius
+    # the foreground's own box inside the sphere ([xmin, ymin, zmin, xmax, ymax, zmax], this frame;
+    # empty = the whole sphere): rays leave the surface field where they leave it and see the
+    # background (a street seen from inside: the sky over the roofs is not the foreground's)
+    box: list[float] = dataclasses.field(default_factory=list)
     importance: int = 16  # NeuS hierarchical samples per ray near the first zero crossing
     upsample_steps: int = 2  # rounds of hierarchical sampling (importance // steps samples each)
     upsample_inv_s: float = 64.0  # s of the first round, doubled each round (NeuS)
@@ -75,6 +79,15 @@ class SDFModelConfig:
     # grid) or "constant" (first derivatives only, which the C++ kernels compute; the eikonal loss
     # then takes its own differentiable points, see the sdf stage's eikonal_ray_points)
     sample_gradients: str = "differentiable"
+
+
+def box_segments(rays_o: torch.Tensor, rays_d: torch.Tensor, box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where rays (N, 3) are inside an axis-aligned box (2, 3): near, far (N,) (the slab method;
+    near >= 0; far < near when a ray misses)."""
+    safe = torch.where(rays_d.abs() < 1e-12, torch.full_like(rays_d, 1e-12), rays_d)
+    t0, t1 = (box[0] - rays_o) / safe, (box[1] - rays_o) / safe
+    near = torch.minimum(t0, t1).max(-1).values.clamp_min(0.0)
+    return near, torch.maximum(t0, t1).min(-1).values
 
 
 def log_spaced_samples(near: torch.Tensor, far: torch.Tensor, closest: float, num: int, perturb: bool,
@@ -195,8 +208,14 @@ class VolumeSDFModel(nn.Module):
         n = rays_o.shape[0]
         near, sphere_far, hit = sphere_segments(rays_o, rays_d, self.sampling.radius)
         far = sphere_far
+        if self.sampling.box:  # the stretch inside the foreground's box
+            box = torch.as_tensor(self.sampling.box, dtype=rays_o.dtype, device=rays_o.device).reshape(2, 3)
+            box_near, box_far = box_segments(rays_o, rays_d, box)
+            near, far = torch.maximum(near, box_near), torch.minimum(far, box_far)
+            hit = hit & (far > near)
+            far = torch.maximum(far, near)
         if self.grid is not None:  # only the stretch of each ray where the surface may be
-            near, far, crosses = self.grid.ray_span(rays_o, rays_d, near, sphere_far)
+            near, far, crosses = self.grid.ray_span(rays_o, rays_d, near, far)
             hit = hit & crosses
         idx = hit.nonzero().squeeze(1)
         fg_rgb, acc = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)

@@ -153,3 +153,24 @@ def test_log_and_linear_spacing_find_the_same_surfaces_from_inside(one_thread):
     assert (log["t"][walls] - linear["t"][walls]).abs().max() < 0.1
     with pytest.raises(ValueError, match="spacing must be one of"):
         VolumeSDFModel(SDFModelConfig(sampling=SamplingConfig(spacing="auto")))
+
+
+def test_a_foreground_box_leaves_what_lies_beyond_it_to_the_background(one_thread):
+    """A street seen from inside: over the box's top the surface field has no say, so a ray
+    through there shows the background field even where the field has a surface."""
+    from pipeline.models.sdf.model import box_segments
+
+    near, far = box_segments(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]]),
+                             torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]),
+                             torch.tensor([[-1.0, -1.0, -0.5], [1.0, 1.0, 0.5]]))
+    torch.testing.assert_close(near[:1], torch.tensor([0.0]))  # from inside: from the camera to the top
+    torch.testing.assert_close(far[:1], torch.tensor([0.5]))
+    assert float(far[1]) < float(near[1])  # misses the box
+    model = small_model()  # the sphere of radius 0.5 is opaque
+    paint_background(model)
+    rays_o, rays_d = torch.tensor([[0.0, 0.0, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+    assert float(model.render_rays(rays_o, rays_d)["acc"][0]) > 0.9
+    model.sampling.box = [-1.0, -1.0, 0.6, 1.0, 1.0, 1.0]  # a box that holds none of the sphere
+    out = model.render_rays(rays_o, rays_d)
+    assert float(out["acc"][0]) < 1e-3
+    torch.testing.assert_close(out["rgb"][0], BG_COLOUR, atol=0.02, rtol=0)
