@@ -8,8 +8,7 @@ units to the normalised frame), ``report.json``. When poses are estimated
 ``normalization.json`` maps it to the normalised frame), ``points.ply`` (the sparse points with
 colour, in the NORMALISED frame of ``transforms.json``), ``points_views.npy`` ((K, 2) int64:
 point index in ``points.ply``, frame index in ``transforms.json``, one row per observation) and
-``colmap/database.db`` (features and
-matches, reused by a re-run with the same images).
+``colmap/database.db`` (features and matches, reused by a re-run with the same images).
 """
 from __future__ import annotations
 

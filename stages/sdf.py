@@ -62,7 +62,7 @@ from pipeline.evaluation.ground_truth import load_ground_truth
 from pipeline.evaluation.sdf_views import evaluate_sdf_views
 from pipeline.export.meshing import bounding_sphere_mesh, faces_inside, visible_mesh_parts
 from pipeline.geometry.mesh import is_watertight, read_ply, write_ply
-from pipeline.geometry.roi import (ROI_MODES, box_distance, box_in_frame, camera_arrays, cameras_inside, choose_roi,
+from pipeline.geometry.roi import (ROI_MODES, box_distance, camera_arrays, cameras_inside, choose_roi,
                                    holding_cameras, is_identity, move_scene, parse_box, points_box)
 from pipeline.models.idr.model import RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
@@ -264,7 +264,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     # seen from inside: the box of the sparse points the cameras saw (the foreground's and the mesh's)
     seen_box = None if roi.box is not None or not inside_out or points is None else points_box(
         points, *camera_arrays(original, train_idx), cfg.roi_margin)
-    fg_box = (box_in_frame(seen_box, to_model).reshape(-1).tolist()
+    fg_box = (to_model.apply_box(seen_box).reshape(-1).tolist()
               if seen_box is not None and cfg.foreground_box == "auto" else list(cfg.sampling.box))
     model_cfg = SDFModelConfig(cfg.field, dataclasses.replace(cfg.sampling, spacing=spacing, box=fg_box), sdf_cfg,
                                cfg.renderer, cfg.background_field, cfg.sample_gradients)
@@ -288,7 +288,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
         return {}
     model.eval()
     grid_pad = 4 * cfg.sampling.radius / cfg.mesh_resolution  # two cells of the meshing grid
-    open_region = (box_in_frame(seen_box, to_model, grid_pad)
+    open_region = (to_model.apply_box(seen_box, grid_pad)
                    if seen_box is not None and cfg.mesh_clip == "auto" else None)
     # export meshes that box too (its grid ends there, so the mesh is open at it like the stage's)
     save_model(ctx.out_dir / "model.pt", model, None if is_identity(to_model) else to_model, bounds=open_region)
@@ -319,7 +319,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
         clip = region = open_cut = None
         if cfg.mesh_clip == "auto" and roi.box is not None:
             clip = functools.partial(box_distance, box=roi.box, to_original=to_original)
-            region = box_in_frame(roi.box, to_original.inverse(), grid_pad)
+            region = to_original.inverse().apply_box(roi.box, grid_pad)
             metrics["mesh_clip_box"] = roi.box.tolist()
             ctx.log.info(f"sdf: the mesh is cut at the {roi.source} box {roi.box.reshape(-1).round(4).tolist()} "
                          "(original units; mesh_clip=off keeps what lies outside)")

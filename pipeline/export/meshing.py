@@ -30,10 +30,7 @@ def mesh_bounds(scene, model, sim, cfg_bounds) -> np.ndarray:
     """(2, 3) meshing box in the normalised frame: ``cfg_bounds`` (ORIGINAL units, 6 numbers) when
     given, else the scene bounds, else the box the model was trained in, else [-1, 1]^3."""
     if cfg_bounds:
-        b = np.asarray(cfg_bounds, dtype=np.float64).reshape(2, 3)
-        corners = np.stack(np.meshgrid(*zip(b[0], b[1]), indexing="ij"), -1).reshape(-1, 3)
-        c = sim.apply_points(corners)
-        return np.stack([c.min(0), c.max(0)])
+        return sim.apply_box(np.asarray(cfg_bounds, dtype=np.float64).reshape(2, 3))
     if scene is not None and scene.bounds is not None:
         return np.asarray(scene.bounds, dtype=np.float64)
     for attr in ("bounds", "aabb"):  # the box the model was trained in (the NeRF's aabb)

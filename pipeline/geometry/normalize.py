@@ -10,6 +10,12 @@ from typing import Optional
 import numpy as np
 
 
+def box_corners(box: np.ndarray) -> np.ndarray:
+    """The 8 corners (8, 3) of an axis-aligned box (2, 3): [min, max]."""
+    lo, hi = np.asarray(box, dtype=np.float64).reshape(2, 3)
+    return np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
+
+
 @dataclass
 class Similarity:
     """x_normalised = scale * rotation @ x_original + translation."""
@@ -42,6 +48,12 @@ class Similarity:
     def apply_points(self, points: np.ndarray) -> np.ndarray:
         """points: (N, 3) -> (N, 3)."""
         return self.scale * np.asarray(points) @ self.rotation.T + self.translation
+
+    def apply_box(self, box: np.ndarray, pad: float = 0.0) -> np.ndarray:
+        """An axis-aligned box (2, 3) -> the axis-aligned box (2, 3) around its 8 moved corners
+        (larger than the box itself when the rotation is not axis-aligned), grown by ``pad``."""
+        moved = self.apply_points(box_corners(box))
+        return np.stack([moved.min(0) - pad, moved.max(0) + pad])
 
     def apply_c2w(self, c2w: np.ndarray) -> np.ndarray:
         """Camera-to-world (..., 4, 4) -> the same cameras in the new frame (rotation stays orthonormal)."""
@@ -162,7 +174,7 @@ def normalize_scene(scene, mode: str = "sphere", target_radius: float = 1.0):
     points = None
     if scene.bounds is not None:  # a known region of interest beats a guess from the cameras
         lo, hi = scene.bounds
-        points = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
+        points = box_corners(scene.bounds)
         center = (lo + hi) / 2
     sim = normalizing_similarity(c2w, points=None, mode=mode, target_radius=target_radius, center=center)
     if points is None and all(f.intrinsics is not None and f.intrinsics.model == "equirect" for f in scene.frames):

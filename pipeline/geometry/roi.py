@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.geometry.normalize import Similarity, focus_point
+from pipeline.geometry.normalize import Similarity, box_corners, focus_point
 from pipeline.runner.config import ConfigError
 
 ROI_MODES = ("auto", "sphere", "box")
@@ -140,8 +140,7 @@ def parse_box(values: Sequence[float], key: str = "roi_box") -> np.ndarray:
 
 def roi_from_box(box: np.ndarray, normalization: Similarity) -> RegionOfInterest:
     """box (2, 3) in ORIGINAL units -> the ball around its 8 corners in the normalised frame."""
-    corners = np.stack(np.meshgrid(*zip(box[0], box[1]), indexing="ij"), -1).reshape(-1, 3)
-    c = normalization.apply_points(corners)
+    c = normalization.apply_points(box_corners(box))
     center = c.mean(0)  # a similarity keeps the box's centre the centre of the moved corners
     radius = float(np.linalg.norm(c - center, axis=1).max())
     return RegionOfInterest(center, radius, "box", f"roi_box {box.reshape(-1).tolist()} (original units)",
@@ -192,14 +191,6 @@ def roi_from_points(points: np.ndarray, c2w: np.ndarray, intrinsics_list, margin
 def camera_arrays(scene, idx: Sequence[int]) -> tuple[np.ndarray, list]:
     """c2w (N, 4, 4) and intrinsics of the frames ``idx`` of a posed scene."""
     return np.stack([scene.frames[i].c2w for i in idx]), [scene.frames[i].intrinsics for i in idx]
-
-
-def box_in_frame(box: np.ndarray, sim: Similarity, pad: float = 0.0) -> np.ndarray:
-    """The axis-aligned box (2, 3) of the frame ``sim`` maps into around the 8 corners of ``box``
-    (2, 3), grown by ``pad``."""
-    corners = np.stack(np.meshgrid(*zip(box[0], box[1]), indexing="ij"), -1).reshape(-1, 3)
-    moved = sim.apply_points(corners)
-    return np.stack([moved.min(0) - pad, moved.max(0) + pad])
 
 
 def points_box(points: np.ndarray, c2w: np.ndarray, intrinsics_list, margin: float, min_views: int = 2,

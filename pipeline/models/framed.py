@@ -28,10 +28,7 @@ class FramedModel(nn.Module):
                              persistent=False)
         inner_bounds = getattr(inner, "bounds", None)
         if inner_bounds is not None:  # the meshing box: the inner box's corners, moved out
-            b = np.asarray(inner_bounds, dtype=np.float64).reshape(2, 3)
-            corners = np.stack(np.meshgrid(*zip(b[0], b[1]), indexing="ij"), -1).reshape(-1, 3)
-            c = to_inner.inverse().apply_points(corners)
-            self.bounds = np.stack([c.min(0), c.max(0)])
+            self.bounds = to_inner.inverse().apply_box(inner_bounds)
         self.config = getattr(inner, "config", None)
 
     @property

@@ -105,10 +105,11 @@ def surface_anchors(points: np.ndarray, views: Optional[np.ndarray], centres: di
     moved = to_model.apply_points(np.asarray(points, dtype=np.float64))
     anchors = SurfaceAnchors(torch.as_tensor(moved, dtype=torch.float32))
     if views is not None and len(views):
-        pairs = [(j, f) for j, f in np.asarray(views).tolist() if f in centres and 0 <= j < len(points)]
-        if pairs:
-            origins = to_model.apply_points(np.stack([centres[f] for _, f in pairs]))
-            offsets = moved[[j for j, _ in pairs]] - origins
+        views = np.asarray(views, dtype=np.int64).reshape(-1, 2)
+        views = views[np.isin(views[:, 1], list(centres)) & (views[:, 0] >= 0) & (views[:, 0] < len(points))]
+        if len(views):
+            origins = to_model.apply_points(np.stack([centres[f] for f in views[:, 1].tolist()]))
+            offsets = moved[views[:, 0]] - origins
             depths = np.linalg.norm(offsets, axis=1)
             ok = depths > 1e-9
             anchors.ray_origins = torch.as_tensor(origins[ok], dtype=torch.float32)
@@ -135,12 +136,10 @@ def anchors_for_training(points: np.ndarray, views: Optional[np.ndarray], scene,
         keep &= ((moved >= lo) & (moved <= hi)).all(1)
     if not keep.any():
         return None
-    if views is not None:  # re-indexed to the kept points
-        index = -np.ones(len(points), dtype=np.int64)
-        index[keep] = np.arange(int(keep.sum()))
-        views = views[(views[:, 0] >= 0) & (views[:, 0] < len(points))]
-        views = views[index[views[:, 0]] >= 0]
-        views = np.stack([index[views[:, 0]], views[:, 1]], 1)
+    if views is not None:  # re-indexed to the kept points (rows of unknown points: -1, dropped there)
+        index = np.append(np.where(keep, np.cumsum(keep) - 1, -1), -1)
+        j = np.asarray(views[:, 0], dtype=np.int64)
+        views = np.stack([index[np.where((j >= 0) & (j < len(points)), j, -1)], views[:, 1]], 1)
     centres = {i: scene.frames[i].c2w[:3, 3] for i in train_idx}
     return surface_anchors(points[keep], views, centres, to_model)
 

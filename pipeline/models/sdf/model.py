@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.models.components.volume_rendering import stratified_samples
+from pipeline.models.components.volume_rendering import ray_aabb, stratified_samples
 from pipeline.models.idr.model import NeuralRenderer, RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetwork, SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig, BackgroundField, composite_behind
@@ -79,15 +79,6 @@ class SDFModelConfig:
     # grid) or "constant" (first derivatives only, which the C++ kernels compute; the eikonal loss
     # then takes its own differentiable points, see the sdf stage's eikonal_ray_points)
     sample_gradients: str = "differentiable"
-
-
-def box_segments(rays_o: torch.Tensor, rays_d: torch.Tensor, box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where rays (N, 3) are inside an axis-aligned box (2, 3): near, far (N,) (the slab method;
-    near >= 0; far < near when a ray misses)."""
-    safe = torch.where(rays_d.abs() < 1e-12, torch.full_like(rays_d, 1e-12), rays_d)
-    t0, t1 = (box[0] - rays_o) / safe, (box[1] - rays_o) / safe
-    near = torch.minimum(t0, t1).max(-1).values.clamp_min(0.0)
-    return near, torch.maximum(t0, t1).min(-1).values
 
 
 def log_spaced_samples(near: torch.Tensor, far: torch.Tensor, closest: float, num: int, perturb: bool,
@@ -210,7 +201,7 @@ class VolumeSDFModel(nn.Module):
         far = sphere_far
         if self.sampling.box:  # the stretch inside the foreground's box
             box = torch.as_tensor(self.sampling.box, dtype=rays_o.dtype, device=rays_o.device).reshape(2, 3)
-            box_near, box_far = box_segments(rays_o, rays_d, box)
+            box_near, box_far = ray_aabb(rays_o, rays_d, box)
             near, far = torch.maximum(near, box_near), torch.minimum(far, box_far)
             hit = hit & (far > near)
             far = torch.maximum(far, near)

@@ -158,9 +158,9 @@ def test_log_and_linear_spacing_find_the_same_surfaces_from_inside(one_thread):
 def test_a_foreground_box_leaves_what_lies_beyond_it_to_the_background(one_thread):
     """A street seen from inside: over the box's top the surface field has no say, so a ray
     through there shows the background field even where the field has a surface."""
-    from pipeline.models.sdf.model import box_segments
+    from pipeline.models.components.volume_rendering import ray_aabb
 
-    near, far = box_segments(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]]),
+    near, far = ray_aabb(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]]),
                              torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]),
                              torch.tensor([[-1.0, -1.0, -0.5], [1.0, 1.0, 0.5]]))
     torch.testing.assert_close(near[:1], torch.tensor([0.0]))  # from inside: from the camera to the top
