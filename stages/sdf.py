@@ -22,7 +22,9 @@ network (hash grid by default, or Fourier features), rendered with NeuS's unbias
 learned sharpness ``s``, with uniform plus hierarchical samples that gather at the surface as ``s``
 grows; outside it a small NeRF in inverted-sphere coordinates (NeRF++) explains the background,
 so the surface is not dragged out to explain it. Losses: colour L1, eikonal, optionally a mask
-BCE (``use_masks=true``: the same mask sources as the idr stage) and a curvature term.
+BCE (``use_masks=true``: the same mask sources as the idr stage) and a curvature term. Without
+object masks the sky (``sky=auto``: blue skies found in the photos, :mod:`pipeline.geometry.sky`;
+``sky=folder``: your masks) gets no foreground opacity, so it is not painted on a surface.
 
 Speed: once a fifth of training has passed, a grid of the cells the surface may cross
 (:mod:`pipeline.models.sdf.surface_grid`, recomputed every 16 steps) limits each ray's samples to
@@ -78,7 +80,7 @@ from pipeline.training.common import (DEFAULT_CHECKPOINT_EVERY_S, check_budget, 
 from pipeline.training.idr_data import MaskOptions, background_color, load_masks, load_views, train_test_split
 from pipeline.training import distributed
 from pipeline.training.sdf import NOT_RESUME_KEYS, SDFTrainSettings, train
-from pipeline.training.sdf_data import PixelRays, anchors_for_training, full_masks
+from pipeline.training.sdf_data import SKY_SOURCES, PixelRays, anchors_for_training, full_masks, sky_masks
 
 
 @dataclass
@@ -131,6 +133,13 @@ class SDFStageConfig:
     # a cost on the foreground's opacity per ray: what the background field explains as well (the sky
     # over a street, seen from inside) is left to it instead of painted on a surface (0 = off)
     opacity_weight: float = 0.0
+    # the sky gets no foreground opacity (the background field's alone): auto = blue skies found in
+    # the photos (pipeline.geometry.sky; none on the built-in scene, temple, lego, Herz-Jesu) |
+    # folder = sky_folder's masks, one per view named like it, white = sky | off. Not with use_masks
+    # (object masks already say it).
+    sky: str = "auto"
+    sky_folder: str = ""
+    sky_weight: float = 0.1
     lr: float = 1e-3  # MLPs and the sharpness s
     lr_grid: float = 1e-2  # hash-grid tables
     lr_final_factor: float = 0.1  # learning rates decay exponentially to this factor
@@ -211,7 +220,9 @@ def run(ctx: StageContext) -> dict:
         parse_box(cfg.roi_box)
     if cfg.sampling.spacing not in ("auto",) + SPACINGS:
         raise ConfigError(f"sampling.spacing must be auto, {' or '.join(SPACINGS)}, got {cfg.sampling.spacing!r}")
-    for key in ("points_weight", "depth_weight", "opacity_weight"):
+    if cfg.sky not in SKY_SOURCES:
+        raise ConfigError(f"sky must be one of {', '.join(SKY_SOURCES)}, got {cfg.sky!r}")
+    for key in ("points_weight", "depth_weight", "opacity_weight", "sky_weight"):
         if not getattr(cfg, key) >= 0:
             raise ConfigError(f"{key} must be >= 0 (0 = off), got {getattr(cfg, key)}")
     if cfg.mesh_visibility not in MESH_VISIBILITY:
@@ -251,7 +262,16 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     ctx.log.info(f"sdf: {roi.describe()}")
     to_original = to_model.compose(normalization).inverse()  # model frame -> original units
     mask_options = MaskOptions(cfg.mask_source, cfg.mask_folder, cfg.mask_threshold, cfg.mask_background)
-    masks = load_masks(scene, train_idx, mask_options) if cfg.use_masks else full_masks(scene, train_idx)
+    tracks_path = ctx.workspace.stage_dir("poses") / "points_views.npy"  # the points' tracks, when written
+    tracks = np.load(tracks_path) if tracks_path.exists() else None
+    sky = None if cfg.use_masks or cfg.sky_weight <= 0 else sky_masks(original, train_idx, cfg.sky, cfg.sky_folder,
+                                                                      points, tracks)
+    masks = (load_masks(scene, train_idx, mask_options) if cfg.use_masks else  # else: false on the sky, when found
+             full_masks(scene, train_idx) if sky is None else [~m for m in sky])
+    sky_share = 0.0 if sky is None else float(np.mean([m.mean() for m in sky]))
+    if sky is not None:
+        ctx.log.info(f"sdf: sky ({cfg.sky}) in {sum(bool(m.any()) for m in sky)} of {len(sky)} training views, "
+                     f"{100 * sky_share:.1f}% of their pixels: no foreground there (weight {cfg.sky_weight:g})")
     views = load_views(scene, train_idx, masks, cfg.downscale, cache_dir=ctx.resume_dir)  # memory-mapped when large
     background = background_color(cfg.background, views)
     rays = PixelRays(views)
@@ -274,11 +294,10 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                  f"background field {cfg.background_field.model}, device {device}")
     resume = resume_config(cfg, NOT_RESUME_KEYS, device=str(device), views=views_fingerprint(scene, train_idx))
     settings = settings_from(SDFTrainSettings, cfg, resume_config=resume,
-                             mask_weight=cfg.mask_weight if cfg.use_masks else 0.0)
-    views_path = ctx.workspace.stage_dir("poses") / "points_views.npy"  # the points' tracks, when written
+                             mask_weight=cfg.mask_weight if cfg.use_masks else 0.0,
+                             sky_weight=0.0 if sky is None else cfg.sky_weight)
     anchors = None if points is None or (cfg.points_weight <= 0 and cfg.depth_weight <= 0) else anchors_for_training(
-        points, np.load(views_path) if views_path.exists() else None, original, train_idx, to_model,
-        0.98 * cfg.sampling.radius, box=fg_box)
+        points, tracks, original, train_idx, to_model, 0.98 * cfg.sampling.radius, box=fg_box)
     if anchors is not None:
         ctx.log.info(f"sdf: {len(anchors.points)} sparse points anchor the surface (f = 0 there, weight "
                      f"{cfg.points_weight:g}), {anchors.num_rays} training rays end at them (weight {cfg.depth_weight:g})")
@@ -298,6 +317,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
                      "inv_s": round(float(model.inv_s().detach()), 1), "field": cfg.field, "encoding": cfg.sdf.encoding,
                      "inside_out": inside_out, "spacing": spacing, "foreground_box": fg_box,
                      "anchor_points": 0 if anchors is None else len(anchors.points),
+                     "sky_share": round(sky_share, 4),
                      "anchor_rays": 0 if anchors is None else anchors.num_rays,
                      "masks_used": cfg.use_masks, "torch_threads": torch.get_num_threads(),
                      "roi": {"source": roi.source, "center": roi.center.tolist(), "radius": roi.radius,

@@ -162,12 +162,18 @@ def in_view_counts(points: np.ndarray, c2w: np.ndarray, intrinsics_list) -> np.n
     """(M,) how many of the cameras (N, 4, 4) see each point (M, 3) inside their image, in front."""
     counts = np.zeros(len(points), dtype=np.int64)
     for pose, k in zip(c2w, intrinsics_list):
-        pc = (points - pose[:3, 3]) @ pose[:3, :3]  # world -> camera (OpenCV): R^T (x - o)
-        z = pc[:, 2]
-        zs = np.where(z > 1e-9, z, 1.0)
-        u, v = k.fx * pc[:, 0] / zs + k.cx, k.fy * pc[:, 1] / zs + k.cy
-        counts += (z > 1e-9) & (u >= 0) & (u <= k.width) & (v >= 0) & (v <= k.height)
+        uv, in_front = project_points(points, pose, k)
+        counts += in_front & (uv[:, 0] >= 0) & (uv[:, 0] <= k.width) & (uv[:, 1] >= 0) & (uv[:, 1] <= k.height)
     return counts
+
+
+def project_points(points: np.ndarray, c2w: np.ndarray, k) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel positions uv (M, 2) of points (M, 3) in a pinhole camera (c2w (4, 4), intrinsics
+    ``k``), and whether each is in front of it (M,) bool (uv is meaningless where it is not)."""
+    pc = (np.asarray(points, dtype=np.float64) - c2w[:3, 3]) @ c2w[:3, :3]  # world -> camera (OpenCV): R^T (x - o)
+    z = pc[:, 2]
+    zs = np.where(z > 1e-9, z, 1.0)
+    return np.stack([k.fx * pc[:, 0] / zs + k.cx, k.fy * pc[:, 1] / zs + k.cy], 1), z > 1e-9
 
 
 def roi_from_points(points: np.ndarray, c2w: np.ndarray, intrinsics_list, margin: float) -> Optional[RegionOfInterest]:
@@ -304,5 +310,5 @@ def move_scene(scene, sim: Similarity):
 
 
 __all__ = ["ROI_MODES", "RegionOfInterest", "ball_around_box", "box_distance", "cameras_inside", "choose_roi",
-           "dataset_box_original", "holding_cameras", "in_view_counts", "is_identity", "move_scene", "parse_box",
-           "roi_from_box", "roi_from_cameras", "roi_from_points"]
+           "dataset_box_original", "holding_cameras", "in_view_counts", "is_identity", "project_points",
+           "move_scene", "parse_box", "roi_from_box", "roi_from_cameras", "roi_from_points"]

@@ -61,11 +61,13 @@ def threshold_mask(image: np.ndarray, background: str, threshold: float, max_hol
     return mask
 
 
-def _folder_mask(folder: Path, name: str, index: int) -> np.ndarray:
+def folder_mask(folder: Path, name: str, help_text: str = MASK_HELP) -> np.ndarray:
+    """The mask (H, W) bool of view ``name`` in a folder of one image per view named like the
+    view (white = true)."""
     candidates = sorted(p for p in folder.iterdir() if p.stem == name or p.stem.startswith(f"{name}."))
     if not candidates:
         raise SceneError(f"{folder}: no mask image for view {name!r} (expected a file named {name}.png or "
-                         f"similar); {MASK_HELP}")
+                         f"similar); {help_text}")
     return mask_from_image(load_image_file(candidates[0]))
 
 
@@ -87,7 +89,7 @@ def load_masks(scene: Scene, indices: list[int], options: MaskOptions) -> list[n
             folder = Path(options.folder)
             if not folder.is_dir():
                 raise SceneError(f"mask_folder {folder} is not a folder; {MASK_HELP}")
-            m = _folder_mask(folder, scene.frames[i].name, i)
+            m = folder_mask(folder, scene.frames[i].name)
         else:
             if options.background not in ("black", "white"):
                 raise SceneError(f"mask_background must be black or white, got {options.background!r}")
@@ -299,5 +301,5 @@ class RayBank:
         return view, uv, rgb, self.mask_flat[rows]
 
 
-__all__ = ["MASK_SOURCES", "MASK_HELP", "MaskOptions", "threshold_mask", "load_masks", "downscale_view", "Views",
-           "ViewImages", "load_views", "view_pixels", "estimate_background", "RayBank"]
+__all__ = ["MASK_SOURCES", "MASK_HELP", "MaskOptions", "threshold_mask", "folder_mask", "load_masks", "downscale_view",
+           "Views", "ViewImages", "load_views", "view_pixels", "estimate_background", "RayBank"]

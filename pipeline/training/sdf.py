@@ -1,6 +1,6 @@
 """The training loop of the volume-rendered SDF (NeuS / occupancy): one step (render a batch of
 random pixels, colour L1, eikonal on every foreground sample and on uniform points in the sphere,
-optional mask and curvature terms), the optimiser with its schedule, the training curve
+optional mask, sky and curvature terms), the optimiser with its schedule, the training curve
 (``metrics.jsonl``, :mod:`pipeline.training.progress_log`), checkpoints in the stage's
 resume folder (every ``checkpoint_every`` steps / ``checkpoint_every_s`` trained seconds, on an
 interruption and at the end; resumed only when made with the same training config, see
@@ -48,6 +48,7 @@ class SDFTrainSettings:
     depth_weight: float  # relative depth error along the rays that saw the sparse points; 0 = off
     depth_rays: int  # of those rays per step
     opacity_weight: float  # cost of the foreground's opacity (what the background explains as well goes there)
+    sky_weight: float  # no foreground opacity on the sky (the pixels whose mask is false); 0 = no sky masks
     lr: float
     lr_grid: float
     lr_final_factor: float
@@ -101,7 +102,13 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
     loss = l_rgb + settings.eikonal_weight * l_eik + settings.depth_weight * l_depth
     if settings.opacity_weight > 0:
         loss = loss + settings.opacity_weight * l_opacity
-    l_mask = l_curv = l_points = loss.new_zeros(())
+    l_mask = l_curv = l_points = l_sky = loss.new_zeros(())
+    if settings.sky_weight > 0:
+        # the sky is the background field's: nothing in the foreground along its rays (a street's
+        # surface field would otherwise paint it on a ceiling over the roofs, URF / StreetSurf)
+        sky = ~mask_gt.bool()
+        l_sky = (-torch.log1p(-out["acc"].clamp(max=1.0 - 1e-3)) * sky).mean()
+        loss = loss + settings.sky_weight * l_sky
     if anchors is not None and len(anchors.points) and settings.points_weight > 0:
         # Geo-NeuS's explicit SDF supervision: pose estimation triangulated these points on the
         # surface, so f = 0 there; where photos alone are ambiguous (a street seen walking down
@@ -131,7 +138,7 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
     stats = {"ray_error": (out["rgb"].detach() - rgb_gt).abs().mean(-1),  # (N,) for the error map
              "loss": float(loss.detach()), "rgb": float(l_rgb.detach()), "eikonal": float(l_eik.detach()),
              "mask": float(l_mask.detach()), "curvature": float(l_curv.detach()), "points": float(l_points.detach()),
-             "depth": float(l_depth.detach()), "opacity": float(l_opacity.detach()),
+             "depth": float(l_depth.detach()), "opacity": float(l_opacity.detach()), "sky": float(l_sky.detach()),
              "psnr": float(psnr),
              "inv_s": float(model.inv_s().detach()), "samples": n_samples}
     return loss, stats
@@ -246,7 +253,7 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
                               postfix={"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.1f}",
                                        "s": f"{stats['inv_s']:.0f}"},
                               curve_keys=("loss", "psnr", "rgb", "eikonal", "mask", "curvature", "points", "depth",
-                                          "opacity", "inv_s"),
+                                          "opacity", "sky", "inv_s"),
                               log_line=", ".join(f"{k} {stats[k]:.4f}" for k in ("loss", "rgb", "eikonal", "psnr",
                                                                                   "inv_s") if k in stats))
     model.set_progress(1.0)

@@ -4,6 +4,7 @@ explain what lies outside the object's sphere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -144,4 +145,42 @@ def anchors_for_training(points: np.ndarray, views: Optional[np.ndarray], scene,
     return surface_anchors(points[keep], views, centres, to_model)
 
 
-__all__ = ["full_masks", "PixelRays", "SurfaceAnchors", "surface_anchors", "anchors_for_training"]
+SKY_SOURCES = ("auto", "folder", "off")
+SKY_HELP = ("sky=folder needs sky_folder=DIR with one image per view named like the view (white = sky), e.g. "
+            "from a segmentation network; sky=auto detects blue skies; sky=off uses none")
+
+
+def sky_masks(scene, train_idx: list[int], source: str, folder: str = "", points: Optional[np.ndarray] = None,
+              views: Optional[np.ndarray] = None) -> Optional[list[np.ndarray]]:
+    """The sky (H, W) bool of each training view (``scene`` in the points' frame), or None when
+    ``source`` is off or no view has any: ``auto`` detects blue skies
+    (:class:`pipeline.geometry.sky.SkyDetector`), ``folder`` reads one mask per view. Where pose
+    estimation saw a point (``points`` (M, 3), ``views`` (K, 2): point index, frame index) it is
+    not sky (:func:`pipeline.geometry.sky.veto_seen_points`)."""
+    from pipeline.geometry.roi import project_points
+    from pipeline.geometry.sky import SkyDetector, veto_seen_points
+    from pipeline.training.idr_data import folder_mask
+
+    if source not in SKY_SOURCES:
+        raise ValueError(f"sky must be one of {', '.join(SKY_SOURCES)}, got {source!r}")
+    if source == "off":
+        return None
+    if source == "folder" and not Path(folder).is_dir():
+        from datasets.scene import SceneError
+        raise SceneError(f"sky_folder {folder!r} is not a folder; {SKY_HELP}")
+    detect = SkyDetector()
+    masks = []
+    for i in train_idx:
+        frame = scene.frames[i]
+        sky = folder_mask(Path(folder), frame.name, SKY_HELP) if source == "folder" else detect(scene.load_image(i))
+        if points is not None and views is not None and len(views) and sky.any():
+            seen = views[(views[:, 1] == i) & (views[:, 0] >= 0) & (views[:, 0] < len(points)), 0]
+            k = frame.intrinsics.scaled(sky.shape[1] / frame.intrinsics.width)
+            uv, in_front = project_points(points[seen], frame.c2w, k)
+            sky = veto_seen_points(sky, uv[in_front], radius=max(2, round(0.01 * max(sky.shape))))
+        masks.append(sky)
+    return masks if any(m.any() for m in masks) else None
+
+
+__all__ = ["SKY_SOURCES", "sky_masks", "full_masks", "PixelRays", "SurfaceAnchors", "surface_anchors",
+           "anchors_for_training"]

@@ -72,7 +72,7 @@ def test_trains_on_photos_without_masks_and_finds_the_silhouette(photo_workspace
     out = ws.stage_dir("sdf")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 150 and metrics["masks_used"] is False and "mask_iou" not in metrics
-    assert metrics["field"] == field
+    assert metrics["field"] == field and metrics["sky_share"] == 0  # white photos: no sky found
     assert "masks not used" in recon_log.text
     ious, baselines = [], []
     for name, (mask, gt) in silhouettes(original, ("r_4", "r_9")).items():
@@ -113,6 +113,26 @@ def test_masks_are_optional_and_used_when_asked(photo_workspace, tmp_path):
     assert metrics["masks_used"] is True
     covered = [(np.load(ws.stage_dir("sdf") / "depth" / f"{name}.npy") > 0).mean() for name in ("r_4", "r_9")]
     # the sphere covers 35% of the view; without masks the same run renders it (previous test)
+    assert max(covered) < 0.1, covered
+
+
+def test_the_sky_is_left_to_the_background_field(photo_workspace, tmp_path, recon_log):
+    import stages.sdf as sdf
+
+    ws, _ = photo_workspace
+    with pytest.raises(SceneError, match="sky_folder=DIR"):
+        run_stage(sdf.STAGE, ws, tiny_sdf_config("sky=folder", f"sky_folder={tmp_path / 'none'}", "max_steps=2"))
+    # sky masks (a segmentation network's, say) that call every pixel sky: nothing is left in the foreground
+    everywhere = tmp_path / "sky"
+    everywhere.mkdir()
+    for frame in ws.load_scene().frames:
+        iio.imwrite(everywhere / f"{frame.name}.png", np.full((24, 24), 255, np.uint8))
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("sky=folder", f"sky_folder={everywhere}", "sky_weight=1.0",
+                                             "max_steps=150"), force=True)
+    metrics = json.loads((ws.stage_dir("sdf") / "metrics.json").read_text())
+    assert metrics["sky_share"] == 1.0 and "no foreground there" in recon_log.text
+    covered = [(np.load(ws.stage_dir("sdf") / "depth" / f"{name}.npy") > 0).mean() for name in ("r_4", "r_9")]
+    # the sphere covers 35% of the view; without sky masks the same run renders it (the first test)
     assert max(covered) < 0.1, covered
 
 
@@ -181,7 +201,9 @@ def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
                                                ("sampling.spacing=even", "sampling.spacing must be auto, linear or log"),
                                                ("points_weight=-1", "points_weight must be >= 0"),
                                                ("opacity_weight=-0.1", "opacity_weight must be >= 0"),
-                                               ("foreground_box=on", "foreground_box must be auto or off")])
+                                               ("foreground_box=on", "foreground_box must be auto or off"),
+                                               ("sky=segment", "sky must be one of auto, folder, off"),
+                                               ("sky_weight=-1", "sky_weight must be >= 0")])
 def test_bad_settings_stop_before_any_work(photo_workspace, override, message):
     import stages.sdf as sdf
     from pipeline.runner.config import ConfigError
