@@ -185,12 +185,11 @@ class SDFStageConfig:
     # for a scene seen from inside (inside_out)
     sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SamplingConfig(spacing="auto"))
     # geometry: a hash grid (its levels fade in over the first 30% of training) and one hidden
-    # layer; the C++ kernels (backend cpu) give first derivatives, the PyTorch reference the
-    # second derivatives of the eikonal loss
+    # layer; backend auto: the C++ kernels on a CPU, Triton on CUDA (values and table gradients),
+    # the PyTorch reference wherever a gradient to the points is needed
     sdf: SDFNetworkConfig = dataclasses.field(default_factory=lambda: SDFNetworkConfig(
-        encoding="hashgrid", hash_backend="cpu", hidden_dim=64, num_layers=2, skip_layers=[], feature_dim=15,
-        init_radius=0.5,
-        weight_norm=False, hash_levels=12, hash_log2_size=15, hash_max_resolution=512, coarse_to_fine=0.3))
+        encoding="hashgrid", hash_backend="auto", hidden_dim=64, num_layers=2, skip_layers=[], feature_dim=15,
+        init_radius=0.5, weight_norm=False, hash_levels=12, hash_log2_size=15, hash_max_resolution=512, coarse_to_fine=0.3))
     renderer: RendererConfig = dataclasses.field(default_factory=lambda: RendererConfig(
         hidden_dim=64, num_layers=3, weight_norm=False, position_encoding="hashgrid"))
     background_field: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)

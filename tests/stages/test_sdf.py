@@ -17,6 +17,7 @@ from datasets.scene import SceneError
 from pipeline.runner.config import load_config
 from pipeline.runner.stage import run_stage
 from pipeline.runner.workspace import Workspace
+from tests.conftest import requires_cuda
 
 ROOT = Path(__file__).resolve().parents[2]
 # a tiny hash-grid model: ~60 ms a step on one thread of a busy 2-core CPU
@@ -134,6 +135,31 @@ def test_the_sky_is_left_to_the_background_field(photo_workspace, tmp_path, reco
     covered = [(np.load(ws.stage_dir("sdf") / "depth" / f"{name}.npy") > 0).mean() for name in ("r_4", "r_9")]
     # the sphere covers 35% of the view; without sky masks the same run renders it (the first test)
     assert max(covered) < 0.1, covered
+
+
+@requires_cuda
+def test_trains_on_cuda_with_the_triton_hash_grid(photo_workspace):
+    import stages.sdf as sdf
+    from pipeline.models.sdf.io import load_trained
+
+    ws, _ = photo_workspace
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("device=cuda", "max_steps=30"))
+    metrics = json.loads((ws.stage_dir("sdf") / "metrics.json").read_text())
+    assert metrics["iterations"] == 30 and np.isfinite(metrics["psnr"])
+    pytest.importorskip("triton")
+    grid = load_trained(ws).sdf_network.encoding  # the default backend: auto
+    assert grid.resolve_backend(torch.device("cuda")) == "triton"
+
+
+def test_the_geometry_grid_runs_on_the_cpu_kernels_by_default():
+    from pipeline.kernels import hashgrid_cpu
+    from stages.sdf import SDFStageConfig
+    from pipeline.models.components.hashgrid import HashGridConfig, HashGridEncoding
+
+    config = SDFStageConfig().sdf
+    grid = HashGridEncoding(HashGridConfig(levels=2, finest_resolution=32, backend=config.hash_backend))
+    assert config.hash_backend == "auto"
+    assert grid.resolve_backend(torch.device("cpu")) == ("cpu" if hashgrid_cpu.available() else "torch")
 
 
 def test_an_interrupted_run_resumes(photo_workspace, monkeypatch, recon_log):
