@@ -406,7 +406,10 @@ def test_interrupt_then_resume(posed):
     args = [sys.executable, str(ROOT / "run.py"), "nerf", "--workspace", str(posed), *TINY_NERF,
             "max_steps=100000", "checkpoint_every=0"]
     env = {**os.environ, "RECON_QUIET": "1", "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    # Ctrl-C as at a terminal: a test suite started in the background (`make test &`) ignores
+    # SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt handler
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     # wait for training steps (the training curve's line every 50 steps), not for a time: a loaded
     # machine may still be loading the data seconds after the stage started
@@ -416,7 +419,7 @@ def test_interrupt_then_resume(posed):
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:  # say where it hangs (seen once in a clean-clone run, not reproduced)
+    except subprocess.TimeoutExpired:  # say where it is
         proc.send_signal(signal.SIGABRT)
         _, err = proc.communicate(timeout=30)
         pytest.fail(f"run.py did not stop within 60 s of Ctrl-C (curve lines: "
