@@ -189,7 +189,8 @@ class SDFStageConfig:
     # the PyTorch reference wherever a gradient to the points is needed
     sdf: SDFNetworkConfig = dataclasses.field(default_factory=lambda: SDFNetworkConfig(
         encoding="hashgrid", hash_backend="auto", hidden_dim=64, num_layers=2, skip_layers=[], feature_dim=15,
-        init_radius=0.5, weight_norm=False, hash_levels=12, hash_log2_size=15, hash_max_resolution=512, coarse_to_fine=0.3))
+        init_radius=0.5, weight_norm=False, hash_levels=12, hash_log2_size=15, hash_max_resolution=512,
+        coarse_to_fine=0.3))
     renderer: RendererConfig = dataclasses.field(default_factory=lambda: RendererConfig(
         hidden_dim=64, num_layers=3, weight_norm=False, position_encoding="hashgrid"))
     background_field: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)

@@ -117,10 +117,11 @@ def veto_seen_points(sky: np.ndarray, uv: np.ndarray, radius: int, density_ratio
     rest_density = np.sum(hits == 0) / max(areas[0], 1.0)
     dense = (per_region[1:] >= 3) & (per_region[1:] / areas[1:] >= density_ratio * rest_density)
     out = sky & ~np.isin(labels, np.flatnonzero(dense) + 1)
-    for x, y in px[hits > 0]:
-        y0, y1, x0, x1 = max(0, y - radius), min(h, y + radius + 1), max(0, x - radius), min(w, x + radius + 1)
-        yy, xx = np.ogrid[y0:y1, x0:x1]
-        out[y0:y1, x0:x1] &= (xx - x) ** 2 + (yy - y) ** 2 > radius ** 2
+    inside = px[hits > 0]
+    if len(inside):  # the discs: pixels within ``radius`` of the nearest point inside the sky
+        away = np.ones((h, w), dtype=bool)
+        away[inside[:, 1], inside[:, 0]] = False
+        out &= ndimage.distance_transform_edt(away) > radius
     return out
 
 
