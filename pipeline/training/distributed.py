@@ -9,24 +9,30 @@ helper here is a no-op, so a plain ``python run.py ...`` behaves exactly as befo
 
 How the training loops use it (``pipeline.training.nerf`` / ``idr`` / ``sdf``):
 
-- each rank draws ``global batch / world size`` rays with its own generator (``seed + rank``), so a
-  step sees the same number of rays as one process would;
+- nerf: every rank draws each step's whole batch from one generator (seeded ``seed`` on every
+  rank, as one process), together with every random number its render draws per ray, and renders
+  its share of the rows (:func:`batch_rows`, :mod:`pipeline.models.components.batch_rows`). So the
+  ranks draw exactly what one process draws, and a DDP run follows the one-process run of the same
+  seed up to the order of float sums. The ranks' per-ray errors are gathered (:func:`gather_rows`)
+  so that every rank's error map is the one process's, and every rank updates the occupancy grid
+  with the same draws (rank 0's is then broadcast, :func:`broadcast_tensors_`);
+- idr, sdf: each rank draws ``global batch / world size`` rays with its own generator
+  (``seed + rank``), so a step sees as many rays as one process would, but other ones;
 - the loss is normalised so that DDP's average of the ranks' gradients is the gradient of the mean
   over the whole global batch (:func:`global_mean_scale`);
 - what decides control flow (the trained seconds for the time budget and the learning-rate
   schedule, checkpoint periods, the ray count steered to a sample budget) is agreed on by all ranks
   every step (:func:`all_reduce_sum`; rank 0's clock), so every rank runs the same steps and stops
   at the same one;
-- the NeRF occupancy grid is updated on rank 0 and broadcast (:func:`broadcast_tensors_`);
 - only rank 0 writes: checkpoints, the training curve, progress bars, logs, the stage's outputs;
   a resumed run loads rank 0's checkpoint and broadcasts it (:func:`broadcast_object`), so on
   several machines only rank 0's workspace needs the ``.resume`` folder;
 - a rank that dies makes torchrun stop the others (SIGTERM, taken here as a Ctrl-C: rank 0 saves
   its checkpoint on the way out, atomically); the next run resumes from it.
 
-Not carried over a resume: the random streams of ranks > 0 (only rank 0's are saved; the others
-start fresh ones), and the NeRF error map (``error_fraction``) of ranks > 0 (each rank keeps its
-own; rank 0's is saved). Each rank holds its own copy of the training pixels.
+A nerf resume gives every rank rank 0's random stream and error map (they were alike). Not carried
+over an idr or sdf resume: the random streams of ranks > 0 (only rank 0's are saved; the others
+start fresh ones). Each rank holds its own copy of the training pixels.
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from pipeline.models.components.batch_rows import BatchRows
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _state = {"initialised_here": False}
@@ -173,6 +181,31 @@ def from_main(value: float) -> float:
 def shard(count: int) -> int:
     """This rank's share of a global batch of ``count`` (the same on every rank; at least 1)."""
     return max(1, count // world_size())
+
+
+def batch_rows(total: int) -> Optional[BatchRows]:
+    """This rank's rows of a global batch of ``total`` rays (None in one process: all of them)."""
+    if not is_distributed():
+        return None
+    return BatchRows.of_rank(total, rank(), world_size())
+
+
+def gather_rows(values: torch.Tensor, rows: BatchRows) -> torch.Tensor:
+    """Every rank's per-ray ``values`` (r,) of its ``rows`` (r <= the rows' count: a render cut
+    short by its sample budget keeps its first rays) -> (rows.total,) on every rank, NaN where a
+    rank rendered no value. One all-gather (padded to the largest share)."""
+    world = world_size()
+    width = -(-rows.total // world)
+    device = _comm_device()
+    mine = torch.full((width,), float("nan"), dtype=torch.float32, device=device)
+    mine[:values.shape[0]] = values.detach().float().to(device)
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    full = torch.full((rows.total,), float("nan"), dtype=torch.float32)
+    for k, part in enumerate(parts):
+        share = BatchRows.of_rank(rows.total, k, world)
+        full[share.slice] = part[:share.stop - share.start].cpu()
+    return full.to(values.device)
 
 
 def global_mean_scale(local_count: int) -> float:

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from pipeline.models.components.batch_rows import BatchRows
 from pipeline.models.nerf.model import NeRFModel
 from pipeline.runner.log import TrainingProgress, get_logger
 from pipeline.runner.runtime import autocast
@@ -88,15 +89,18 @@ def lr_factor(progress_fraction: float, step: int, settings: NeRFTrainSettings) 
 
 def step_loss(model: NeRFModel, rays_o: torch.Tensor, rays_d: torch.Tensor, target: torch.Tensor,
               bg: Optional[torch.Tensor], settings: NeRFTrainSettings, generator: torch.Generator,
-              max_samples: int, mixed: bool, device: torch.device,
-              perturb: bool = True) -> tuple[torch.Tensor, dict, torch.Tensor]:
+              max_samples: int, mixed: bool, device: torch.device, perturb: bool = True,
+              rows: Optional[BatchRows] = None) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """The loss of one batch of rays (N, 3) against target (N, 3) -> (loss, the render, the target
-    rows rendered). Under DDP (run through :func:`pipeline.training.distributed.ddp_step`) the
-    ray-mean is rescaled so that the ranks' averaged gradient is that of the mean over all ranks'
+    rows rendered). ``rows``: the batch is a global one, of which this process renders these rows
+    (``NeRFModel.render_rays``). Under DDP (run through :func:`pipeline.training.distributed.ddp_step`)
+    the ray-mean is rescaled so that the ranks' averaged gradient is that of the mean over all ranks'
     rays, even when the sample budget cut some rank's batch short."""
     with autocast(device, mixed):
         out = model.render_rays(rays_o, rays_d, perturb=perturb, background=bg, generator=generator,
-                                max_samples=max_samples, distortion=settings.distortion_weight > 0)
+                                max_samples=max_samples, distortion=settings.distortion_weight > 0, rows=rows)
+    if rows is not None:
+        target = target[rows.slice]
     target = target[:out["rgb"].shape[0]]
     loss = torch.mean((out["rgb"] - target) ** 2)
     if "distortion" in out:
@@ -116,17 +120,19 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
     it was made with the same ``resume_config`` (``pipeline.training.common.resume_config``; None:
     not checked), otherwise sets it aside with a warning and starts afresh.
 
-    Under torchrun (:mod:`pipeline.training.distributed`) every rank runs this loop on its share of
-    each step's rays (``n_rays / world size``, its own generator seeded ``seed + rank``); rank 0
-    alone updates the occupancy grid (then broadcast), keeps the clock, writes checkpoints and the
-    curve; the ray count follows the samples summed over ranks."""
+    Under torchrun (:mod:`pipeline.training.distributed`) every rank draws each step's whole batch
+    with the same generator (seed ``seed``, as one process) and renders its share of the rows
+    (:mod:`pipeline.models.components.batch_rows`), so the ranks together draw and render what one
+    process would; the ranks' errors are gathered into every rank's error map; every rank updates
+    the occupancy grid alike (then rank 0's is broadcast); rank 0 keeps the clock, writes
+    checkpoints and the curve; the ray count follows the samples summed over ranks."""
     log = log or get_logger("nerf")
     world, main = distributed.world_size(), distributed.is_main()
     budget = Budget(settings.max_steps, settings.max_time_s)
     mixed = uses_mixed_precision(device, settings.mixed_precision, settings.cpu_mixed_precision)
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(settings.seed))
+    generator = torch.Generator(device=device).manual_seed(settings.seed)  # one stream, on every rank
     step, elapsed, total_samples = 0, 0.0, 0
     marched = model.sampler == "occupancy"
     n_rays = settings.initial_rays if marched else max(
@@ -143,11 +149,8 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
         counters = int(state["step"]), float(state["elapsed"]), int(state["samples"]), int(state["n_rays"])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if main:
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-        else:  # only rank 0's RNG is saved: the others continue on fresh streams of their own
-            generator.manual_seed(distributed.rank_seed(settings.seed) + 7919 * counters[0])
+        generator.set_state(state["generator"])  # rank 0's, broadcast: every rank's stream is the same
+        torch.set_rng_state(state["torch_rng"])
         if data.pixel_error is not None and state.get("pixel_error") is not None:
             data.pixel_error.copy_(state["pixel_error"])
         step, elapsed, total_samples, n_rays = counters
@@ -184,25 +187,27 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(frac, step, settings)
             if model.occupancy is not None and step % settings.occupancy_update_every == 0:
-                if main:
-                    with autocast(device, mixed):
-                        model.update_occupancy(all_cells=step < settings.occupancy_warmup_steps,
-                                               generator=generator, fraction=settings.occupancy_fraction)
+                # every rank alike (the same weights and draws keep the streams in step); rank 0's wins
+                with autocast(device, mixed):
+                    model.update_occupancy(all_cells=step < settings.occupancy_warmup_steps,
+                                           generator=generator, fraction=settings.occupancy_fraction)
                 grid = model.occupancy
                 distributed.broadcast_tensors_([grid.density, grid.occupied, grid.updates])
-            local_rays = distributed.shard(n_rays)
-            rays_o, rays_d, target, pixels = data.sample(local_rays, generator)
+            rows = distributed.batch_rows(n_rays)  # this rank's rows of the batch (None: one process)
+            rays_o, rays_d, target, pixels = data.sample(n_rays, generator)
             bg = None
             if target.shape[1] == 4:  # alpha: composite the target onto the training background
                 if settings.background == "random":
-                    bg = torch.rand(local_rays, 3, device=device, generator=generator)
+                    bg = torch.rand(n_rays, 3, device=device, generator=generator)
                 else:
-                    bg = model.background().detach().expand(local_rays, 3)
+                    bg = model.background().detach().expand(n_rays, 3)
                 target = target[:, :3] * target[:, 3:] + bg * (1.0 - target[:, 3:])
                 if settings.background == "learned":
                     bg = None  # the model composites onto its learned colour
+            # the hard sample cap guards one device's memory: each rank's, as one process's (a rank
+            # rarely meets it, so the ranks cut where one process would: hardly ever)
             loss, out, target = forward(model, rays_o, rays_d, target, bg, settings, generator,
-                                        2 * distributed.shard(settings.samples_per_batch), mixed, device)
+                                        2 * settings.samples_per_batch, mixed, device, rows=rows)
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
@@ -221,7 +226,13 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
                 wanted = n_rays * settings.samples_per_batch / num_samples
                 n_rays = int(min(settings.max_rays, max(256, 0.7 * n_rays + 0.3 * wanted)))
             if data.pixel_error is not None:  # last in the step: an interrupted step leaves the map as it was
-                data.record_error(pixels[:target.shape[0]], ((out["rgb"].detach() - target) ** 2).mean(-1))
+                error = ((out["rgb"].detach() - target) ** 2).mean(-1)
+                if rows is None:
+                    data.record_error(pixels[:target.shape[0]], error)
+                else:  # every rank records every rank's rays: the maps stay alike
+                    error = distributed.gather_rows(error, rows)
+                    rendered = torch.isfinite(error)
+                    data.record_error(pixels[rendered], error[rendered])
             step += 1
             elapsed += step_s
             rng_at_step_start = (generator.get_state(), torch.get_rng_state())  # what the next step starts from

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.kernels import occupancy_cpu
+from pipeline.models.components.batch_rows import BatchRows, uniform_rows
 
 
 class OccupancyGrid(nn.Module):
@@ -197,25 +198,32 @@ def march_schedule(t_max: float, step_size: float, cone_angle: float = 0.0, max_
 @torch.no_grad()
 def march_rays(grid: OccupancyGrid, schedule: torch.Tensor, rays_o: torch.Tensor, rays_d: torch.Tensor,
                near: torch.Tensor, far: torch.Tensor, perturb: bool, max_samples_per_ray: int = 1024,
-               generator: torch.Generator | None = None, use_kernel: bool = True):
+               generator: torch.Generator | None = None, use_kernel: bool = True, rows: BatchRows | None = None):
     """Packed samples in occupied space. rays_o, rays_d (N, 3); near, far (N,); schedule (K,).
 
     Returns ray_index (M,) long (sorted), t (M,), deltas (M,) (the step length at each sample).
     On the CPU the candidates are visited by the C++ loop of :mod:`pipeline.kernels.occupancy_cpu` when
     it is built (``use_kernel``); it uses the same random numbers and keeps the same samples as the
-    tensor code.
+    tensor code. ``rows``: the N rays are a global batch, of which only these rows are marched (the
+    jitter drawn for all of it; ``ray_index`` counts from ``rows.start``).
     """
     device = rays_o.device
     schedule = schedule.to(device)
-    n = rays_o.shape[0]
     first = torch.searchsorted(schedule, near.contiguous()).clamp_max(schedule.numel() - 2)
     last = torch.searchsorted(schedule, far.contiguous()).clamp_max(schedule.numel() - 1)
     count = (last - first).clamp(0, max_samples_per_ray)
-    width = int(count.max()) if n else 0
+    width = int(count.max()) if rays_o.shape[0] else 0  # of the whole batch: it shapes the jitter drawn
+    if rows is not None:
+        if rays_o.shape[0] != rows.total:
+            raise ValueError(f"march_rays: {rays_o.shape[0]} rays given for a batch of {rows.total}")
+        rays_o, rays_d, far, first, count = (x[rows.slice] for x in (rays_o, rays_d, far, first, count))
+    n = rays_o.shape[0]
+    empty = torch.zeros(0, device=device)
     if width == 0:
-        empty = torch.zeros(0, device=device)
         return torch.zeros(0, dtype=torch.long, device=device), empty, empty
-    u = torch.rand((n, width), device=device, generator=generator) if perturb else None
+    u = uniform_rows(rows, n, width, generator, device) if perturb else None  # drawn even for no rows
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=device), empty, empty
     if use_kernel and occupancy_cpu.supports(rays_o, rays_d):
         return occupancy_cpu.march_occupied(grid.occupied, grid.aabb, grid.resolution, schedule, rays_o, rays_d, far,
                                             first, count, u, width)

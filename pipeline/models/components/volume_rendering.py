@@ -12,7 +12,11 @@ opacity ``acc = sum w_i``, expected distance ``sum w_i t_i``.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+
+from pipeline.models.components.batch_rows import BatchRows, uniform_rows
 
 BACKGROUND_MODES = ("white", "black", "random", "learned")
 
@@ -31,12 +35,13 @@ def ray_aabb(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, min
 
 
 def stratified_samples(near: torch.Tensor, far: torch.Tensor, num: int, perturb: bool,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """num samples per ray in [near, far], one per equal bin (jittered in training). -> (N, num)."""
+                       generator: torch.Generator | None = None, rows: Optional[BatchRows] = None) -> torch.Tensor:
+    """num samples per ray in [near, far], one per equal bin (jittered in training). -> (N, num).
+    ``rows``: the N rays are these rows of a global batch (their jitter is drawn for all of it)."""
     steps = torch.linspace(0.0, 1.0, num + 1, device=near.device, dtype=near.dtype)
     lower, upper = steps[:-1], steps[1:]
     if perturb:
-        u = torch.rand(near.shape[0], num, device=near.device, dtype=near.dtype, generator=generator)
+        u = uniform_rows(rows, near.shape[0], num, generator, near.device, near.dtype)
     else:
         u = torch.full((near.shape[0], num), 0.5, device=near.device, dtype=near.dtype)
     frac = lower + (upper - lower) * u
@@ -44,16 +49,17 @@ def stratified_samples(near: torch.Tensor, far: torch.Tensor, num: int, perturb:
 
 
 def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, num: int, deterministic: bool,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, rows: Optional[BatchRows] = None) -> torch.Tensor:
     """Hierarchical sampling: num samples from the piecewise-constant pdf given by ``weights``
-    (N, B) over bin edges ``bins`` (N, B + 1) -> (N, num), sorted. No gradient flows back."""
+    (N, B) over bin edges ``bins`` (N, B + 1) -> (N, num), sorted. No gradient flows back.
+    ``rows``: as :func:`stratified_samples`."""
     weights = weights.detach() + 1e-5  # keeps the pdf defined on empty rays
     pdf = weights / weights.sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)  # (N, B+1)
     if deterministic:
         u = torch.linspace(0.0, 1.0, num, device=bins.device, dtype=bins.dtype).expand(cdf.shape[0], num)
     else:
-        u = torch.rand(cdf.shape[0], num, device=bins.device, dtype=bins.dtype, generator=generator)
+        u = uniform_rows(rows, cdf.shape[0], num, generator, bins.device, bins.dtype)
     u = u.contiguous()
     idx = torch.searchsorted(cdf, u, right=True)
     below = (idx - 1).clamp(0, cdf.shape[1] - 1)

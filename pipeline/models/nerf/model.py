@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from pipeline.models.components.batch_rows import BatchRows
 from pipeline.models.components.hashgrid import HashGridConfig
 from pipeline.models.nerf.field import FourierNeRFField, HashNeRFField
 from pipeline.models.components.occupancy import OccupancyGrid, march_rays, march_schedule
@@ -130,7 +131,8 @@ class NeRFModel(nn.Module):
 
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, perturb: bool = False,
                     background: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                    max_samples: Optional[int] = None, distortion: bool = False) -> dict[str, torch.Tensor]:
+                    max_samples: Optional[int] = None, distortion: bool = False,
+                    rows: Optional[BatchRows] = None) -> dict[str, torch.Tensor]:
         """rays_o, rays_d (N, 3), rays_d unit -> rgb (N, 3), t (N,), acc (N,), plus ``num_samples``
         (a 0-d tensor) and for the hierarchical sampler ``rgb_coarse``. ``background`` (3,) or (N, 3)
         overrides the model's background colour (training with random backgrounds).
@@ -140,14 +142,21 @@ class NeRFModel(nn.Module):
         and jitter (inference), rays stop early once opaque (transmittance < 1e-3). ``distortion``
         (occupancy sampler, training) adds ``distortion`` (rays,): mip-NeRF 360's distortion loss per ray.
         With gradients (occupancy sampler), samples whose transmittance is below
-        ``config.grad_min_transmittance`` get none (``gate_gradients``; the values are unchanged)."""
+        ``config.grad_min_transmittance`` get none (``gate_gradients``; the values are unchanged).
+        ``rows`` (training under DDP): rays_o, rays_d (and a (N, 3) ``background``) are a global
+        batch of which only these rows are rendered, with the random numbers the whole batch would
+        draw (:mod:`pipeline.models.components.batch_rows`); the outputs have the rows' count."""
         bg = self.background() if background is None else background
+        if rows is not None and bg.ndim == 2:
+            bg = bg[rows.slice]
         if self.sampler == "occupancy":
-            out = self._render_marched(rays_o, rays_d, perturb, generator, max_samples, distortion)
+            out = self._render_marched(rays_o, rays_d, perturb, generator, max_samples, distortion, rows)
             if bg.ndim == 2:
                 bg = bg[:out["rgb"].shape[0]]
         else:
-            out = self._render_hierarchical(rays_o, rays_d, perturb, generator, bg)
+            if rows is not None:
+                rays_o, rays_d = rays_o[rows.slice], rays_d[rows.slice]
+            out = self._render_hierarchical(rays_o, rays_d, perturb, generator, bg, rows)
         acc = out["acc"]
         out["t"] = out["t"] / acc.clamp_min(1e-6)
         out["rgb"] = add_background(out["rgb"], acc, bg)
@@ -155,17 +164,21 @@ class NeRFModel(nn.Module):
 
     # --- samplers ---------------------------------------------------------------------------
 
-    def _render_marched(self, rays_o, rays_d, perturb, generator, max_samples=None, distortion=False):
+    def _render_marched(self, rays_o, rays_d, perturb, generator, max_samples=None, distortion=False, rows=None):
         # march only through the box around the occupied cells (samples elsewhere would be dropped)
         box = self.occupancy.occupied_box().to(rays_o.device)
         near, far = ray_aabb(rays_o, rays_d, box, min_near=self.config.near_plane)
         far_max = float(far.max()) if far.numel() else 0.0
         if far_max > float(self.schedule[-1]):  # cameras further out than the schedule reaches
             self.schedule = march_schedule(1.5 * far_max, self.step_size, self.config.cone_angle)
-        if not torch.is_grad_enabled() and not perturb:
+        if not torch.is_grad_enabled() and not perturb:  # inference: no random numbers to share
+            if rows is not None:
+                rays_o, rays_d, near, far = (x[rows.slice] for x in (rays_o, rays_d, near, far))
             return self._render_marched_early_stop(rays_o, rays_d, near, far)
         ray_index, t, deltas = march_rays(self.occupancy, self.schedule, rays_o, rays_d, near, far, perturb,
-                                          self.config.max_samples_per_ray, generator)
+                                          self.config.max_samples_per_ray, generator, rows=rows)
+        if rows is not None:
+            rays_o, rays_d = rays_o[rows.slice], rays_d[rows.slice]
         num_rays = rays_o.shape[0]
         if max_samples is not None and ray_index.numel() > max_samples:
             # a hard sample budget: keep the first rays (a random subset: rays come in random order)
@@ -226,21 +239,22 @@ class NeRFModel(nn.Module):
         return {"rgb": rgb, "acc": 1.0 - transmittance, "t": depth, "num_samples": torch.tensor(total),
                 "num_rays": torch.tensor(n)}
 
-    def _render_hierarchical(self, rays_o, rays_d, perturb, generator, bg):
+    def _render_hierarchical(self, rays_o, rays_d, perturb, generator, bg, rows=None):
         n = rays_o.shape[0]
         near, far = ray_aabb(rays_o, rays_d, self.aabb, min_near=self.config.near_plane)
         hit = far > near + 1e-6
         near = torch.where(hit, near, torch.zeros_like(near))
         far = torch.where(hit, far, near + 1e-3)
         c = self.config
-        t_coarse = stratified_samples(near, far, c.num_coarse, perturb, generator)
+        t_coarse = stratified_samples(near, far, c.num_coarse, perturb, generator, rows)
         coarse = self._eval_dense(rays_o, rays_d, t_coarse, far)
         coarse["weights"] = coarse["weights"] * hit[:, None]
         out = coarse
         if c.num_fine > 0:
             mids = 0.5 * (t_coarse[:, 1:] + t_coarse[:, :-1])
             bins = torch.cat([near[:, None], mids, far[:, None]], -1)
-            t_fine = sample_pdf(bins, coarse["weights"], c.num_fine, deterministic=not perturb, generator=generator)
+            t_fine = sample_pdf(bins, coarse["weights"], c.num_fine, deterministic=not perturb, generator=generator,
+                                rows=rows)
             t_all = torch.sort(torch.cat([t_coarse, t_fine], -1), -1).values
             out = self._eval_dense(rays_o, rays_d, t_all, far)
             out["rgb_coarse"] = add_background(coarse["rgb"] * hit[:, None], coarse["acc"] * hit, bg)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.geometry.cameras import Intrinsics, look_at
+from pipeline.models.components.batch_rows import BatchRows
 from pipeline.models.components.occupancy import OccupancyGrid, march_rays, march_schedule
 from pipeline.models.components.volume_rendering import ray_aabb
 
@@ -55,6 +56,33 @@ def test_the_cpu_marcher_keeps_the_same_samples_as_the_tensor_marcher(cascades, 
     assert kernel[0].numel() > 10000
     assert torch.equal(kernel[0], tensors[0])  # the same samples of the same rays, in the same order
     assert torch.allclose(kernel[1], tensors[1]) and torch.allclose(kernel[2], tensors[2])
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_marching_a_batch_in_rows_gives_the_rows_of_the_whole_march(use_kernel):
+    """DDP: each rank marches its rows of the global batch with the jitter drawn for all of it, so
+    the ranks' samples together are one process's samples, and each generator ends alike."""
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16)
+    gen = torch.Generator().manual_seed(0)
+    grid.occupied.copy_(torch.rand(grid.occupied.shape, generator=gen) < 0.3)
+    rays = 301
+    rays_o = torch.randn(rays, 3, generator=gen) * 0.5
+    rays_d = torch.nn.functional.normalize(torch.randn(rays, 3, generator=gen), dim=-1)
+    near = torch.rand(rays, generator=gen)
+    far = near + 4 * torch.rand(rays, generator=gen)
+    schedule = march_schedule(8.0, 0.02)
+    whole_gen = torch.Generator().manual_seed(1)
+    whole = march_rays(grid, schedule, rays_o, rays_d, near, far, True, 256, whole_gen, use_kernel=use_kernel)
+    parts, generators = [], []
+    for rank in range(3):
+        rows = BatchRows.of_rank(rays, rank, 3)
+        generators.append(torch.Generator().manual_seed(1))
+        index, t, deltas = march_rays(grid, schedule, rays_o, rays_d, near, far, True, 256, generators[-1],
+                                      use_kernel=use_kernel, rows=rows)
+        parts.append((index + rows.start, t, deltas))
+    for k in range(3):
+        assert torch.equal(torch.cat([p[k] for p in parts]), whole[k])
+    assert all(torch.equal(g.get_state(), whole_gen.get_state()) for g in generators)
 
 
 def test_the_occupied_box_follows_every_change_of_the_grid():

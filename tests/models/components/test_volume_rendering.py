@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from pipeline.models.components.batch_rows import BatchRows
 from pipeline.models.components.volume_rendering import (composite_dense, composite_packed, distortion_loss_packed,
                                                          gate_gradients, ray_aabb, sample_pdf, stratified_samples,
                                                          transmittance_packed)
@@ -116,3 +117,25 @@ def test_hierarchical_samples_follow_the_weights():
     weights[0, 7] = 1.0  # all mass in [0.7, 0.8]
     t = sample_pdf(bins, weights, 64, deterministic=False, generator=torch.Generator().manual_seed(0))
     assert float(((t >= 0.7) & (t <= 0.8)).float().mean()) > 0.95
+
+
+def test_samples_drawn_for_rows_of_a_batch_are_those_rows_of_the_whole_draw():
+    """DDP: a rank's stratified and importance samples of its rows are those rows of one process's."""
+    gen = torch.Generator().manual_seed(0)
+    near = torch.rand(10, generator=gen)
+    far = near + 1.0
+    weights = torch.rand(10, 8, generator=gen)
+    bins = near[:, None] + torch.linspace(0, 1, 9)[None] * (far - near)[:, None]
+
+    def draw(rows=None):
+        g = torch.Generator().manual_seed(1)
+        s = slice(None) if rows is None else rows.slice
+        return (stratified_samples(near[s], far[s], 8, True, g, rows),
+                sample_pdf(bins[s], weights[s], 16, False, g, rows))
+
+    whole = draw()
+    for rows in (BatchRows.of_rank(10, 0, 3), BatchRows.of_rank(10, 2, 3)):
+        for got, want in zip(draw(rows), whole):
+            assert torch.equal(got, want[rows.slice])
+    with pytest.raises(ValueError, match="4 rays given for batch rows"):
+        stratified_samples(near[:4], far[:4], 8, True, gen, BatchRows(0, 3, 10))
