@@ -111,16 +111,15 @@ class SDFStageConfig:
     mask_folder: str = ""
     mask_threshold: float = 0.2
     mask_background: str = "black"
-    # normals at the expected surface points and at points jittered by curvature_std should agree
-    # (0 = off)
     # share of each batch drawn in proportion to the pixels' last colour errors (instant-ngp's error
     # map): regions few views see (a pit between parts, a crease) get rays until they are right
     # (built-in scene, 840 s: 0.63% r alone, 0.47% with 0.5, 0.24% with 0.5 and curvature 0.02)
     error_sampling: float = 0.5
     # normals at each ray's surface point and at a jittered neighbour agree (keeps texture out of
-    # the geometry: the bumps the base plate grew without it)
+    # the geometry: the bumps the base plate grew without it; 0 = off)
     curvature_weight: float = 0.02
     curvature_std: float = 0.01
+    curvature_fade: float = 0.0  # > 0: the weight falls linearly to 0 at this share of training
     # |f| at the sparse points of pose estimation (Geo-NeuS's explicit SDF supervision; only when
     # the poses stage estimated poses and left W/poses/points.ply): the points seen by >= 2
     # training cameras inside the ROI, points_per_step of them per step (0 = off)

@@ -42,6 +42,7 @@ class SDFTrainSettings:
     mask_weight: float  # 0 = masks not used
     curvature_weight: float
     curvature_std: float
+    curvature_fade: float  # the curvature weight falls linearly to 0 at this share of training (0 = constant)
     error_sampling: float  # share of each batch drawn in proportion to the pixels' last errors
     points_weight: float  # |f| at the sparse points of pose estimation (Geo-NeuS); 0 = off
     points_per_step: int
@@ -162,6 +163,15 @@ def make_optimizer(model: VolumeSDFModel, settings: SDFTrainSettings):
     return adam(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
+def curvature_weight_at(settings: SDFTrainSettings, progress: float) -> float:
+    """The curvature term's weight at ``progress`` in [0, 1] of training: constant, or fading
+    linearly to 0 at ``curvature_fade`` (smooth while the coarse shape forms, free for fine detail
+    later: Neuralangelo lowers it as the finer levels come in)."""
+    if settings.curvature_fade <= 0:
+        return settings.curvature_weight
+    return settings.curvature_weight * max(0.0, 1.0 - progress / settings.curvature_fade)
+
+
 def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SDFTrainSettings, resume_dir: Path,
           log, anchors: Optional[SurfaceAnchors] = None) -> dict:
     """Train until ``max_steps`` or ``max_time_s`` (counted across resumes). Returns a summary.
@@ -234,6 +244,9 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * warm * decay_factor(settings.lr_final_factor, frac)
             model.set_progress(frac)
+            curvature = curvature_weight_at(settings, frac)
+            if curvature != step_settings.curvature_weight:
+                step_settings = dataclasses.replace(step_settings, curvature_weight=curvature)
             model.update_grid(iteration, frac)  # empty-space skipping (identical on every rank)
             # pixels are drawn on the CPU (one generator: the same batches on any device), then moved
             rows = rays.draw(batch_rays, generator)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
@@ -198,6 +199,22 @@ def test_the_curvature_term_and_the_error_map_train_with_either_kind_of_gradient
                                              "error_sampling=0.5", "sdf.encoding=fourier", "sdf.num_layers=3"))
     curve = [json.loads(line) for line in (ws.stage_dir("sdf") / "metrics.jsonl").read_text().splitlines()]
     assert curve and all(c["curvature"] > 0 for c in curve), curve
+
+
+def test_a_fading_curvature_term_smooths_early_and_stops_at_its_share_of_training(photo_workspace):
+    import stages.sdf as sdf
+    from pipeline.training.sdf import SDFTrainSettings, curvature_weight_at
+
+    ws, _ = photo_workspace
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=8", "max_time_s=0", "curvature_weight=0.1",
+                                             "curvature_fade=0.5"))
+    curve = [json.loads(line) for line in (ws.stage_dir("sdf") / "metrics.jsonl").read_text().splitlines()]
+    assert curve[0]["step"] == 1 and curve[0]["curvature"] > 0
+    assert all(c["curvature"] == 0 for c in curve if c["step"] > 4), curve  # step k ran at progress (k-1)/8
+    settings = SimpleNamespace(curvature_weight=0.1, curvature_fade=0.5)
+    assert [curvature_weight_at(settings, p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([0.1, 0.05, 0, 0])
+    assert curvature_weight_at(SimpleNamespace(curvature_weight=0.1, curvature_fade=0.0), 0.9) == 0.1
+    assert "curvature_fade" in SDFTrainSettings.__dataclass_fields__
 
 
 def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
