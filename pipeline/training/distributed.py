@@ -190,6 +190,16 @@ def batch_rows(total: int) -> Optional[BatchRows]:
     return BatchRows.of_rank(total, rank(), world_size())
 
 
+def samples_before(count: int) -> int:
+    """The sum of ``count`` over the ranks before this one (one all-gather): where this rank's rows
+    of a global batch start in the batch's samples."""
+    if not is_distributed():
+        return 0
+    counts = [torch.zeros(1, dtype=torch.int64, device=_comm_device()) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([count], dtype=torch.int64, device=_comm_device()))
+    return int(sum(int(c) for c in counts[:rank()]))
+
+
 def gather_rows(values: torch.Tensor, rows: BatchRows) -> torch.Tensor:
     """Every rank's per-ray ``values`` (r,) of its ``rows`` (r <= the rows' count: a render cut
     short by its sample budget keeps its first rays) -> (rows.total,) on every rank, NaN where a

@@ -98,15 +98,19 @@ def step_loss(model: NeRFModel, rays_o: torch.Tensor, rays_d: torch.Tensor, targ
     rays, even when the sample budget cut some rank's batch short."""
     with autocast(device, mixed):
         out = model.render_rays(rays_o, rays_d, perturb=perturb, background=bg, generator=generator,
-                                max_samples=max_samples, distortion=settings.distortion_weight > 0, rows=rows)
+                                max_samples=max_samples, distortion=settings.distortion_weight > 0, rows=rows,
+                                samples_before=distributed.samples_before if rows is not None else None)
     if rows is not None:
         target = target[rows.slice]
     target = target[:out["rgb"].shape[0]]
-    loss = torch.mean((out["rgb"] - target) ** 2)
-    if "distortion" in out:
-        loss = loss + settings.distortion_weight * out["distortion"].mean()
-    if "rgb_coarse" in out:
-        loss = loss + torch.mean((out["rgb_coarse"] - target) ** 2)
+    if target.shape[0] == 0:  # the batch's sample cap fell in an earlier rank's rows: no ray here
+        loss = out["rgb"].sum() * 0.0
+    else:
+        loss = torch.mean((out["rgb"] - target) ** 2)
+        if "distortion" in out:
+            loss = loss + settings.distortion_weight * out["distortion"].mean()
+        if "rgb_coarse" in out:
+            loss = loss + torch.mean((out["rgb_coarse"] - target) ** 2)
     if distributed.is_distributed():
         # no sample on this rank: the field's parameters are out of the graph, put them back
         loss = distributed.touch_all(loss * distributed.global_mean_scale(target.shape[0]), [model],
@@ -204,8 +208,7 @@ def train(model: NeRFModel, data: PixelData, settings: NeRFTrainSettings, device
                 target = target[:, :3] * target[:, 3:] + bg * (1.0 - target[:, 3:])
                 if settings.background == "learned":
                     bg = None  # the model composites onto its learned colour
-            # the hard sample cap guards one device's memory: each rank's, as one process's (a rank
-            # rarely meets it, so the ranks cut where one process would: hardly ever)
+            # the sample cap is the whole batch's: the ranks cut it where one process would
             loss, out, target = forward(model, rays_o, rays_d, target, bg, settings, generator,
                                         2 * settings.samples_per_batch, mixed, device, rows=rows)
             optimizer.zero_grad(set_to_none=True)

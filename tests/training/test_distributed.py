@@ -105,10 +105,10 @@ def _train_worker(rank: int, world: int, port: int, root: str, steps: int) -> No
     torch.set_num_threads(1)
     scene = Workspace(Path(root) / "ws").load_scene()
     # random backgrounds, an error map and the edge rays: every random draw of the loop takes part
-    # (a sample budget the batches never reach twice: a cut there is where one process and the
-    # ranks may part, see ``train``)
+    # (2048 samples a step with at least 256 rays: the batch often meets its sample cap, which
+    # the ranks must cut where one process does)
     cfg = tiny_nerf_config(max_steps=steps, error_fraction=0.3, edge_fraction=0.2, checkpoint_every=0,
-                           initial_rays=101, samples_per_batch=8192)
+                           initial_rays=101)
     data = PixelData(scene, scene.split("train"), torch.device("cpu"), True, cfg.edge_fraction, cfg.edge_width)
     torch.manual_seed(0)
     model = build_nerf_model(cfg, default_aabb(scene.bounds, cfg.scene_radius))
@@ -120,8 +120,9 @@ def _train_worker(rank: int, world: int, port: int, root: str, steps: int) -> No
 
 def test_ddp_training_draws_and_trains_as_one_process(tmp_path):
     """Two ranks draw each step's whole batch from one stream and render half of it each: after
-    30 steps (occupancy updates, error map, random backgrounds, an odd ray count) both ranks hold
-    the one-process run's weights and error map, up to the order of float sums."""
+    30 steps (occupancy updates, error map, random backgrounds, an odd ray count, batches cut by
+    the sample cap) both ranks hold the one-process run's weights and error map, up to the order
+    of float sums."""
     write_ball_workspace(tmp_path, views=6, size=16)
     _train_worker(0, 1, 0, str(tmp_path), 30)
     mp.spawn(_train_worker, args=(2, free_port(), str(tmp_path), 30), nprocs=2, join=True)

@@ -15,7 +15,7 @@ Samplers (``sampler``), either with either field:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -132,7 +132,8 @@ class NeRFModel(nn.Module):
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, perturb: bool = False,
                     background: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                     max_samples: Optional[int] = None, distortion: bool = False,
-                    rows: Optional[BatchRows] = None) -> dict[str, torch.Tensor]:
+                    rows: Optional[BatchRows] = None,
+                    samples_before: Optional[Callable[[int], int]] = None) -> dict[str, torch.Tensor]:
         """rays_o, rays_d (N, 3), rays_d unit -> rgb (N, 3), t (N,), acc (N,), plus ``num_samples``
         (a 0-d tensor) and for the hierarchical sampler ``rgb_coarse``. ``background`` (3,) or (N, 3)
         overrides the model's background colour (training with random backgrounds).
@@ -145,12 +146,16 @@ class NeRFModel(nn.Module):
         ``config.grad_min_transmittance`` get none (``gate_gradients``; the values are unchanged).
         ``rows`` (training under DDP): rays_o, rays_d (and a (N, 3) ``background``) are a global
         batch of which only these rows are rendered, with the random numbers the whole batch would
-        draw (:mod:`pipeline.models.components.batch_rows`); the outputs have the rows' count."""
+        draw (:mod:`pipeline.models.components.batch_rows`); the outputs have the rows' count (fewer
+        when cut by ``max_samples``, which then caps the whole batch: ``samples_before(n)`` takes
+        this process's sample count and returns the count of the rows before its rows, a collective
+        under DDP, so that each process cuts where one process rendering the batch would)."""
         bg = self.background() if background is None else background
         if rows is not None and bg.ndim == 2:
             bg = bg[rows.slice]
         if self.sampler == "occupancy":
-            out = self._render_marched(rays_o, rays_d, perturb, generator, max_samples, distortion, rows)
+            out = self._render_marched(rays_o, rays_d, perturb, generator, max_samples, distortion, rows,
+                                       samples_before)
             if bg.ndim == 2:
                 bg = bg[:out["rgb"].shape[0]]
         else:
@@ -164,7 +169,8 @@ class NeRFModel(nn.Module):
 
     # --- samplers ---------------------------------------------------------------------------
 
-    def _render_marched(self, rays_o, rays_d, perturb, generator, max_samples=None, distortion=False, rows=None):
+    def _render_marched(self, rays_o, rays_d, perturb, generator, max_samples=None, distortion=False, rows=None,
+                        samples_before=None):
         # march only through the box around the occupied cells (samples elsewhere would be dropped)
         box = self.occupancy.occupied_box().to(rays_o.device)
         near, far = ray_aabb(rays_o, rays_d, box, min_near=self.config.near_plane)
@@ -180,10 +186,15 @@ class NeRFModel(nn.Module):
         if rows is not None:
             rays_o, rays_d = rays_o[rows.slice], rays_d[rows.slice]
         num_rays = rays_o.shape[0]
-        if max_samples is not None and ray_index.numel() > max_samples:
+        budget = max_samples
+        if max_samples is not None and rows is not None and samples_before is not None:
+            budget = max_samples - samples_before(ray_index.numel())  # what the rows before left
+        if budget is not None and ray_index.numel() > budget:
             # a hard sample budget: keep the first rays (a random subset: rays come in random order)
-            # whose samples fit; the caller reads how many survived from "num_rays"
-            num_rays = max(1, int(ray_index[max_samples]))
+            # whose samples fit, at least one of the batch; the caller reads how many from "num_rays"
+            num_rays = int(ray_index[budget]) if budget >= 0 else 0
+            if rows is None or rows.start == 0:
+                num_rays = max(1, num_rays)
             keep = ray_index < num_rays
             ray_index, t, deltas = ray_index[keep], t[keep], deltas[keep]
         points = rays_o[ray_index] + rays_d[ray_index] * t[:, None]
