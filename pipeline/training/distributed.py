@@ -211,11 +211,8 @@ def gather_rows(values: torch.Tensor, rows: BatchRows) -> torch.Tensor:
     mine[:values.shape[0]] = values.detach().float().to(device)
     parts = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(parts, mine)
-    full = torch.full((rows.total,), float("nan"), dtype=torch.float32)
-    for k, part in enumerate(parts):
-        share = BatchRows.of_rank(rows.total, k, world)
-        full[share.slice] = part[:share.stop - share.start].cpu()
-    return full.to(values.device)
+    shares = [BatchRows.of_rank(rows.total, k, world) for k in range(world)]  # in order, back to back
+    return torch.cat([part[:s.stop - s.start] for part, s in zip(parts, shares)]).to(values.device)
 
 
 def global_mean_scale(local_count: int) -> float:
