@@ -9,17 +9,19 @@ helper here is a no-op, so a plain ``python run.py ...`` behaves exactly as befo
 
 How the training loops use it (``pipeline.training.nerf`` / ``idr`` / ``sdf``):
 
-- nerf: every rank draws each step's whole batch from one generator (seeded ``seed`` on every
-  rank, as one process), together with every random number its render draws per ray, and renders
-  its share of the rows (:func:`batch_rows`, :mod:`pipeline.models.components.batch_rows`). So the
-  ranks draw exactly what one process draws, and a DDP run follows the one-process run of the same
-  seed up to the order of float sums. The ranks' per-ray errors are gathered (:func:`gather_rows`)
-  so that every rank's error map is the one process's, and every rank updates the occupancy grid
-  with the same draws (rank 0's is then broadcast, :func:`broadcast_tensors_`);
-- idr, sdf: each rank draws ``global batch / world size`` rays with its own generator
-  (``seed + rank``), so a step sees as many rays as one process would, but other ones;
+- every rank draws each step's whole batch from one generator (seeded ``seed`` on every rank, as
+  one process), together with every random number of the step (the jitter a render draws per ray,
+  eikonal and sparse points, curvature jitter), and computes its share of the rows
+  (:func:`batch_rows`, :mod:`pipeline.models.components.batch_rows`). So the ranks draw exactly
+  what one process draws, and a DDP run follows the one-process run of the same seed up to the
+  order of float sums. Draws whose number depends on the render (sdf: the eikonal points picked
+  among the batch's samples) are drawn over the global batch, whose counts the ranks share
+  (:func:`all_gather_ints`). The ranks' per-ray errors are gathered (:func:`gather_rows`) so that
+  every rank's error map is the one process's; in nerf every rank updates the occupancy grid with
+  the same draws (rank 0's is then broadcast, :func:`broadcast_tensors_`);
 - the loss is normalised so that DDP's average of the ranks' gradients is the gradient of the mean
-  over the whole global batch (:func:`global_mean_scale`);
+  over the whole global batch (:func:`global_mean_scale`; idr and sdf: each term's sum over the
+  rank's rows divided by the global count, times the world size);
 - what decides control flow (the trained seconds for the time budget and the learning-rate
   schedule, checkpoint periods, the ray count steered to a sample budget) is agreed on by all ranks
   every step (:func:`all_reduce_sum`; rank 0's clock), so every rank runs the same steps and stops
@@ -30,9 +32,8 @@ How the training loops use it (``pipeline.training.nerf`` / ``idr`` / ``sdf``):
 - a rank that dies makes torchrun stop the others (SIGTERM, taken here as a Ctrl-C: rank 0 saves
   its checkpoint on the way out, atomically); the next run resumes from it.
 
-A nerf resume gives every rank rank 0's random stream and error map (they were alike). Not carried
-over an idr or sdf resume: the random streams of ranks > 0 (only rank 0's are saved; the others
-start fresh ones). Each rank holds its own copy of the training pixels.
+A resume gives every rank rank 0's random stream (and in nerf its error map). Each rank holds
+its own copy of the training pixels.
 """
 from __future__ import annotations
 
@@ -200,6 +201,17 @@ def samples_before(count: int) -> int:
     return int(sum(int(c) for c in counts[:rank()]))
 
 
+def all_gather_ints(values: Sequence[int]) -> list[list[int]]:
+    """Every rank's ``values`` (the same length on each), by rank, in one all-gather (one process:
+    its own)."""
+    if not is_distributed():
+        return [[int(v) for v in values]]
+    mine = torch.tensor([int(v) for v in values], dtype=torch.int64, device=_comm_device())
+    parts = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(parts, mine)
+    return [part.cpu().tolist() for part in parts]
+
+
 def gather_rows(values: torch.Tensor, rows: BatchRows) -> torch.Tensor:
     """Every rank's per-ray ``values`` (r,) of its ``rows`` (r <= the rows' count: a render cut
     short by its sample budget keeps its first rays) -> (rows.total,) on every rank, NaN where a
@@ -223,11 +235,6 @@ def global_mean_scale(local_count: int) -> float:
         return 1.0
     total = all_reduce_sum([local_count])[0]
     return world_size() * local_count / max(total, 1.0)
-
-
-def rank_seed(seed: int) -> int:
-    """The seed of this rank's generator: ``seed + rank`` (rank 0, or one process: ``seed``)."""
-    return seed + rank()
 
 
 class _Step(nn.Module):

@@ -14,7 +14,8 @@ import torch
 
 from pipeline.geometry.cameras import Cameras
 from pipeline.models.idr.cameras import PoseCorrections, corrected_cameras
-from pipeline.models.idr.losses import LossConfig, eikonal_loss, mask_alpha, mask_loss, rgb_loss, smoothness_loss
+from pipeline.models.components.batch_rows import normal_rows
+from pipeline.models.idr.losses import LossConfig, mask_alpha, mask_loss, rgb_loss, smoothness_loss
 from pipeline.models.idr.model import IDRModel, RendererConfig, uniform_ball_points
 from pipeline.training import distributed
 from pipeline.training.common import (SURFACE_NOT_RESUME_KEYS, Budget, TrainingSession, adam, decay_factor,
@@ -56,9 +57,16 @@ def training_renderer(renderer: RendererConfig, train_cameras: bool, camera_coar
 def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrections], batch,
                   loss_cfg: LossConfig, alpha: float, eikonal_points: int,
                   generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict]:
-    """Losses of one batch of rays. batch: (view (N,), uv (N, 2), rgb (N, 3), mask (N,))."""
-    view, uv, rgb_gt, mask_gt = batch
-    n = len(view)
+    """Losses of one batch of rays. batch: (view (N,), uv (N, 2), rgb (N, 3), mask (N,)).
+
+    Under DDP ``batch`` is the global batch: every rank draws every random number of the step (the
+    same generator on every rank) and computes its rows only (its rays, its share of the eikonal
+    points); each term is its rows' sum over the global count times the world size, so that DDP's
+    average of the gradients is one process's."""
+    world = distributed.world_size()
+    rows = distributed.batch_rows(len(batch[0]))
+    view, uv, rgb_gt, mask_gt = batch if rows is None else (rows.take(t) for t in batch)
+    n_all = len(batch[0])
     cams = corrected_cameras(cameras, view, corrections)
     rays_o, rays_d, _ = cams.generate_rays(uv)
     hits = model.trace(rays_o, rays_d)
@@ -66,6 +74,7 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
     others = ~surface & hits.in_sphere
     idx_s = surface.nonzero().squeeze(1)
     idx_m = others.nonzero().squeeze(1)
+    n_surface = int(distributed.all_reduce_sum([len(idx_s)])[0])  # the global batch's
 
     rgb_pred, grad_surface, surface_points = model.shade_surface(rays_o[idx_s], rays_d[idx_s], hits.t[idx_s])
     # mask loss at the smallest-SDF point of missed rays (the hit point for hits outside the mask);
@@ -74,17 +83,24 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
     sdf_mask = model.sdf_network.sdf(x_mask)
     radius = model.tracing.radius
     eik = uniform_ball_points(eikonal_points, radius, generator=generator, device=rays_o.device)
-    smooth = loss_cfg.smoothness_weight > 0 and len(idx_s) > 0
+    ball_rows = distributed.batch_rows(len(eik))
+    eik = eik if ball_rows is None else ball_rows.take(eik)
+    n_ball = len(eik)
+    smooth = loss_cfg.smoothness_weight > 0
     if smooth:  # displaced surface points share the eikonal batch (their gradients serve both terms)
-        near = surface_points.detach()
-        near = near + loss_cfg.smoothness_std * torch.randn(near.shape, generator=generator).to(near.device)
-        eik = torch.cat([eik, near])
+        # drawn for every ray of the batch, surface or not: the draws do not depend on the hits
+        jitter = normal_rows(rows, len(view), 3, generator, "cpu").to(rays_o.device)
+        eik = torch.cat([eik, surface_points.detach() + loss_cfg.smoothness_std * jitter[idx_s]])
     _, _, grad_eik = model.sdf_network.sdf_and_gradient(eik, create_graph=True)
-    l_smooth = smoothness_loss(grad_surface, grad_eik[eikonal_points:]) if smooth else grad_eik.sum() * 0.0
+    scale = world / max(n_surface, 1)
+    l_smooth = (smoothness_loss(grad_surface, grad_eik[n_ball:]) * len(idx_s) * scale if smooth
+                else grad_eik.sum() * 0.0)
 
-    l_rgb = rgb_loss(rgb_pred, rgb_gt[idx_s], n)
-    l_mask = mask_loss(sdf_mask, mask_gt[idx_m], alpha, n)
-    l_eik = eikonal_loss(torch.cat([grad_surface, grad_eik]))
+    l_rgb = rgb_loss(rgb_pred, rgb_gt[idx_s], n_all) * world
+    l_mask = mask_loss(sdf_mask, mask_gt[idx_m], alpha, n_all) * world
+    eikonal_count = n_surface * (2 if smooth else 1) + eikonal_points
+    grads = torch.cat([grad_surface, grad_eik])
+    l_eik = ((grads.norm(dim=-1) - 1.0) ** 2).sum() * (world / max(eikonal_count, 1))
     loss = (loss_cfg.rgb_weight * l_rgb + loss_cfg.mask_weight * l_mask + loss_cfg.eikonal_weight * l_eik
             + loss_cfg.smoothness_weight * l_smooth)
     with torch.no_grad():
@@ -100,8 +116,7 @@ def distributed_step(model: IDRModel, cameras: Cameras, corrections: Optional[Po
                      loss_cfg: LossConfig, alpha: float, eikonal_points: int,
                      generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict]:
     """:func:`training_step` as the forward of DDP: every parameter in the loss (an empty batch
-    included). Each rank's terms are means over its equal share of the rays (rgb and mask divide
-    by the batch's ray count), so DDP's average is the mean over the global batch."""
+    included)."""
     loss, stats = training_step(model, cameras, corrections, batch, loss_cfg, alpha, eikonal_points, generator)
     return distributed.touch_all(loss, [model, corrections]), stats
 
@@ -131,12 +146,13 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
           settings: TrainSettings, resume_dir: Path, log) -> dict:
     """Train until ``max_steps`` or ``max_time_s`` (counted across resumes). Returns a summary.
 
-    Under torchrun (:mod:`pipeline.training.distributed`) each rank draws ``batch_rays / world``
-    rays and ``eikonal_points / world`` eikonal points with its own generator (``seed + rank``),
-    DDP averages the gradients, rank 0's checkpoint is broadcast on resume and rank 0 alone saves."""
+    Under torchrun (:mod:`pipeline.training.distributed`) every rank draws each step's whole batch
+    and eikonal points with one process's generator and computes its rows (:func:`training_step`),
+    DDP averages the gradients, rank 0's checkpoint is broadcast on resume and rank 0 alone saves:
+    N ranks train as one process does, up to the order of float sums."""
     budget = Budget(settings.max_steps, settings.max_time_s)
     main = distributed.is_main()
-    generator = torch.Generator().manual_seed(distributed.rank_seed(settings.seed))
+    generator = torch.Generator().manual_seed(settings.seed)  # the same on every rank
     device = model.background.device
     optimizer = make_optimizer(model, corrections, settings)
     ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
@@ -153,10 +169,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         elif (corrections is None) != (state["corrections"] is None):
             raise ValueError("trainable cameras (train_cameras) differ")
         optimizer.load_state_dict(state["optimizer"])
-        if main:
-            generator.set_state(state["generator"])
-        else:  # only rank 0's generator is saved: the others continue on fresh streams of their own
-            generator.manual_seed(distributed.rank_seed(settings.seed) + 7919 * counters[0])
+        generator.set_state(state["generator"])  # every rank: rank 0's, the one stream they all draw
         start, elapsed = counters
 
     modules = [model, optimizer] + ([corrections] if corrections is not None else [])
@@ -170,10 +183,11 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
                                                      rng_at_step_start, settings))
 
     forward = distributed.ddp_step(distributed_step, [model, corrections], find_unused_parameters=True)
-    rays, eikonal_points = distributed.shard(settings.batch_rays), distributed.shard(settings.eikonal_points)
+    rays, eikonal_points = settings.batch_rays, settings.eikonal_points  # the global batch's, drawn on every rank
     if distributed.world_size() > 1:
         log.info(f"idr: DistributedDataParallel on {distributed.world_size()} processes "
-                 f"({distributed.dist.get_backend()}), {rays} rays and {eikonal_points} eikonal points per process")
+                 f"({distributed.dist.get_backend()}), {rays} rays per step in all, "
+                 f"{distributed.shard(rays)} per process")
     with TrainingSession("idr", budget, settings.checkpoint_every, settings.checkpoint_every_s, resume_dir, start,
                          elapsed, save, log, device, clock=lambda: time.time()) as session:
         while session.iteration < budget.max_steps and not session.time_up():

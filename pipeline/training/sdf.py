@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.geometry.cameras import Cameras
-from pipeline.models.idr.losses import eikonal_loss, smoothness_loss
+from pipeline.models.components.batch_rows import normal_rows
+from pipeline.models.idr.losses import smoothness_loss
 from pipeline.models.idr.model import uniform_ball_points
 from pipeline.models.sdf.model import VolumeSDFModel
 from pipeline.training.common import (SURFACE_NOT_RESUME_KEYS, Budget, TrainingSession, adam, decay_factor,
                                       load_resumable, restore_or_start_afresh, save_checkpoint)
+from pipeline.training import distributed
 from pipeline.training.sdf_data import PixelRays, SurfaceAnchors
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -64,42 +66,74 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
                   generator: torch.Generator, render_generator: torch.Generator,
                   anchors: Optional[SurfaceAnchors] = None) -> tuple[torch.Tensor, dict]:
     """Losses of one batch. batch: (view (N,), uv (N, 2), rgb (N, 3), mask (N,)) on the model's device.
-    anchors: what pose estimation says about the surface (model frame, the model's device) or None."""
-    view, uv, rgb_gt, mask_gt = batch
+    anchors: what pose estimation says about the surface (model frame, the model's device) or None.
+
+    Under DDP (run through :func:`pipeline.training.distributed.ddp_step`) ``batch`` is the global
+    batch, every rank draws every random number of the whole step (the same generators on every
+    rank) and computes its rows only: its pixels, depth rays, eikonal and anchor points. Each loss
+    is its rows' sum over the global count times the world size, so that the ranks' averaged
+    gradient is one process's. The returned ``ray_error`` is this rank's rows'."""
+    world = distributed.world_size()
+    pixel_rows = distributed.batch_rows(len(batch[0]))
+    view, uv, rgb_gt, mask_gt = batch if pixel_rows is None else (pixel_rows.take(t) for t in batch)
     rays_o, rays_d, _ = cameras[view].generate_rays(uv)
-    n = len(rays_o)
+    n, n_all = len(rays_o), len(batch[0])
+    render_rows = pixel_rows
     depth_rays = anchors is not None and anchors.num_rays > 0 and settings.depth_weight > 0 and settings.depth_rays > 0
     if depth_rays:  # rendered with the batch, in one pass
         pick = torch.randint(0, anchors.num_rays, (settings.depth_rays,), generator=generator).to(rays_o.device)
+        depth_rows = distributed.batch_rows(len(pick))
+        if depth_rows is not None:
+            pick, render_rows = depth_rows.take(pick), pixel_rows.then(depth_rows)
         rays_o = torch.cat([rays_o, anchors.ray_origins[pick]])
         rays_d = torch.cat([rays_d, anchors.ray_dirs[pick]])
-    out = model.render_rays(rays_o, rays_d, perturb=True, generator=render_generator, training=True)
+    out = model.render_rays(rays_o, rays_d, perturb=True, generator=render_generator, training=True, rows=render_rows)
     n_samples = samples_of(model, out)
+    surface = out["acc"][:n].detach() > 0.5  # the pixels' rays that end on a surface (curvature term)
+    hit = out["hit"]
+    # what the global batch holds: per rank [pixel rays that hit, depth rays that hit, samples per
+    # hit ray, surface rays] (one all-gather; in one process its own counts)
+    counts = distributed.all_gather_ints([int(hit[:n].sum()), int(hit[n:].sum()),
+                                          out["weights"].shape[1] if len(out["weights"]) else 0, int(surface.sum())])
+    samples_per_ray = max(c[2] for c in counts)
+
+    def global_mean(local_sum: torch.Tensor, count: int) -> torch.Tensor:
+        return local_sum * (world / max(count, 1))
+
     l_depth = out["rgb"].new_zeros(())
     if depth_rays:
         # the ray that saw a sparse point ends there: nothing in front of it, something at it
         depth = anchors.ray_depths[pick]
-        l_depth = ((out["t"][n:] - depth).abs() / depth).mean() + (1.0 - out["acc"][n:]).mean()
+        l_depth = global_mean(((out["t"][n:] - depth).abs() / depth).sum() + (1.0 - out["acc"][n:]).sum(),
+                              settings.depth_rays)
         out = dict(out, rgb=out["rgb"][:n], acc=out["acc"][:n], t=out["t"][:n])
         rays_o, rays_d = rays_o[:n], rays_d[:n]
-    l_rgb = (out["rgb"] - rgb_gt).abs().mean()
-    l_opacity = out["acc"].mean()  # the batch's pixels only (the depth rays must end on a surface)
+    l_rgb = global_mean((out["rgb"] - rgb_gt).abs().sum(), 3 * n_all)
+    l_opacity = global_mean(out["acc"].sum(), n_all)  # the batch's pixels only (the depth rays must end on a surface)
     radius = model.sampling.radius
     grads, points = [], []
+    n_eikonal = 0
     if model.config.sample_gradients == "differentiable":
         grads.append(out["gradients"])
-    elif settings.eikonal_ray_points > 0 and len(out["points"]):
-        # the samples' gradients are constants: a random share of the samples gets differentiable ones
-        samples = out["points"]
-        pick = torch.randint(0, len(samples), (min(settings.eikonal_ray_points, len(samples)),), generator=generator)
-        points.append(samples[pick.to(samples.device)])
+        n_eikonal += sum(c[0] + c[1] for c in counts) * samples_per_ray
+    elif settings.eikonal_ray_points > 0 and samples_per_ray > 0:
+        # the samples' gradients are constants: a random share of the batch's samples gets
+        # differentiable ones (drawn over the global batch's samples, in one process's order)
+        total = sum(c[0] + c[1] for c in counts) * samples_per_ray
+        pick_samples = torch.randint(0, total, (min(settings.eikonal_ray_points, total),), generator=generator)
+        n_eikonal += len(pick_samples)
+        points.append(out["points"][_own_samples(pick_samples, counts, samples_per_ray).to(out["points"].device)])
     if settings.eikonal_points > 0:  # the samples cover what the cameras see; these, the rest of the sphere
-        points.append(uniform_ball_points(settings.eikonal_points, radius, generator=generator, device=rays_o.device))
+        ball = uniform_ball_points(settings.eikonal_points, radius, generator=generator, device=rays_o.device)
+        ball_rows = distributed.batch_rows(len(ball))
+        points.append(ball if ball_rows is None else ball_rows.take(ball))
+        n_eikonal += settings.eikonal_points
     if points and model.config.sample_gradients == "differentiable":
         grads.append(model.sdf_network.sdf_and_gradient(torch.cat(points), create_graph=True)[2])
     elif points:  # central differences: first derivatives only, 3-6x cheaper than the analytic second ones
         grads.append(model.sdf_network.numerical_gradient(torch.cat(points)))
-    l_eik = eikonal_loss(torch.cat(grads))
+    grad = torch.cat(grads) if grads else rays_o.new_zeros(0, 3)
+    l_eik = global_mean(((grad.norm(dim=-1) - 1.0) ** 2).sum(), n_eikonal)
     loss = l_rgb + settings.eikonal_weight * l_eik + settings.depth_weight * l_depth
     if settings.opacity_weight > 0:
         loss = loss + settings.opacity_weight * l_opacity
@@ -108,7 +142,7 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
         # the sky is the background field's: nothing in the foreground along its rays (a street's
         # surface field would otherwise paint it on a ceiling over the roofs, URF / StreetSurf)
         sky = ~mask_gt.bool()
-        l_sky = (-torch.log1p(-out["acc"].clamp(max=1.0 - 1e-3)) * sky).mean()
+        l_sky = global_mean((-torch.log1p(-out["acc"].clamp(max=1.0 - 1e-3)) * sky).sum(), n_all)
         loss = loss + settings.sky_weight * l_sky
     if anchors is not None and len(anchors.points) and settings.points_weight > 0:
         # Geo-NeuS's explicit SDF supervision: pose estimation triangulated these points on the
@@ -116,23 +150,27 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
         # it, little parallax) they pin the surface down
         picked = torch.randint(0, len(anchors.points), (min(settings.points_per_step, len(anchors.points)),),
                                generator=generator)
-        l_points = model.sdf_network.sdf(anchors.points[picked.to(anchors.points.device)]).abs().mean()
+        anchor_rows = distributed.batch_rows(len(picked))
+        own = picked if anchor_rows is None else anchor_rows.take(picked)
+        l_points = global_mean(model.sdf_network.sdf(anchors.points[own.to(anchors.points.device)]).abs().sum(),
+                               len(picked))
         loss = loss + settings.points_weight * l_points
     if settings.mask_weight > 0:
         acc = out["acc"].clamp(1e-3, 1.0 - 1e-3)
-        l_mask = F.binary_cross_entropy(acc, mask_gt.to(acc.dtype))
+        l_mask = global_mean(F.binary_cross_entropy(acc, mask_gt.to(acc.dtype), reduction="sum"), n_all)
         loss = loss + settings.mask_weight * l_mask
     if settings.curvature_weight > 0:
-        # normals at the rays' expected surface points and at points jittered around them should agree
-        surface = out["acc"].detach() > 0.5
-        if surface.any():
+        # normals at the rays' expected surface points and at points jittered around them should
+        # agree (the jitter is drawn for every pixel of the batch, surface or not)
+        jitter = settings.curvature_std * normal_rows(pixel_rows, n, 3, generator, "cpu").to(rays_o.device)
+        n_surface = sum(c[3] for c in counts)
+        if n_surface:
             x = (rays_o + out["t"].detach()[:, None] * rays_d)[surface]
-            jitter = settings.curvature_std * torch.randn(x.shape, generator=generator).to(x.device)
-            both = torch.cat([x, x + jitter])
+            both = torch.cat([x, x + jitter[surface]])
             g = (model.sdf_network.sdf_and_gradient(both, create_graph=True)[2]
                  if model.config.sample_gradients == "differentiable"
                  else model.sdf_network.numerical_gradient(both))  # first derivatives only, as the eikonal
-            l_curv = smoothness_loss(g[:len(x)], g[len(x):])
+            l_curv = global_mean(smoothness_loss(g[:len(x)], g[len(x):]) * len(x), n_surface)
             loss = loss + settings.curvature_weight * l_curv
     with torch.no_grad():
         psnr = -10 * torch.log10(((out["rgb"] - rgb_gt) ** 2).mean().clamp_min(1e-10))
@@ -143,6 +181,22 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
              "psnr": float(psnr),
              "inv_s": float(model.inv_s().detach()), "samples": n_samples}
     return loss, stats
+
+
+def _own_samples(picks: torch.Tensor, counts: list[list[int]], per_ray: int) -> torch.Tensor:
+    """Indices into this rank's samples (its hit rays' ``per_ray`` samples each, its pixel rays'
+    then its depth rays') of the ``picks`` into the global batch's samples, whose order is one
+    process's: every rank's pixel rays that hit, then every rank's depth rays that hit.
+    counts: per rank [pixel rays that hit, depth rays that hit, ...]."""
+    me = distributed.rank()
+    pixel_hits = [c[0] for c in counts]
+    pixel_start = sum(pixel_hits[:me])
+    depth_start = sum(pixel_hits) + sum(c[1] for c in counts[:me])
+    ray, within = picks // per_ray, picks % per_ray
+    in_pixels = (ray >= pixel_start) & (ray < pixel_start + counts[me][0])
+    in_depth = (ray >= depth_start) & (ray < depth_start + counts[me][1])
+    local_ray = torch.where(in_pixels, ray - pixel_start, ray - depth_start + counts[me][0])
+    return (local_ray * per_ray + within)[in_pixels | in_depth]
 
 
 def samples_of(model: VolumeSDFModel, out: dict) -> int:
@@ -178,16 +232,16 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
     anchors: the sparse points and the rays that saw them (``points_weight``, ``depth_weight``; model
     frame, the model's device) or None.
 
-    Under torchrun (:mod:`pipeline.training.distributed`) each rank draws its share of the rays
-    and eikonal points with generators of its own (``seed + rank``), DDP averages the gradients,
-    rank 0's checkpoint is broadcast on resume and rank 0 alone saves."""
-    from pipeline.training import distributed
-
+    Under torchrun (:mod:`pipeline.training.distributed`) every rank draws each step's whole batch
+    and every random number of the step with one process's generators, and computes its rows of
+    it (:func:`training_step`); the ranks gather their rays' errors into every rank's error map, DDP
+    averages the gradients, rank 0's checkpoint is broadcast on resume and rank 0 alone saves. So
+    N ranks train as one process does, up to the order of float sums."""
     budget = Budget(settings.max_steps, settings.max_time_s)
     device = model.background.device
     main, world = distributed.is_main(), distributed.world_size()
-    generator = torch.Generator().manual_seed(distributed.rank_seed(settings.seed))
-    render_generator = torch.Generator(device=device).manual_seed(settings.seed + 1 + 7919 * distributed.rank())
+    generator = torch.Generator().manual_seed(settings.seed)  # the same on every rank
+    render_generator = torch.Generator(device=device).manual_seed(settings.seed + 1)
     optimizer = make_optimizer(model, settings)
     ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
     start, elapsed, samples = 0, 0.0, 0
@@ -199,12 +253,8 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
         counters = int(state["iteration"]), float(state["elapsed_s"]), int(state.get("samples", 0))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if main:
-            generator.set_state(state["generator"])
-            render_generator.set_state(state["render_generator"])
-        else:  # only rank 0's generators are saved: the others continue on fresh streams of their own
-            generator.manual_seed(distributed.rank_seed(settings.seed) + 7919 * counters[0])
-            render_generator.manual_seed(settings.seed + 1 + 7919 * (distributed.rank() + counters[0]))
+        generator.set_state(state["generator"])  # every rank: rank 0's, the one stream they all draw
+        render_generator.set_state(state["render_generator"])
         start, elapsed, samples = counters
 
     if state is not None and restore_or_start_afresh(state, ckpt_path, restore, log, "sdf", [model, optimizer],
@@ -221,14 +271,10 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
 
     if settings.error_sampling > 0:
         rays.enable_error_map(settings.error_sampling)
-    step_settings, batch_rays = settings, settings.batch_rays
-    if world > 1:  # each rank its share of the global batch and of the eikonal points
-        batch_rays = distributed.shard(settings.batch_rays)
-        step_settings = dataclasses.replace(settings, **{k: distributed.shard(getattr(settings, k)) for k in (
-            "eikonal_points", "eikonal_ray_points", "points_per_step",
-            "depth_rays") if getattr(settings, k, 0) > 0})
+    step_settings = settings
+    if world > 1:
         log.info(f"sdf: DistributedDataParallel on {world} processes ({distributed.dist.get_backend()}), "
-                 f"{batch_rays} rays per process")
+                 f"{settings.batch_rays} rays per step in all, {distributed.shard(settings.batch_rays)} per process")
 
     def ddp_forward(*args):  # every parameter in the loss on every rank (DDP reduces them all)
         loss, stats = training_step(*args)
@@ -249,11 +295,14 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
                 step_settings = dataclasses.replace(step_settings, curvature_weight=curvature)
             model.update_grid(iteration, frac)  # empty-space skipping (identical on every rank)
             # pixels are drawn on the CPU (one generator: the same batches on any device), then moved
-            rows = rays.draw(batch_rays, generator)
+            # (the whole batch on every rank: each renders its rows of it)
+            rows = rays.draw(settings.batch_rays, generator)
             batch = tuple(t.to(device) for t in rays.batch(rows))
             loss, stats = forward(model, cameras, batch, step_settings, generator, render_generator, anchors)
             ray_error = stats.pop("ray_error")
             if rays.pixel_error is not None:
+                if world > 1:  # every rank's error map is the one process's
+                    ray_error = distributed.gather_rows(ray_error, distributed.batch_rows(len(rows)))
                 rays.record_error(rows, ray_error)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

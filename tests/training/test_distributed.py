@@ -5,7 +5,9 @@ weights (the ranks draw one process's random stream); a rank killed mid-training
 of a 2-process run against one process: ``bench/distributed.py``, too slow for CI.)"""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -20,14 +22,23 @@ import torch
 import torch.multiprocessing as mp
 
 from pipeline.models.nerf.model import default_aabb
+from pipeline.models.idr import io as idr_io
+from pipeline.models.idr.cameras import PoseCorrections
+from pipeline.models.sdf import io as sdf_io
+from pipeline.models.sdf.model import SDFModelConfig
 from pipeline.runner.workspace import Workspace, running_owner
 from pipeline.training import distributed
 from pipeline.training import nerf as nerf_training
 from pipeline.training.common import settings_from
 from pipeline.training.nerf import NeRFTrainSettings, step_loss
 from pipeline.training.nerf_data import PixelData
+from pipeline.training import sdf as sdf_training
+from pipeline.training import idr as idr_training
+from pipeline.training.idr_data import MaskOptions, RayBank, load_masks, load_views
+from pipeline.training.sdf import SDFTrainSettings
+from pipeline.training.sdf_data import PixelRays, SurfaceAnchors, full_masks
 from tests.scenes import write_ball_workspace
-from tests.tiny_configs import build_nerf_model, tiny_nerf_config
+from tests.tiny_configs import build_nerf_model, tiny_idr_config, tiny_nerf_config, tiny_sdf_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
@@ -139,6 +150,121 @@ def test_ddp_training_draws_and_trains_as_one_process(tmp_path):
                 assert torch.equal(r["model"][name], want), name
     for r in ranks:
         torch.testing.assert_close(r["error"], alone["error"], rtol=1e-2, atol=1e-3)
+
+
+def _assert_nearly_equal(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    """Weights of two runs that differ only in the order of float sums: a hash-table entry whose
+    gradient is a near-cancelling sum may take another Adam step when the order changes, so a few
+    such entries may differ, by a little; everything else agrees closely."""
+    if not want.is_floating_point():
+        assert torch.equal(got, want), name
+        return
+    scale = float(want.abs().max()) + 1e-7
+    off = (got - want).abs()
+    assert float((off > 1e-4 * scale).float().mean()) < 1e-3, name
+    assert float(off.max()) < 1e-2 * scale, name
+
+
+def _sdf_train_worker(rank: int, world: int, port: int, root: str, steps: int) -> None:
+    """sdf training of the tiny ball scene: one process (world 1) or one rank of ``world``."""
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
+        assert distributed.init_from_env()
+    torch.set_num_threads(1)
+    scene = Workspace(Path(root) / "ws").load_scene()
+    train_idx = scene.split("train")
+    # every random draw of a step takes part: the error map, the eikonal points on the rays and in
+    # the ball, the curvature jitter, sparse points and the rays that saw them (odd counts: the
+    # ranks' shares differ)
+    cfg = tiny_sdf_config(f"max_steps={steps}", "max_time_s=0", "batch_rays=67", "error_sampling=0.3",
+                          "curvature_weight=0.05", "eikonal_ray_points=101", "eikonal_points=41",
+                          "points_per_step=33", "depth_rays=21", "checkpoint_every_s=0", "sampling.grid_start=0.3",
+                          "sampling.grid_update_every=4")
+    views = load_views(scene, train_idx, full_masks(scene, train_idx), 1)
+    g = torch.Generator().manual_seed(5)
+    points = 0.4 * torch.nn.functional.normalize(torch.randn(40, 3, generator=g), dim=-1)
+    centres = views.cameras.c2w[:, :3, 3].float()
+    origins = centres.repeat_interleave(len(points), 0)
+    towards = points.repeat(len(centres), 1) - origins
+    anchors = SurfaceAnchors(points, origins, towards / towards.norm(dim=-1, keepdim=True), towards.norm(dim=-1))
+    torch.manual_seed(0)
+    model = sdf_io.build_model(SDFModelConfig(cfg.field, dataclasses.replace(cfg.sampling, spacing="linear"), cfg.sdf,
+                                              cfg.renderer, cfg.background_field, cfg.sample_gradients), (1.0, 1.0, 1.0))
+    rays = PixelRays(views)
+    settings = settings_from(SDFTrainSettings, cfg, resume_config=None)
+    resume_dir = Path(root) / f"resume-{world}-{rank}"
+    resume_dir.mkdir()
+    stats = sdf_training.train(model, views.cameras, rays, settings, resume_dir, logging.getLogger("test"),
+                               anchors=anchors)
+    torch.save({"model": model.state_dict(), "error": rays.pixel_error.clone(), "stats": stats},
+               Path(root) / f"sdf-{world}-{rank}.pt")
+    distributed.cleanup()
+
+
+def test_ddp_sdf_training_draws_and_trains_as_one_process(tmp_path):
+    """The sdf stage's loop on 2 ranks: each draws every random number of the step (pixels, jitter,
+    eikonal and sparse points, depth rays, curvature jitter) as one process and computes its rows;
+    the means are the global batch's. After 12 steps (the skipping grid on from step 4) both ranks
+    hold one process's weights and error map, up to the order of float sums."""
+    write_ball_workspace(tmp_path, views=6, size=16)
+    _sdf_train_worker(0, 1, 0, str(tmp_path), 12)
+    mp.spawn(_sdf_train_worker, args=(2, free_port(), str(tmp_path), 12), nprocs=2, join=True)
+    alone = torch.load(tmp_path / "sdf-1-0.pt", weights_only=False)
+    ranks = [torch.load(tmp_path / f"sdf-2-{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["stats"]["steps"] == alone["stats"]["steps"] == 12
+    assert ranks[0]["stats"]["samples"] == alone["stats"]["samples"]
+    assert alone["stats"]["last_step"]["curvature"] > 0 and alone["stats"]["last_step"]["depth"] > 0
+    for name, want in alone["model"].items():
+        for r in ranks:
+            _assert_nearly_equal(r["model"][name], want, name)
+    for r in ranks:
+        torch.testing.assert_close(r["error"].float(), alone["error"].float(), rtol=1e-2, atol=1e-3)
+
+
+def _idr_train_worker(rank: int, world: int, port: int, root: str, steps: int) -> None:
+    """idr training of the tiny ball scene (alpha masks, trainable cameras, the smoothness term):
+    one process (world 1) or one rank of ``world``."""
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
+        assert distributed.init_from_env()
+    torch.set_num_threads(1)
+    scene = Workspace(Path(root) / "ws").load_scene()
+    train_idx = scene.split("train")
+    cfg = tiny_idr_config(**{"max_steps": steps, "max_time_s": 0, "batch_rays": 67, "eikonal_points": 41,
+                             "train_cameras": "true", "loss.smoothness_weight": 0.05, "checkpoint_every_s": 0})
+    views = load_views(scene, train_idx, load_masks(scene, train_idx, MaskOptions("auto", "", 0.2, "black")), 1)
+    bank = RayBank(views, cfg.tracing.radius, cfg.mask_fraction, cfg.edge_fraction, cfg.edge_width)
+    torch.manual_seed(0)
+    model = idr_io.build_model(cfg.sdf, idr_training.training_renderer(cfg.renderer, True, cfg.camera_coarse_to_fine),
+                               cfg.tracing, (1.0, 1.0, 1.0))
+    corrections = PoseCorrections(len(train_idx))
+    settings = settings_from(idr_training.TrainSettings, cfg, resume_config=None)
+    resume_dir = Path(root) / f"idr-resume-{world}-{rank}"
+    resume_dir.mkdir()
+    stats = idr_training.train(model, views.cameras, corrections, bank, cfg.loss, settings, resume_dir,
+                               logging.getLogger("test"))
+    torch.save({"model": model.state_dict(), "corrections": corrections.state_dict(), "stats": stats},
+               Path(root) / f"idr-{world}-{rank}.pt")
+    distributed.cleanup()
+
+
+def test_ddp_idr_training_draws_and_trains_as_one_process(tmp_path):
+    """The idr stage's loop on 2 ranks: each draws the step's whole batch, eikonal points and
+    smoothness jitter as one process and computes its rows; after 12 steps both ranks hold one
+    process's weights and camera corrections, up to the order of float sums."""
+    write_ball_workspace(tmp_path, views=6, size=16)
+    _idr_train_worker(0, 1, 0, str(tmp_path), 12)
+    mp.spawn(_idr_train_worker, args=(2, free_port(), str(tmp_path), 12), nprocs=2, join=True)
+    alone = torch.load(tmp_path / "idr-1-0.pt", weights_only=False)
+    ranks = [torch.load(tmp_path / f"idr-2-{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["stats"]["steps"] == alone["stats"]["steps"] == 12
+    assert alone["stats"]["last_step"]["smoothness"] > 0
+    for part in ("model", "corrections"):
+        for name, want in alone[part].items():
+            for r in ranks:
+                _assert_nearly_equal(r[part][name], want, f"{part}.{name}")
 
 
 NERF_ARGS = ["samples_per_batch=2048", "initial_rays=512", "max_rays=4096", "model.grid.levels=6",

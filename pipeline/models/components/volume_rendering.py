@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from pipeline.models.components.batch_rows import BatchRows, uniform_rows
+from pipeline.models.components.batch_rows import Rows, uniform_rows
 
 BACKGROUND_MODES = ("white", "black", "random", "learned")
 
@@ -35,12 +35,16 @@ def ray_aabb(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, min
 
 
 def stratified_samples(near: torch.Tensor, far: torch.Tensor, num: int, perturb: bool,
-                       generator: torch.Generator | None = None, rows: Optional[BatchRows] = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, rows: Optional[Rows] = None,
+                       uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
     """num samples per ray in [near, far], one per equal bin (jittered in training). -> (N, num).
-    ``rows``: the N rays are these rows of a global batch (their jitter is drawn for all of it)."""
+    ``rows``: the N rays are these rows of a global batch (their jitter is drawn for all of it);
+    ``uniforms``: the jitter (N, num) in [0, 1), drawn by the caller."""
     steps = torch.linspace(0.0, 1.0, num + 1, device=near.device, dtype=near.dtype)
     lower, upper = steps[:-1], steps[1:]
-    if perturb:
+    if perturb and uniforms is not None:
+        u = uniforms.to(near.dtype)
+    elif perturb:
         u = uniform_rows(rows, near.shape[0], num, generator, near.device, near.dtype)
     else:
         u = torch.full((near.shape[0], num), 0.5, device=near.device, dtype=near.dtype)
@@ -49,7 +53,7 @@ def stratified_samples(near: torch.Tensor, far: torch.Tensor, num: int, perturb:
 
 
 def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, num: int, deterministic: bool,
-               generator: torch.Generator | None = None, rows: Optional[BatchRows] = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, rows: Optional[Rows] = None) -> torch.Tensor:
     """Hierarchical sampling: num samples from the piecewise-constant pdf given by ``weights``
     (N, B) over bin edges ``bins`` (N, B + 1) -> (N, num), sorted. No gradient flows back.
     ``rows``: as :func:`stratified_samples`."""

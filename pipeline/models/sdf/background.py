@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.models.components.batch_rows import Rows, uniform_rows
 from pipeline.models.components.encodings import FourierEncoding
 from pipeline.models.components.mlp import MLP
 from pipeline.models.sdf.rendering import weights_from_alpha
@@ -33,14 +34,15 @@ class BackgroundConfig:
     layers: int = 2  # hidden layers of the density MLP
 
 
-def background_samples(t_start: torch.Tensor, num: int, perturb: bool,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def background_samples(t_start: torch.Tensor, num: int, perturb: bool, generator: torch.Generator | None = None,
+                       rows: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances t (N, num) from ``t_start`` (N,) towards infinity, uniform in u = t_start / t, and
-    the intervals' lengths in u, du (N, num), the last one 1e10 (it reaches infinity)."""
+    the intervals' lengths in u, du (N, num), the last one 1e10 (it reaches infinity). ``rows``:
+    the N rays are these rows of a global batch (their jitter is drawn for all of it)."""
     steps = torch.linspace(1.0, _FAR_U, num + 1, device=t_start.device, dtype=t_start.dtype)
     lo, hi = steps[:-1], steps[1:]  # u decreases away from the sphere
     if perturb:
-        r = torch.rand(t_start.shape[0], num, device=t_start.device, dtype=t_start.dtype, generator=generator)
+        r = uniform_rows(rows, t_start.shape[0], num, generator, t_start.device, t_start.dtype)
     else:
         r = torch.full((t_start.shape[0], num), 0.5, device=t_start.device, dtype=t_start.dtype)
     u = lo + (hi - lo) * r
@@ -72,10 +74,11 @@ class BackgroundField(nn.Module):
         return sigma, rgb
 
     def render(self, rays_o: torch.Tensor, rays_d: torch.Tensor, t_start: torch.Tensor, perturb: bool = False,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """rays_o, rays_d (N, 3), t_start (N,) -> rgb (N, 3), acc (N,), weights (N, S), t (N, S)."""
+               generator: torch.Generator | None = None, rows: Rows | None = None) -> dict[str, torch.Tensor]:
+        """rays_o, rays_d (N, 3), t_start (N,) -> rgb (N, 3), acc (N,), weights (N, S), t (N, S).
+        ``rows``: as :func:`background_samples`."""
         n, s = rays_o.shape[0], self.config.samples
-        t, du = background_samples(t_start, s, perturb, generator)
+        t, du = background_samples(t_start, s, perturb, generator, rows)
         points = rays_o[:, None] + rays_d[:, None] * t[..., None]
         sigma, rgb = self(points.reshape(-1, 3), rays_d[:, None].expand(n, s, 3).reshape(-1, 3))
         alpha = 1.0 - torch.exp(-sigma.reshape(n, s) * du)

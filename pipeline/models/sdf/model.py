@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.models.components.batch_rows import Rows, uniform_rows
 from pipeline.models.components.volume_rendering import ray_aabb, stratified_samples
 from pipeline.models.idr.model import NeuralRenderer, RendererConfig
 from pipeline.models.idr.sdf_network import SDFNetwork, SDFNetworkConfig
@@ -82,12 +83,14 @@ class SDFModelConfig:
 
 
 def log_spaced_samples(near: torch.Tensor, far: torch.Tensor, closest: float, num: int, perturb: bool,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """num stratified samples per ray, equal steps in log t over [max(near, closest), far]:
     near (N,), far (N,) -> (N, num). Each step is the same share of the distance travelled, so a
-    wall close to the camera and a facade far down the street get samples alike."""
+    wall close to the camera and a facade far down the street get samples alike. ``uniforms``: the
+    jitter (N, num), drawn by the caller."""
     start = near.clamp_min(closest)
-    unit = stratified_samples(torch.zeros_like(near), torch.ones_like(near), num, perturb, generator)
+    unit = stratified_samples(torch.zeros_like(near), torch.ones_like(near), num, perturb, generator,
+                              uniforms=uniforms)
     ratio = (far.clamp_min(start * (1 + 1e-6)) / start).log()
     return start[:, None] * torch.exp(unit * ratio[:, None])
 
@@ -150,14 +153,16 @@ class VolumeSDFModel(nn.Module):
 
     # --- rendering -----------------------------------------------------------------------------
 
-    def _foreground(self, rays_o, rays_d, near, far, perturb, generator, create_graph):
-        """Rays that cross the sphere: (M, 3), near/far (M,) -> rgb (M, 3), acc, t (M,), normal
-        (M, 3), and for the losses the section gradients (M * S, 3) and weights (M, S)."""
+    def _foreground(self, rays_o, rays_d, near, far, jitter, create_graph):
+        """Rays that cross the sphere: (M, 3), near/far (M,), jitter (M, samples) in [0, 1) or None
+        (the bins' middles) -> rgb (M, 3), acc, t (M,), normal (M, 3), and for the losses the
+        section gradients (M * S, 3) and weights (M, S)."""
         s = self.sampling
+        perturb = jitter is not None
         if s.spacing == "log":
-            z = log_spaced_samples(near, far, s.log_near * s.radius, s.samples, perturb, generator)
+            z = log_spaced_samples(near, far, s.log_near * s.radius, s.samples, perturb, uniforms=jitter)
         else:
-            z = stratified_samples(near, far, s.samples, perturb, generator)
+            z = stratified_samples(near, far, s.samples, perturb, uniforms=jitter)
         z = neus_upsample(rays_o, rays_d, z, self.sdf_network.sdf, s.importance, s.upsample_steps,
                           s.upsample_inv_s, s.radius, occupancy=self.config.field == "occupancy")
         edges = torch.cat([z, far[:, None].expand(-1, 1).maximum(z[:, -1:])], -1)
@@ -186,17 +191,22 @@ class VolumeSDFModel(nn.Module):
                 "gradients": grad, "weights": weights, "points": points.detach()}
 
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, perturb: bool = False,
-                    generator: torch.Generator | None = None, training: bool = False) -> dict[str, torch.Tensor]:
+                    generator: torch.Generator | None = None, training: bool = False,
+                    rows: Rows | None = None) -> dict[str, torch.Tensor]:
         """rays_o, rays_d: (N, 3) unit rays -> rgb (N, 3), t (N,), acc (N,) the foreground's opacity,
         normal (N, 3), acc_background (N,); with ``training`` also gradients (P, 3) at every
         foreground section midpoint (for the eikonal loss, differentiable), weights (M, S), hit
         (N,) bool (the M rays that cross the sphere). Without ``training`` rays go through in
-        chunks of ``sampling.render_chunk`` without gradients to the parameters."""
+        chunks of ``sampling.render_chunk`` without gradients to the parameters. ``rows``: the N
+        rays are these rows of a global batch (under DDP: each rank renders its rows), and every
+        random number is drawn for the whole batch, so the ranks draw what one process draws."""
         chunk = self.sampling.render_chunk
         if not training and rays_o.shape[0] > chunk:
             parts = [self.render_rays(rays_o[i:i + chunk], rays_d[i:i + chunk]) for i in range(0, rays_o.shape[0], chunk)]
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         n = rays_o.shape[0]
+        # drawn for every ray, hit or not: the draws do not depend on the rays (nor on the rank)
+        jitter = uniform_rows(rows, n, self.sampling.samples, generator, rays_o.device, rays_o.dtype) if perturb else None
         near, sphere_far, hit = sphere_segments(rays_o, rays_d, self.sampling.radius)
         far = sphere_far
         if self.sampling.box:  # the stretch inside the foreground's box
@@ -213,7 +223,8 @@ class VolumeSDFModel(nn.Module):
         t, normal = sphere_far.clone(), rays_o.new_zeros(n, 3)
         fg = None
         if len(idx):
-            fg = self._foreground(rays_o[idx], rays_d[idx], near[idx], far[idx], perturb, generator, training)
+            fg = self._foreground(rays_o[idx], rays_d[idx], near[idx], far[idx],
+                                  None if jitter is None else jitter[idx], training)
             if not training:
                 fg = {k: v.detach() for k, v in fg.items()}
             # index_put keeps the scatter differentiable for the rays that cross the sphere
@@ -222,7 +233,7 @@ class VolumeSDFModel(nn.Module):
             t = t.index_put((idx,), torch.where(fg["acc"] > 1e-4, fg["t"], sphere_far[idx]))
             normal = normal.index_put((idx,), fg["normal"])
         if self.background_field is not None:
-            bg = self.background_field.render(rays_o, rays_d, sphere_far, perturb, generator)
+            bg = self.background_field.render(rays_o, rays_d, sphere_far, perturb, generator, rows)
             bg_rgb, bg_acc = bg["rgb"], bg["acc"]
         else:
             bg_rgb, bg_acc = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)

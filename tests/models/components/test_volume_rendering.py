@@ -137,5 +137,5 @@ def test_samples_drawn_for_rows_of_a_batch_are_those_rows_of_the_whole_draw():
     for rows in (BatchRows.of_rank(10, 0, 3), BatchRows.of_rank(10, 2, 3)):
         for got, want in zip(draw(rows), whole):
             assert torch.equal(got, want[rows.slice])
-    with pytest.raises(ValueError, match="4 rays given for batch rows"):
+    with pytest.raises(ValueError, match="4 rays given for 3 rows of a batch of 10"):
         stratified_samples(near[:4], far[:4], 8, True, gen, BatchRows(0, 3, 10))
