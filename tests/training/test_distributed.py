@@ -73,10 +73,8 @@ def _loss_and_grads(model, batch, settings, forward=step_loss):
 
 
 def _grad_worker(rank: int, world: int, port: int, out: str, cases: list[tuple[int, bool]]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    assert distributed.init_from_env() and distributed.world_size() == world
+    _join_group(rank, world, port)
+    assert distributed.world_size() == world
     for split, miss in cases:
         model, batch, settings = _model_and_batch(miss_from=split if miss else None)
         if rank > 0:  # another start: DDP must broadcast rank 0's weights
@@ -107,13 +105,31 @@ def test_ddp_gradients_equal_one_process_on_the_global_batch(tmp_path):
                                            msg=f"{name}, rays split {split} + {96 - split}")
 
 
-def _train_worker(rank: int, world: int, port: int, root: str, steps: int) -> None:
-    """nerf training of the tiny ball scene: one process (world 1) or one rank of ``world``."""
+def _join_group(rank: int, world: int, port: int) -> None:
+    """Rank ``rank`` of a gloo group of ``world`` processes on this machine (world 1: one process,
+    no group), on one thread."""
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
         assert distributed.init_from_env()
     torch.set_num_threads(1)
+
+
+def _one_process_then_two_ranks(tmp_path: Path, worker, prefix: str, steps: int) -> tuple[dict, list[dict]]:
+    """``worker`` trains the tiny ball scene for ``steps`` steps in this process, then on 2 ranks;
+    -> (the one process's saved results, each rank's)."""
+    write_ball_workspace(tmp_path, views=6, size=16)
+    worker(0, 1, 0, str(tmp_path), steps)
+    mp.spawn(worker, args=(2, free_port(), str(tmp_path), steps), nprocs=2, join=True)
+    alone = torch.load(tmp_path / f"{prefix}-1-0.pt", weights_only=False)
+    ranks = [torch.load(tmp_path / f"{prefix}-2-{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["stats"]["steps"] == alone["stats"]["steps"] == steps
+    return alone, ranks
+
+
+def _train_worker(rank: int, world: int, port: int, root: str, steps: int) -> None:
+    """nerf training of the tiny ball scene: one process (world 1) or one rank of ``world``."""
+    _join_group(rank, world, port)
     scene = Workspace(Path(root) / "ws").load_scene()
     # random backgrounds, an error map and the edge rays: every random draw of the loop takes part
     # (2048 samples a step with at least 256 rays: the batch often meets its sample cap, which
@@ -125,7 +141,7 @@ def _train_worker(rank: int, world: int, port: int, root: str, steps: int) -> No
     model = build_nerf_model(cfg, default_aabb(scene.bounds, cfg.scene_radius))
     stats = nerf_training.train(model, data, settings_from(NeRFTrainSettings, cfg), torch.device("cpu"), None)
     torch.save({"model": model.state_dict(), "error": data.pixel_error.clone(), "stats": stats},
-               Path(root) / f"trained-{world}-{rank}.pt")
+               Path(root) / f"nerf-{world}-{rank}.pt")
     distributed.cleanup()
 
 
@@ -134,12 +150,7 @@ def test_ddp_training_draws_and_trains_as_one_process(tmp_path):
     30 steps (occupancy updates, error map, random backgrounds, an odd ray count, batches cut by
     the sample cap) both ranks hold the one-process run's weights and error map, up to the order
     of float sums."""
-    write_ball_workspace(tmp_path, views=6, size=16)
-    _train_worker(0, 1, 0, str(tmp_path), 30)
-    mp.spawn(_train_worker, args=(2, free_port(), str(tmp_path), 30), nprocs=2, join=True)
-    alone = torch.load(tmp_path / "trained-1-0.pt", weights_only=False)
-    ranks = [torch.load(tmp_path / f"trained-2-{r}.pt", weights_only=False) for r in range(2)]
-    assert ranks[0]["stats"]["steps"] == alone["stats"]["steps"] == 30
+    alone, ranks = _one_process_then_two_ranks(tmp_path, _train_worker, "nerf", 30)
     assert ranks[0]["stats"]["samples"] == alone["stats"]["samples"]  # the same samples marched
     for name, want in alone["model"].items():  # weights, and buffers: the occupancy grid, its density
         for r in ranks:
@@ -167,11 +178,7 @@ def _assert_nearly_equal(got: torch.Tensor, want: torch.Tensor, name: str) -> No
 
 def _sdf_train_worker(rank: int, world: int, port: int, root: str, steps: int) -> None:
     """sdf training of the tiny ball scene: one process (world 1) or one rank of ``world``."""
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                          LOCAL_RANK=str(rank))
-        assert distributed.init_from_env()
-    torch.set_num_threads(1)
+    _join_group(rank, world, port)
     scene = Workspace(Path(root) / "ws").load_scene()
     train_idx = scene.split("train")
     # every random draw of a step takes part: the error map, the eikonal points on the rays and in
@@ -207,12 +214,7 @@ def test_ddp_sdf_training_draws_and_trains_as_one_process(tmp_path):
     eikonal and sparse points, depth rays, curvature jitter) as one process and computes its rows;
     the means are the global batch's. After 12 steps (the skipping grid on from step 4) both ranks
     hold one process's weights and error map, up to the order of float sums."""
-    write_ball_workspace(tmp_path, views=6, size=16)
-    _sdf_train_worker(0, 1, 0, str(tmp_path), 12)
-    mp.spawn(_sdf_train_worker, args=(2, free_port(), str(tmp_path), 12), nprocs=2, join=True)
-    alone = torch.load(tmp_path / "sdf-1-0.pt", weights_only=False)
-    ranks = [torch.load(tmp_path / f"sdf-2-{r}.pt", weights_only=False) for r in range(2)]
-    assert ranks[0]["stats"]["steps"] == alone["stats"]["steps"] == 12
+    alone, ranks = _one_process_then_two_ranks(tmp_path, _sdf_train_worker, "sdf", 12)
     assert ranks[0]["stats"]["samples"] == alone["stats"]["samples"]
     assert alone["stats"]["last_step"]["curvature"] > 0 and alone["stats"]["last_step"]["depth"] > 0
     for name, want in alone["model"].items():
@@ -225,11 +227,7 @@ def test_ddp_sdf_training_draws_and_trains_as_one_process(tmp_path):
 def _idr_train_worker(rank: int, world: int, port: int, root: str, steps: int) -> None:
     """idr training of the tiny ball scene (alpha masks, trainable cameras, the smoothness term):
     one process (world 1) or one rank of ``world``."""
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                          LOCAL_RANK=str(rank))
-        assert distributed.init_from_env()
-    torch.set_num_threads(1)
+    _join_group(rank, world, port)
     scene = Workspace(Path(root) / "ws").load_scene()
     train_idx = scene.split("train")
     cfg = tiny_idr_config(**{"max_steps": steps, "max_time_s": 0, "batch_rays": 67, "eikonal_points": 41,
@@ -254,12 +252,7 @@ def test_ddp_idr_training_draws_and_trains_as_one_process(tmp_path):
     """The idr stage's loop on 2 ranks: each draws the step's whole batch, eikonal points and
     smoothness jitter as one process and computes its rows; after 12 steps both ranks hold one
     process's weights and camera corrections, up to the order of float sums."""
-    write_ball_workspace(tmp_path, views=6, size=16)
-    _idr_train_worker(0, 1, 0, str(tmp_path), 12)
-    mp.spawn(_idr_train_worker, args=(2, free_port(), str(tmp_path), 12), nprocs=2, join=True)
-    alone = torch.load(tmp_path / "idr-1-0.pt", weights_only=False)
-    ranks = [torch.load(tmp_path / f"idr-2-{r}.pt", weights_only=False) for r in range(2)]
-    assert ranks[0]["stats"]["steps"] == alone["stats"]["steps"] == 12
+    alone, ranks = _one_process_then_two_ranks(tmp_path, _idr_train_worker, "idr", 12)
     assert alone["stats"]["last_step"]["smoothness"] > 0
     for part in ("model", "corrections"):
         for name, want in alone[part].items():
