@@ -237,6 +237,13 @@ def global_mean_scale(local_count: int) -> float:
     return world_size() * local_count / max(total, 1.0)
 
 
+def global_mean_of_sum(local_sum: torch.Tensor, global_count: int) -> torch.Tensor:
+    """This rank's share of a mean over all ranks' ``global_count`` items, from the sum over its own:
+    ``local_sum * world / global_count``, so that DDP's average of the gradients is the gradient of
+    the global mean (one process: the mean; a count of 0 gives 0)."""
+    return local_sum * (world_size() / max(global_count, 1))
+
+
 class _Step(nn.Module):
     """``fn(*args)`` as the forward of a module holding ``modules``, so that DDP hooks the gradients
     of their parameters (the models render through methods, not ``forward``)."""

@@ -63,7 +63,6 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
     same generator on every rank) and computes its rows only (its rays, its share of the eikonal
     points); each term is its rows' sum over the global count times the world size, so that DDP's
     average of the gradients is one process's."""
-    world = distributed.world_size()
     rows = distributed.batch_rows(len(batch[0]))
     view, uv, rgb_gt, mask_gt = batch if rows is None else (rows.take(t) for t in batch)
     n_all = len(batch[0])
@@ -92,15 +91,15 @@ def training_step(model: IDRModel, cameras: Cameras, corrections: Optional[PoseC
         jitter = normal_rows(rows, len(view), 3, generator, "cpu").to(rays_o.device)
         eik = torch.cat([eik, surface_points.detach() + loss_cfg.smoothness_std * jitter[idx_s]])
     _, _, grad_eik = model.sdf_network.sdf_and_gradient(eik, create_graph=True)
-    scale = world / max(n_surface, 1)
-    l_smooth = (smoothness_loss(grad_surface, grad_eik[n_ball:]) * len(idx_s) * scale if smooth
+    global_mean = distributed.global_mean_of_sum
+    l_smooth = (global_mean(smoothness_loss(grad_surface, grad_eik[n_ball:]) * len(idx_s), n_surface) if smooth
                 else grad_eik.sum() * 0.0)
 
-    l_rgb = rgb_loss(rgb_pred, rgb_gt[idx_s], n_all) * world
-    l_mask = mask_loss(sdf_mask, mask_gt[idx_m], alpha, n_all) * world
-    eikonal_count = n_surface * (2 if smooth else 1) + eikonal_points
+    # rgb_loss and mask_loss divide by the ray count they are given: the global batch's
+    l_rgb = rgb_loss(rgb_pred, rgb_gt[idx_s], n_all) * distributed.world_size()
+    l_mask = mask_loss(sdf_mask, mask_gt[idx_m], alpha, n_all) * distributed.world_size()
     grads = torch.cat([grad_surface, grad_eik])
-    l_eik = ((grads.norm(dim=-1) - 1.0) ** 2).sum() * (world / max(eikonal_count, 1))
+    l_eik = global_mean(((grads.norm(dim=-1) - 1.0) ** 2).sum(), n_surface * (2 if smooth else 1) + eikonal_points)
     loss = (loss_cfg.rgb_weight * l_rgb + loss_cfg.mask_weight * l_mask + loss_cfg.eikonal_weight * l_eik
             + loss_cfg.smoothness_weight * l_smooth)
     with torch.no_grad():

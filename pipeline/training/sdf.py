@@ -73,7 +73,6 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
     rank) and computes its rows only: its pixels, depth rays, eikonal and anchor points. Each loss
     is its rows' sum over the global count times the world size, so that the ranks' averaged
     gradient is one process's. The returned ``ray_error`` is this rank's rows'."""
-    world = distributed.world_size()
     pixel_rows = distributed.batch_rows(len(batch[0]))
     view, uv, rgb_gt, mask_gt = batch if pixel_rows is None else (pixel_rows.take(t) for t in batch)
     rays_o, rays_d, _ = cameras[view].generate_rays(uv)
@@ -96,9 +95,7 @@ def training_step(model: VolumeSDFModel, cameras: Cameras, batch, settings: SDFT
     counts = distributed.all_gather_ints([int(hit[:n].sum()), int(hit[n:].sum()),
                                           out["weights"].shape[1] if len(out["weights"]) else 0, int(surface.sum())])
     samples_per_ray = max(c[2] for c in counts)
-
-    def global_mean(local_sum: torch.Tensor, count: int) -> torch.Tensor:
-        return local_sum * (world / max(count, 1))
+    global_mean = distributed.global_mean_of_sum
 
     l_depth = out["rgb"].new_zeros(())
     if depth_rays:
