@@ -75,6 +75,8 @@ def run(ctx: StageContext) -> dict:
     parts = parse_parts(cfg.what)
     if (cfg.between or cfg.at) and "panoramas" not in parts:
         raise ValueError("between= and at= place new panoramas: use them with --what panoramas")
+    if cfg.supersample < 1:
+        raise ValueError(f"supersample must be >= 1 (rays per pixel side; 1 = the pixel centre), got {cfg.supersample}")
     method = resolve_method(ctx.workspace, cfg.method)
     device = pick_device(cfg.device)
     scene = ctx.workspace.load_scene()

@@ -132,6 +132,10 @@ class SDFStageConfig:
     # a cost on the foreground's opacity per ray: what the background field explains as well (the sky
     # over a street, seen from inside) is left to it instead of painted on a surface (0 = off)
     opacity_weight: float = 0.0
+    # each pixel's training ray goes through a random point of the pixel's area instead of its
+    # centre (instant-ngp's training rays): a photo's pixel is the average over its area, so a
+    # sharp surface edge is learnt where it is, not smeared to fit the centres
+    pixel_jitter: bool = False
     # the sky gets no foreground opacity (the background field's alone): auto = blue skies found in
     # the photos (pipeline.geometry.sky; none on the built-in scene, temple, lego, Herz-Jesu) |
     # folder = sky_folder's masks, one per view named like it, white = sky | off. Not with use_masks
@@ -147,6 +151,10 @@ class SDFStageConfig:
     holdout_every: int = 8  # scenes without a test/val split hold back every k-th view (0: none)
     eval_max_views: int = 0  # 0 = all held-out views
     eval_downscale: int = 1
+    # held-out renders: colour and opacity averaged over k x k rays per pixel (anti-aliased edges,
+    # as a photo's pixel averages its area; depth and normals stay the pixel centre's); 1 = one
+    # ray through each pixel's centre
+    eval_supersample: int = 1
     # the colour behind the background field (all of the background with background_field.model=none):
     # white | black | auto (the median colour outside the masks; white without masks)
     background: str = "white"
@@ -207,6 +215,9 @@ def run(ctx: StageContext) -> dict:
                           f"got {cfg.background_field.model!r}")
     if not 0.0 <= cfg.error_sampling < 1.0:
         raise ConfigError(f"error_sampling must be in [0, 1) (a share of each batch), got {cfg.error_sampling:g}")
+    if cfg.eval_supersample < 1:
+        raise ConfigError(f"eval_supersample must be >= 1 (rays per pixel side; 1 = the pixel centre), "
+                          f"got {cfg.eval_supersample}")
     if cfg.inside_out not in INSIDE_OUT_MODES:
         raise ConfigError(f"inside_out must be one of {', '.join(INSIDE_OUT_MODES)}, got {cfg.inside_out!r}")
     if cfg.foreground_box not in ("auto", "off"):
@@ -329,8 +340,9 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     eval_views = load_views(scene, eval_idx, true_masks if with_masks else full_masks(scene, eval_idx),
                             cfg.eval_downscale)
     view_metrics = evaluate_sdf_views(model, eval_views, [scene.frames[i].name for i in eval_idx], with_masks,
-                                      ctx.out_dir, 1.0 / to_original.scale)
+                                      ctx.out_dir, 1.0 / to_original.scale, supersample=cfg.eval_supersample)
     metrics.update({k: v for k, v in view_metrics.items() if k != "views"}, eval_views=eval_on,
+                   eval_supersample=cfg.eval_supersample,
                    eval_time_s=round(time.time() - t_eval, 1))
 
     t_mesh = time.time()

@@ -50,7 +50,8 @@ def scene_targets(scene, indices: Sequence[int], device, masks: bool = False, de
 def render_and_score(model, targets: Iterable[ViewTarget], total: int, out_dir: Path, scores: Sequence[str],
                      chunk: int, depth_scale: float, renders: bool = True, normal_renders: bool = False,
                      depth_files: bool = False, lpips_net: Optional[str] = None, depth_in_mask: bool = True,
-                     mixed_precision: bool = False, desc: str = "views") -> tuple[list[dict], Optional[str]]:
+                     mixed_precision: bool = False, desc: str = "views",
+                     supersample: int = 1) -> tuple[list[dict], Optional[str]]:
     """Render each target, write its files and score it. Returns (one row per view: ``name`` and
     ``scores``, None where unavailable; the reason LPIPS is unavailable, or None).
 
@@ -59,7 +60,9 @@ def render_and_score(model, targets: Iterable[ViewTarget], total: int, out_dir: 
     (float32 depth in ORIGINAL units = rendered / ``depth_scale``, 0 where opacity < 0.5;
     ``depth_files``). ``lpips_net``: compute LPIPS with this backbone (None: not at all); after
     the first view it is unavailable for, it is not tried again. ``depth_in_mask``: depth errors
-    on the GT mask's pixels when there is a mask. ``mixed_precision``: bf16 autocast of rendering."""
+    on the GT mask's pixels when there is a mask. ``mixed_precision``: bf16 autocast of rendering.
+    ``supersample`` k: colour and opacity averaged over k x k rays per pixel (see
+    :func:`pipeline.models.render.render_image`)."""
     unknown = [s for s in scores if s not in SCORES]
     if unknown:
         raise ValueError(f"unknown scores {unknown}; choose from {SCORES}")
@@ -69,7 +72,7 @@ def render_and_score(model, targets: Iterable[ViewTarget], total: int, out_dir: 
     rows, lpips_reason = [], None
     for target in progress(targets, total=total, desc=desc):
         with autocast(target.camera.fx.device, mixed_precision):
-            r = render_image(model, target.camera, chunk=chunk)
+            r = render_image(model, target.camera, chunk=chunk, supersample=supersample)
         rgb, acc = r["rgb"].clamp(0, 1).numpy(), r["acc"].numpy()
         gt, mask = target.image, target.mask
         if tuple(gt.shape[:2]) != rgb.shape[:2]:
@@ -114,7 +117,7 @@ def finite(value):
 
 def evaluate_views(model, scene, sim, out: Path, device, log, split: str = "eval", max_views: int = 0,
                    chunk: int = 8192, lpips_net: Optional[str] = "alex", depth_in_mask: bool = True,
-                   save_renders: bool = True) -> dict:
+                   save_renders: bool = True, supersample: int = 1) -> dict:
     """The eval stage's image, mask and depth metrics, per view and averaged, on ``split``
     (:func:`pipeline.export.splits.select_views`); renders go to ``out/renders/``."""
     note = None
@@ -125,10 +128,11 @@ def evaluate_views(model, scene, sim, out: Path, device, log, split: str = "eval
     per_view, lpips_reason = render_and_score(
         model, scene_targets(scene, indices, device, masks=True, depth=True), len(indices), out,
         ("psnr", "ssim", "lpips", "mask_iou", "psnr_masked", "depth", "ws_psnr"), chunk, sim.scale,
-        renders=save_renders, lpips_net=lpips_net, depth_in_mask=depth_in_mask, desc="eval views")
+        renders=save_renders, lpips_net=lpips_net, depth_in_mask=depth_in_mask, desc="eval views",
+        supersample=supersample)
     for row in per_view:
         row.update({k: finite(row[k]) for k in ("psnr", "psnr_masked", "ws_psnr") if k in row})
-    result: dict = {"views": len(per_view), "split": split, "per_view": per_view}
+    result: dict = {"views": len(per_view), "split": split, "supersample": supersample, "per_view": per_view}
     if note:
         result["note"] = note
     for key in ("psnr", "ssim", "lpips", "mask_iou", "psnr_masked", "ws_psnr"):

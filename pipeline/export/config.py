@@ -41,6 +41,9 @@ class ExportConfig:
     video: bool = True
     save_frames: bool = True  # PNG per frame
     view_depth: bool = False  # also write raw depth (.npy) per path frame
+    # colour averaged over k x k rays per pixel (anti-aliased edges; costs k^2 renders; depth stays
+    # the pixel centre's); 1 = one ray through each pixel's centre
+    supersample: int = 1
 
     # panoramas (what=panoramas; pipeline/export/panoramas.py)
     between: str = ""  # "a,b": two panorama stems; `steps` new panoramas from a's centre to b's (ends included)

@@ -53,7 +53,7 @@ def export_views(model, scene, sim, cfg: ExportConfig, out: Path, device, log) -
     writer = open_video(views_dir / "video.mp4", path.fps) if cfg.video else None
     try:
         for i in progress(range(len(path)), desc=f"views ({cfg.path})"):
-            r = render_image(model, path.camera(i, device=device), chunk=cfg.chunk)
+            r = render_image(model, path.camera(i, device=device), chunk=cfg.chunk, supersample=cfg.supersample)
             frame = to_uint8(r["rgb"].numpy())
             if cfg.save_frames:
                 write_png(views_dir / f"frame_{i:05d}.png", frame)
@@ -66,4 +66,5 @@ def export_views(model, scene, sim, cfg: ExportConfig, out: Path, device, log) -
             writer.close()
     k = path.intrinsics[0]
     log.info(f"export: {len(path)} frames ({cfg.path}, {k.width}x{k.height}) -> {views_dir}")
-    return {"frames": len(path), "path": cfg.path, "width": k.width, "height": k.height, "fps": path.fps}
+    return {"frames": len(path), "path": cfg.path, "width": k.width, "height": k.height, "fps": path.fps,
+            "supersample": cfg.supersample}

@@ -51,6 +51,7 @@ class SDFTrainSettings:
     depth_weight: float  # relative depth error along the rays that saw the sparse points; 0 = off
     depth_rays: int  # of those rays per step
     opacity_weight: float  # cost of the foreground's opacity (what the background explains as well goes there)
+    pixel_jitter: bool  # each pixel's ray through a random point of its area, not its centre
     sky_weight: float  # no foreground opacity on the sky (the pixels whose mask is false); 0 = no sky masks
     lr: float
     lr_grid: float
@@ -294,7 +295,7 @@ def train(model: VolumeSDFModel, cameras: Cameras, rays: PixelRays, settings: SD
             # pixels are drawn on the CPU (one generator: the same batches on any device), then moved
             # (the whole batch on every rank: each renders its rows of it)
             rows = rays.draw(settings.batch_rays, generator)
-            batch = tuple(t.to(device) for t in rays.batch(rows))
+            batch = tuple(t.to(device) for t in rays.batch(rows, generator if settings.pixel_jitter else None))
             loss, stats = forward(model, cameras, batch, step_settings, generator, render_generator, anchors)
             ray_error = stats.pop("ray_error")
             if rays.pixel_error is not None:

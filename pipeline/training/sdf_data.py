@@ -64,9 +64,13 @@ class PixelRays:
             rows[:n_error] = torch.searchsorted(self._cdf, u).clamp_max(len(self) - 1)
         return rows
 
-    def batch(self, rows: torch.Tensor):
-        """Pixel rows (N,) -> (view (N,), uv (N, 2), rgb (N, 3) float32, mask (N,))."""
+    def batch(self, rows: torch.Tensor, jitter: Optional[torch.Generator] = None):
+        """Pixel rows (N,) -> (view (N,), uv (N, 2), rgb (N, 3) float32, mask (N,)). uv: the pixels'
+        centres, or with a ``jitter`` generator a random point of each pixel's area (a photo's pixel
+        averages its area; the draw is the whole batch's, so every DDP rank draws the same)."""
         view, uv, rgb = view_pixels(self.store, rows)
+        if jitter is not None:
+            uv = uv - 0.5 + torch.rand(len(rows), 2, generator=jitter)
         return view, uv, rgb, self.mask_flat[rows]
 
     def sample(self, count: int, generator: Optional[torch.Generator] = None):

@@ -189,6 +189,23 @@ def test_the_curvature_term_and_the_error_map_train_with_either_kind_of_gradient
     assert curve and all(c["curvature"] > 0 for c in curve), curve
 
 
+def test_jittered_training_rays_and_supersampled_held_out_renders(photo_workspace):
+    import stages.sdf as sdf
+    from pipeline.models.render import render_image
+    from pipeline.models.sdf.io import load_trained
+
+    ws, original = photo_workspace
+    run_stage(sdf.STAGE, ws, tiny_sdf_config("max_steps=6", "pixel_jitter=true", "eval_supersample=2"))
+    metrics = json.loads((ws.stage_dir("sdf") / "metrics.json").read_text())
+    assert metrics["iterations"] == 6 and metrics["eval_supersample"] == 2
+    # the held-out render is the 2 x 2 average: what render_image gives with supersample=2
+    scene = ws.load_scene()
+    index = [f.name for f in scene.frames].index("r_4")
+    rgb = render_image(load_trained(ws), scene.cameras([index]), supersample=2)["rgb"].clamp(0, 1).numpy()
+    saved = iio.imread(ws.stage_dir("sdf") / "renders" / "r_4.png")[..., :3]
+    assert np.abs(saved.astype(int) - np.round(rgb * 255)).max() <= 1
+
+
 def test_a_fading_curvature_term_smooths_early_and_stops_at_its_share_of_training(photo_workspace):
     import stages.sdf as sdf
     from pipeline.training.sdf import SDFTrainSettings, curvature_weight_at
@@ -234,7 +251,8 @@ def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
                                                ("opacity_weight=-0.1", "opacity_weight must be >= 0"),
                                                ("foreground_box=on", "foreground_box must be auto or off"),
                                                ("sky=segment", "sky must be one of auto, folder, off"),
-                                               ("sky_weight=-1", "sky_weight must be >= 0")])
+                                               ("sky_weight=-1", "sky_weight must be >= 0"),
+                                               ("eval_supersample=0", "eval_supersample must be >= 1")])
 def test_bad_settings_stop_before_any_work(photo_workspace, override, message):
     import stages.sdf as sdf
     from pipeline.runner.config import ConfigError

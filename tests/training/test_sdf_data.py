@@ -38,6 +38,18 @@ def test_without_the_error_map_pixels_are_uniform():
     assert counts.min() > 60 and counts.max() < 140  # 100 expected each
 
 
+def test_jittered_rays_go_through_random_points_of_their_pixels():
+    rays = tiny_rays()
+    rows = rays.draw(2000, torch.Generator().manual_seed(2))
+    _, centres, _, _ = rays.batch(rows)
+    _, uv, rgb, _ = rays.batch(rows, torch.Generator().manual_seed(3))
+    offset = uv - (centres - 0.5)  # from each pixel's corner
+    assert (offset >= 0).all() and (offset < 1).all()  # inside the pixel it was drawn for
+    assert offset.mean(0).sub(0.5).abs().max() < 0.03 and offset.std(0).min() > 0.25  # spread over its area
+    # the draw is the generator's: two ranks with one seed get the same rays
+    assert torch.equal(uv, rays.batch(rows, torch.Generator().manual_seed(3))[1])
+
+
 def test_surface_anchors_are_the_points_and_the_training_rays_that_saw_them():
     from pipeline.geometry.normalize import Similarity
     from pipeline.training.sdf_data import surface_anchors
