@@ -132,9 +132,8 @@ class SDFStageConfig:
     # a cost on the foreground's opacity per ray: what the background field explains as well (the sky
     # over a street, seen from inside) is left to it instead of painted on a surface (0 = off)
     opacity_weight: float = 0.0
-    # each pixel's training ray goes through a random point of the pixel's area instead of its
-    # centre (instant-ngp's training rays; a photo's pixel averages its area). Off: on lego-200 it
-    # lost 0.2-0.4 dB on both seeds tried, with or without supersampled held-out renders
+    # training rays through a random point of their pixel, not its centre (instant-ngp's); off:
+    # on lego-200 it lost 0.2-0.4 dB on both seeds tried
     pixel_jitter: bool = False
     # the sky gets no foreground opacity (the background field's alone): auto = blue skies found in
     # the photos (pipeline.geometry.sky; none on the built-in scene, temple, lego, Herz-Jesu) |
@@ -151,9 +150,8 @@ class SDFStageConfig:
     holdout_every: int = 8  # scenes without a test/val split hold back every k-th view (0: none)
     eval_max_views: int = 0  # 0 = all held-out views
     eval_downscale: int = 1
-    # held-out renders: colour and opacity averaged over k x k rays per pixel (anti-aliased edges,
-    # as a photo's pixel averages its area; depth and normals stay the pixel centre's); 1 = one
-    # ray through each pixel's centre
+    # held-out renders: colour and opacity averaged over k x k rays per pixel (anti-aliased, as a
+    # photo's pixel averages its area; depth and normals: the centre ray's); 1 = the centre ray
     eval_supersample: int = 1
     # the colour behind the background field (all of the background with background_field.model=none):
     # white | black | auto (the median colour outside the masks; white without masks)
@@ -206,43 +204,35 @@ class SDFStageConfig:
 def run(ctx: StageContext) -> dict:
     cfg: SDFStageConfig = ctx.config
     check_budget(cfg)  # before any work
-    if cfg.field not in FIELDS:
-        raise ConfigError(f"field must be one of {', '.join(FIELDS)}, got {cfg.field!r}")
-    if cfg.sample_gradients not in SAMPLE_GRADIENTS:
-        raise ConfigError(f"sample_gradients must be one of {', '.join(SAMPLE_GRADIENTS)}, got {cfg.sample_gradients!r}")
-    if cfg.background_field.model not in BACKGROUND_MODELS:
-        raise ConfigError(f"background_field.model must be one of {', '.join(BACKGROUND_MODELS)}, "
-                          f"got {cfg.background_field.model!r}")
-    if not 0.0 <= cfg.error_sampling < 1.0:
-        raise ConfigError(f"error_sampling must be in [0, 1) (a share of each batch), got {cfg.error_sampling:g}")
-    if cfg.eval_supersample < 1:
-        raise ConfigError(f"eval_supersample must be >= 1 (rays per pixel side; 1 = the pixel centre), "
-                          f"got {cfg.eval_supersample}")
-    if cfg.inside_out not in INSIDE_OUT_MODES:
-        raise ConfigError(f"inside_out must be one of {', '.join(INSIDE_OUT_MODES)}, got {cfg.inside_out!r}")
-    if cfg.foreground_box not in ("auto", "off"):
-        raise ConfigError(f"foreground_box must be auto or off, got {cfg.foreground_box!r}")
-    if cfg.mesh_clip not in MESH_CLIP_MODES:
-        raise ConfigError(f"mesh_clip must be one of {', '.join(MESH_CLIP_MODES)}, got {cfg.mesh_clip!r}")
-    if cfg.roi not in ROI_MODES:
-        raise ConfigError(f"roi must be one of {', '.join(ROI_MODES)}, got {cfg.roi!r}")
-    if cfg.roi == "box" or cfg.roi_box:
-        parse_box(cfg.roi_box)
-    if cfg.sampling.spacing not in ("auto",) + SPACINGS:
-        raise ConfigError(f"sampling.spacing must be auto, {' or '.join(SPACINGS)}, got {cfg.sampling.spacing!r}")
-    if cfg.sky not in SKY_SOURCES:
-        raise ConfigError(f"sky must be one of {', '.join(SKY_SOURCES)}, got {cfg.sky!r}")
-    for key in ("points_weight", "depth_weight", "opacity_weight", "sky_weight"):
-        if not getattr(cfg, key) >= 0:
-            raise ConfigError(f"{key} must be >= 0 (0 = off), got {getattr(cfg, key)}")
-    if cfg.mesh_visibility not in MESH_VISIBILITY:
-        raise ConfigError(f"mesh_visibility must be one of {', '.join(MESH_VISIBILITY)}, got {cfg.mesh_visibility!r}")
+    check_settings(cfg)
     with torch_threads(cfg.cpu_threads):
         return _run(ctx, cfg)
 
 
 MESH_VISIBILITY = ("components", "faces", "off")
 MESH_CLIP_MODES = ("auto", "off")
+
+
+def check_settings(cfg: SDFStageConfig) -> None:
+    """A ConfigError naming the first bad setting (before any work)."""
+    choices = {"field": FIELDS, "sample_gradients": SAMPLE_GRADIENTS, "background_field.model": BACKGROUND_MODELS,
+               "inside_out": INSIDE_OUT_MODES, "foreground_box": ("auto", "off"), "mesh_clip": MESH_CLIP_MODES,
+               "roi": ROI_MODES, "sampling.spacing": ("auto",) + SPACINGS, "sky": SKY_SOURCES,
+               "mesh_visibility": MESH_VISIBILITY}
+    for key, allowed in choices.items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if not 0.0 <= cfg.error_sampling < 1.0:
+        raise ConfigError(f"error_sampling must be in [0, 1) (a share of each batch), got {cfg.error_sampling:g}")
+    if cfg.eval_supersample < 1:
+        raise ConfigError(f"eval_supersample must be >= 1 (rays per pixel side; 1 = the pixel centre), "
+                          f"got {cfg.eval_supersample}")
+    if cfg.roi == "box" or cfg.roi_box:
+        parse_box(cfg.roi_box)
+    for key in ("points_weight", "depth_weight", "opacity_weight", "sky_weight"):
+        if not getattr(cfg, key) >= 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = off), got {getattr(cfg, key)}")
 INSIDE_OUT_MODES = ("auto", "on", "off")
 INSIDE_OUT_INIT = 0.95  # share of the sphere's radius the inside-out field starts at
 
@@ -342,8 +332,7 @@ def _run(ctx: StageContext, cfg: SDFStageConfig) -> dict:
     view_metrics = evaluate_sdf_views(model, eval_views, [scene.frames[i].name for i in eval_idx], with_masks,
                                       ctx.out_dir, 1.0 / to_original.scale, supersample=cfg.eval_supersample)
     metrics.update({k: v for k, v in view_metrics.items() if k != "views"}, eval_views=eval_on,
-                   eval_supersample=cfg.eval_supersample,
-                   eval_time_s=round(time.time() - t_eval, 1))
+                   eval_supersample=cfg.eval_supersample, eval_time_s=round(time.time() - t_eval, 1))
 
     t_mesh = time.time()
     try:

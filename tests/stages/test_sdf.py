@@ -246,10 +246,10 @@ def test_the_field_starts_inside_out_when_the_cameras_stand_inside_its_sphere():
                                                ("mesh_clip=yes", "mesh_clip must be one of auto, off"),
                                                ("error_sampling=1.5", "error_sampling must be in"),
                                                ("inside_out=maybe", "inside_out must be one of auto, on, off"),
-                                               ("sampling.spacing=even", "sampling.spacing must be auto, linear or log"),
+                                               ("sampling.spacing=even", "sampling.spacing must be one of auto, linear, log"),
                                                ("points_weight=-1", "points_weight must be >= 0"),
                                                ("opacity_weight=-0.1", "opacity_weight must be >= 0"),
-                                               ("foreground_box=on", "foreground_box must be auto or off"),
+                                               ("foreground_box=on", "foreground_box must be one of auto, off"),
                                                ("sky=segment", "sky must be one of auto, folder, off"),
                                                ("sky_weight=-1", "sky_weight must be >= 0"),
                                                ("eval_supersample=0", "eval_supersample must be >= 1")])
