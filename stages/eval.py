@@ -30,7 +30,7 @@ from pipeline.evaluation.poses import evaluate_poses
 from pipeline.evaluation.table import format_table
 from pipeline.evaluation.views import evaluate_views
 from pipeline.export.methods import MODEL_PRODUCED_BY, load_model, model_inputs, resolve_method, trained_methods
-from pipeline.runner.config import ConfigError
+from pipeline.models.render import check_supersample
 from pipeline.runner.io import write_json
 from pipeline.runner.runtime import pick_device, torch_threads
 from pipeline.runner.stage import Stage, StageContext
@@ -76,8 +76,7 @@ def poses_only(workspace: Workspace, config) -> bool:
 def run(ctx: StageContext) -> dict:
     cfg: EvalConfig = ctx.config
     check_non_negative(holdout_max_time_s=cfg.holdout_max_time_s)  # before any work
-    if cfg.supersample < 1:
-        raise ConfigError(f"supersample must be >= 1 (rays per pixel side; 1 = the pixel centre), got {cfg.supersample}")
+    check_supersample(cfg.supersample)
     with torch_threads(cfg.cpu_threads):
         return _run(ctx, cfg)
 

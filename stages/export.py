@@ -33,6 +33,7 @@ from pipeline.export.meshing import export_mesh
 from pipeline.export.methods import MODEL_PRODUCED_BY, load_model, model_inputs, resolve_method
 from pipeline.export.novel_views import export_views
 from pipeline.export.panoramas import export_panoramas
+from pipeline.models.render import check_supersample
 from pipeline.runner.runtime import pick_device
 from pipeline.runner.stage import Stage, StageContext
 from pipeline.runner.workspace import Workspace
@@ -75,8 +76,7 @@ def run(ctx: StageContext) -> dict:
     parts = parse_parts(cfg.what)
     if (cfg.between or cfg.at) and "panoramas" not in parts:
         raise ValueError("between= and at= place new panoramas: use them with --what panoramas")
-    if cfg.supersample < 1:
-        raise ValueError(f"supersample must be >= 1 (rays per pixel side; 1 = the pixel centre), got {cfg.supersample}")
+    check_supersample(cfg.supersample)
     method = resolve_method(ctx.workspace, cfg.method)
     device = pick_device(cfg.device)
     scene = ctx.workspace.load_scene()

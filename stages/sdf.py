@@ -67,6 +67,7 @@ from pipeline.geometry.mesh import is_watertight, read_ply, write_ply
 from pipeline.geometry.roi import (ROI_MODES, box_distance, camera_arrays, cameras_inside, choose_roi,
                                    holding_cameras, is_identity, move_scene, parse_box, points_box)
 from pipeline.models.idr.model import RendererConfig
+from pipeline.models.render import check_supersample
 from pipeline.models.idr.sdf_network import SDFNetworkConfig
 from pipeline.models.sdf.background import BACKGROUND_MODELS, BackgroundConfig
 from pipeline.models.sdf.io import build_model, save_model
@@ -225,9 +226,7 @@ def check_settings(cfg: SDFStageConfig) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     if not 0.0 <= cfg.error_sampling < 1.0:
         raise ConfigError(f"error_sampling must be in [0, 1) (a share of each batch), got {cfg.error_sampling:g}")
-    if cfg.eval_supersample < 1:
-        raise ConfigError(f"eval_supersample must be >= 1 (rays per pixel side; 1 = the pixel centre), "
-                          f"got {cfg.eval_supersample}")
+    check_supersample(cfg.eval_supersample, "eval_supersample")
     if cfg.roi == "box" or cfg.roi_box:
         parse_box(cfg.roi_box)
     for key in ("points_weight", "depth_weight", "opacity_weight", "sky_weight"):

@@ -11,6 +11,7 @@ from typing import Optional, Protocol, runtime_checkable
 import torch
 
 from pipeline.geometry.cameras import Cameras, pixel_grid
+from pipeline.runner.config import ConfigError
 
 
 @runtime_checkable
@@ -46,11 +47,16 @@ class SDFModel(RenderableModel, Protocol):
 AVERAGED_OUTPUTS = ("rgb", "acc")  # what a supersampled render averages over each pixel's area
 
 
+def check_supersample(value: int, key: str = "supersample") -> None:
+    """A ConfigError naming ``key`` unless ``value`` (rays per pixel side) is >= 1."""
+    if value < 1:
+        raise ConfigError(f"{key} must be >= 1 (rays per pixel side; 1 = the pixel centre), got {value}")
+
+
 def subpixel_offsets(samples: int) -> list[tuple[float, float]]:
     """The ``samples`` x ``samples`` stratified points of a pixel's area, as offsets from its corner
     in [0, 1)^2, row by row; for odd ``samples`` the middle one is the centre (0.5, 0.5)."""
-    if samples < 1:
-        raise ValueError(f"samples per pixel side must be >= 1, got {samples}")
+    check_supersample(samples)
     steps = [(i + 0.5) / samples for i in range(samples)]
     return [(x, y) for y in steps for x in steps]
 
@@ -107,4 +113,4 @@ def _render_pixels(model, camera: Cameras, w: int, h: int, chunk: int, offset: t
     return result
 
 
-__all__ = ["RenderableModel", "DensityModel", "SDFModel", "render_image", "subpixel_offsets", "pixel_grid"]
+__all__ = ["RenderableModel", "DensityModel", "SDFModel", "render_image", "check_supersample", "subpixel_offsets", "pixel_grid"]
