@@ -18,6 +18,7 @@ from pipeline.models.components.batch_rows import normal_rows
 from pipeline.models.idr.losses import LossConfig, mask_alpha, mask_loss, rgb_loss, smoothness_loss
 from pipeline.models.idr.model import IDRModel, RendererConfig, uniform_ball_points
 from pipeline.training import distributed
+from pipeline.training.averaging import TailAverage
 from pipeline.training.common import (SURFACE_NOT_RESUME_KEYS, Budget, TrainingSession, adam, decay_factor,
                                       load_resumable, restore_or_start_afresh, save_checkpoint)
 
@@ -37,6 +38,7 @@ class TrainSettings:
     lr_grid: float
     lr_cameras: float
     lr_final_factor: float
+    average_tail: float  # the saved weights are their mean over this last share of the budget (0 = last step's)
     checkpoint_every: int  # steps; 0 = off
     checkpoint_every_s: float  # seconds; 0 = off
     seed: int
@@ -134,8 +136,8 @@ def make_optimizer(model: IDRModel, corrections: Optional[PoseCorrections], sett
     return adam(groups, fused=False, betas=(0.9, 0.99), eps=1e-15)
 
 
-def _checkpoint_state(model, corrections, optimizer, iteration, elapsed, generator_state, settings) -> dict:
-    return {"iteration": iteration, "elapsed_s": elapsed, "model": model.state_dict(),
+def _checkpoint_state(model, corrections, optimizer, tail, iteration, elapsed, generator_state, settings) -> dict:
+    return {"iteration": iteration, "elapsed_s": elapsed, "model": model.state_dict(), "average": tail.state_dict(),
             "corrections": corrections.state_dict() if corrections is not None else None,
             "optimizer": optimizer.state_dict(), "generator": generator_state,
             "config": settings.resume_config}
@@ -154,6 +156,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
     generator = torch.Generator().manual_seed(settings.seed)  # the same on every rank
     device = model.background.device
     optimizer = make_optimizer(model, corrections, settings)
+    tail = TailAverage(model, settings.average_tail)
     ckpt_path = Path(resume_dir) / CHECKPOINT_NAME
     start, elapsed = 0, 0.0
     state = distributed.broadcast_object(load_resumable(ckpt_path, settings.resume_config, log, "idr")
@@ -168,17 +171,18 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
         elif (corrections is None) != (state["corrections"] is None):
             raise ValueError("trainable cameras (train_cameras) differ")
         optimizer.load_state_dict(state["optimizer"])
+        tail.load_state_dict(state["average"])
         generator.set_state(state["generator"])  # every rank: rank 0's, the one stream they all draw
         start, elapsed = counters
 
-    modules = [model, optimizer] + ([corrections] if corrections is not None else [])
+    modules = [model, optimizer, tail] + ([corrections] if corrections is not None else [])
     if state is not None and restore_or_start_afresh(state, ckpt_path, restore, log, "idr", modules, [generator]):
         log.info(f"idr: resuming from step {start} ({elapsed:.1f}s trained) of {ckpt_path}")
     stats: dict = {}
     rng_at_step_start = generator.get_state()  # an interrupted step is redone from here
 
     def save(iteration: int, spent: float) -> None:
-        save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, iteration, spent,
+        save_checkpoint(ckpt_path, _checkpoint_state(model, corrections, optimizer, tail, iteration, spent,
                                                      rng_at_step_start, settings))
 
     forward = distributed.ddp_step(distributed_step, [model, corrections], find_unused_parameters=True)
@@ -203,6 +207,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
             optimizer.step()
             if corrections is not None and settings.camera_gauge:
                 corrections.remove_gauge(cameras.c2w)
+            tail.update(model, frac)
             rng_at_step_start = generator.get_state()
             session.step_done(stats, optimizer.param_groups[0]["lr"],
                               postfix={"loss": f"{stats['loss']:.4f}", "psnr": f"{stats['psnr']:.1f}",
@@ -211,6 +216,7 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
                               log_line=", ".join(f"{k} {stats[k]:.4f}" for k in ("loss", "rgb", "mask", "eikonal",
                                                                                   "psnr", "hit_in_mask") if k in stats))
     model.set_progress(1.0)
-    total = session.finish()
+    total = session.finish()  # its checkpoint keeps the last step's weights (and the mean) to resume from
+    averaged_steps = tail.count if tail.apply_to(model) else 0
     return {"steps": session.iteration, "train_time_s": total, "stopped_by_time": session.stopped_by_time,
-            "last_step": stats}
+            "averaged_steps": averaged_steps, "last_step": stats}

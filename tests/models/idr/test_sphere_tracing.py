@@ -93,3 +93,18 @@ def test_sample_network_gradient_matches_finite_differences(one_thread):
             assert abs(numeric - float(g.view(-1)[k])) < 1e-4 + 1e-3 * abs(numeric)
             checked += 1
     assert checked >= 6
+
+
+def test_a_grazing_ray_moves_the_surface_point_a_bounded_amount():
+    from pipeline.models.idr.model import MIN_INCIDENCE
+
+    x0 = torch.zeros(2, 3)
+    rays_d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    # unit normals: one facing the ray, one at 89.97 deg to it (n . v = -5e-4)
+    grad = torch.tensor([[0.0, 0.0, -1.0], [1.0, 0.0, -5e-4]])
+    sdf = torch.zeros(2, requires_grad=True)
+    points = sample_network(x0, rays_d, sdf, grad)
+    (dz_frontal,) = torch.autograd.grad(points[0, 2], sdf, retain_graph=True)
+    (dz_grazing,) = torch.autograd.grad(points[1, 2], sdf)
+    assert float(dz_frontal[0]) == pytest.approx(1.0)  # f up by e: the hit moves e further along the ray
+    assert float(dz_grazing[1]) == pytest.approx(1.0 / MIN_INCIDENCE)  # not 1 / 5e-4 = 2000
