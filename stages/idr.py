@@ -4,7 +4,8 @@ Geometry is the zero level set of an SDF network, appearance a neural renderer, 
 be refined jointly (``train_cameras=true``). Trains on object masks (dataset, folder or plain
 background threshold: ``mask_source``).
 
-Outputs in ``W/idr/``: ``model.pt`` (load with :func:`pipeline.models.idr.io.load_trained`),
+Outputs in ``W/idr/``: ``model.pt`` (the mean of the weights over the last ``average_tail`` of
+training; load with :func:`pipeline.models.idr.io.load_trained`),
 ``renders/`` (RGB and normal PNGs of the held-out views), ``depth/*.npy`` (z-depth in the dataset's
 original units, 0 = no surface), ``mesh.ply`` (marching cubes of f, original units, vertex colours),
 ``metrics.json`` (PSNR, SSIM, mask IoU, Chamfer when a ground-truth mesh is known, times), and

@@ -44,9 +44,15 @@ class TailAverage:
         return 0 if self.averaged is None else int(self.averaged.n_averaged)
 
     def update(self, module: torch.nn.Module, progress: float) -> None:
-        """Add ``module``'s current weights to the mean once ``progress`` (0..1 of the budget) is in the tail."""
-        if self.averaged is not None and progress >= 1.0 - self.tail:
+        """Add ``module``'s current weights to the mean once ``progress`` (0..1 of the budget) is in the
+        tail. Before it the mean is emptied: a run resumed with a larger budget averages its new tail
+        only."""
+        if self.averaged is None:
+            return
+        if progress >= 1.0 - self.tail:
             self.averaged.update_parameters(module)
+        elif self.count:
+            self.averaged.n_averaged.zero_()
 
     @torch.no_grad()
     def apply_to(self, module: torch.nn.Module) -> bool:

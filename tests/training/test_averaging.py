@@ -18,6 +18,20 @@ def test_the_mean_covers_only_the_tail_of_the_budget():
     assert torch.allclose(layer.weight, torch.full_like(layer.weight, 2.5))
 
 
+def test_a_larger_budget_starts_the_mean_again():
+    layer = torch.nn.Linear(3, 2)
+    tail = TailAverage(layer, 0.2)
+    tail.update(layer, 0.9)
+    assert tail.count == 1
+    tail.update(layer, 0.6)  # resumed with a larger budget: before the new tail
+    assert tail.count == 0
+    with torch.no_grad():
+        layer.weight.fill_(4.0)
+    tail.update(layer, 0.85)
+    assert tail.count == 1 and tail.apply_to(layer)
+    assert torch.allclose(layer.weight, torch.full_like(layer.weight, 4.0))
+
+
 def test_no_tail_keeps_the_last_weights():
     layer = torch.nn.Linear(3, 2)
     before = layer.weight.detach().clone()
