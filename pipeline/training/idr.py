@@ -217,6 +217,6 @@ def train(model: IDRModel, cameras: Cameras, corrections: Optional[PoseCorrectio
                                                                                   "psnr", "hit_in_mask") if k in stats))
     model.set_progress(1.0)
     total = session.finish()  # its checkpoint keeps the last step's weights (and the mean) to resume from
-    averaged_steps = tail.count if tail.apply_to(model) else 0
+    tail.apply_to(model)  # the mean, when any step was averaged
     return {"steps": session.iteration, "train_time_s": total, "stopped_by_time": session.stopped_by_time,
-            "averaged_steps": averaged_steps, "last_step": stats}
+            "averaged_steps": tail.count, "last_step": stats}

@@ -57,8 +57,7 @@ def sample_network(x0: torch.Tensor, rays_d: torch.Tensor, sdf_theta: torch.Tens
     """
     n0 = grad_x0.detach()
     dot = (n0 * rays_d).sum(-1, keepdim=True)
-    sign = torch.where(dot > 0, 1.0, -1.0).to(dot.dtype)
-    dot = sign * dot.abs().clamp_min(MIN_INCIDENCE)
+    dot = torch.where(dot > 0, dot.clamp_min(MIN_INCIDENCE), dot.clamp_max(-MIN_INCIDENCE))
     return x0 - rays_d / dot * (sdf_theta - sdf_theta.detach()).unsqueeze(-1)
 
 
