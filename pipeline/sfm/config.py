@@ -18,8 +18,8 @@ class EstimationConfig:
     """Options of pose estimation (the poses stage's config extends this)."""
 
     # speed / accuracy trade-off (bench/RESULTS.md, poses on high-resolution photos):
-    # fast = SIFT at max 1024 px, the mapper's result as it is (principal point at the image centre;
-    # the behaviour before quality existed);
+    # fast = SIFT at max 1024 px, the mapper's result with only the last adjustment on long tracks
+    # (final_min_track_length; principal point at the image centre, as before quality existed);
     # balanced = fast + the tracks' keypoints refined at full resolution when SIFT saw the images
     # downscaled (refine_keypoints), + the principal point refined when held-out tracks confirm it
     # (refine_principal_point): Herz-Jesu-P8 0.50 -> 0.07 deg for ~7 s more; max = SIFT at full
@@ -80,6 +80,12 @@ class EstimationConfig:
     # 400 views 45.6 -> 27.6 s, rotation median 0.108 -> 0.114 deg (bench/RESULTS.md, poses at scale)
     ba_global_ratio: float = 0.0
     ba_global_ratio_min_images: int = 100
+    # the last bundle adjustment moves the poses on tracks seen by at least this many views, then
+    # re-fits the shorter tracks' points (pipeline/sfm/refine.py); 2 = every track, as COLMAP.
+    # Worst view (deg), 2 -> 3: built-in scene at 200 px, 50/100/200/400 views 2.09/4.28/0.71/1.24 ->
+    # 1.75/1.01/0.57/0.78; temple-ring 0.67 -> 0.46; lego-200 2.51 -> 2.07; Herz-Jesu-P8 the same
+    # (bench/RESULTS.md, poses at scale)
+    final_min_track_length: int = 3
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
     # known intrinsics from a file, kept fixed in mapping: a Strecha .camera file (or a folder of
     # them), a COLMAP cameras.txt / cameras.bin, or a transforms.json with fl_x, cx, cy
@@ -142,6 +148,8 @@ def check_config(cfg: EstimationConfig) -> None:
     for key in ("refine_principal_point", "refine_keypoints"):
         if getattr(cfg, key) not in ("auto", "no"):
             raise SceneError(f"{key} must be auto or no, got {getattr(cfg, key)!r}")
+    if cfg.final_min_track_length < 2:
+        raise SceneError(f"final_min_track_length must be 2 (every track) or more, got {cfg.final_min_track_length!r}")
     if cfg.camera_model not in ESTIMATED_MODELS:
         raise SceneError(f"camera_model must be one of {ESTIMATED_MODELS}, got {cfg.camera_model!r}")
 

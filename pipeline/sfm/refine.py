@@ -1,5 +1,5 @@
-"""Step 4c of pose estimation: the principal point refined when the views support it, checked on
-held-out tracks.
+"""Steps 4c and 4d of pose estimation: the principal point refined when the views support it, checked
+on held-out tracks; then a last adjustment of the poses on the tracks that three or more views see.
 
 COLMAP's mapper keeps the principal point at the image centre: with a few views it is poorly
 determined and freeing it can make things worse. A real lens's principal point is often 10-20 px
@@ -16,6 +16,13 @@ compared track by track (:func:`paired_gain`: the z-score of the mean decrease).
 principal point always lowers the error on the tracks it was fitted to; on held-out tracks it does
 so, beyond chance, only when the offset is real (Herz-Jesu-P8: z = 6; the same photos cropped so
 that the principal point is at the centre: z = 0.3).
+
+Step 4d (:func:`adjust_on_long_tracks`): a two-view track has no redundancy, so a feature that is
+not a fixed point of the surface (a blob on an occluding contour, a T-junction) triangulates into a
+point that fits both of its views and pulls their poses. The mapper's bundle adjustments keep such
+tracks; the last adjustment moves the poses on tracks of three or more views only
+(``BundleAdjustmentOptions.min_track_length``) and then re-fits the shorter tracks' points with the
+poses fixed, so that every point stays in the model (bench/RESULTS.md, poses at scale).
 """
 from __future__ import annotations
 
@@ -54,6 +61,34 @@ def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads:
 def bundle_adjust(pycolmap, rec, refine_intrinsics: bool, num_threads: int = -1) -> None:
     """A global bundle adjustment of ``rec`` in place (principal points as they are)."""
     pycolmap.bundle_adjustment(rec, _ba_options(pycolmap, False, refine_intrinsics, num_threads))
+
+
+def adjust_on_long_tracks(pycolmap, rec, min_track_length: int, refine_intrinsics: bool,
+                          min_observations: int = 10, num_threads: int = -1) -> dict:
+    """Bundle-adjust ``rec`` in place with the poses moved by tracks of ``min_track_length`` views
+    or more, then the shorter tracks' points alone. An image with fewer than ``min_observations``
+    observations in such tracks keeps its pose (too few to move it). Returns what was done:
+    ``{"min_track_length", "points_used", "points", "held_images"}``."""
+    long_points = [p for p in rec.point3D_ids() if rec.points3D[p].track.length() >= min_track_length]
+    seen = dict.fromkeys(rec.reg_image_ids(), 0)
+    for p in long_points:
+        for element in rec.points3D[p].track.elements:
+            seen[element.image_id] += 1
+    held = sorted(rec.images[i].name for i, n in seen.items() if n < min_observations)
+    options = _ba_options(pycolmap, False, refine_intrinsics, num_threads)
+    options.min_track_length = min_track_length
+    if held:
+        config = pycolmap.BundleAdjustmentConfig()
+        for image_id, n in seen.items():
+            config.add_image(image_id)
+            if n < min_observations:
+                config.set_constant_rig_from_world_pose(rec.images[image_id].frame_id)
+        _run_config(pycolmap, rec, options, config)
+    else:
+        pycolmap.bundle_adjustment(rec, options)
+    pycolmap.bundle_adjustment(rec, _points_only_options(pycolmap, num_threads))
+    return {"min_track_length": int(min_track_length), "points_used": len(long_points),
+            "points": int(rec.num_points3D()), "held_images": held}
 
 
 def _points_only_options(pycolmap, num_threads: int):

@@ -1,0 +1,96 @@
+"""The last bundle adjustment of pose estimation (pipeline/sfm/refine.py, step 4d): poses moved by
+tracks of three or more views only, on small hand-made reconstructions (a second)."""
+import numpy as np
+import pytest
+
+from datasets.scene import SceneError
+from pipeline.sfm.config import EstimationConfig, check_config
+from pipeline.sfm.refine import adjust_on_long_tracks
+
+pycolmap = pytest.importorskip("pycolmap")
+
+W, H, F = 400, 400, 500.0
+
+
+def _look_at(centre: np.ndarray) -> np.ndarray:
+    """(3, 3) world-to-camera rotation of a camera at ``centre`` looking at the origin (OpenCV axes, z up)."""
+    z = -centre / np.linalg.norm(centre)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(z, x), z])
+
+
+def make_reconstruction(weak_view_points: int = 40, false_points: int = 80, seed: int = 0):
+    """(model, true world-to-camera rotations (V, 3, 3)): 8 cameras on an arc around 300 points that
+    every view sees (0.2 px noise), except view 0 which sees only ``weak_view_points`` of them. Views
+    0 and 1 also share ``false_points`` two-view tracks whose feature is not one fixed point: the
+    observation in view 1 is of a point 20 cm beside the one in view 0 (a blob on an occluding
+    contour). The model is bundle-adjusted as the mapper leaves it: with every track."""
+    rng = np.random.default_rng(seed)
+    xyz = rng.uniform(-1.0, 1.0, size=(300, 3))
+    false_xyz = rng.uniform(-1.0, 1.0, size=(false_points, 3))
+    shift = np.array([0.2, 0.0, 0.0])
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="SIMPLE_PINHOLE", width=W, height=H,
+                                                    params=[F, W / 2, H / 2]))
+    rotations, tracks = [], {}
+    for k in range(8):
+        angle = np.deg2rad(-60 + 120 * k / 7)
+        centre = np.array([6 * np.sin(angle), -6 * np.cos(angle), 1.5])
+        rot = _look_at(centre)
+        rotations.append(rot)
+        seen = np.arange(weak_view_points) if k == 0 else np.arange(len(xyz))
+        points = xyz[seen]
+        if k in (0, 1):
+            points = np.concatenate([points, false_xyz + (shift if k == 1 else 0.0)])
+        cam = (points - centre) @ rot.T
+        uv = F * cam[:, :2] / cam[:, 2:3] + [W / 2, H / 2] + rng.normal(0.0, 0.2, size=(len(points), 2))
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{k:02d}.png", keypoints=uv, camera_id=1, image_id=k + 1),
+                                         pycolmap.Rigid3d(pycolmap.Rotation3d(rot), -rot @ centre))
+        keys = [("true", int(i)) for i in seen] + ([("false", i) for i in range(false_points)] if k in (0, 1) else [])
+        for j, key in enumerate(keys):
+            tracks.setdefault(key, []).append((k + 1, j))
+    for (kind, i), obs in tracks.items():
+        rec.add_point3D(xyz[i] if kind == "true" else false_xyz[i],
+                        pycolmap.Track([pycolmap.TrackElement(a, b) for a, b in obs]))
+    options = pycolmap.BundleAdjustmentOptions()
+    options.print_summary = False
+    options.refine_focal_length = False
+    pycolmap.bundle_adjustment(rec, options)
+    return rec, np.stack(rotations)
+
+
+def weak_view_error_deg(rec, true_rotations: np.ndarray) -> float:
+    """Median over the other views of the error of view 0's rotation relative to each (no gauge)."""
+    est = [rec.images[k + 1].cam_from_world().rotation.matrix() for k in range(len(true_rotations))]
+    errors = []
+    for k in range(1, len(est)):
+        diff = (est[0] @ est[k].T) @ (true_rotations[0] @ true_rotations[k].T).T
+        errors.append(np.degrees(np.arccos(np.clip((np.trace(diff) - 1) / 2, -1, 1))))
+    return float(np.median(errors))
+
+
+def test_two_view_tracks_no_longer_pull_a_weak_view():
+    rec, truth = make_reconstruction()
+    before = weak_view_error_deg(rec, truth)
+    points = rec.num_points3D()
+    done = adjust_on_long_tracks(pycolmap, rec, min_track_length=3, refine_intrinsics=False)
+    after = weak_view_error_deg(rec, truth)
+    assert before > 0.4  # the mapper's adjustment: the false two-view points pull view 0
+    assert after < 0.15
+    assert rec.num_points3D() == points  # the short tracks' points stay, re-fitted to the poses
+    assert done["points_used"] == 300 and done["held_images"] == []
+
+
+def test_a_view_with_too_few_long_tracks_keeps_its_pose():
+    rec, truth = make_reconstruction(weak_view_points=5)
+    pose_before = rec.images[1].cam_from_world().matrix()
+    done = adjust_on_long_tracks(pycolmap, rec, min_track_length=3, refine_intrinsics=False, min_observations=10)
+    assert done["held_images"] == ["00.png"]
+    np.testing.assert_allclose(rec.images[1].cam_from_world().matrix(), pose_before, atol=1e-12)
+
+
+def test_every_track_is_the_mappers_adjustment_and_below_two_is_refused():
+    check_config(EstimationConfig(final_min_track_length=2))
+    with pytest.raises(SceneError, match="final_min_track_length"):
+        check_config(EstimationConfig(final_min_track_length=1))
