@@ -3,6 +3,7 @@
 
     python bench/poses_scale.py                          # views 50 100 200 400, matcher=auto, mapper=auto
     python bench/poses_scale.py --views 50 100 --set retrieval_neighbors=20
+    python bench/poses_scale.py --views 50 400 --explain   # + what limits the worst views (bench/pose_limits.py)
 
 Each size is generated once under ``--work`` (``run.py synthetic --views N --size 200``), then the
 real poses stage runs with ``estimate=true`` in a fresh workspace (as ``run.py poses --data DIR
@@ -85,6 +86,8 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value overrides of the poses stage")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recon-bench-poses-scale"))
+    parser.add_argument("--explain", action="store_true",
+                        help="after each size, the worst views against the ground truth (bench/pose_limits.py)")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "figures" / "poses_scale.png")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -104,6 +107,11 @@ def main(argv=None) -> None:
             print(f"  matching: {row['matcher']} ({row['matcher_reason']}); mapping: {row['mapper']} "
                   f"({row['mapper_reason']})", file=sys.stderr, flush=True)
         rows.append(row)
+        if args.explain and "error" not in row:
+            from bench.pose_limits import main as explain
+
+            print(f"\n{views} views: the worst views against the ground truth", flush=True)
+            explain(["--workspace", str(ws_dir), "--data", str(data)])
         print(f"done: {views} views in {row['wall_s']:.1f}s", file=sys.stderr, flush=True)
     k = fit_exponent([r["given"] for r in rows if "error" not in r], [r["wall_s"] for r in rows if "error" not in r])
     print("| views | matcher | mapper | time (s) | features / matching / mapping (s) | registered | "
