@@ -117,7 +117,11 @@ class EstimationConfig:
     abs_pose_min_num_inliers: int = 15
     abs_pose_min_inlier_ratio: float = 0.1  # COLMAP default 0.25
     num_threads: int = -1  # -1: all cores
-    seed: int = 0  # RANSAC and mapper seed: runs are repeatable
+    # RANSAC, mapper and sampling seed: runs are repeatable with exhaustive, sequential and spatial
+    # matching. COLMAP's vocabulary tree is not (two builds from the same descriptors differ, one
+    # thread or several), so retrieval matching verifies ~1% more or fewer pairs from run to run
+    # and the worst views move (bench/RESULTS.md, poses at scale)
+    seed: int = 0
     use_gpu: str = "auto"  # auto (CUDA SIFT and matching when pycolmap has CUDA) | yes | no
     # --- 360-degree panoramas (pipeline/sfm/panoramas.py; the choices are measured in bench/RESULTS.md)
     panorama_upscale: float = 2.0  # panoramas resized by this before SIFT (1024x512 -> 2048x1024)
