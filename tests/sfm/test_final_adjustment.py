@@ -4,20 +4,13 @@ import numpy as np
 import pytest
 
 from datasets.scene import SceneError
+from pipeline.geometry.cameras import look_at
 from pipeline.sfm.config import EstimationConfig, check_config
 from pipeline.sfm.refine import adjust_on_long_tracks
 
 pycolmap = pytest.importorskip("pycolmap")
 
 W, H, F = 400, 400, 500.0
-
-
-def _look_at(centre: np.ndarray) -> np.ndarray:
-    """(3, 3) world-to-camera rotation of a camera at ``centre`` looking at the origin (OpenCV axes, z up)."""
-    z = -centre / np.linalg.norm(centre)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    return np.stack([x, np.cross(z, x), z])
 
 
 def make_reconstruction(weak_view_points: int = 40, false_points: int = 80, seed: int = 0):
@@ -37,7 +30,7 @@ def make_reconstruction(weak_view_points: int = 40, false_points: int = 80, seed
     for k in range(8):
         angle = np.deg2rad(-60 + 120 * k / 7)
         centre = np.array([6 * np.sin(angle), -6 * np.cos(angle), 1.5])
-        rot = _look_at(centre)
+        rot = look_at(centre, (0.0, 0.0, 0.0))[:3, :3].T  # world-to-camera
         rotations.append(rot)
         seen = np.arange(weak_view_points) if k == 0 else np.arange(len(xyz))
         points = xyz[seen]

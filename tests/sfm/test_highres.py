@@ -5,21 +5,13 @@ import numpy as np
 import pytest
 
 from datasets.scene import SceneError
+from pipeline.geometry.cameras import look_at
 from pipeline.sfm.config import EstimationConfig, check_config, effective_settings, quality_settings
 from pipeline.sfm.refine import paired_gain, refine_principal_point
 
 pycolmap = pytest.importorskip("pycolmap")
 
 W, H, F = 960, 640, 800.0
-
-
-def _look_at(centre: np.ndarray) -> np.ndarray:
-    """(3, 3) world-to-camera rotation of a camera at ``centre`` looking at the origin (OpenCV axes, z up)."""
-    z = -centre / np.linalg.norm(centre)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    return np.stack([x, y, z])
 
 
 def make_reconstruction(true_pp_offset=(0.0, 0.0), views: int = 10, points: int = 1500, noise_px: float = 0.3,
@@ -41,7 +33,7 @@ def make_reconstruction(true_pp_offset=(0.0, 0.0), views: int = 10, points: int 
     for k in range(views):
         angle = np.deg2rad(-50 + 100 * k / max(views - 1, 1))
         centre = np.array([6 * np.sin(angle), -6 * np.cos(angle), 2.5 if k % 2 else -1.5])  # two heights
-        rot = _look_at(centre)
+        rot = look_at(centre, (0.0, 0.0, 0.0))[:3, :3].T  # world-to-camera
         cam = (xyz - centre) @ rot.T
         uv = F * cam[:, :2] / cam[:, 2:3] + true_pp + rng.normal(0.0, noise_px, size=(points, 2))
         inside = (uv[:, 0] > 0) & (uv[:, 0] < W) & (uv[:, 1] > 0) & (uv[:, 1] < H) & (cam[:, 2] > 0)
