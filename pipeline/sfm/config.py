@@ -18,8 +18,8 @@ class EstimationConfig:
     """Options of pose estimation (the poses stage's config extends this)."""
 
     # speed / accuracy trade-off (bench/RESULTS.md, poses on high-resolution photos):
-    # fast = SIFT at max 1024 px, the mapper's result with only the last adjustment on long tracks
-    # (final_min_track_length; principal point at the image centre, as before quality existed);
+    # fast = SIFT at max 1024 px, the mapper's result with only step 4d (extend_tracks,
+    # final_min_track_length; principal point at the image centre, as before quality existed);
     # balanced = fast + the tracks' keypoints refined at full resolution when SIFT saw the images
     # downscaled (refine_keypoints), + the principal point refined when held-out tracks confirm it
     # (refine_principal_point): Herz-Jesu-P8 0.50 -> 0.07 deg for ~7 s more; max = SIFT at full
@@ -81,11 +81,15 @@ class EstimationConfig:
     ba_global_ratio: float = 0.0
     ba_global_ratio_min_images: int = 100
     # the last bundle adjustment moves the poses on tracks seen by at least this many views, then
-    # re-fits the shorter tracks' points (pipeline/sfm/refine.py); 2 = every track, as COLMAP.
-    # Worst view (deg), 2 -> 3: built-in scene at 200 px, 50/100/200/400 views 2.09/4.28/0.71/1.24 ->
-    # 1.75/1.01/0.57/0.78; temple-ring 0.67 -> 0.46; lego-200 2.51 -> 2.07; Herz-Jesu-P8 the same
-    # (bench/RESULTS.md, poses at scale)
+    # re-fits the shorter tracks' points (pipeline/sfm/refine.py); 2 = every track, as COLMAP
     final_min_track_length: int = 3
+    # before that adjustment, every image's unused keypoints join the tracks of the 3D points that
+    # project within 1.5 px when their SIFT descriptors agree (pipeline/sfm/tracks.py); the
+    # observations that then do not fit are dropped. Both on the same 14 mapper models (built-in
+    # scene 50-200 views x 3 textures, lego-200 x 3, temple-ring, Herz-Jesu-P8; bench/pose_refinement.py):
+    # views above 0.3 deg 22.6 (as mapped) -> 19.4 (long tracks) -> 15.4 (both), fewer in 12 of 14
+    # models and more in none; costs 9 s of 73 at 400 views (bench/RESULTS.md, poses at scale)
+    extend_tracks: bool = True
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
     # known intrinsics from a file, kept fixed in mapping: a Strecha .camera file (or a folder of
     # them), a COLMAP cameras.txt / cameras.bin, or a transforms.json with fl_x, cx, cy
@@ -117,10 +121,10 @@ class EstimationConfig:
     abs_pose_min_num_inliers: int = 15
     abs_pose_min_inlier_ratio: float = 0.1  # COLMAP default 0.25
     num_threads: int = -1  # -1: all cores
-    # RANSAC, mapper and sampling seed: runs are repeatable with exhaustive, sequential and spatial
-    # matching. COLMAP's vocabulary tree is not (two builds from the same descriptors differ, one
-    # thread or several), so retrieval matching verifies ~1% more or fewer pairs from run to run
-    # and the worst views move (bench/RESULTS.md, poses at scale)
+    # RANSAC, mapper and sampling seed. Runs are still not bit-repeatable: COLMAP's vocabulary tree
+    # differs from build to build (retrieval matching verifies ~1% more or fewer pairs), and its
+    # multi-threaded mapping differs with the same matches (lego-200 mapped three times: rotation
+    # median 0.26 / 0.31 / 0.40 deg, worst view 1.1 / 5.1 / 2.4 deg; bench/RESULTS.md, poses at scale)
     seed: int = 0
     use_gpu: str = "auto"  # auto (CUDA SIFT and matching when pycolmap has CUDA) | yes | no
     # --- 360-degree panoramas (pipeline/sfm/panoramas.py; the choices are measured in bench/RESULTS.md)

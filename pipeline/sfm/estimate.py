@@ -31,7 +31,8 @@ from pipeline.sfm.mapping import reconstruct, write_model
 from pipeline.sfm.matching import choose_matcher, consecutive_gain, match_images, prior_positions
 from pipeline.sfm.panoramas import estimate_panoramas, is_panorama_scene
 from pipeline.sfm.prepare import prepare
-from pipeline.sfm.refine import adjust_on_long_tracks, bundle_adjust, refine_principal_point
+from pipeline.sfm.refine import bundle_adjust, refine_principal_point
+from pipeline.sfm.tracks import finish_model
 
 
 def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path, final_dir: Path,
@@ -133,17 +134,12 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
                                             num_threads=cfg.num_threads, log=log)
             report["principal_point"] = [asdict(c) for c in checks]
             timings["principal_point_s"] = time.time() - t
-        # 4d. the poses adjusted once more on tracks that three or more views see
-        if best is not None and cfg.final_min_track_length > 2:
+        # 4d. the tracks extended by guided 2D-3D matching, then the poses adjusted once more on
+        # tracks that three or more views see
+        if best is not None:
             t = time.time()
-            done = adjust_on_long_tracks(pycolmap, best, cfg.final_min_track_length, not known,
-                                         num_threads=cfg.num_threads)
-            report["final_adjustment"] = done
-            held = done["held_images"]
-            log.info(f"last adjustment: poses moved by the {done['points_used']} of {done['points']} points that "
-                     f"{cfg.final_min_track_length}+ views see"
-                     + (f"; held as mapped (too few such points): {', '.join(held)}" if held else ""))
-            timings["final_adjustment_s"] = time.time() - t
+            report.update(finish_model(pycolmap, best, db_path, cfg, not known, eff.max_reproj_error, log))
+            timings["finish_s"] = time.time() - t
     report.update(mapper=mapper_used, mapper_reason=mapper_reason)
 
     # 5. per-image counts and diagnosis

@@ -60,7 +60,7 @@ def prepare_images(scene: Scene, folder: Path, background: str) -> tuple[list[Pr
                 grey = img.convert("L")
                 grey.thumbnail((640, 640))
                 sharp = _sharpness(np.asarray(grey, dtype=np.float32) / 255.0)
-                stem = _unique_name(frame.name or path.stem, used_names)
+                stem = unique_name(frame.name or path.stem, used_names)
                 converted = has_alpha or unusual_mode or orientation not in (1, None)
                 name = stem + (".png" if converted else path.suffix.lower())
                 target = folder / name
@@ -76,7 +76,9 @@ def prepare_images(scene: Scene, folder: Path, background: str) -> tuple[list[Pr
     return prepared, unreadable
 
 
-def _unique_name(stem: str, used: set[str]) -> str:
+def unique_name(stem: str, used: set[str]) -> str:
+    """``stem`` made safe for COLMAP and different from every name in ``used`` (suffix _1, _2, ...);
+    the result is added to ``used``."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "image"
     name, k = safe, 1
     while name in used:

@@ -127,8 +127,12 @@ def test_builtin_scene_estimate_registers_every_view_accurately(tmp_path):
     report = run_poses(tmp_path / "W", f"data={data}", "estimate=true").manifest["metrics"]
     ws = Workspace(tmp_path / "W")
     assert report["images_registered"] == len(read_scene(data)) == 50
-    effective = json.loads((ws.stage_dir("poses") / "report.json").read_text())["effective_settings"]
+    full_report = json.loads((ws.stage_dir("poses") / "report.json").read_text())
+    effective = full_report["effective_settings"]
     assert effective["max_reproj_error"] == 0.5 and effective["guided_matching"] is True
+    # the last step: tracks extended by guided 2D-3D matching, poses adjusted on tracks of 3+ views
+    assert full_report["track_extension"]["observations_added"] > 0
+    assert full_report["final_adjustment"]["min_track_length"] == 3
     ref = {f.name: f.c2w for f in read_scene(data).frames}
     est = ws.load_scene()
     errors = pose_errors(np.stack([f.c2w for f in est.frames]), np.stack([ref[f.name] for f in est.frames]))

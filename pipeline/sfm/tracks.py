@@ -1,0 +1,152 @@
+"""Step 4d of pose estimation: the model's tracks extended by guided 2D-3D matching, and a last
+bundle adjustment on the tracks that three or more views see (:func:`finish_model`).
+
+The mapper adds an observation to a track only through a verified two-view match. A view seen
+from an unusual angle (below an object, at its edge) shares few verified matches, so it keeps few
+observations and a weakly determined pose even where its keypoints do see the model's points. Here
+every registered image's unused keypoints are matched to the 3D points that project within
+``radius_px`` of them: a keypoint joins a point's track when its SIFT descriptor is close to the
+track's (mean of the track's unit descriptors; distance at most ``max_distance``) and clearly
+closer than to the next candidate point (``ratio``). The poses are then re-adjusted and the
+observations that do not fit are dropped (:func:`pipeline.sfm.refine.adjust_on_long_tracks`, then
+``ObservationManager.filter_all_points3D``). On the built-in scene it leaves fewer views above
+0.3 deg in 9 of 9 models (bench/RESULTS.md, poses at scale).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from pipeline.sfm.config import EstimationConfig
+from pipeline.sfm.refine import adjust_on_long_tracks, bundle_adjust
+
+FILTER_MIN_TRI_ANGLE_DEG = 1.5  # COLMAP's mapper filters points seen under a smaller angle
+
+
+def _unit_descriptors(pycolmap, db_path: Path, image_ids) -> dict[int, np.ndarray]:
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        out = {}
+        for image_id in image_ids:
+            d = db.read_descriptors(image_id).to_float().data.astype(np.float32)
+            out[image_id] = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+        return out
+    finally:
+        db.close()
+
+
+def track_descriptors(rec, descriptors: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point ids (P,), positions (P, 3), unit mean descriptors (P, 128)) of ``rec``'s 3D points."""
+    ids = np.array(sorted(rec.point3D_ids()), dtype=np.int64)
+    xyz = np.zeros((len(ids), 3))
+    desc = np.zeros((len(ids), 128), dtype=np.float32)
+    for k, point_id in enumerate(ids):
+        point = rec.points3D[int(point_id)]
+        xyz[k] = point.xyz
+        desc[k] = np.mean([descriptors[e.image_id][e.point2D_idx] for e in point.track.elements], axis=0)
+    desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-9)
+    return ids, xyz, desc
+
+
+def guided_matches(uv: np.ndarray, point_desc: np.ndarray, keypoints: np.ndarray, keypoint_desc: np.ndarray,
+                   radius_px: float, max_distance: float, ratio: float) -> list[tuple[int, int]]:
+    """[(point index, keypoint index)] for projected points ``uv`` (P, 2) with descriptors (P, 128)
+    against free keypoints (K, 2) with descriptors (K, 128): for each keypoint, the candidate point
+    within ``radius_px`` nearest in descriptor space, kept when at most ``max_distance`` and below
+    ``ratio`` times the second candidate's; each point gets at most one keypoint (the closest)."""
+    if not len(uv) or not len(keypoints):
+        return []
+    near = cKDTree(uv).query_ball_point(keypoints, r=radius_px)
+    counts = np.array([len(c) for c in near])
+    if not counts.any():
+        return []
+    kp = np.repeat(np.arange(len(keypoints)), counts)
+    point = np.concatenate([c for c in near if c]).astype(np.int64)
+    dist = np.linalg.norm(point_desc[point] - keypoint_desc[kp], axis=1)
+    order = np.lexsort((dist, kp))  # by keypoint, then descriptor distance
+    kp, point, dist = kp[order], point[order], dist[order]
+    first = np.flatnonzero(np.r_[True, kp[1:] != kp[:-1]])  # each keypoint's nearest candidate
+    has_second = np.r_[first[1:] - first[:-1] > 1, len(kp) - first[-1] > 1]
+    second = np.where(has_second, dist[np.minimum(first + 1, len(dist) - 1)], np.inf)
+    keep = (dist[first] <= max_distance) & (dist[first] < ratio * second)
+    kp, point, dist = kp[first][keep], point[first][keep], dist[first][keep]
+    if not len(kp):
+        return []
+    order = np.lexsort((dist, point))  # each point keeps its closest keypoint
+    kp, point = kp[order], point[order]
+    unique = np.r_[True, point[1:] != point[:-1]]
+    return sorted(zip(point[unique].tolist(), kp[unique].tolist()))
+
+
+def extend_tracks(pycolmap, rec, db_path: Path, radius_px: float = 1.5, max_distance: float = 0.5,
+                  ratio: float = 0.8) -> dict:
+    """Add to ``rec`` (in place) the observations found by :func:`guided_matches` in every
+    registered image, with the descriptors of the COLMAP database ``db_path``. Returns
+    ``{"observations_before", "observations_added"}``."""
+    image_ids = sorted(rec.reg_image_ids())
+    descriptors = _unit_descriptors(pycolmap, db_path, image_ids)
+    point_ids, xyz, point_desc = track_descriptors(rec, descriptors)
+    before = int(rec.compute_num_observations())
+    added = 0
+    for image_id in image_ids:
+        image = rec.images[image_id]
+        camera = rec.cameras[image.camera_id]
+        points2D = image.points2D
+        free = np.array([not p.has_point3D() for p in points2D], dtype=bool)
+        if not free.any():
+            continue
+        seen = {p.point3D_id for p in points2D if p.has_point3D()}
+        pose = image.cam_from_world().matrix()
+        in_camera = xyz @ pose[:, :3].T + pose[:, 3]
+        candidate = (in_camera[:, 2] > 1e-6) & ~np.isin(point_ids, list(seen))
+        uv = np.asarray(camera.img_from_cam(in_camera[candidate]), dtype=np.float64).reshape(-1, 2)
+        inside = np.all(np.isfinite(uv), axis=1) & (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & \
+            (uv[:, 0] < camera.width) & (uv[:, 1] < camera.height)
+        index = np.flatnonzero(candidate)[inside]
+        free_idx = np.flatnonzero(free)
+        keypoints = np.array([points2D[int(i)].xy for i in free_idx])
+        for point, kp in guided_matches(uv[inside], point_desc[index], keypoints, descriptors[image_id][free_idx],
+                                        radius_px, max_distance, ratio):
+            rec.add_observation(int(point_ids[index[point]]), pycolmap.TrackElement(image_id, int(free_idx[kp])))
+            added += 1
+    return {"observations_before": before, "observations_added": added}
+
+
+def _adjust(pycolmap, rec, cfg: EstimationConfig, refine_intrinsics: bool) -> dict | None:
+    if cfg.final_min_track_length > 2:
+        return adjust_on_long_tracks(pycolmap, rec, cfg.final_min_track_length, refine_intrinsics,
+                                     num_threads=cfg.num_threads)
+    bundle_adjust(pycolmap, rec, refine_intrinsics, cfg.num_threads)
+    return None
+
+
+def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_intrinsics: bool,
+                 max_reproj_error: float, log: logging.Logger | None = None) -> dict:
+    """Step 4d on ``rec`` in place: with ``cfg.extend_tracks``, :func:`extend_tracks`, a bundle
+    adjustment, and the observations above ``max_reproj_error`` px (or seen under less than 1.5 deg)
+    dropped; then, with ``cfg.final_min_track_length`` > 2 or after an extension, the last bundle
+    adjustment (poses moved by tracks of ``final_min_track_length`` views or more). Returns the
+    report's entries: ``track_extension`` and ``final_adjustment`` where they ran."""
+    out: dict = {}
+    if cfg.extend_tracks:
+        extension = extend_tracks(pycolmap, rec, db_path)
+        _adjust(pycolmap, rec, cfg, refine_intrinsics)
+        extension["observations_dropped"] = int(pycolmap.ObservationManager(rec).filter_all_points3D(
+            max_reproj_error, FILTER_MIN_TRI_ANGLE_DEG))
+        out["track_extension"] = extension
+        if log is not None:
+            log.info(f"tracks extended: +{extension['observations_added']} observations to "
+                     f"{extension['observations_before']}, {extension['observations_dropped']} dropped after adjustment")
+    if cfg.final_min_track_length > 2 or cfg.extend_tracks:
+        done = _adjust(pycolmap, rec, cfg, refine_intrinsics)
+        if done is not None:
+            out["final_adjustment"] = done
+            if log is not None:
+                held = done["held_images"]
+                log.info(f"last adjustment: poses moved by the {done['points_used']} of {done['points']} points "
+                         f"that {cfg.final_min_track_length}+ views see"
+                         + (f"; held as mapped (too few such points): {', '.join(held)}" if held else ""))
+    return out
