@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from datasets import read_scene  # noqa: E402
-from pipeline.geometry.alignment import pose_errors  # noqa: E402
+from scipy.spatial.transform import Rotation  # noqa: E402
+
+from pipeline.geometry.alignment import pose_errors, rotation_angle_deg  # noqa: E402
 from pipeline.sfm.cameras import c2w_from_image  # noqa: E402
 
 MEDIAN_DISTANCE_PER_SIGMA = 1.665  # median |a - b| of two 2-D Gaussian points, per-axis sigma 1
@@ -114,16 +116,9 @@ def refit_rotation_error_deg(K: np.ndarray, w2c: np.ndarray, xyz: np.ndarray, uv
         J = pose_jacobian(K, current, xyz)
         r = (project(K, current, xyz) - uv).ravel()
         step = -np.linalg.lstsq(J, r, rcond=None)[0]
-        angle = np.linalg.norm(step[:3])
-        if angle > 0:  # Rodrigues
-            a = step[:3] / angle
-            A = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-            dR = np.eye(3) + np.sin(angle) * A + (1 - np.cos(angle)) * A @ A
-        else:
-            dR = np.eye(3)
+        dR = Rotation.from_rotvec(step[:3]).as_matrix()
         R, t = dR @ R, dR @ t + step[3:]
-    cos = (np.trace(R @ w2c[:3, :3].T) - 1) / 2
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    return float(rotation_angle_deg(R @ w2c[:3, :3].T))
 
 
 def analyse(workspace: Path, data: Path, worst: int) -> tuple[list[dict], float, float, dict]:

@@ -9,8 +9,9 @@ every registered image's unused keypoints are matched to the 3D points that proj
 track's (mean of the track's unit descriptors; distance at most ``max_distance``) and clearly
 closer than to the next candidate point (``ratio``). The poses are then re-adjusted and the
 observations that do not fit are dropped (:func:`pipeline.sfm.refine.adjust_on_long_tracks`, then
-``ObservationManager.filter_all_points3D``). On the built-in scene it leaves fewer views above
-0.3 deg in 9 of 9 models (bench/RESULTS.md, poses at scale).
+``ObservationManager.filter_all_points3D``, with the mapper's own limits). On 14 fixed mapper
+models it leaves fewer views above 0.3 deg in 12 and more in none (bench/pose_refinement.py;
+bench/RESULTS.md, poses at scale).
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ from scipy.spatial import cKDTree
 
 from pipeline.sfm.config import EstimationConfig
 from pipeline.sfm.refine import adjust_on_long_tracks, bundle_adjust
-
-FILTER_MIN_TRI_ANGLE_DEG = 1.5  # COLMAP's mapper filters points seen under a smaller angle
 
 
 def _unit_descriptors(pycolmap, db_path: Path, image_ids) -> dict[int, np.ndarray]:
@@ -126,16 +125,17 @@ def _adjust(pycolmap, rec, cfg: EstimationConfig, refine_intrinsics: bool) -> di
 def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_intrinsics: bool,
                  max_reproj_error: float, log: logging.Logger | None = None) -> dict:
     """Step 4d on ``rec`` in place: with ``cfg.extend_tracks``, :func:`extend_tracks`, a bundle
-    adjustment, and the observations above ``max_reproj_error`` px (or seen under less than 1.5 deg)
-    dropped; then, with ``cfg.final_min_track_length`` > 2 or after an extension, the last bundle
+    adjustment, and the observations above ``max_reproj_error`` px (or under the mapper's minimum
+    triangulation angle) dropped; then, with ``cfg.final_min_track_length`` > 2 or after an extension, the last bundle
     adjustment (poses moved by tracks of ``final_min_track_length`` views or more). Returns the
     report's entries: ``track_extension`` and ``final_adjustment`` where they ran."""
     out: dict = {}
     if cfg.extend_tracks:
         extension = extend_tracks(pycolmap, rec, db_path)
         _adjust(pycolmap, rec, cfg, refine_intrinsics)
+        min_angle = pycolmap.IncrementalMapperOptions().filter_min_tri_angle  # as the mapper filters
         extension["observations_dropped"] = int(pycolmap.ObservationManager(rec).filter_all_points3D(
-            max_reproj_error, FILTER_MIN_TRI_ANGLE_DEG))
+            max_reproj_error, min_angle))
         out["track_extension"] = extension
         if log is not None:
             log.info(f"tracks extended: +{extension['observations_added']} observations to "
