@@ -90,6 +90,11 @@ class EstimationConfig:
     # views above 0.3 deg 22.6 (as mapped) -> 19.4 (long tracks) -> 15.4 (both), fewer in 12 of 14
     # models and more in none; costs 9 s of 73 at 400 views (bench/RESULTS.md, poses at scale)
     extend_tracks: bool = True
+    # step 4d's bundle adjustments stop once an iteration lowers the cost by less than this fraction
+    # (Ceres' function_tolerance; 0 = COLMAP's: until the gradient vanishes). Built-in scene, same
+    # mapper models: step 4d 8.3 -> 4.8 s at 400 views and 80.7 -> 32.4 s at 1000, the same rotations
+    # to 0.001 deg (each iteration solves a dense system of every pose; bench/RESULTS.md, poses at scale)
+    ba_function_tolerance: float = 1e-6
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
     # known intrinsics from a file, kept fixed in mapping: a Strecha .camera file (or a folder of
     # them), a COLMAP cameras.txt / cameras.bin, or a transforms.json with fl_x, cx, cy
@@ -158,6 +163,9 @@ def check_config(cfg: EstimationConfig) -> None:
             raise SceneError(f"{key} must be auto or no, got {getattr(cfg, key)!r}")
     if cfg.final_min_track_length < 2:
         raise SceneError(f"final_min_track_length must be 2 (every track) or more, got {cfg.final_min_track_length!r}")
+    if not 0 <= cfg.ba_function_tolerance < 1:
+        raise SceneError(f"ba_function_tolerance must be in [0, 1) (0: iterate until the gradient vanishes), "
+                         f"got {cfg.ba_function_tolerance!r}")
     if cfg.camera_model not in ESTIMATED_MODELS:
         raise SceneError(f"camera_model must be one of {ESTIMATED_MODELS}, got {cfg.camera_model!r}")
 

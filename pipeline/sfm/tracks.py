@@ -117,8 +117,8 @@ def extend_tracks(pycolmap, rec, db_path: Path, radius_px: float = 1.5, max_dist
 def _adjust(pycolmap, rec, cfg: EstimationConfig, refine_intrinsics: bool) -> dict | None:
     if cfg.final_min_track_length > 2:
         return adjust_on_long_tracks(pycolmap, rec, cfg.final_min_track_length, refine_intrinsics,
-                                     num_threads=cfg.num_threads)
-    bundle_adjust(pycolmap, rec, refine_intrinsics, cfg.num_threads)
+                                     num_threads=cfg.num_threads, function_tolerance=cfg.ba_function_tolerance)
+    bundle_adjust(pycolmap, rec, refine_intrinsics, cfg.num_threads, cfg.ba_function_tolerance)
     return None
 
 

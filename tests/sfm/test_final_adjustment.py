@@ -85,3 +85,17 @@ def test_every_track_is_the_mappers_adjustment_and_below_two_is_refused():
     check_config(EstimationConfig(final_min_track_length=2))
     with pytest.raises(SceneError, match="final_min_track_length"):
         check_config(EstimationConfig(final_min_track_length=1))
+
+
+def test_a_function_tolerance_stops_the_adjustment_where_the_poses_have_settled():
+    # step 4d stops when an iteration lowers the cost by less than 1e-6 of it: the poses must be
+    # those of the adjustment run until the gradient vanishes (COLMAP's tolerance 0)
+    rotations = {}
+    for tolerance in (0.0, EstimationConfig().ba_function_tolerance):
+        rec, truth = make_reconstruction()
+        adjust_on_long_tracks(pycolmap, rec, min_track_length=3, refine_intrinsics=False, function_tolerance=tolerance)
+        rotations[tolerance] = np.stack([rec.images[k + 1].cam_from_world().rotation.matrix() for k in range(8)])
+    settled, stopped = rotations.values()
+    assert rotation_angle_deg(np.einsum("kij,klj->kil", settled, stopped)).max() < 1e-3
+    with pytest.raises(SceneError, match="ba_function_tolerance"):
+        check_config(EstimationConfig(ba_function_tolerance=1.0))
