@@ -13,7 +13,10 @@ final_min_track_length=2``: the mapper's output as it is, cached under ``--work`
 
 - ``mapper``: nothing (every track, as mapped);
 - ``long tracks``: ``final_min_track_length=3``, ``extend_tracks=false``;
-- ``extended + long``: the defaults (``extend_tracks=true``, ``final_min_track_length=3``).
+- ``extended + long``: the defaults (``extend_tracks=true``, ``final_min_track_length=3``,
+  adjustments stopped at a relative cost change of ``ba_function_tolerance=1e-6``);
+- ``same, to convergence``: the defaults with ``ba_function_tolerance=0`` (COLMAP's: until the
+  gradient vanishes).
 
 Models: ``syn<views>s<seed>`` is the built-in scene at 200 px with textures from ``seed``;
 ``lego-200#k``, ``temple-ring``, ``herzjesu-p8`` are datasets in ``../shared/data`` (``#k``: the
@@ -26,6 +29,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,7 +54,8 @@ DEFAULT_MODELS = [f"syn{n}s{s}" for n in (50, 100, 200) for s in (0, 1, 2)] + \
     ["lego-200#1", "lego-200#2", "lego-200#3", "temple-ring", "herzjesu-p8"]
 VARIANTS = {"mapper": None,
             "long tracks": dict(extend_tracks=False, final_min_track_length=3),
-            "extended + long": dict(extend_tracks=True, final_min_track_length=3)}
+            "extended + long": dict(extend_tracks=True, final_min_track_length=3),
+            "same, to convergence": dict(extend_tracks=True, final_min_track_length=3, ba_function_tolerance=0.0)}
 
 
 def dataset(model: str, work: Path) -> Path:
@@ -106,19 +111,21 @@ def main(argv=None) -> None:
         row = {"model": model}
         for variant, settings in VARIANTS.items():
             rec = pycolmap.Reconstruction(base)
+            started = time.time()
             if settings is not None:
                 cfg = replace(EstimationConfig(), **settings)
                 finish_model(pycolmap, rec, ws / "poses" / "colmap" / "database.db", cfg, not known,
                              report["effective_settings"]["max_reproj_error"])
-            row[variant] = rotation_stats(rec, truth)
+            row[variant] = dict(rotation_stats(rec, truth), seconds=time.time() - started)
         rows.append(row)
         print(f"{model}: " + "; ".join(f"{v} {row[v]['median']:.3f} / {row[v]['max']:.3f} deg, {row[v]['over_0.3']} over 0.3"
                                        for v in VARIANTS), file=sys.stderr, flush=True)
-    print("| model | " + " | ".join(f"{v}: med / p90 / max (deg), > 0.3 deg" for v in VARIANTS) + " |")
+    print("| model | " + " | ".join(f"{v}: med / p90 / max (deg), > 0.3 deg" + (", step 4d" if v != "mapper" else "")
+                                   for v in VARIANTS) + " |")
     print("|---|" + "---|" * len(VARIANTS))
     for row in rows:
         cells = [f"{row[v]['median']:.3f} / {row[v]['p90']:.3f} / {row[v]['max']:.3f}, {row[v]['over_0.3']}"
-                 for v in VARIANTS]
+                 + (f", {row[v]['seconds']:.1f} s" if v != "mapper" else "") for v in VARIANTS]
         print(f"| {row['model']} ({row['mapper']['views']} views) | " + " | ".join(cells) + " |")
     if rows:
         print("\nmean views above 0.3 deg: " + ", ".join(
