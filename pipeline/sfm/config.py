@@ -67,12 +67,13 @@ class EstimationConfig:
     loop_detection: bool = False  # sequential only; needs vocab_tree_path (a local file: no downloads)
     vocab_tree_path: str = ""
     # auto: global (GLOMAP-style rotation averaging + global positioning) from global_min_images
-    # images, else incremental. On the built-in scene (bench/poses_scale.py, same databases) global
-    # registered every view but was less accurate and not clearly faster: 200 views 67 s, 0.31 / 70.7 deg
-    # median / max vs incremental 76 s, 0.13 / 0.59 deg; 400 views global 167 s, 0.37 / 5.9 deg vs
-    # incremental 133 s, 0.11 / 0.88 deg. So global only for sets larger than measured here
+    # images, else incremental. On the built-in scene incremental mapping was the faster and the more
+    # accurate at every size measured (bench/RESULTS.md, poses at scale): 1000 views, whole stage,
+    # incremental 331 s, rotation 0.11 / 0.57 deg median / max, global 739 s, 0.34 / 23.7 deg;
+    # 2000 views incremental 573 s (mapping 365 s), 0.10 / 0.56 deg, while global mapping of the
+    # same database had not finished after 20 min (stopped). So global only beyond the sizes measured here
     mapper: str = "auto"  # auto | incremental | global
-    global_min_images: int = 1000
+    global_min_images: int = 5000
     fallback_to_global: bool = True  # when incremental mapping leaves images out, try global mapping too
     # incremental mapping re-adjusts the whole model each time it has grown by this factor (COLMAP's
     # ba_global_frames_ratio / points_ratio, 1.1): 0 = auto, 1.1 up to ba_global_ratio_min_images

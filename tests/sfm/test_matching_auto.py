@@ -75,8 +75,8 @@ def test_explicit_matchers_win_and_invalid_values_are_errors():
 
 def test_large_sets_are_mapped_globally():
     cfg = EstimationConfig()
-    assert choose_mapper(cfg, 2000) == ("global", "2000 images >= global_min_images=1000")
-    assert choose_mapper(cfg, 400) == ("incremental", "400 images < global_min_images=1000")
+    assert choose_mapper(cfg, 6000) == ("global", "6000 images >= global_min_images=5000")
+    assert choose_mapper(cfg, 2000) == ("incremental", "2000 images < global_min_images=5000")
     assert choose_mapper(EstimationConfig(mapper="incremental"), 400) == ("incremental",
                                                                           "mapper=incremental in the config")
 
