@@ -89,12 +89,13 @@ class EstimationConfig:
     # observations that then do not fit are dropped. Both on the same 14 mapper models (built-in
     # scene 50-200 views x 3 textures, lego-200 x 3, temple-ring, Herz-Jesu-P8; bench/pose_refinement.py):
     # views above 0.3 deg 22.6 (as mapped) -> 19.4 (long tracks) -> 15.4 (both), fewer in 12 of 14
-    # models and more in none; costs 9 s of 73 at 400 views (bench/RESULTS.md, poses at scale)
+    # models and more in none; costs ~5 s of 65 at 400 views (bench/RESULTS.md, poses at scale)
     extend_tracks: bool = True
     # step 4d's bundle adjustments stop once an iteration lowers the cost by less than this fraction
     # (Ceres' function_tolerance; 0 = COLMAP's: until the gradient vanishes). Built-in scene, same
-    # mapper models: step 4d 8.3 -> 4.8 s at 400 views and 80.7 -> 32.4 s at 1000, the same rotations
-    # to 0.001 deg (each iteration solves a dense system of every pose; bench/RESULTS.md, poses at scale)
+    # mapper models: step 4d 8.2 -> 4.8 s at 400 views and 80.7 -> 32.4 s at 1000 (each iteration
+    # solves a dense system of every pose), rotation statistics within 0.007 deg on 16 models and views
+    # above 0.3 deg 228 -> 229 on 15 (bench/pose_refinement.py; bench/RESULTS.md, poses at scale)
     ba_function_tolerance: float = 1e-6
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
     # known intrinsics from a file, kept fixed in mapping: a Strecha .camera file (or a folder of
