@@ -103,12 +103,18 @@ def main(argv=None) -> None:
         for views in args.views:
             rows.append(run_size(args, views))
             rows[-1]["round"] = round_index
-    k = fit_exponent([r["given"] for r in rows if "error" not in r], [r["wall_s"] for r in rows if "error" not in r])
+    (args.work / "rows.json").write_text(json.dumps(rows, indent=1, default=str))  # every run
     if args.repeat > 1:
-        rows_by_round = [[r for r in rows if r["round"] == i] for i in range(args.repeat)]
-        (args.work / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
-        rows, k = summarize_repeats(rows, rows_by_round)
+        rows, k = summarize_repeats(rows)
+    else:
+        k = rows_exponent(rows)
     print_table(rows, k, args)
+
+
+def rows_exponent(rows: list[dict]) -> float | None:
+    """:func:`fit_exponent` of the runs that did not fail."""
+    ok = [r for r in rows if "error" not in r]
+    return fit_exponent([r["given"] for r in ok], [r["wall_s"] for r in ok])
 
 
 def run_size(args, views: int) -> dict:
@@ -135,10 +141,11 @@ def run_size(args, views: int) -> dict:
     return row
 
 
-def summarize_repeats(rows: list[dict], rows_by_round: list[list[dict]]) -> tuple[list[dict], float | None]:
-    """One row per size from repeated runs: the median run's time (``wall_s``, with ``wall_range``),
-    the worst rotation and fewest registered over all runs (``runs``, ``failed`` counted); and the
-    exponent of the median times, with ``rounds_k`` (each round's own exponent) on the first row."""
+def summarize_repeats(rows: list[dict]) -> tuple[list[dict], float | None]:
+    """One row per size from repeated runs (``round`` in each): the median run's time (``wall_s``,
+    with ``wall_range``), the worst rotation and fewest registered over all runs (``runs``,
+    ``failed`` counted); and the exponent of the median times, with ``rounds_k`` (each round's own
+    exponent) on the first row."""
     summary = []
     for views in dict.fromkeys(r["views"] for r in rows):
         runs = [r for r in rows if r["views"] == views]
@@ -151,18 +158,15 @@ def summarize_repeats(rows: list[dict], rows_by_round: list[list[dict]]) -> tupl
                    wall_range=(ok[0]["wall_s"], ok[-1]["wall_s"]), runs=len(runs), failed=len(runs) - len(ok),
                    registered=min(r["registered"] for r in ok),
                    rot_med=float(np.median([r.get("rot_med") or np.nan for r in ok])),
-                   rot_max=max((r.get("rot_max") or np.nan for r in ok), default=None),
+                   rot_max=max((r["rot_max"] for r in ok if r.get("rot_max") is not None), default=None),
                    ctr_med=float(np.median([r.get("ctr_med") or np.nan for r in ok])))
-        for key in ("extract_s", "match_s", "map_s"):
-            row["timings"] = dict(row["timings"], **{key: float(np.median([r["timings"].get(key, 0.0) for r in ok]))})
+        row["timings"] = {key: float(np.median([r["timings"].get(key, 0.0) for r in ok]))
+                          for key in ("extract_s", "match_s", "map_s")}
         summary.append(row)
-    ok = [r for r in summary if "error" not in r]
-    k = fit_exponent([r["given"] for r in ok], [r["wall_s"] for r in ok])
-    rounds_k = [fit_exponent([r["given"] for r in rr if "error" not in r], [r["wall_s"] for r in rr if "error" not in r])
-                for rr in rows_by_round]
+    rounds_k = [rows_exponent([r for r in rows if r["round"] == i]) for i in dict.fromkeys(r["round"] for r in rows)]
     if summary:
         summary[0]["rounds_k"] = [x for x in rounds_k if x is not None]
-    return summary, k
+    return summary, rows_exponent(summary)
 
 
 def print_table(rows: list[dict], k: float | None, args) -> None:
@@ -196,8 +200,6 @@ def print_table(rows: list[dict], k: float | None, args) -> None:
         print(f"plot: {args.plot}")
     else:
         print("no plot: matplotlib is not installed")
-    if not repeated:
-        (args.work / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
 
 
 if __name__ == "__main__":
