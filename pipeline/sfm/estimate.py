@@ -135,10 +135,11 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
             report["principal_point"] = [asdict(c) for c in checks]
             timings["principal_point_s"] = time.time() - t
         # 4d. the tracks extended by guided 2D-3D matching, then the poses adjusted once more on
-        # tracks that three or more views see
+        # tracks that three or more views see; 4e. the tracks' keypoints aligned on image patches,
+        # then adjusted again
         if best is not None:
             t = time.time()
-            report.update(finish_model(pycolmap, best, db_path, cfg, not known, eff.max_reproj_error, log))
+            report.update(finish_model(pycolmap, best, db_path, cfg, not known, eff.max_reproj_error, log, image_dir))
             timings["finish_s"] = time.time() - t
     report.update(mapper=mapper_used, mapper_reason=mapper_reason)
 

@@ -53,6 +53,13 @@ def refine_track_keypoints(pycolmap, rec, db_path: Path, image_dir: Path) -> dic
     the full-resolution images COLMAP read in ``image_dir``."""
     if rec.num_points3D() == 0:
         return {"observations": 0, "moved": 0, "median_shift_px": 0.0}
+    return align_track_keypoints(rec, *read_frames_and_images(pycolmap, rec, db_path, image_dir))
+
+
+def read_frames_and_images(pycolmap, rec, db_path: Path, image_dir: Path) -> tuple[dict, dict]:
+    """({image id: (K, 2, 2) SIFT frames}, {image id: (H, W) uint8 grey image}) of ``rec``'s
+    registered images: the frames from COLMAP's database at ``db_path``, the images from
+    ``image_dir`` (the files COLMAP read)."""
     db = pycolmap.Database.open(str(db_path))
     try:  # COLMAP's keypoints: x, y, then the affine frame a11 a12 a21 a22 (full-resolution pixels)
         shapes = {image_id: db.read_keypoints(image_id)[:, 2:6].reshape(-1, 2, 2) for image_id in rec.reg_image_ids()}
@@ -61,7 +68,7 @@ def refine_track_keypoints(pycolmap, rec, db_path: Path, image_dir: Path) -> dic
     ids = list(rec.reg_image_ids())
     with ThreadPoolExecutor(max(1, min(len(ids), os.cpu_count() or 1))) as pool:  # PIL decodes without the GIL
         images = dict(zip(ids, pool.map(lambda i: _grey(image_dir / rec.images[i].name), ids)))
-    return align_track_keypoints(rec, shapes, images)
+    return shapes, images
 
 
 def align_track_keypoints(rec, shapes: dict, images: dict, half: int = 8, iterations: int = 6,
@@ -75,20 +82,9 @@ def align_track_keypoints(rec, shapes: dict, images: dict, half: int = 8, iterat
     ``{"observations", "moved", "median_shift_px"}``."""
     if rec.num_points3D() == 0:
         return {"observations": 0, "moved": 0, "median_shift_px": 0.0}
-    # per observation: image, point2D index, track; the reference of each track: its largest SIFT frame
-    obs_img, obs_idx, obs_track, is_ref = [], [], [], []
-    for t, point in enumerate(rec.points3D.values()):
-        elems = [(e.image_id, e.point2D_idx) for e in point.track.elements]
-        ref = int(np.argmax([abs(np.linalg.det(shapes[i][j])) for i, j in elems]))
-        for k, (i, j) in enumerate(elems):
-            obs_img.append(i), obs_idx.append(j), obs_track.append(t), is_ref.append(k == ref)
-    obs_img, obs_idx, obs_track, is_ref = map(np.asarray, (obs_img, obs_idx, obs_track, is_ref))
-    points2d = {i: rec.images[i].points2D for i in np.unique(obs_img)}
-    xy = np.array([points2d[i][j].xy for i, j in zip(obs_img, obs_idx)], dtype=np.float64)
-    frames = np.stack([shapes[i][j] for i, j in zip(obs_img, obs_idx)]).astype(np.float64)
-    ref_of_track = np.empty(obs_track.max() + 1, dtype=np.int64)
-    ref_of_track[obs_track[is_ref]] = np.flatnonzero(is_ref)
-    ref_obs = ref_of_track[obs_track]
+    obs = _TrackObservations(rec, shapes, reference="largest_scale")
+    obs_img, obs_idx, is_ref, ref_obs, points2d, xy, frames = (obs.image, obs.index, obs.is_ref, obs.ref, obs.points2d,
+                                                               obs.xy, obs.frames)
     # the reference patch: 2*half+1 samples a side spanning +-max(half, 2 sigma) reference pixels
     step = np.maximum(1.0, 2.0 * np.sqrt(np.abs(np.linalg.det(frames[ref_obs]))) / half)
     # the other view's frame relative to the reference's: M = A_o A_ref^-1 (reference pixels -> image pixels)
@@ -103,6 +99,41 @@ def align_track_keypoints(rec, shapes: dict, images: dict, half: int = 8, iterat
         points2d[obs_img[o]][obs_idx[o]].xy = xy[o] + shift[n]
     return {"observations": int(len(xy)), "moved": int(ok.sum()),
             "median_shift_px": float(np.median(np.linalg.norm(shift[ok], axis=1))) if ok.any() else 0.0}
+
+
+class _TrackObservations:
+    """Every observation of ``rec``'s tracks, flat: ``image`` and ``index`` (point2D) ids, ``track``
+    number, ``xy`` (n, 2), SIFT ``frames`` (n, 2, 2), and per observation its track's reference
+    observation ``ref`` (``is_ref`` where it is its own). The reference is the track's largest SIFT
+    frame (``largest_scale``: the finest detail) or the view nearest the track's mean viewing
+    direction (``central``: the least foreshortening to the others)."""
+
+    def __init__(self, rec, shapes: dict, reference: str):
+        image, index, track, xyz = [], [], [], []
+        for t, point in enumerate(rec.points3D.values()):
+            for e in point.track.elements:
+                image.append(e.image_id), index.append(e.point2D_idx), track.append(t)
+            xyz.append(point.xyz)
+        self.image, self.index, self.track = map(np.asarray, (image, index, track))
+        self.points2d = {i: rec.images[i].points2D for i in np.unique(self.image)}
+        self.xy = np.array([self.points2d[i][j].xy for i, j in zip(self.image, self.index)], dtype=np.float64)
+        self.frames = np.stack([shapes[i][j] for i, j in zip(self.image, self.index)]).astype(np.float64)
+        if reference == "central":
+            centres = {i: rec.images[i].projection_center() for i in np.unique(self.image)}
+            rays = np.asarray(xyz)[self.track] - np.stack([centres[i] for i in self.image])
+            rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+            mean = np.zeros((len(xyz), 3))
+            np.add.at(mean, self.track, rays)
+            score = np.einsum("ni,ni->n", rays, mean[self.track])
+        else:
+            score = np.abs(np.linalg.det(self.frames))
+        order = np.lexsort((-score, self.track))  # by track, the best first
+        first = order[np.r_[True, self.track[order][1:] != self.track[order][:-1]]]
+        self.is_ref = np.zeros(len(self.track), dtype=bool)
+        self.is_ref[first] = True
+        ref_of_track = np.empty(len(xyz), dtype=np.int64)
+        ref_of_track[self.track[first]] = first
+        self.ref = ref_of_track[self.track]
 
 
 class _PatchSampler:
@@ -123,16 +154,21 @@ class _PatchSampler:
         m = self.rel[which]
         px = self.xy[which, 0, None, None] + m[:, 0, 0, None, None] * lx + m[:, 0, 1, None, None] * ly
         py = self.xy[which, 1, None, None] + m[:, 1, 0, None, None] * lx + m[:, 1, 1, None, None] * ly
-        out = np.empty(px.shape, dtype=np.float32)
-        img_of = self.obs_img[which]
-        bounds = np.flatnonzero(np.diff(img_of)) + 1
+        return _sample_grouped(self.images, self.obs_img[which], px, py, self.pool)
 
-        def fill(span):
-            a, b = span
-            out[a:b] = _sample(self.images[img_of[a]], px[a:b], py[a:b])
 
-        list(self.pool.map(fill, zip(np.r_[0, bounds], np.r_[bounds, len(which)])))  # numpy releases the GIL
-        return out
+def _sample_grouped(images: dict, img_of: np.ndarray, px: np.ndarray, py: np.ndarray, pool) -> np.ndarray:
+    """float32 samples (n, ...) of ``images[img_of[k]]`` at ``px[k]``, ``py[k]``; ``img_of`` (n,)
+    grouped by image (one gather per image, the images spread over ``pool``'s threads)."""
+    out = np.empty(px.shape, dtype=np.float32)
+    bounds = np.flatnonzero(np.diff(img_of)) + 1
+
+    def fill(span):
+        a, b = span
+        out[a:b] = _sample(images[img_of[a]], px[a:b], py[a:b])
+
+    list(pool.map(fill, zip(np.r_[0, bounds], np.r_[bounds, len(img_of)])))  # numpy releases the GIL
+    return out
 
 
 def _gauss_newton(sampler: _PatchSampler, others: np.ndarray, refs: np.ndarray, step: np.ndarray, half: int,
@@ -161,4 +197,114 @@ def _gauss_newton(sampler: _PatchSampler, others: np.ndarray, refs: np.ndarray, 
     end_ncc = (_normalise(sampler(others, d)) * template).mean(axis=(1, 2))
     shift = np.einsum("nij,nj->ni", sampler.rel[others].astype(np.float64), d)  # image pixels
     ok = (np.linalg.norm(shift, axis=1) <= max_shift) & (end_ncc > start_ncc) & (end_ncc > 0.5)
+    return shift, ok
+
+
+def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4, iterations: int = 10,
+                                 window_sigma: float = 2.1, min_ncc: float = 0.9, max_shift: float = 1.5,
+                                 chunk: int = 8192) -> dict:
+    """Move the observations of ``rec``'s tracks (in place) to where a small patch around each
+    matches its track's reference patch under a local affine warp with gain and bias.
+
+    Unlike :func:`align_track_keypoints` (a translation in the SIFT frames, for keypoints found in
+    downscaled images), the warp here is estimated: between views 10-40 deg apart the SIFT frames
+    only roughly predict a patch's shape, and at the images' own scale a translation alone leaves
+    the patch misaligned (bench/RESULTS.md, poses at scale: the translation moved the built-in
+    scene's rotations from 0.12 to 0.29 deg median). The reference is the view nearest the track's
+    mean viewing direction; every other observation is then a view of the same surface point as
+    the reference's keypoint, which is what the bundle adjustment needs (pixel-perfect SfM's
+    keypoint adjustment, with grey levels for features).
+
+    shapes, images: as :func:`align_track_keypoints`. Patches have ``2 * half + 1`` samples a side
+    (1 px apart, or ``2 sigma / half`` for SIFT frames larger than that), weighted by a Gaussian of
+    ``window_sigma`` samples; ``iterations`` Gauss-Newton steps on (translation 2, affine 4, gain,
+    bias). A move is kept when the aligned patches correlate by ``min_ncc`` or more and the
+    keypoint moved at most ``max_shift`` px. Returns ``{"observations", "moved", "median_shift_px"}``
+    (observations: those aligned, i.e. not references)."""
+    if rec.num_points3D() == 0:
+        return {"observations": 0, "moved": 0, "median_shift_px": 0.0}
+    obs = _TrackObservations(rec, shapes, reference="central")
+    others = np.flatnonzero(~obs.is_ref)
+    others = others[np.argsort(obs.image[others], kind="stable")]  # sampled image by image
+    refs = obs.ref[others]
+    warp = obs.frames[others] @ np.linalg.inv(obs.frames[refs])  # reference pixels -> image pixels
+    g = np.arange(-half - 1, half + 2, dtype=np.float64)  # one sample more a side for central differences
+    grid = np.stack(np.meshgrid(g, g), -1)  # (S, S, 2) as (x, y)
+    weight = np.exp(-0.5 * (grid[1:-1, 1:-1] ** 2).sum(-1) / window_sigma ** 2).reshape(-1)
+    shift = np.zeros((len(others), 2))
+    ok = np.zeros(len(others), dtype=bool)
+    with ThreadPoolExecutor(max(1, min(len(images), os.cpu_count() or 1))) as pool:
+        for a in range(0, len(others), chunk):
+            part = slice(a, a + chunk)
+            shift[part], ok[part] = _affine_gauss_newton(
+                images, pool, obs.image[others[part]], obs.xy[others[part]], warp[part], obs.image[refs[part]],
+                obs.xy[refs[part]], grid, weight, iterations, min_ncc, max_shift)
+    for n in np.flatnonzero(ok):
+        o = others[n]
+        obs.points2d[obs.image[o]][obs.index[o]].xy = obs.xy[o] + shift[n]
+    return {"observations": int(len(others)), "moved": int(ok.sum()),
+            "median_shift_px": float(np.median(np.linalg.norm(shift[ok], axis=1))) if ok.any() else 0.0}
+
+
+def _affine_gauss_newton(images, pool, img, xy, warp, ref_img, ref_xy, grid, weight, iterations, min_ncc, max_shift):
+    """(shift (n, 2) px, accepted (n,)) of observations at ``xy`` (n, 2) in images ``img`` (n,),
+    grouped by image, aligned on their references' patches; ``warp`` (n, 2, 2) the starting map
+    from reference pixels to image pixels; ``grid`` (S, S, 2) the patch's offsets in reference
+    pixels, one sample more a side than ``weight`` (the inner samples' weights, (S - 2)^2)."""
+    n, inner = len(img), grid[1:-1, 1:-1].reshape(-1, 2)
+    order = np.argsort(ref_img, kind="stable")
+    template = np.empty((n, len(inner)), dtype=np.float64)
+    rx = ref_xy[order, 0, None] + inner[:, 0]
+    ry = ref_xy[order, 1, None] + inner[:, 1]
+    template[order] = _sample_grouped(images, ref_img[order], rx, ry, pool)
+    centre, start_warp, warp = xy.copy(), warp, warp.copy()
+    start_det, failed = np.abs(np.linalg.det(warp)), np.zeros(n, dtype=bool)
+    gain, bias = np.ones(n), np.zeros(n)
+    sw = np.sqrt(weight)
+    flat_grid = grid.reshape(-1, 2)
+
+    def patch(centre, warp):
+        p = centre[:, None, :] + flat_grid @ warp.transpose(0, 2, 1)  # (n, S * S, 2)
+        return _sample_grouped(images, img, p[..., 0], p[..., 1], pool).astype(np.float64).reshape(n, *grid.shape[:2])
+
+    for it in range(iterations):
+        full = patch(centre, warp)
+        values = full[:, 1:-1, 1:-1].reshape(n, -1)
+        if it == 0:  # gain and bias from the moments
+            gain = template.std(1) / np.maximum(values.std(1), 1e-6)
+            bias = template.mean(1) - gain * values.mean(1)
+        d_gx = 0.5 * (full[:, 1:-1, 2:] - full[:, 1:-1, :-2]).reshape(n, -1)  # per grid step
+        d_gy = 0.5 * (full[:, 2:, 1:-1] - full[:, :-2, 1:-1]).reshape(n, -1)
+        inv = np.linalg.inv(warp)  # image gradient = warp^-T (grid gradient)
+        ix = inv[:, 0, 0, None] * d_gx + inv[:, 1, 0, None] * d_gy
+        iy = inv[:, 0, 1, None] * d_gx + inv[:, 1, 1, None] * d_gy
+        gx, gy = gain[:, None] * ix * sw, gain[:, None] * iy * sw
+        Jt = np.empty((n, 8, len(inner)), dtype=np.float32)  # float32: half the memory traffic
+        Jt[:, 0], Jt[:, 1] = gx, gy
+        Jt[:, 2], Jt[:, 3], Jt[:, 4], Jt[:, 5] = gx * inner[:, 0], gx * inner[:, 1], gy * inner[:, 0], gy * inner[:, 1]
+        Jt[:, 6], Jt[:, 7] = values * sw, sw
+        r = ((gain[:, None] * values + bias[:, None] - template) * sw).astype(np.float32)
+        JtJ = (Jt @ Jt.transpose(0, 2, 1)).astype(np.float64)
+        JtJ += 1e-4 * JtJ * np.eye(8) + 1e-9 * np.eye(8)  # Levenberg's damping on the diagonal
+        delta = -np.linalg.solve(JtJ, (Jt @ r[..., None]).astype(np.float64))[..., 0]
+        centre += delta[:, :2]
+        warp += delta[:, 2:6].reshape(n, 2, 2)
+        gain += delta[:, 6]
+        bias += delta[:, 7]
+        # a patch without texture or one that ran off its surface diverges: back to the start, not kept
+        failed |= ~np.isfinite(delta).all(1) | (np.abs(np.linalg.det(warp)) < 1e-3 * start_det)
+        centre[failed], warp[failed], gain[failed], bias[failed] = xy[failed], start_warp[failed], 1.0, 0.0
+    values = patch(centre, warp)[:, 1:-1, 1:-1].reshape(n, -1)
+
+    def standard(v):
+        v = v - v.mean(1, keepdims=True)
+        return v / np.maximum(v.std(1, keepdims=True), 1e-9)
+
+    ncc = (standard(values) * standard(template)).mean(1)
+    shift = centre - xy
+    shape = {i: images[i].shape for i in np.unique(img)}
+    size = np.array([shape[i][::-1] for i in img], dtype=np.float64)  # (W, H) of each observation's image
+    reach = np.abs(warp).sum(-1).max(-1) * (grid.shape[0] // 2)  # px from the centre to the patch's edge
+    inside = np.all((centre - reach[:, None] >= 0) & (centre + reach[:, None] <= size), axis=1)
+    ok = ~failed & (np.linalg.norm(shift, axis=1) <= max_shift) & (ncc >= min_ncc) & inside
     return shift, ok

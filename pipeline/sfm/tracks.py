@@ -1,5 +1,6 @@
-"""Step 4d of pose estimation: the model's tracks extended by guided 2D-3D matching, and a last
-bundle adjustment on the tracks that three or more views see (:func:`finish_model`).
+"""Steps 4d and 4e of pose estimation (:func:`finish_model`): the model's tracks extended by guided
+2D-3D matching, a last bundle adjustment on the tracks that three or more views see, then the
+tracks' keypoints aligned on image patches and the poses adjusted once more.
 
 The mapper adds an observation to a track only through a verified two-view match. A view seen
 from an unusual angle (below an object, at its edge) shares few verified matches, so it keeps few
@@ -22,6 +23,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from pipeline.sfm.config import EstimationConfig
+from pipeline.sfm.keypoints import align_track_keypoints_affine, read_frames_and_images
 from pipeline.sfm.refine import adjust_on_long_tracks, bundle_adjust
 
 
@@ -122,20 +124,32 @@ def _adjust(pycolmap, rec, cfg: EstimationConfig, refine_intrinsics: bool) -> di
     return None
 
 
+def _drop_misfits(pycolmap, rec, max_reproj_error: float) -> int:
+    """Drop the observations above ``max_reproj_error`` px or under the mapper's minimum
+    triangulation angle (as the mapper filters); returns how many."""
+    min_angle = pycolmap.IncrementalMapperOptions().filter_min_tri_angle
+    return int(pycolmap.ObservationManager(rec).filter_all_points3D(max_reproj_error, min_angle))
+
+
 def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_intrinsics: bool,
-                 max_reproj_error: float, log: logging.Logger | None = None) -> dict:
-    """Step 4d on ``rec`` in place: with ``cfg.extend_tracks``, :func:`extend_tracks`, a bundle
-    adjustment, and the observations above ``max_reproj_error`` px (or under the mapper's minimum
-    triangulation angle) dropped; then, with ``cfg.final_min_track_length`` > 2 or after an extension, the last bundle
-    adjustment (poses moved by tracks of ``final_min_track_length`` views or more). Returns the
-    report's entries: ``track_extension`` and ``final_adjustment`` where they ran."""
+                 max_reproj_error: float, log: logging.Logger | None = None, image_dir: Path | None = None) -> dict:
+    """Steps 4d and 4e on ``rec`` in place.
+
+    4d: with ``cfg.extend_tracks``, :func:`extend_tracks`, a bundle adjustment, and the observations
+    above ``max_reproj_error`` px (or under the mapper's minimum triangulation angle) dropped; then,
+    with ``cfg.final_min_track_length`` > 2 or after an extension, the last bundle adjustment (poses
+    moved by tracks of ``final_min_track_length`` views or more).
+    4e: with ``cfg.align_keypoints`` and the images COLMAP read in ``image_dir``, the tracks'
+    keypoints aligned on their reference patches
+    (:func:`pipeline.sfm.keypoints.align_track_keypoints_affine`), a bundle adjustment, the
+    observations that do not fit dropped, and a last adjustment.
+    Returns the report's entries: ``track_extension``, ``final_adjustment`` and
+    ``keypoint_alignment`` where they ran."""
     out: dict = {}
     if cfg.extend_tracks:
         extension = extend_tracks(pycolmap, rec, db_path)
         _adjust(pycolmap, rec, cfg, refine_intrinsics)
-        min_angle = pycolmap.IncrementalMapperOptions().filter_min_tri_angle  # as the mapper filters
-        extension["observations_dropped"] = int(pycolmap.ObservationManager(rec).filter_all_points3D(
-            max_reproj_error, min_angle))
+        extension["observations_dropped"] = _drop_misfits(pycolmap, rec, max_reproj_error)
         out["track_extension"] = extension
         if log is not None:
             log.info(f"tracks extended: +{extension['observations_added']} observations to "
@@ -149,4 +163,14 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
                 log.info(f"last adjustment: poses moved by the {done['points_used']} of {done['points']} points "
                          f"that {cfg.final_min_track_length}+ views see"
                          + (f"; held as mapped (too few such points): {', '.join(held)}" if held else ""))
+    if cfg.align_keypoints and image_dir is not None:
+        alignment = align_track_keypoints_affine(rec, *read_frames_and_images(pycolmap, rec, db_path, image_dir))
+        _adjust(pycolmap, rec, cfg, refine_intrinsics)
+        alignment["observations_dropped"] = _drop_misfits(pycolmap, rec, max_reproj_error)
+        _adjust(pycolmap, rec, cfg, refine_intrinsics)
+        out["keypoint_alignment"] = alignment
+        if log is not None:
+            log.info(f"track keypoints aligned on their reference patches: {alignment['moved']} of "
+                     f"{alignment['observations']} moved (median {alignment['median_shift_px']:.2f} px), "
+                     f"{alignment['observations_dropped']} dropped after adjustment")
     return out

@@ -133,6 +133,9 @@ def test_builtin_scene_estimate_registers_every_view_accurately(tmp_path):
     # the last step: tracks extended by guided 2D-3D matching, poses adjusted on tracks of 3+ views
     assert full_report["track_extension"]["observations_added"] > 0
     assert full_report["final_adjustment"]["min_track_length"] == 3
+    # then the tracks' keypoints aligned on image patches (step 4e): most of them move a little
+    alignment = full_report["keypoint_alignment"]
+    assert alignment["moved"] > 0.5 * alignment["observations"] and 0 < alignment["median_shift_px"] < 1
     ref = {f.name: f.c2w for f in read_scene(data).frames}
     est = ws.load_scene()
     errors = pose_errors(np.stack([f.c2w for f in est.frames]), np.stack([ref[f.name] for f in est.frames]))
