@@ -99,10 +99,10 @@ class EstimationConfig:
     ba_function_tolerance: float = 1e-6
     # step 4e: after step 4d, each track's keypoints are aligned on the patch of the view nearest
     # the track's mean viewing direction (9x9 px, affine warp with gain and bias; pixel-perfect
-    # SfM's keypoint adjustment on grey levels, pipeline/sfm/keypoints.py), then the poses adjusted,
-    # the observations that no longer fit dropped, and adjusted again. Same 14 mapper models as
-    # above: views above 0.3 deg 15.2 -> 8.4, 90th percentile lower in all 14, median in 13 (built-in
-    # 200 views 0.12 -> 0.08 deg, Herz-Jesu-P8 0.16 -> 0.10); ~4 s more at 200 views
+    # SfM's keypoint adjustment on grey levels, pipeline/sfm/keypoints.py); the observations that
+    # then do not fit are dropped and the poses adjusted. Same 14 mapper models as
+    # above: views above 0.3 deg 15.2 -> 7.7 (fewer in 13, more in none), median lower in all 14
+    # (built-in 200 views 0.12 -> 0.08 deg, Herz-Jesu-P8 0.16 -> 0.10); ~2 s more at 200 views
     align_keypoints: bool = True
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
     # known intrinsics from a file, kept fixed in mapping: a Strecha .camera file (or a folder of

@@ -202,7 +202,7 @@ def _gauss_newton(sampler: _PatchSampler, others: np.ndarray, refs: np.ndarray, 
 
 def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4, iterations: int = 10,
                                  window_sigma: float = 2.1, min_ncc: float = 0.9, max_shift: float = 1.5,
-                                 chunk: int = 8192) -> dict:
+                                 chunk: int = 4096) -> dict:
     """Move the observations of ``rec``'s tracks (in place) to where a small patch around each
     matches its track's reference patch under a local affine warp with gain and bias.
 
@@ -233,12 +233,15 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
     weight = np.exp(-0.5 * (grid[1:-1, 1:-1] ** 2).sum(-1) / window_sigma ** 2).reshape(-1)
     shift = np.zeros((len(others), 2))
     ok = np.zeros(len(others), dtype=bool)
-    with ThreadPoolExecutor(max(1, min(len(images), os.cpu_count() or 1))) as pool:
-        for a in range(0, len(others), chunk):
-            part = slice(a, a + chunk)
-            shift[part], ok[part] = _affine_gauss_newton(
-                images, pool, obs.image[others[part]], obs.xy[others[part]], warp[part], obs.image[refs[part]],
-                obs.xy[refs[part]], grid, weight, iterations, min_ncc, max_shift)
+
+    def align(start):
+        part = slice(start, start + chunk)
+        shift[part], ok[part] = _affine_gauss_newton(
+            images, _Inline(), obs.image[others[part]], obs.xy[others[part]], warp[part], obs.image[refs[part]],
+            obs.xy[refs[part]], grid, weight, iterations, min_ncc, max_shift)
+
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # chunks side by side: numpy releases the GIL
+        list(pool.map(align, range(0, len(others), chunk)))
     for n in np.flatnonzero(ok):
         o = others[n]
         obs.points2d[obs.image[o]][obs.index[o]].xy = obs.xy[o] + shift[n]
@@ -246,11 +249,21 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
             "median_shift_px": float(np.median(np.linalg.norm(shift[ok], axis=1))) if ok.any() else 0.0}
 
 
-def _affine_gauss_newton(images, pool, img, xy, warp, ref_img, ref_xy, grid, weight, iterations, min_ncc, max_shift):
+class _Inline:
+    """An executor's ``map`` in the calling thread (the chunks already run side by side)."""
+
+    @staticmethod
+    def map(fn, items):
+        return map(fn, items)
+
+
+def _affine_gauss_newton(images, pool, img, xy, warp, ref_img, ref_xy, grid, weight, iterations, min_ncc, max_shift,
+                         converged_px=1e-3):
     """(shift (n, 2) px, accepted (n,)) of observations at ``xy`` (n, 2) in images ``img`` (n,),
     grouped by image, aligned on their references' patches; ``warp`` (n, 2, 2) the starting map
     from reference pixels to image pixels; ``grid`` (S, S, 2) the patch's offsets in reference
-    pixels, one sample more a side than ``weight`` (the inner samples' weights, (S - 2)^2)."""
+    pixels, one sample more a side than ``weight`` (the inner samples' weights, (S - 2)^2). An
+    observation stops once its step moves it by less than ``converged_px``."""
     n, inner = len(img), grid[1:-1, 1:-1].reshape(-1, 2)
     order = np.argsort(ref_img, kind="stable")
     template = np.empty((n, len(inner)), dtype=np.float64)
@@ -263,38 +276,44 @@ def _affine_gauss_newton(images, pool, img, xy, warp, ref_img, ref_xy, grid, wei
     sw = np.sqrt(weight)
     flat_grid = grid.reshape(-1, 2)
 
-    def patch(centre, warp):
-        p = centre[:, None, :] + flat_grid @ warp.transpose(0, 2, 1)  # (n, S * S, 2)
-        return _sample_grouped(images, img, p[..., 0], p[..., 1], pool).astype(np.float64).reshape(n, *grid.shape[:2])
+    def patch(which):
+        p = centre[which, None, :] + flat_grid @ warp[which].transpose(0, 2, 1)  # (m, S * S, 2)
+        return _sample_grouped(images, img[which], p[..., 0], p[..., 1], pool).astype(np.float64).reshape(
+            len(which), *grid.shape[:2])
 
+    active = np.arange(n)  # observations still moving; img order is kept, so they stay grouped by image
     for it in range(iterations):
-        full = patch(centre, warp)
-        values = full[:, 1:-1, 1:-1].reshape(n, -1)
+        a, m = active, len(active)
+        full = patch(a)
+        values = full[:, 1:-1, 1:-1].reshape(m, -1)
         if it == 0:  # gain and bias from the moments
             gain = template.std(1) / np.maximum(values.std(1), 1e-6)
             bias = template.mean(1) - gain * values.mean(1)
-        d_gx = 0.5 * (full[:, 1:-1, 2:] - full[:, 1:-1, :-2]).reshape(n, -1)  # per grid step
-        d_gy = 0.5 * (full[:, 2:, 1:-1] - full[:, :-2, 1:-1]).reshape(n, -1)
-        inv = np.linalg.inv(warp)  # image gradient = warp^-T (grid gradient)
+        d_gx = 0.5 * (full[:, 1:-1, 2:] - full[:, 1:-1, :-2]).reshape(m, -1)  # per grid step
+        d_gy = 0.5 * (full[:, 2:, 1:-1] - full[:, :-2, 1:-1]).reshape(m, -1)
+        inv = np.linalg.inv(warp[a])  # image gradient = warp^-T (grid gradient)
         ix = inv[:, 0, 0, None] * d_gx + inv[:, 1, 0, None] * d_gy
         iy = inv[:, 0, 1, None] * d_gx + inv[:, 1, 1, None] * d_gy
-        gx, gy = gain[:, None] * ix * sw, gain[:, None] * iy * sw
-        Jt = np.empty((n, 8, len(inner)), dtype=np.float32)  # float32: half the memory traffic
+        gx, gy = gain[a, None] * ix * sw, gain[a, None] * iy * sw
+        Jt = np.empty((m, 8, len(inner)), dtype=np.float32)  # float32: half the memory traffic
         Jt[:, 0], Jt[:, 1] = gx, gy
         Jt[:, 2], Jt[:, 3], Jt[:, 4], Jt[:, 5] = gx * inner[:, 0], gx * inner[:, 1], gy * inner[:, 0], gy * inner[:, 1]
         Jt[:, 6], Jt[:, 7] = values * sw, sw
-        r = ((gain[:, None] * values + bias[:, None] - template) * sw).astype(np.float32)
+        r = ((gain[a, None] * values + bias[a, None] - template[a]) * sw).astype(np.float32)
         JtJ = (Jt @ Jt.transpose(0, 2, 1)).astype(np.float64)
         JtJ += 1e-4 * JtJ * np.eye(8) + 1e-9 * np.eye(8)  # Levenberg's damping on the diagonal
         delta = -np.linalg.solve(JtJ, (Jt @ r[..., None]).astype(np.float64))[..., 0]
-        centre += delta[:, :2]
-        warp += delta[:, 2:6].reshape(n, 2, 2)
-        gain += delta[:, 6]
-        bias += delta[:, 7]
+        centre[a] += delta[:, :2]
+        warp[a] += delta[:, 2:6].reshape(m, 2, 2)
+        gain[a] += delta[:, 6]
+        bias[a] += delta[:, 7]
         # a patch without texture or one that ran off its surface diverges: back to the start, not kept
-        failed |= ~np.isfinite(delta).all(1) | (np.abs(np.linalg.det(warp)) < 1e-3 * start_det)
+        failed[a] |= ~np.isfinite(delta).all(1) | (np.abs(np.linalg.det(warp[a])) < 1e-3 * start_det[a])
         centre[failed], warp[failed], gain[failed], bias[failed] = xy[failed], start_warp[failed], 1.0, 0.0
-    values = patch(centre, warp)[:, 1:-1, 1:-1].reshape(n, -1)
+        active = a[~failed[a] & (np.abs(delta[:, :2]).max(1) > converged_px)]
+        if not len(active):
+            break
+    values = patch(np.arange(n))[:, 1:-1, 1:-1].reshape(n, -1)
 
     def standard(v):
         v = v - v.mean(1, keepdims=True)
