@@ -215,12 +215,14 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
     the reference's keypoint, which is what the bundle adjustment needs (pixel-perfect SfM's
     keypoint adjustment, with grey levels for features).
 
-    shapes, images: as :func:`align_track_keypoints`. Patches have ``2 * half + 1`` samples a side
-    (1 px apart, or ``2 sigma / half`` for SIFT frames larger than that), weighted by a Gaussian of
-    ``window_sigma`` samples; ``iterations`` Gauss-Newton steps on (translation 2, affine 4, gain,
-    bias). A move is kept when the aligned patches correlate by ``min_ncc`` or more and the
-    keypoint moved at most ``max_shift`` px. Returns ``{"observations", "moved", "median_shift_px"}``
-    (observations: those aligned, i.e. not references)."""
+    shapes, images: as :func:`align_track_keypoints`. Patches have ``2 * half + 1`` samples a side,
+    1 px apart in the reference image (larger patches did worse: an affine warp no longer fits them
+    across depth edges), weighted by a Gaussian of ``window_sigma`` px; at most ``iterations``
+    Levenberg-damped Gauss-Newton steps on (translation 2, affine 4, gain, bias), in chunks of
+    ``chunk`` observations on all cores. A move is kept when the aligned patches correlate by
+    ``min_ncc`` or more and the keypoint moved at most ``max_shift`` px. Returns
+    ``{"observations", "moved", "median_shift_px"}`` (observations: those aligned, i.e. not
+    references)."""
     if rec.num_points3D() == 0:
         return {"observations": 0, "moved": 0, "median_shift_px": 0.0}
     obs = _TrackObservations(rec, shapes, reference="central")
