@@ -18,8 +18,8 @@ class EstimationConfig:
     """Options of pose estimation (the poses stage's config extends this)."""
 
     # speed / accuracy trade-off (bench/RESULTS.md, poses on high-resolution photos):
-    # fast = SIFT at max 1024 px, the mapper's result with only step 4d (extend_tracks,
-    # final_min_track_length; principal point at the image centre, as before quality existed);
+    # fast = SIFT at max 1024 px, the mapper's result with only steps 4d and 4e (extend_tracks,
+    # final_min_track_length, align_keypoints; principal point at the image centre, as before quality existed);
     # balanced = fast + the tracks' keypoints refined at full resolution when SIFT saw the images
     # downscaled (refine_keypoints), + the principal point refined when held-out tracks confirm it
     # (refine_principal_point): Herz-Jesu-P8 0.50 -> 0.07 deg for ~7 s more; max = SIFT at full
