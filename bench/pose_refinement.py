@@ -47,6 +47,7 @@ from pipeline.runner.workspace import Workspace  # noqa: E402
 from pipeline.sfm.cameras import c2w_from_image  # noqa: E402
 from pipeline.sfm.config import EstimationConfig  # noqa: E402
 from pipeline.sfm.prepare import prepare, unique_name  # noqa: E402
+from pipeline.sfm.keypoints import read_frames_and_images  # noqa: E402
 from pipeline.sfm.tracks import finish_model  # noqa: E402
 from stages.poses import STAGE  # noqa: E402
 
@@ -107,6 +108,8 @@ def main(argv=None) -> None:
         image_dir = args.work / f"images-{model.replace('#', '-')}"  # the files COLMAP reads, as the stage makes them
         prepare(scene, image_dir, logging.getLogger("pose_refinement"))
         base = pycolmap.Reconstruction(str(ws / "poses" / "sparse"))
+        db_path = ws / "poses" / "colmap" / "database.db"
+        frames_and_images = read_frames_and_images(pycolmap, base, db_path, image_dir)
         used: set[str] = set()  # the stems the stage gave the images (every image of these datasets reads)
         by_stem = {unique_name(f.name or f.image_path.stem, used): f.c2w for f in scene.frames}
         truth = {im.name: by_stem[Path(im.name).stem] for im in base.images.values()}
@@ -117,8 +120,8 @@ def main(argv=None) -> None:
             started = time.time()
             if settings is not None:
                 cfg = replace(EstimationConfig(), **settings)
-                finish_model(pycolmap, rec, ws / "poses" / "colmap" / "database.db", cfg, not known,
-                             report["effective_settings"]["max_reproj_error"], image_dir=image_dir)
+                finish_model(pycolmap, rec, db_path, cfg, not known, report["effective_settings"]["max_reproj_error"],
+                             frames_and_images=frames_and_images)
             row[variant] = dict(rotation_stats(rec, truth), seconds=time.time() - started)
         rows.append(row)
         print(f"{model}: " + "; ".join(f"{v} {row[v]['median']:.3f} / {row[v]['max']:.3f} deg, {row[v]['over_0.3']} over 0.3"

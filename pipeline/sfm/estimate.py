@@ -26,7 +26,7 @@ from pipeline.sfm.config import EstimationConfig, check_config, effective_settin
 from pipeline.sfm.database import export_database, extraction_key, matching_key, restore_database, write_state
 from pipeline.sfm.diagnose import diagnose_registration, save_failure_report
 from pipeline.sfm.features import apply_intrinsics_file, camera_groups, extract, use_known_intrinsics
-from pipeline.sfm.keypoints import refine_track_keypoints
+from pipeline.sfm.keypoints import align_track_keypoints, read_frames_and_images
 from pipeline.sfm.mapping import reconstruct, write_model
 from pipeline.sfm.matching import choose_matcher, consecutive_gain, match_images, prior_positions
 from pipeline.sfm.panoramas import estimate_panoramas, is_panorama_scene
@@ -122,9 +122,11 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
                                                                cfg, eff, known, log)
         timings["map_s"] = time.time() - t
         # 4b. the tracks' keypoints aligned at full resolution, then bundle adjustment
+        frames_and_images = None  # SIFT frames and grey images of the registered images, read once for 4b and 4e
         if best is not None and eff.refine_keypoints:
             t = time.time()
-            report["keypoint_refinement"] = refine_track_keypoints(pycolmap, best, db_path, image_dir)
+            frames_and_images = read_frames_and_images(pycolmap, best, db_path, image_dir)
+            report["keypoint_refinement"] = align_track_keypoints(best, *frames_and_images)
             bundle_adjust(pycolmap, best, not known, cfg.num_threads)
             timings["refine_keypoints_s"] = time.time() - t
         # 4c. the principal point, when the views support it (checked on held-out tracks)
@@ -139,7 +141,10 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
         # then adjusted again
         if best is not None:
             t = time.time()
-            report.update(finish_model(pycolmap, best, db_path, cfg, not known, eff.max_reproj_error, log, image_dir))
+            if cfg.align_keypoints and frames_and_images is None:
+                frames_and_images = read_frames_and_images(pycolmap, best, db_path, image_dir)
+            report.update(finish_model(pycolmap, best, db_path, cfg, not known, eff.max_reproj_error, log,
+                                       frames_and_images))
             timings["finish_s"] = time.time() - t
     report.update(mapper=mapper_used, mapper_reason=mapper_reason)
 

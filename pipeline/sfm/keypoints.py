@@ -1,7 +1,7 @@
 """Track keypoints refined at full resolution: patch alignment of each track's observations.
 
 SIFT runs on downscaled images (``max_image_size``); its keypoints are then only as precise as the
-downscaled pixels. :func:`refine_track_keypoints` aligns, for every track of a reconstruction, each
+downscaled pixels. :func:`align_track_keypoints` aligns, for every track of a reconstruction, each
 observation's full-resolution patch to the patch of one reference observation (the one seen at
 the largest SIFT scale: its patch has the finest detail), with the relative affine frame of the two
 SIFT keypoints (scale, orientation) and a translation found by Gauss-Newton on zero-mean,
@@ -48,18 +48,11 @@ def _normalise(p: np.ndarray) -> np.ndarray:
     return p / (p.std(axis=(1, 2), keepdims=True) + 1e-6)
 
 
-def refine_track_keypoints(pycolmap, rec, db_path: Path, image_dir: Path) -> dict:
-    """:func:`align_track_keypoints` with the SIFT frames of COLMAP's database at ``db_path`` and
-    the full-resolution images COLMAP read in ``image_dir``."""
-    if rec.num_points3D() == 0:
-        return {"observations": 0, "moved": 0, "median_shift_px": 0.0}
-    return align_track_keypoints(rec, *read_frames_and_images(pycolmap, rec, db_path, image_dir))
-
-
 def read_frames_and_images(pycolmap, rec, db_path: Path, image_dir: Path) -> tuple[dict, dict]:
     """({image id: (K, 2, 2) SIFT frames}, {image id: (H, W) uint8 grey image}) of ``rec``'s
     registered images: the frames from COLMAP's database at ``db_path``, the images from
-    ``image_dir`` (the files COLMAP read)."""
+    ``image_dir`` (the files COLMAP read). Read once for both alignments (:func:`align_track_keypoints`,
+    :func:`align_track_keypoints_affine`): decoding hundreds of large photos is not free."""
     db = pycolmap.Database.open(str(db_path))
     try:  # COLMAP's keypoints: x, y, then the affine frame a11 a12 a21 a22 (full-resolution pixels)
         shapes = {image_id: db.read_keypoints(image_id)[:, 2:6].reshape(-1, 2, 2) for image_id in rec.reg_image_ids()}
@@ -157,9 +150,10 @@ class _PatchSampler:
         return _sample_grouped(self.images, self.obs_img[which], px, py, self.pool)
 
 
-def _sample_grouped(images: dict, img_of: np.ndarray, px: np.ndarray, py: np.ndarray, pool) -> np.ndarray:
+def _sample_grouped(images: dict, img_of: np.ndarray, px: np.ndarray, py: np.ndarray, pool=None) -> np.ndarray:
     """float32 samples (n, ...) of ``images[img_of[k]]`` at ``px[k]``, ``py[k]``; ``img_of`` (n,)
-    grouped by image (one gather per image, the images spread over ``pool``'s threads)."""
+    grouped by image (one gather per image, the images spread over ``pool``'s threads, or in this
+    thread without a pool)."""
     out = np.empty(px.shape, dtype=np.float32)
     bounds = np.flatnonzero(np.diff(img_of)) + 1
 
@@ -167,7 +161,7 @@ def _sample_grouped(images: dict, img_of: np.ndarray, px: np.ndarray, py: np.nda
         a, b = span
         out[a:b] = _sample(images[img_of[a]], px[a:b], py[a:b])
 
-    list(pool.map(fill, zip(np.r_[0, bounds], np.r_[bounds, len(img_of)])))  # numpy releases the GIL
+    list((pool.map if pool is not None else map)(fill, zip(np.r_[0, bounds], np.r_[bounds, len(img_of)])))
     return out
 
 
@@ -239,7 +233,7 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
     def align(start):
         part = slice(start, start + chunk)
         shift[part], ok[part] = _affine_gauss_newton(
-            images, _Inline(), obs.image[others[part]], obs.xy[others[part]], warp[part], obs.image[refs[part]],
+            images, None, obs.image[others[part]], obs.xy[others[part]], warp[part], obs.image[refs[part]],
             obs.xy[refs[part]], grid, weight, iterations, min_ncc, max_shift)
 
     with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # chunks side by side: numpy releases the GIL
@@ -249,14 +243,6 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
         obs.points2d[obs.image[o]][obs.index[o]].xy = obs.xy[o] + shift[n]
     return {"observations": int(len(others)), "moved": int(ok.sum()),
             "median_shift_px": float(np.median(np.linalg.norm(shift[ok], axis=1))) if ok.any() else 0.0}
-
-
-class _Inline:
-    """An executor's ``map`` in the calling thread (the chunks already run side by side)."""
-
-    @staticmethod
-    def map(fn, items):
-        return map(fn, items)
 
 
 def _affine_gauss_newton(images, pool, img, xy, warp, ref_img, ref_xy, grid, weight, iterations, min_ncc, max_shift,

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from pipeline.sfm.config import EstimationConfig
-from pipeline.sfm.keypoints import align_track_keypoints_affine, read_frames_and_images
+from pipeline.sfm.keypoints import align_track_keypoints_affine
 from pipeline.sfm.refine import adjust_on_long_tracks, bundle_adjust
 
 
@@ -132,15 +132,17 @@ def _drop_misfits(pycolmap, rec, max_reproj_error: float) -> int:
 
 
 def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_intrinsics: bool,
-                 max_reproj_error: float, log: logging.Logger | None = None, image_dir: Path | None = None) -> dict:
+                 max_reproj_error: float, log: logging.Logger | None = None,
+                 frames_and_images: tuple[dict, dict] | None = None) -> dict:
     """Steps 4d and 4e on ``rec`` in place.
 
     4d: with ``cfg.extend_tracks``, :func:`extend_tracks`, a bundle adjustment, and the observations
     above ``max_reproj_error`` px (or under the mapper's minimum triangulation angle) dropped; then,
     with ``cfg.final_min_track_length`` > 2 or after an extension, the last bundle adjustment (poses
     moved by tracks of ``final_min_track_length`` views or more).
-    4e: with ``cfg.align_keypoints`` and the images COLMAP read in ``image_dir``, the tracks'
-    keypoints aligned on their reference patches
+    4e: with ``cfg.align_keypoints`` and ``frames_and_images``
+    (:func:`pipeline.sfm.keypoints.read_frames_and_images`), the tracks' keypoints aligned on their
+    reference patches
     (:func:`pipeline.sfm.keypoints.align_track_keypoints_affine`), the observations that then do not
     fit dropped, and a last adjustment.
     Returns the report's entries: ``track_extension``, ``final_adjustment`` and
@@ -163,8 +165,8 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
                 log.info(f"last adjustment: poses moved by the {done['points_used']} of {done['points']} points "
                          f"that {cfg.final_min_track_length}+ views see"
                          + (f"; held as mapped (too few such points): {', '.join(held)}" if held else ""))
-    if cfg.align_keypoints and image_dir is not None:
-        alignment = align_track_keypoints_affine(rec, *read_frames_and_images(pycolmap, rec, db_path, image_dir))
+    if cfg.align_keypoints and frames_and_images is not None:
+        alignment = align_track_keypoints_affine(rec, *frames_and_images)
         # an aligned keypoint that no longer fits the model where it stood was most likely aligned
         # on something else (an occluding edge, a repeated texture): dropped before the adjustment,
         # which on the fixed models did as well as adjusting first and dropping after, at half the cost
