@@ -1,5 +1,6 @@
 """Cameras between COLMAP and us: known intrinsics as COLMAP parameters, a COLMAP camera as our
-:class:`Intrinsics`, a registered COLMAP image as a camera-to-world matrix."""
+:class:`Intrinsics`, a registered COLMAP image as a camera-to-world matrix, and the reprojection
+errors of a model's observations."""
 from __future__ import annotations
 
 import numpy as np
@@ -52,3 +53,23 @@ def c2w_from_image(image) -> np.ndarray:
     w2c = np.eye(4)
     w2c[:3] = image.cam_from_world().matrix()
     return np.linalg.inv(w2c)
+
+
+def reprojection_errors(rec) -> dict[int, np.ndarray]:
+    """{image id: (K,) distances (px) between each observation's keypoint and its 3D point's
+    projection} over the registered images of the pycolmap reconstruction ``rec`` (K may be 0)."""
+    xyz_of = {point_id: point.xyz for point_id, point in rec.points3D.items()}
+    out = {}
+    for image_id in rec.reg_image_ids():
+        image = rec.images[image_id]
+        observed = [(p.xy, xyz_of[p.point3D_id]) for p in image.points2D if p.has_point3D()]
+        if not observed:
+            out[image_id] = np.zeros(0)
+            continue
+        xy = np.array([o[0] for o in observed], dtype=np.float64)
+        world = np.array([o[1] for o in observed], dtype=np.float64)
+        w2c = image.cam_from_world().matrix()
+        projected = rec.cameras[image.camera_id].img_from_cam(world @ w2c[:, :3].T + w2c[:, 3],
+                                                             check_cheirality=False)
+        out[image_id] = np.linalg.norm(np.asarray(projected) - xy, axis=1)
+    return out

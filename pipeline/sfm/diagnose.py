@@ -14,6 +14,7 @@ import numpy as np
 
 from datasets.scene import Scene, SceneError
 from pipeline.runner.io import write_json
+from pipeline.sfm.cameras import reprojection_errors
 from pipeline.sfm.prepare import PreparedImage
 
 
@@ -96,22 +97,8 @@ def diagnose(stats: ImageStats, median_features: float, median_sharpness: float)
 
 def per_image_reprojection(rec) -> dict[str, tuple[float, int]]:
     """{image name: (mean reprojection error px, number of observations)} of a reconstruction."""
-    out = {}
-    xyz_of = {pid: p.xyz for pid, p in rec.points3D.items()}
-    for image in rec.images.values():
-        if not image.has_pose:
-            continue
-        obs = [(p.xy, xyz_of[p.point3D_id]) for p in image.points2D if p.has_point3D()]
-        if not obs:
-            out[image.name] = (float("nan"), 0)
-            continue
-        xy = np.array([o[0] for o in obs], dtype=np.float64)
-        world = np.array([o[1] for o in obs], dtype=np.float64)
-        w2c = image.cam_from_world().matrix()
-        cam = world @ w2c[:, :3].T + w2c[:, 3]
-        proj = rec.cameras[image.camera_id].img_from_cam(cam, check_cheirality=False)
-        out[image.name] = (float(np.linalg.norm(proj - xy, axis=1).mean()), len(obs))
-    return out
+    return {rec.images[image_id].name: (float(errors.mean()) if len(errors) else float("nan"), len(errors))
+            for image_id, errors in reprojection_errors(rec).items()}
 
 
 def _summary(best, stats: dict[str, ImageStats], median_features: float) -> dict:

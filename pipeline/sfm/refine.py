@@ -49,10 +49,14 @@ class PrincipalPointCheck:
 
 
 def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads: int,
-                function_tolerance: float = 0.0):
+                function_tolerance: float = 0.0, loss_scale_px: float = 0.0):
     """COLMAP's bundle adjustment options; ``function_tolerance`` > 0 stops Ceres once an iteration
-    lowers the cost by less than that fraction (COLMAP's 0 iterates until the gradient vanishes)."""
+    lowers the cost by less than that fraction (COLMAP's 0 iterates until the gradient vanishes);
+    ``loss_scale_px`` > 0 weighs the residuals by a Cauchy loss of that scale (COLMAP's 0: least squares)."""
     options = pycolmap.BundleAdjustmentOptions()
+    if loss_scale_px > 0:
+        options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+        options.ceres.loss_function_scale = float(loss_scale_px)
     options.print_summary = False
     options.refine_focal_length = refine_intrinsics
     options.refine_extra_params = refine_intrinsics
@@ -63,17 +67,20 @@ def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads:
 
 
 def bundle_adjust(pycolmap, rec, refine_intrinsics: bool, num_threads: int = -1,
-                  function_tolerance: float = 0.0) -> None:
-    """A global bundle adjustment of ``rec`` in place (principal points as they are)."""
-    pycolmap.bundle_adjustment(rec, _ba_options(pycolmap, False, refine_intrinsics, num_threads, function_tolerance))
+                  function_tolerance: float = 0.0, loss_scale_px: float = 0.0) -> None:
+    """A global bundle adjustment of ``rec`` in place (principal points as they are);
+    ``function_tolerance``, ``loss_scale_px``: as in :func:`_ba_options`."""
+    pycolmap.bundle_adjustment(rec, _ba_options(pycolmap, False, refine_intrinsics, num_threads, function_tolerance,
+                                                loss_scale_px))
 
 
 def adjust_on_long_tracks(pycolmap, rec, min_track_length: int, refine_intrinsics: bool,
-                          min_observations: int = 10, num_threads: int = -1, function_tolerance: float = 0.0) -> dict:
+                          min_observations: int = 10, num_threads: int = -1, function_tolerance: float = 0.0,
+                          loss_scale_px: float = 0.0) -> dict:
     """Bundle-adjust ``rec`` in place with the poses moved by tracks of ``min_track_length`` views
     or more, then the shorter tracks' points alone. An image with fewer than ``min_observations``
-    observations in such tracks keeps its pose (too few to move it). ``function_tolerance``: as in
-    :func:`_ba_options`. Returns what was done: ``{"min_track_length", "points_used", "points",
+    observations in such tracks keeps its pose (too few to move it). ``function_tolerance``,
+    ``loss_scale_px``: as in :func:`_ba_options`. Returns what was done: ``{"min_track_length", "points_used", "points",
     "held_images"}``."""
     long_points = [p for p in rec.point3D_ids() if rec.points3D[p].track.length() >= min_track_length]
     seen = dict.fromkeys(rec.reg_image_ids(), 0)
@@ -81,7 +88,7 @@ def adjust_on_long_tracks(pycolmap, rec, min_track_length: int, refine_intrinsic
         for element in rec.points3D[p].track.elements:
             seen[element.image_id] += 1
     held = sorted(rec.images[i].name for i, n in seen.items() if n < min_observations)
-    options = _ba_options(pycolmap, False, refine_intrinsics, num_threads, function_tolerance)
+    options = _ba_options(pycolmap, False, refine_intrinsics, num_threads, function_tolerance, loss_scale_px)
     options.min_track_length = min_track_length
     if held:
         config = pycolmap.BundleAdjustmentConfig()
@@ -92,14 +99,14 @@ def adjust_on_long_tracks(pycolmap, rec, min_track_length: int, refine_intrinsic
         _run_config(pycolmap, rec, options, config)
     else:
         pycolmap.bundle_adjustment(rec, options)
-    pycolmap.bundle_adjustment(rec, _points_only_options(pycolmap, num_threads, function_tolerance))
+    pycolmap.bundle_adjustment(rec, _points_only_options(pycolmap, num_threads, function_tolerance, loss_scale_px))
     return {"min_track_length": int(min_track_length), "points_used": len(long_points),
             "points": int(rec.num_points3D()), "held_images": held}
 
 
-def _points_only_options(pycolmap, num_threads: int, function_tolerance: float = 0.0):
+def _points_only_options(pycolmap, num_threads: int, function_tolerance: float = 0.0, loss_scale_px: float = 0.0):
     """Bundle adjustment that moves the 3D points only: a triangulation minimising reprojection error."""
-    options = _ba_options(pycolmap, False, False, num_threads, function_tolerance)
+    options = _ba_options(pycolmap, False, False, num_threads, function_tolerance, loss_scale_px)
     options.refine_rig_from_world = False
     options.refine_sensor_from_rig = False
     return options

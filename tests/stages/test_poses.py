@@ -136,6 +136,7 @@ def test_builtin_scene_estimate_registers_every_view_accurately(tmp_path):
     # then the tracks' keypoints aligned on image patches (step 4e): most of them move a little
     alignment = full_report["keypoint_alignment"]
     assert alignment["moved"] > 0.5 * alignment["observations"] and 0 < alignment["median_shift_px"] < 1
+    assert 0.05 < alignment["loss_scale_px"] < 1.0  # 2x the keypoint noise of 200 px renders (~0.1 px)
     ref = {f.name: f.c2w for f in read_scene(data).frames}
     est = ws.load_scene()
     errors = pose_errors(np.stack([f.c2w for f in est.frames]), np.stack([ref[f.name] for f in est.frames]))
