@@ -80,8 +80,8 @@ def adjust_on_long_tracks(pycolmap, rec, min_track_length: int, refine_intrinsic
     """Bundle-adjust ``rec`` in place with the poses moved by tracks of ``min_track_length`` views
     or more, then the shorter tracks' points alone. An image with fewer than ``min_observations``
     observations in such tracks keeps its pose (too few to move it). ``function_tolerance``,
-    ``loss_scale_px``: as in :func:`_ba_options`. Returns what was done: ``{"min_track_length", "points_used", "points",
-    "held_images"}``."""
+    ``loss_scale_px``: as in :func:`_ba_options`. Returns what was done: ``{"min_track_length",
+    "points_used", "points", "held_images"}``."""
     long_points = [p for p in rec.point3D_ids() if rec.points3D[p].track.length() >= min_track_length]
     seen = dict.fromkeys(rec.reg_image_ids(), 0)
     for p in long_points:
