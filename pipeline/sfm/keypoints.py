@@ -233,7 +233,7 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
     def align(start):
         part = slice(start, start + chunk)
         shift[part], ok[part] = _affine_gauss_newton(
-            images, None, obs.image[others[part]], obs.xy[others[part]], warp[part], obs.image[refs[part]],
+            images, obs.image[others[part]], obs.xy[others[part]], warp[part], obs.image[refs[part]],
             obs.xy[refs[part]], grid, weight, iterations, min_ncc, max_shift)
 
     with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # chunks side by side: numpy releases the GIL
@@ -245,7 +245,7 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
             "median_shift_px": float(np.median(np.linalg.norm(shift[ok], axis=1))) if ok.any() else 0.0}
 
 
-def _affine_gauss_newton(images, pool, img, xy, warp, ref_img, ref_xy, grid, weight, iterations, min_ncc, max_shift,
+def _affine_gauss_newton(images, img, xy, warp, ref_img, ref_xy, grid, weight, iterations, min_ncc, max_shift,
                          converged_px=1e-3):
     """(shift (n, 2) px, accepted (n,)) of observations at ``xy`` (n, 2) in images ``img`` (n,),
     grouped by image, aligned on their references' patches; ``warp`` (n, 2, 2) the starting map
@@ -257,7 +257,7 @@ def _affine_gauss_newton(images, pool, img, xy, warp, ref_img, ref_xy, grid, wei
     template = np.empty((n, len(inner)), dtype=np.float64)
     rx = ref_xy[order, 0, None] + inner[:, 0]
     ry = ref_xy[order, 1, None] + inner[:, 1]
-    template[order] = _sample_grouped(images, ref_img[order], rx, ry, pool)
+    template[order] = _sample_grouped(images, ref_img[order], rx, ry)
     centre, start_warp, warp = xy.copy(), warp, warp.copy()
     start_det, failed = np.abs(np.linalg.det(warp)), np.zeros(n, dtype=bool)
     gain, bias = np.ones(n), np.zeros(n)
@@ -266,7 +266,7 @@ def _affine_gauss_newton(images, pool, img, xy, warp, ref_img, ref_xy, grid, wei
 
     def patch(which):
         p = centre[which, None, :] + flat_grid @ warp[which].transpose(0, 2, 1)  # (m, S * S, 2)
-        return _sample_grouped(images, img[which], p[..., 0], p[..., 1], pool).astype(np.float64).reshape(
+        return _sample_grouped(images, img[which], p[..., 0], p[..., 1]).astype(np.float64).reshape(
             len(which), *grid.shape[:2])
 
     active = np.arange(n)  # observations still moving; img order is kept, so they stay grouped by image
