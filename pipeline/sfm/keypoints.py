@@ -102,12 +102,14 @@ class _TrackObservations:
     direction (``central``: the least foreshortening to the others)."""
 
     def __init__(self, rec, shapes: dict, reference: str):
-        image, index, track, xyz = [], [], [], []
-        for t, point in enumerate(rec.points3D.values()):
+        image, index, track, xyz, point_ids = [], [], [], [], []
+        for t, (point_id, point) in enumerate(rec.points3D.items()):
             for e in point.track.elements:
                 image.append(e.image_id), index.append(e.point2D_idx), track.append(t)
             xyz.append(point.xyz)
+            point_ids.append(point_id)
         self.image, self.index, self.track = map(np.asarray, (image, index, track))
+        self.point_ids = np.asarray(point_ids, dtype=np.int64)  # (tracks,) the 3D point of each track
         self.points2d = {i: rec.images[i].points2D for i in np.unique(self.image)}
         self.xy = np.array([self.points2d[i][j].xy for i, j in zip(self.image, self.index)], dtype=np.float64)
         self.frames = np.stack([shapes[i][j] for i, j in zip(self.image, self.index)]).astype(np.float64)
@@ -196,7 +198,7 @@ def _gauss_newton(sampler: _PatchSampler, others: np.ndarray, refs: np.ndarray, 
 
 def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4, iterations: int = 10,
                                  window_sigma: float = 2.1, min_ncc: float = 0.9, max_shift: float = 1.5,
-                                 chunk: int = 4096) -> dict:
+                                 chunk: int = 4096, points: set[int] | None = None) -> dict:
     """Move the observations of ``rec``'s tracks (in place) to where a small patch around each
     matches its track's reference patch under a local affine warp with gain and bias.
 
@@ -214,13 +216,16 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
     across depth edges), weighted by a Gaussian of ``window_sigma`` px; at most ``iterations``
     Levenberg-damped Gauss-Newton steps on (translation 2, affine 4, gain, bias), in chunks of
     ``chunk`` observations on all cores. A move is kept when the aligned patches correlate by
-    ``min_ncc`` or more and the keypoint moved at most ``max_shift`` px. Returns
+    ``min_ncc`` or more and the keypoint moved at most ``max_shift`` px. ``points``: only the tracks of
+    these 3D point ids are aligned (None: every track). Returns
     ``{"observations", "moved", "median_shift_px"}`` (observations: those aligned, i.e. not
     references)."""
     if rec.num_points3D() == 0:
         return {"observations": 0, "moved": 0, "median_shift_px": 0.0}
     obs = _TrackObservations(rec, shapes, reference="central")
     others = np.flatnonzero(~obs.is_ref)
+    if points is not None:
+        others = others[np.isin(obs.point_ids[obs.track[others]], np.fromiter(points, dtype=np.int64))]
     others = others[np.argsort(obs.image[others], kind="stable")]  # sampled image by image
     refs = obs.ref[others]
     warp = obs.frames[others] @ np.linalg.inv(obs.frames[refs])  # reference pixels -> image pixels

@@ -1,6 +1,7 @@
-"""Steps 4d and 4e of pose estimation (:func:`finish_model`): the model's tracks extended by guided
+"""Steps 4d-4f of pose estimation (:func:`finish_model`): the model's tracks extended by guided
 2D-3D matching, a last bundle adjustment on the tracks that three or more views see, then the
-tracks' keypoints aligned on image patches and the poses adjusted once more, with a robust loss.
+tracks' keypoints aligned on image patches and the poses adjusted once more, with a robust loss;
+then, with the poses that fit the aligned keypoints, the tracks extended and aligned again.
 
 The mapper adds an observation to a track only through a verified two-view match. A view seen
 from an unusual angle (below an object, at its edge) shares few verified matches, so it keeps few
@@ -163,8 +164,11 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
     (:func:`pipeline.sfm.keypoints.align_track_keypoints_affine`), the observations that then do not
     fit dropped, and a last adjustment with a Cauchy loss of ``cfg.align_loss_scale`` times the
     keypoint noise (:func:`keypoint_noise_px`).
-    Returns the report's entries: ``track_extension``, ``final_adjustment`` and
-    ``keypoint_alignment`` where they ran."""
+    4f: with ``cfg.extend_after_alignment`` as well (and ``cfg.extend_tracks``), the tracks extended
+    again, the grown tracks aligned, the misfits dropped and the robust adjustment repeated
+    (:func:`_extend_and_align_again`).
+    Returns the report's entries: ``track_extension``, ``final_adjustment``, ``keypoint_alignment``
+    and ``extension_after_alignment`` where they ran."""
     out: dict = {}
     if cfg.extend_tracks:
         extension = extend_tracks(pycolmap, rec, db_path)
@@ -199,4 +203,29 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
             log.info(f"track keypoints aligned on their reference patches: {alignment['moved']} of "
                      f"{alignment['observations']} moved (median {alignment['median_shift_px']:.2f} px), "
                      f"{alignment['observations_dropped']} dropped as misfits, then adjusted with {loss}")
+        if cfg.extend_after_alignment and cfg.extend_tracks:
+            out["extension_after_alignment"] = _extend_and_align_again(pycolmap, rec, db_path, cfg, refine_intrinsics,
+                                                                      max_reproj_error, frames_and_images, log)
     return out
+
+
+def _extend_and_align_again(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_intrinsics: bool,
+                            max_reproj_error: float, frames_and_images: tuple[dict, dict],
+                            log: logging.Logger | None) -> dict:
+    """Step 4f: after step 4e the poses and points fit the keypoints better, so their projections
+    land within ``extend_tracks``' radius of keypoints that step 4d's guided matching missed: the
+    tracks are extended again, the tracks that grew are aligned on their (possibly new) reference
+    patches, the misfits dropped, and step 4e's robust adjustment repeated."""
+    lengths = {point_id: point.track.length() for point_id, point in rec.points3D.items()}
+    extension = extend_tracks(pycolmap, rec, db_path)
+    grown = {point_id for point_id, point in rec.points3D.items() if point.track.length() > lengths.get(point_id, 0)}
+    alignment = align_track_keypoints_affine(rec, *frames_and_images, points=grown)
+    extension.update(tracks_grown=len(grown), realigned=alignment["observations"], moved=alignment["moved"],
+                     observations_dropped=_drop_misfits(pycolmap, rec, max_reproj_error),
+                     loss_scale_px=cfg.align_loss_scale * keypoint_noise_px(rec))
+    _adjust(pycolmap, rec, cfg, refine_intrinsics, extension["loss_scale_px"])
+    if log is not None:
+        log.info(f"tracks extended again after the alignment: +{extension['observations_added']} observations on "
+                 f"{len(grown)} tracks, their {alignment['observations']} keypoints aligned ({alignment['moved']} "
+                 f"moved), {extension['observations_dropped']} dropped as misfits, then adjusted once more")
+    return extension

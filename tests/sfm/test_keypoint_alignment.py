@@ -82,3 +82,26 @@ def test_a_patch_without_texture_stays_where_it_was():
     assert info["moved"] == 0
     for i in (2, 3):
         np.testing.assert_array_equal(np.array([p.xy for p in rec.images[i].points2D]), given[i])
+
+
+def test_only_the_named_tracks_are_aligned():
+    """Step 4f aligns again only the tracks that grew: the other tracks' keypoints stay as given."""
+    rng = np.random.default_rng(3)
+    image1 = texture()
+    shift = np.array([3.0, -2.0])
+    g = np.arange(60, 181, 30, dtype=np.float64)
+    p1 = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    given = {1: p1, **{i: p1 + shift + rng.uniform(-0.6, 0.6, p1.shape) for i in (2, 3)}}
+    rec = three_view_model(p1, given)
+    frames = {i: np.tile(2.0 * np.eye(2), (len(p1), 1, 1)) for i in (1, 2, 3)}
+    images = {1: image1, 2: warped(image1, np.eye(2), shift), 3: warped(image1, np.eye(2), shift)}
+    named = set(sorted(rec.point3D_ids())[::2])
+    named_rows = np.array([rec.images[1].points2D[j].point3D_id in named for j in range(len(p1))])
+
+    info = align_track_keypoints_affine(rec, frames, images, points=named)
+
+    assert info["observations"] == 2 * named_rows.sum()
+    for i in (2, 3):
+        after = np.array([p.xy for p in rec.images[i].points2D])
+        np.testing.assert_array_equal(after[~named_rows], given[i][~named_rows])
+        assert np.abs(after[named_rows] - (p1 + shift)[named_rows]).max() < 0.1

@@ -137,6 +137,10 @@ def test_builtin_scene_estimate_registers_every_view_accurately(tmp_path):
     alignment = full_report["keypoint_alignment"]
     assert alignment["moved"] > 0.5 * alignment["observations"] and 0 < alignment["median_shift_px"] < 1
     assert 0.05 < alignment["loss_scale_px"] < 1.0  # 2x the keypoint noise of 200 px renders (~0.1 px)
+    # and with those poses guided matching finds more: the tracks that grew are aligned again (step 4f)
+    again = full_report["extension_after_alignment"]
+    assert again["observations_added"] > 0 and 0 < again["tracks_grown"] <= again["observations_added"]
+    assert again["moved"] > 0.5 * again["realigned"]
     ref = {f.name: f.c2w for f in read_scene(data).frames}
     est = ws.load_scene()
     errors = pose_errors(np.stack([f.c2w for f in est.frames]), np.stack([ref[f.name] for f in est.frames]))
