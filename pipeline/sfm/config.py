@@ -115,8 +115,9 @@ class EstimationConfig:
     # step 4f (with align_keypoints and extend_tracks): after step 4e the poses fit the keypoints
     # better, so guided matching finds ~10% more observations; the tracks that grew are aligned
     # again, and step 4e's adjustment is repeated. Same 15 mapper models: views above 0.3 deg 5.7 ->
-    # 4.7 per model (fewer in 9, more in 3: lego-200 +1 to +3), median lower in 14, maximum lower in
-    # 11 (built-in 200 and 400 views: every view within 0.3 deg); ~8 s more at 400 views
+    # 4.4 per model (fewer in 9, more in 2: lego-200 +1, +2), 90th percentile lower in all 15,
+    # median lower in 13, maximum lower in 11 (built-in 200 and 400 views: every view within 0.3
+    # deg) and higher in 4 (lego-200 x3, one 50-view model); ~9 s more at 400 views
     # (bench/RESULTS.md, poses at scale)
     extend_after_alignment: bool = True
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
