@@ -19,9 +19,11 @@ final_min_track_length=2``: the mapper's output as it is, cached under ``--work`
   image patches), then adjusted by least squares (``align_loss_scale=0``);
 - ``robust``: the same with step 4e's adjustment under a Cauchy loss of twice the keypoint noise
   (``align_loss_scale=2``);
-- ``extended again``: the defaults, i.e. the same and step 4f (``extend_after_alignment=true``: the
-  tracks extended again with step 4e's poses, the grown tracks aligned, the robust adjustment
-  repeated).
+- ``extended again``: the same and step 4f (``extend_after_alignment=true``: the tracks extended
+  again with step 4e's poses, the grown tracks aligned, the robust adjustment repeated);
+- ``tracked into views``: the defaults, i.e. the same and step 4g (``track_into_views=true``: the
+  points tracked by patch alignment into the views where SIFT gave them no keypoint), with one
+  robust adjustment after steps 4f and 4g.
 
 Models: ``syn<views>s<seed>`` is the built-in scene at 200 px with textures from ``seed``;
 ``lego-200#k``, ``temple-ring``, ``herzjesu-p8`` are datasets in ``../shared/data`` (``#k``: the
@@ -62,9 +64,10 @@ DEFAULT_MODELS = [f"syn{n}s{s}" for n in (50, 100, 200) for s in (0, 1, 2)] + \
 VARIANTS = {"mapper": None,
             "long tracks": dict(extend_tracks=False, final_min_track_length=3, align_keypoints=False),
             "extended + long": dict(extend_tracks=True, final_min_track_length=3, align_keypoints=False),
-            "aligned": dict(align_loss_scale=0.0, extend_after_alignment=False),
-            "robust": dict(extend_after_alignment=False),
-            "extended again (default)": {}}
+            "aligned": dict(align_loss_scale=0.0, extend_after_alignment=False, track_into_views=False),
+            "robust": dict(extend_after_alignment=False, track_into_views=False),
+            "extended again": dict(track_into_views=False),
+            "tracked into views (default)": {}}
 
 
 def dataset(model: str, work: Path) -> Path:
@@ -149,7 +152,8 @@ def main(argv=None) -> None:
             lower_p90 = sum(r[v]["p90"] < r["mapper"]["p90"] for r in rows)
             print(f"{v} against the mapper: fewer views above 0.3 deg in {fewer} of {len(rows)} models, more in "
                   f"{more}; lower 90th percentile in {lower_p90}")
-        for new, old in (("robust", "aligned"), ("extended again (default)", "robust")):
+        for new, old in (("robust", "aligned"), ("extended again", "robust"),
+                         ("tracked into views (default)", "extended again")):
             print(f"{new} against {old}: " + "; ".join(
                 f"{stat} lower in {sum(r[new][stat] < r[old][stat] for r in rows)}, higher in "
                 f"{sum(r[new][stat] > r[old][stat] for r in rows)}" for stat in ("over_0.3", "median", "p90", "max")))

@@ -229,25 +229,37 @@ def align_track_keypoints_affine(rec, shapes: dict, images: dict, half: int = 4,
     others = others[np.argsort(obs.image[others], kind="stable")]  # sampled image by image
     refs = obs.ref[others]
     warp = obs.frames[others] @ np.linalg.inv(obs.frames[refs])  # reference pixels -> image pixels
-    g = np.arange(-half - 1, half + 2, dtype=np.float64)  # one sample more a side for central differences
-    grid = np.stack(np.meshgrid(g, g), -1)  # (S, S, 2) as (x, y)
-    weight = np.exp(-0.5 * (grid[1:-1, 1:-1] ** 2).sum(-1) / window_sigma ** 2).reshape(-1)
-    shift = np.zeros((len(others), 2))
-    ok = np.zeros(len(others), dtype=bool)
-
-    def align(start):
-        part = slice(start, start + chunk)
-        shift[part], ok[part] = _affine_gauss_newton(
-            images, obs.image[others[part]], obs.xy[others[part]], warp[part], obs.image[refs[part]],
-            obs.xy[refs[part]], grid, weight, iterations, min_ncc, max_shift)
-
-    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # chunks side by side: numpy releases the GIL
-        list(pool.map(align, range(0, len(others), chunk)))
+    shift, ok = align_patches(images, obs.image[others], obs.xy[others], warp, obs.image[refs], obs.xy[refs],
+                              half, iterations, window_sigma, min_ncc, max_shift, chunk)
     for n in np.flatnonzero(ok):
         o = others[n]
         obs.points2d[obs.image[o]][obs.index[o]].xy = obs.xy[o] + shift[n]
     return {"observations": int(len(others)), "moved": int(ok.sum()),
             "median_shift_px": float(np.median(np.linalg.norm(shift[ok], axis=1))) if ok.any() else 0.0}
+
+
+def align_patches(images: dict, img: np.ndarray, xy: np.ndarray, warp: np.ndarray, ref_img: np.ndarray,
+                  ref_xy: np.ndarray, half: int = 4, iterations: int = 10, window_sigma: float = 2.1,
+                  min_ncc: float = 0.9, max_shift: float = 1.5, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(shift (n, 2) px, accepted (n,) bool): the points at ``xy`` (n, 2) in ``images[img]``, ``img``
+    (n,) grouped by image, moved to where their patches match the patches at ``ref_xy`` in
+    ``images[ref_img]`` under an affine warp with gain and bias, starting from ``warp`` (n, 2, 2:
+    reference pixels -> image pixels). Patches, weights, iterations and acceptance as
+    :func:`align_track_keypoints_affine`; chunks of ``chunk`` points side by side on all cores."""
+    g = np.arange(-half - 1, half + 2, dtype=np.float64)  # one sample more a side for central differences
+    grid = np.stack(np.meshgrid(g, g), -1)  # (S, S, 2) as (x, y)
+    weight = np.exp(-0.5 * (grid[1:-1, 1:-1] ** 2).sum(-1) / window_sigma ** 2).reshape(-1)
+    shift = np.zeros((len(img), 2))
+    ok = np.zeros(len(img), dtype=bool)
+
+    def align(start):
+        part = slice(start, start + chunk)
+        shift[part], ok[part] = _affine_gauss_newton(images, img[part], xy[part], warp[part], ref_img[part],
+                                                     ref_xy[part], grid, weight, iterations, min_ncc, max_shift)
+
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # chunks side by side: numpy releases the GIL
+        list(pool.map(align, range(0, len(img), chunk)))
+    return shift, ok
 
 
 def _affine_gauss_newton(images, img, xy, warp, ref_img, ref_xy, grid, weight, iterations, min_ncc, max_shift,

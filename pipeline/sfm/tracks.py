@@ -1,7 +1,9 @@
-"""Steps 4d-4f of pose estimation (:func:`finish_model`): the model's tracks extended by guided
+"""Steps 4d-4g of pose estimation (:func:`finish_model`): the model's tracks extended by guided
 2D-3D matching, a last bundle adjustment on the tracks that three or more views see, then the
 tracks' keypoints aligned on image patches and the poses adjusted once more, with a robust loss;
-then, with the poses that fit the aligned keypoints, the tracks extended and aligned again.
+then, with the poses that fit the aligned keypoints, the tracks extended and aligned again, and the
+points tracked by patch alignment into the views where SIFT missed them
+(:mod:`pipeline.sfm.patch_tracks`), before a last robust adjustment.
 
 The mapper adds an observation to a track only through a verified two-view match. A view seen
 from an unusual angle (below an object, at its edge) shares few verified matches, so it keeps few
@@ -26,6 +28,7 @@ from scipy.spatial import cKDTree
 from pipeline.sfm.cameras import reprojection_errors
 from pipeline.sfm.config import EstimationConfig
 from pipeline.sfm.keypoints import align_track_keypoints_affine
+from pipeline.sfm.patch_tracks import track_points_into_views
 from pipeline.sfm.refine import adjust_on_long_tracks, bundle_adjust
 
 
@@ -49,7 +52,10 @@ def track_descriptors(rec, descriptors: dict[int, np.ndarray]) -> tuple[np.ndarr
     for k, point_id in enumerate(ids):
         point = rec.points3D[int(point_id)]
         xyz[k] = point.xyz
-        desc[k] = np.mean([descriptors[e.image_id][e.point2D_idx] for e in point.track.elements], axis=0)
+        # keypoints appended by step 4g (patch_tracks) have no descriptor in the database
+        described = [descriptors[e.image_id][e.point2D_idx] for e in point.track.elements
+                     if e.point2D_idx < len(descriptors[e.image_id])]
+        desc[k] = np.mean(described, axis=0) if described else 0.0
     desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-9)
     return ids, xyz, desc
 
@@ -99,6 +105,7 @@ def extend_tracks(pycolmap, rec, db_path: Path, radius_px: float = 1.5, max_dist
         camera = rec.cameras[image.camera_id]
         points2D = image.points2D
         free = np.array([not p.has_point3D() for p in points2D], dtype=bool)
+        free[len(descriptors[image_id]):] = False  # keypoints appended by step 4g: no descriptor to match
         if not free.any():
             continue
         seen = {p.point3D_id for p in points2D if p.has_point3D()}
@@ -165,10 +172,12 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
     fit dropped, and a last adjustment with a Cauchy loss of ``cfg.align_loss_scale`` times the
     keypoint noise (:func:`keypoint_noise_px`).
     4f: with ``cfg.extend_after_alignment`` as well (and ``cfg.extend_tracks``), the tracks extended
-    again, the grown tracks aligned, the misfits dropped and the robust adjustment repeated
-    (:func:`_extend_and_align_again`).
-    Returns the report's entries: ``track_extension``, ``final_adjustment``, ``keypoint_alignment``
-    and ``extension_after_alignment`` where they ran."""
+    again, the grown tracks aligned and the misfits dropped (:func:`_extend_and_align_again`).
+    4g: with ``cfg.track_into_views`` as well, the points tracked by patch alignment into the views
+    where SIFT gave them no keypoint, and the misfits dropped (:func:`_track_into_views`).
+    After 4f and 4g, step 4e's robust adjustment is repeated once.
+    Returns the report's entries: ``track_extension``, ``final_adjustment``, ``keypoint_alignment``,
+    ``extension_after_alignment`` and ``tracked_into_views`` where they ran."""
     out: dict = {}
     if cfg.extend_tracks:
         extension = extend_tracks(pycolmap, rec, db_path)
@@ -203,29 +212,54 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
             log.info(f"track keypoints aligned on their reference patches: {alignment['moved']} of "
                      f"{alignment['observations']} moved (median {alignment['median_shift_px']:.2f} px), "
                      f"{alignment['observations_dropped']} dropped as misfits, then adjusted with {loss}")
-        if cfg.extend_after_alignment and cfg.extend_tracks:
-            out["extension_after_alignment"] = _extend_and_align_again(pycolmap, rec, db_path, cfg, refine_intrinsics,
-                                                                      max_reproj_error, frames_and_images, log)
+        grow = cfg.extend_after_alignment and cfg.extend_tracks
+        if grow:
+            out["extension_after_alignment"] = _extend_and_align_again(pycolmap, rec, db_path, max_reproj_error,
+                                                                      frames_and_images, log)
+        if cfg.track_into_views:
+            out["tracked_into_views"] = _track_into_views(pycolmap, rec, max_reproj_error, frames_and_images, log)
+        if grow or cfg.track_into_views:
+            # one robust adjustment for both ways of growing the tracks: on the fixed mapper models
+            # as accurate as one after each, at half the cost (bench/RESULTS.md, poses at scale)
+            loss_scale_px = cfg.align_loss_scale * keypoint_noise_px(rec)
+            _adjust(pycolmap, rec, cfg, refine_intrinsics, loss_scale_px)
+            for key in ("extension_after_alignment", "tracked_into_views"):
+                if key in out:
+                    out[key]["loss_scale_px"] = loss_scale_px
+            if log is not None:
+                loss = f"a Cauchy loss of {loss_scale_px:.2f} px" if loss_scale_px > 0 else "least squares"
+                log.info(f"adjusted once more, with {loss}")
     return out
 
 
-def _extend_and_align_again(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_intrinsics: bool,
-                            max_reproj_error: float, frames_and_images: tuple[dict, dict],
-                            log: logging.Logger | None) -> dict:
+def _extend_and_align_again(pycolmap, rec, db_path: Path, max_reproj_error: float,
+                            frames_and_images: tuple[dict, dict], log: logging.Logger | None) -> dict:
     """Step 4f: after step 4e the poses and points fit the keypoints better, so their projections
     land within ``extend_tracks``' radius of keypoints that step 4d's guided matching missed: the
     tracks are extended again, the tracks that grew are aligned on their (possibly new) reference
-    patches, the misfits dropped, and step 4e's robust adjustment repeated."""
+    patches, and the misfits dropped (the caller adjusts)."""
     lengths = {point_id: point.track.length() for point_id, point in rec.points3D.items()}
     extension = extend_tracks(pycolmap, rec, db_path)
     grown = {point_id for point_id, point in rec.points3D.items() if point.track.length() > lengths.get(point_id, 0)}
     alignment = align_track_keypoints_affine(rec, *frames_and_images, points=grown)
     extension.update(tracks_grown=len(grown), realigned=alignment["observations"], moved=alignment["moved"],
-                     observations_dropped=_drop_misfits(pycolmap, rec, max_reproj_error),
-                     loss_scale_px=cfg.align_loss_scale * keypoint_noise_px(rec))
-    _adjust(pycolmap, rec, cfg, refine_intrinsics, extension["loss_scale_px"])
+                     observations_dropped=_drop_misfits(pycolmap, rec, max_reproj_error))
     if log is not None:
         log.info(f"tracks extended again after the alignment: +{extension['observations_added']} observations on "
                  f"{len(grown)} tracks, their {alignment['observations']} keypoints aligned ({alignment['moved']} "
-                 f"moved), {extension['observations_dropped']} dropped as misfits, then adjusted once more")
+                 f"moved), {extension['observations_dropped']} dropped as misfits")
     return extension
+
+
+def _track_into_views(pycolmap, rec, max_reproj_error: float, frames_and_images: tuple[dict, dict],
+                      log: logging.Logger | None) -> dict:
+    """Step 4g: :func:`pipeline.sfm.patch_tracks.track_points_into_views`, then the misfits dropped
+    (the caller adjusts)."""
+    tracked = track_points_into_views(pycolmap, rec, *frames_and_images)
+    tracked["observations_dropped"] = _drop_misfits(pycolmap, rec, max_reproj_error)
+    if log is not None:
+        log.info(f"points tracked into the views where SIFT missed them: +{tracked['added']} observations of "
+                 f"{tracked['candidates']} tried (at most {tracked['per_view']} a view, within "
+                 f"{tracked['max_angle_deg']:.0f} deg of an observing view), {tracked['observations_dropped']} "
+                 f"dropped as misfits")
+    return tracked

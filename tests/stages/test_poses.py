@@ -141,6 +141,12 @@ def test_builtin_scene_estimate_registers_every_view_accurately(tmp_path):
     again = full_report["extension_after_alignment"]
     assert again["observations_added"] > 0 and 0 < again["tracks_grown"] <= again["observations_added"]
     assert again["moved"] > 0.5 * again["realigned"]
+    # and the points are tracked by patch alignment into the views where SIFT missed them (step 4g):
+    # of the 50 views x the median view's observations tried, over a third join their tracks
+    tracked = full_report["tracked_into_views"]
+    assert tracked["per_view"] > 50 and 0.35 * tracked["candidates"] < tracked["added"] <= tracked["candidates"]
+    assert tracked["observations_dropped"] < 0.2 * tracked["added"]
+    assert tracked["loss_scale_px"] == again["loss_scale_px"]  # one adjustment after both steps
     ref = {f.name: f.c2w for f in read_scene(data).frames}
     est = ws.load_scene()
     errors = pose_errors(np.stack([f.c2w for f in est.frames]), np.stack([ref[f.name] for f in est.frames]))
