@@ -83,12 +83,13 @@ def track_points_into_views(pycolmap, rec, shapes: dict, images: dict, max_angle
         inside = np.all(np.isfinite(uv), 1) & (uv[:, 0] >= m) & (uv[:, 1] >= m) & \
             (uv[:, 0] <= camera.width - m) & (uv[:, 1] <= camera.height - m)
         idx, uv = idx[inside], uv[inside]
+        if not len(idx):
+            continue
         # the largest cosine between this view's ray and the rays of the views that observe the point
         counts = length[idx]
         owner = np.repeat(np.arange(len(idx)), counts)
         member = by_track[np.repeat(track_start[idx], counts) + np.arange(counts.sum()) - np.repeat(_segment_starts(counts), counts)]
-        nearest = np.full(len(idx), -2.0)
-        np.maximum.at(nearest, owner, np.einsum("ij,ij->i", rays[member], ray[idx][owner]))
+        nearest = np.maximum.reduceat(np.einsum("ij,ij->i", rays[member], ray[idx][owner]), _segment_starts(counts))
         near = nearest >= cos_max
         idx, uv, nearest = idx[near], uv[near], nearest[near]
         if len(idx) > per_view:
