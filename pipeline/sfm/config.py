@@ -124,8 +124,9 @@ class EstimationConfig:
     # where SIFT gave them no keypoint (within 45 deg of a view that observes them, at most the
     # median view's observation count per view; pipeline/sfm/patch_tracks.py), then one robust
     # adjustment after steps 4f and 4g. Same 15 mapper models: views above 0.3 deg 4.4 -> 3.6 per
-    # model, medians lower in 14 (built-in scene by 15-25%); the built-in 50-view models' worst
-    # views 0.69 / 1.45 -> 0.37 / 0.34 deg; ~5 s more at 400 views (bench/RESULTS.md, poses at scale)
+    # model (fewer in 5, more in none), medians lower in 14 (built-in scene by 6-29%); the built-in
+    # 50-view models' worst views 0.69 / 1.45 -> 0.37 / 0.34 deg; every view within 0.3 deg at 100
+    # views in 3 of 3 whole runs; ~5 s more at 400 views, ~30 s at 1000 (bench/RESULTS.md, poses at scale)
     track_into_views: bool = True
     intrinsics: str = "auto"  # auto (known when the dataset has poses) | known (use the dataset's) | estimate
     # known intrinsics from a file, kept fixed in mapping: a Strecha .camera file (or a folder of
