@@ -23,7 +23,8 @@ from pathlib import Path
 from datasets.scene import Scene, SceneError
 from pipeline.sfm.colmap import colmap_device, import_pycolmap, quiet_colmap
 from pipeline.sfm.config import EstimationConfig, check_config, effective_settings
-from pipeline.sfm.database import export_database, extraction_key, matching_key, restore_database, write_state
+from pipeline.sfm.database import (append_model_keypoints, export_database, extraction_key, matching_key,
+                                   restore_database, write_state)
 from pipeline.sfm.diagnose import diagnose_registration, save_failure_report
 from pipeline.sfm.features import apply_intrinsics_file, camera_groups, extract, use_known_intrinsics
 from pipeline.sfm.keypoints import align_track_keypoints, read_frames_and_images
@@ -156,6 +157,8 @@ def estimate(scene: Scene, cfg: EstimationConfig, work_dir: Path, out_dir: Path,
     t = time.time()
     posed = write_model(pycolmap, scene, best, prepared, image_dir, out_dir, final_dir, cfg)
     export_database(db_path, out_dir / "colmap")
+    if best is not None and frames_and_images is not None:  # step 4g's keypoints, for COLMAP to read the model
+        append_model_keypoints(out_dir / "colmap" / "database.db", best, frames_and_images[0])
     timings["write_s"] = time.time() - t
     report["points"] = int(len(posed.meta["sparse_points"]["xyz"]))
     report["undistorted"] = bool(cfg.undistort)

@@ -12,8 +12,9 @@ and bias (:func:`pipeline.sfm.keypoints.align_patches`), starting from the warp 
 the point that faces the reference camera. An alignment that correlates by 0.9 or more within
 1.5 px of the projection becomes an observation: a keypoint appended to the image's keypoints. It
 sees the same surface point as the reference's keypoint, like every aligned observation of step 4e.
-The new keypoints live in the model only: the COLMAP database keeps SIFT's keypoints, which stay
-the model's first ones, in their order.
+SIFT's keypoints stay each image's first ones, in their order. The working COLMAP database keeps
+only those; the exported copy gets the new ones appended too
+(:func:`pipeline.sfm.database.append_model_keypoints`), so that COLMAP accepts the model with it.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from pipeline.geometry.alignment import pose_errors
 from pipeline.geometry.mesh import read_ply
 from pipeline.runner.stage import run_stage
 from pipeline.runner.workspace import Workspace
+from pipeline.sfm.database import restore_database
 from stages.poses import STAGE
 
 pycolmap = pytest.importorskip("pycolmap")
@@ -147,6 +148,29 @@ def test_builtin_scene_estimate_registers_every_view_accurately(tmp_path):
     assert tracked["per_view"] > 50 and 0.35 * tracked["candidates"] < tracked["added"] <= tracked["candidates"]
     assert tracked["observations_dropped"] < 0.2 * tracked["added"]
     assert tracked["loss_scale_px"] == again["loss_scale_px"]  # one adjustment after both steps
+    # the keypoints that step 4g appended are in the exported database too, with descriptors, so
+    # that COLMAP accepts the model with it (it checks the keypoint counts to continue mapping)...
+    exported = ws.stage_dir("poses") / "colmap"
+    model = pycolmap.Reconstruction(ws.stage_dir("poses") / "sparse")
+    sift = {i: full_report["per_image"][Path(model.images[i].name).stem]["features"] for i in model.reg_image_ids()}
+    db = pycolmap.Database.open(str(exported / "database.db"))
+    counts = {i: (db.num_keypoints_for_image(i), db.num_descriptors_for_image(i)) for i in model.reg_image_ids()}
+    db.close()
+    assert all(k == d == len(model.images[i].points2D) for i, (k, d) in counts.items())
+    assert sum(k - sift[i] for i, (k, _) in counts.items()) >= tracked["added"] - tracked["observations_dropped"]
+    continued = tmp_path / "continued"
+    (continued / "images").mkdir(parents=True)
+    shutil.copy(exported / "database.db", continued / "database.db")
+    maps = pycolmap.incremental_mapping(continued / "database.db", continued / "images", continued,
+                                       input_path=ws.stage_dir("poses") / "sparse")
+    assert max(m.num_reg_images() for m in maps.values()) == 50
+    # ... and a later run that starts from that copy reads SIFT's keypoints only
+    restored = tmp_path / "restored" / "database.db"
+    restored.parent.mkdir()
+    assert "sift_keypoints" not in restore_database(restored, exported)
+    db = pycolmap.Database.open(str(restored))
+    assert all(db.num_keypoints_for_image(i) == db.num_descriptors_for_image(i) == n for i, n in sift.items())
+    db.close()
     ref = {f.name: f.c2w for f in read_scene(data).frames}
     est = ws.load_scene()
     errors = pose_errors(np.stack([f.c2w for f in est.frames]), np.stack([ref[f.name] for f in est.frames]))
