@@ -220,7 +220,7 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
             out["tracked_into_views"] = _track_into_views(pycolmap, rec, max_reproj_error, frames_and_images, log)
         if grow or cfg.track_into_views:
             # one robust adjustment for both ways of growing the tracks: on the fixed mapper models
-            # 3.6 views above 0.3 deg per model against 4.0 with one after each, and ~4 s less at 400
+            # 3.6 views above 0.3 deg per model against 4.0 with one after each, and ~5 s less at 400
             # views (bench/RESULTS.md, poses at scale)
             loss_scale_px = cfg.align_loss_scale * keypoint_noise_px(rec)
             _adjust(pycolmap, rec, cfg, refine_intrinsics, loss_scale_px)
