@@ -101,10 +101,10 @@ def append_model_keypoints(db_file: Path, rec, frames: dict) -> None:
 
         for image_id in rec.reg_image_ids():
             points2D = rec.images[image_id].points2D
-            keypoints, descriptors = features(image_id)
-            sift = len(keypoints)
-            if len(points2D) <= sift:
+            sift = db.execute("SELECT rows FROM keypoints WHERE image_id = ?", (image_id,)).fetchone()[0]
+            if len(points2D) <= sift:  # no keypoint appended: its features are not read
                 continue
+            keypoints, descriptors = features(image_id)
             added = range(sift, len(points2D))
             xy = np.array([points2D[i].xy for i in added], dtype=np.float32)
             shape = np.asarray(frames[image_id][sift:len(points2D)], dtype=np.float32).reshape(-1, 4)

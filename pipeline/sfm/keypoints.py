@@ -97,9 +97,11 @@ def align_track_keypoints(rec, shapes: dict, images: dict, half: int = 8, iterat
 class _TrackObservations:
     """Every observation of ``rec``'s tracks, flat: ``image`` and ``index`` (point2D) ids, ``track``
     number, ``xy`` (n, 2), SIFT ``frames`` (n, 2, 2), and per observation its track's reference
-    observation ``ref`` (``is_ref`` where it is its own). The reference is the track's largest SIFT
+    observation ``ref`` (``is_ref`` where it is its own; per track ``ref_of_track``), and per track
+    its 3D point's ``point_ids`` and ``xyz`` (tracks, 3). The reference is the track's largest SIFT
     frame (``largest_scale``: the finest detail) or the view nearest the track's mean viewing
-    direction (``central``: the least foreshortening to the others)."""
+    direction (``central``: the least foreshortening to the others; then also the observations'
+    unit viewing ``rays`` (n, 3) and each track's unit ``mean_ray`` (tracks, 3))."""
 
     def __init__(self, rec, shapes: dict, reference: str):
         image, index, track, xyz, point_ids = [], [], [], [], []
@@ -113,22 +115,25 @@ class _TrackObservations:
         self.points2d = {i: rec.images[i].points2D for i in np.unique(self.image)}
         self.xy = np.array([self.points2d[i][j].xy for i, j in zip(self.image, self.index)], dtype=np.float64)
         self.frames = np.stack([shapes[i][j] for i, j in zip(self.image, self.index)]).astype(np.float64)
+        self.xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
         if reference == "central":
             centres = {i: rec.images[i].projection_center() for i in np.unique(self.image)}
-            rays = np.asarray(xyz)[self.track] - np.stack([centres[i] for i in self.image])
+            rays = self.xyz[self.track] - np.stack([centres[i] for i in self.image])
             rays /= np.linalg.norm(rays, axis=1, keepdims=True)
             mean = np.zeros((len(xyz), 3))
             np.add.at(mean, self.track, rays)
             score = np.einsum("ni,ni->n", rays, mean[self.track])
+            self.rays = rays
+            self.mean_ray = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
         else:
             score = np.abs(np.linalg.det(self.frames))
         order = np.lexsort((-score, self.track))  # by track, the best first
         first = order[np.r_[True, self.track[order][1:] != self.track[order][:-1]]]
         self.is_ref = np.zeros(len(self.track), dtype=bool)
         self.is_ref[first] = True
-        ref_of_track = np.empty(len(xyz), dtype=np.int64)
-        ref_of_track[self.track[first]] = first
-        self.ref = ref_of_track[self.track]
+        self.ref_of_track = np.empty(len(xyz), dtype=np.int64)
+        self.ref_of_track[self.track[first]] = first
+        self.ref = self.ref_of_track[self.track]
 
 
 class _PatchSampler:

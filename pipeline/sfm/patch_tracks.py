@@ -47,19 +47,11 @@ def track_points_into_views(pycolmap, rec, shapes: dict, images: dict, max_angle
     if rec.num_points3D() == 0 or per_view <= 0:
         return report
     obs = _TrackObservations(rec, shapes, reference="central")
-    n_points = len(obs.point_ids)
-    xyz = np.stack([rec.points3D[int(p)].xyz for p in obs.point_ids])
+    n_points, xyz, rays, mean_ray, ref = len(obs.point_ids), obs.xyz, obs.rays, obs.mean_ray, obs.ref_of_track
     centres = {i: rec.images[i].projection_center() for i in registered}
-    rays = xyz[obs.track] - np.stack([centres[i] for i in obs.image])  # (observations, 3) unit viewing rays
-    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
-    mean_ray = np.zeros((n_points, 3))
-    np.add.at(mean_ray, obs.track, rays)
-    mean_ray /= np.maximum(np.linalg.norm(mean_ray, axis=1, keepdims=True), 1e-12)
     by_track = np.argsort(obs.track, kind="stable")
     length = np.bincount(obs.track, minlength=n_points)
     track_start = _segment_starts(length)
-    ref = np.empty(n_points, dtype=np.int64)
-    ref[obs.track[obs.is_ref]] = np.flatnonzero(obs.is_ref)
     ref_img, ref_xy = obs.image[ref], obs.xy[ref]
     probes = _probes(rec, xyz, ref_img, ref_xy)
     by_image = np.argsort(obs.image, kind="stable")
