@@ -68,12 +68,10 @@ def guided_matches(uv: np.ndarray, point_desc: np.ndarray, keypoints: np.ndarray
     ``ratio`` times the second candidate's; each point gets at most one keypoint (the closest)."""
     if not len(uv) or not len(keypoints):
         return []
-    near = cKDTree(uv).query_ball_point(keypoints, r=radius_px)
-    counts = np.array([len(c) for c in near])
-    if not counts.any():
+    near = cKDTree(keypoints).sparse_distance_matrix(cKDTree(uv), radius_px, output_type="ndarray")
+    if not len(near):
         return []
-    kp = np.repeat(np.arange(len(keypoints)), counts)
-    point = np.concatenate([c for c in near if c]).astype(np.int64)
+    kp, point = near["i"].astype(np.int64), near["j"].astype(np.int64)
     dist = np.linalg.norm(point_desc[point] - keypoint_desc[kp], axis=1)
     order = np.lexsort((dist, kp))  # by keypoint, then descriptor distance
     kp, point, dist = kp[order], point[order], dist[order]
