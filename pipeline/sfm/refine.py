@@ -63,11 +63,6 @@ def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads:
     options.refine_principal_point = refine_pp
     options.ceres.solver_options.num_threads = num_threads
     options.ceres.solver_options.function_tolerance = function_tolerance
-    # past the dense solver's limit (50 images), Ceres' iterative Schur solver with a Schur-Jacobi
-    # preconditioner rather than COLMAP's sparse Cholesky (which it keeps up to 1000 images): the
-    # same poses to 0.001 deg, and the linear solves of the last adjustment 6x faster at 400 views
-    # (bench/RESULTS.md, poses at scale)
-    options.ceres.max_num_images_direct_sparse_cpu_solver = options.ceres.max_num_images_direct_dense_cpu_solver + 1
     return options
 
 
