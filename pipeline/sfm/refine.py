@@ -48,11 +48,60 @@ class PrincipalPointCheck:
     z: float = 0.0  # z-score of the per-track paired decrease (>= min_z to accept)
 
 
+# a capture whose registered images are all within this many hops of each other in the covisibility
+# graph is compact enough for Ceres' iterative Schur solver (see :func:`use_iterative_solver`)
+ITERATIVE_MAX_DIAMETER = 4
+
+
+def covisibility_diameter(rec, min_shared: int = 15) -> float:
+    """Hops across the graph of ``rec``'s registered images, two images linked when they share
+    ``min_shared`` or more 3D points (a double-sweep breadth-first search: a lower bound, exact on
+    trees and near it on such graphs); inf when the graph is not connected."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    ids = sorted(rec.reg_image_ids())
+    if len(ids) < 2:
+        return 0.0
+    index = {image_id: k for k, image_id in enumerate(ids)}
+    rows, cols = [], []
+    for p, point in enumerate(rec.points3D.values()):
+        for element in point.track.elements:
+            if element.image_id in index:
+                rows.append(index[element.image_id])
+                cols.append(p)
+    seen = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(ids), max(rec.num_points3D(), 1)))
+    shared = (seen @ seen.T).tocsr()
+    shared.setdiag(0)
+    graph = (shared >= min_shared).astype(np.int8)
+    hops = shortest_path(graph, unweighted=True, indices=[0])[0]
+    if not np.isfinite(hops).all():
+        return float("inf")
+    return float(shortest_path(graph, unweighted=True, indices=[int(np.argmax(hops))])[0].max())
+
+
+def use_iterative_solver(rec, dense_max_images: int = 50) -> tuple[bool, float]:
+    """(whether ``rec``'s adjustments should use Ceres' iterative Schur solver, the covisibility
+    diameter): past ``dense_max_images`` (COLMAP's dense solver's limit) and within
+    ``ITERATIVE_MAX_DIAMETER`` hops. COLMAP factors the reduced camera system by a sparse Cholesky up
+    to 1000 images. Around an object that system is dense (every view shares points with most
+    others): costly to factor, well conditioned, and conjugate gradients solve it 6x faster (the
+    built-in scene at 400 views, diameter 3: steps 4d-4g ~20% faster, at 1000 views ~45%). Along a
+    walk it is banded: cheap to factor, ill-conditioned, and conjugate gradients took 9x as long (a
+    300-view corridor, diameter 18; bench/ba_solvers.py, bench/RESULTS.md)."""
+    if rec.num_reg_images() <= dense_max_images:
+        return False, 0.0
+    diameter = covisibility_diameter(rec)
+    return diameter <= ITERATIVE_MAX_DIAMETER, diameter
+
+
 def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads: int,
-                function_tolerance: float = 0.0, loss_scale_px: float = 0.0):
+                function_tolerance: float = 0.0, loss_scale_px: float = 0.0, iterative: bool = False):
     """COLMAP's bundle adjustment options; ``function_tolerance`` > 0 stops Ceres once an iteration
     lowers the cost by less than that fraction (COLMAP's 0 iterates until the gradient vanishes);
-    ``loss_scale_px`` > 0 weighs the residuals by a Cauchy loss of that scale (COLMAP's 0: least squares)."""
+    ``loss_scale_px`` > 0 weighs the residuals by a Cauchy loss of that scale (COLMAP's 0: least
+    squares); ``iterative``: Ceres' iterative Schur solver past the dense solver's 50 images, not
+    COLMAP's sparse Cholesky (:func:`use_iterative_solver`)."""
     options = pycolmap.BundleAdjustmentOptions()
     if loss_scale_px > 0:
         options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
@@ -63,24 +112,26 @@ def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads:
     options.refine_principal_point = refine_pp
     options.ceres.solver_options.num_threads = num_threads
     options.ceres.solver_options.function_tolerance = function_tolerance
+    if iterative:  # COLMAP then picks iterative Schur with a Schur-Jacobi preconditioner
+        options.ceres.max_num_images_direct_sparse_cpu_solver = options.ceres.max_num_images_direct_dense_cpu_solver + 1
     return options
 
 
 def bundle_adjust(pycolmap, rec, refine_intrinsics: bool, num_threads: int = -1,
-                  function_tolerance: float = 0.0, loss_scale_px: float = 0.0) -> None:
+                  function_tolerance: float = 0.0, loss_scale_px: float = 0.0, iterative: bool = False) -> None:
     """A global bundle adjustment of ``rec`` in place (principal points as they are);
-    ``function_tolerance``, ``loss_scale_px``: as in :func:`_ba_options`."""
+    ``function_tolerance``, ``loss_scale_px``, ``iterative``: as in :func:`_ba_options`."""
     pycolmap.bundle_adjustment(rec, _ba_options(pycolmap, False, refine_intrinsics, num_threads, function_tolerance,
-                                                loss_scale_px))
+                                                loss_scale_px, iterative))
 
 
 def adjust_on_long_tracks(pycolmap, rec, min_track_length: int, refine_intrinsics: bool,
                           min_observations: int = 10, num_threads: int = -1, function_tolerance: float = 0.0,
-                          loss_scale_px: float = 0.0) -> dict:
+                          loss_scale_px: float = 0.0, iterative: bool = False) -> dict:
     """Bundle-adjust ``rec`` in place with the poses moved by tracks of ``min_track_length`` views
     or more, then the shorter tracks' points alone. An image with fewer than ``min_observations``
     observations in such tracks keeps its pose (too few to move it). ``function_tolerance``,
-    ``loss_scale_px``: as in :func:`_ba_options`. Returns what was done: ``{"min_track_length",
+    ``loss_scale_px``, ``iterative``: as in :func:`_ba_options`. Returns what was done: ``{"min_track_length",
     "points_used", "points", "held_images"}``."""
     long_points = [p for p in rec.point3D_ids() if rec.points3D[p].track.length() >= min_track_length]
     seen = dict.fromkeys(rec.reg_image_ids(), 0)
@@ -88,7 +139,7 @@ def adjust_on_long_tracks(pycolmap, rec, min_track_length: int, refine_intrinsic
         for element in rec.points3D[p].track.elements:
             seen[element.image_id] += 1
     held = sorted(rec.images[i].name for i, n in seen.items() if n < min_observations)
-    options = _ba_options(pycolmap, False, refine_intrinsics, num_threads, function_tolerance, loss_scale_px)
+    options = _ba_options(pycolmap, False, refine_intrinsics, num_threads, function_tolerance, loss_scale_px, iterative)
     options.min_track_length = min_track_length
     if held:
         config = pycolmap.BundleAdjustmentConfig()

@@ -29,7 +29,7 @@ from pipeline.sfm.cameras import reprojection_errors
 from pipeline.sfm.config import EstimationConfig
 from pipeline.sfm.keypoints import align_track_keypoints_affine
 from pipeline.sfm.patch_tracks import track_points_into_views
-from pipeline.sfm.refine import adjust_on_long_tracks, bundle_adjust
+from pipeline.sfm.refine import adjust_on_long_tracks, bundle_adjust, use_iterative_solver
 
 
 def _unit_descriptors(pycolmap, db_path: Path, image_ids) -> dict[int, np.ndarray]:
@@ -129,14 +129,15 @@ def extend_tracks(pycolmap, rec, db_path: Path, radius_px: float = 1.5, max_dist
 ROBUST_FUNCTION_TOLERANCE = 1e-4
 
 
-def _adjust(pycolmap, rec, cfg: EstimationConfig, refine_intrinsics: bool, loss_scale_px: float = 0.0) -> dict | None:
+def _adjust(pycolmap, rec, cfg: EstimationConfig, refine_intrinsics: bool, loss_scale_px: float = 0.0,
+            iterative: bool = False) -> dict | None:
     tolerance = max(cfg.ba_function_tolerance, ROBUST_FUNCTION_TOLERANCE) if loss_scale_px > 0 \
         else cfg.ba_function_tolerance
     if cfg.final_min_track_length > 2:
         return adjust_on_long_tracks(pycolmap, rec, cfg.final_min_track_length, refine_intrinsics,
                                      num_threads=cfg.num_threads, function_tolerance=tolerance,
-                                     loss_scale_px=loss_scale_px)
-    bundle_adjust(pycolmap, rec, refine_intrinsics, cfg.num_threads, tolerance, loss_scale_px)
+                                     loss_scale_px=loss_scale_px, iterative=iterative)
+    bundle_adjust(pycolmap, rec, refine_intrinsics, cfg.num_threads, tolerance, loss_scale_px, iterative)
     return None
 
 
@@ -175,18 +176,23 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
     where SIFT gave them no keypoint, and the misfits dropped (:func:`_track_into_views`).
     After 4f and 4g, step 4e's robust adjustment is repeated once.
     Returns the report's entries: ``track_extension``, ``final_adjustment``, ``keypoint_alignment``,
-    ``extension_after_alignment`` and ``tracked_into_views`` where they ran."""
-    out: dict = {}
+    ``extension_after_alignment`` and ``tracked_into_views`` where they ran, and ``solver`` (the
+    adjustments' linear solver, :func:`pipeline.sfm.refine.use_iterative_solver`)."""
+    iterative, diameter = use_iterative_solver(rec)
+    out: dict = {"solver": {"iterative_schur": iterative, "covisibility_diameter": diameter}}
+    if log is not None and iterative:
+        log.info(f"adjustments with Ceres' iterative Schur solver: {rec.num_reg_images()} images, all within "
+                 f"{diameter:.0f} hops of each other (a compact capture)")
     if cfg.extend_tracks:
         extension = extend_tracks(pycolmap, rec, db_path)
-        _adjust(pycolmap, rec, cfg, refine_intrinsics)
+        _adjust(pycolmap, rec, cfg, refine_intrinsics, iterative=iterative)
         extension["observations_dropped"] = _drop_misfits(pycolmap, rec, max_reproj_error)
         out["track_extension"] = extension
         if log is not None:
             log.info(f"tracks extended: +{extension['observations_added']} observations to "
                      f"{extension['observations_before']}, {extension['observations_dropped']} dropped after adjustment")
     if cfg.final_min_track_length > 2 or cfg.extend_tracks:
-        done = _adjust(pycolmap, rec, cfg, refine_intrinsics)
+        done = _adjust(pycolmap, rec, cfg, refine_intrinsics, iterative=iterative)
         if done is not None:
             out["final_adjustment"] = done
             if log is not None:
@@ -202,7 +208,7 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
         alignment["observations_dropped"] = _drop_misfits(pycolmap, rec, max_reproj_error)
         # the misfits under the limit are left to a robust loss, scaled by the noise of the rest
         alignment["loss_scale_px"] = cfg.align_loss_scale * keypoint_noise_px(rec)
-        _adjust(pycolmap, rec, cfg, refine_intrinsics, alignment["loss_scale_px"])
+        _adjust(pycolmap, rec, cfg, refine_intrinsics, alignment["loss_scale_px"], iterative)
         out["keypoint_alignment"] = alignment
         if log is not None:
             loss = f"a Cauchy loss of {alignment['loss_scale_px']:.2f} px" if alignment["loss_scale_px"] > 0 \
@@ -221,7 +227,7 @@ def finish_model(pycolmap, rec, db_path: Path, cfg: EstimationConfig, refine_int
             # 3.6 views above 0.3 deg per model against 4.0 with one after each, and ~5 s less at 400
             # views (bench/RESULTS.md, poses at scale)
             loss_scale_px = cfg.align_loss_scale * keypoint_noise_px(rec)
-            _adjust(pycolmap, rec, cfg, refine_intrinsics, loss_scale_px)
+            _adjust(pycolmap, rec, cfg, refine_intrinsics, loss_scale_px, iterative)
             for key in ("extension_after_alignment", "tracked_into_views"):
                 if key in out:
                     out[key]["loss_scale_px"] = loss_scale_px

@@ -7,7 +7,7 @@ from datasets.scene import SceneError
 from pipeline.geometry.alignment import rotation_angle_deg
 from pipeline.geometry.cameras import look_at
 from pipeline.sfm.config import EstimationConfig, check_config
-from pipeline.sfm.refine import adjust_on_long_tracks
+from pipeline.sfm.refine import ITERATIVE_MAX_DIAMETER, adjust_on_long_tracks, use_iterative_solver
 
 pycolmap = pytest.importorskip("pycolmap")
 
@@ -99,3 +99,94 @@ def test_a_function_tolerance_stops_the_adjustment_where_the_poses_have_settled(
     assert rotation_angle_deg(np.einsum("kij,klj->kil", settled, stopped)).max() < 1e-3
     with pytest.raises(SceneError, match="ba_function_tolerance"):
         check_config(EstimationConfig(ba_function_tolerance=1.0))
+
+
+def ring_reconstruction(views: int, seed: int = 0):
+    """(model, true world-to-camera rotations (V, 3, 3)): ``views`` cameras on a ring around 300
+    points that all of them see (0.2 px noise), their rotations and the points started off the truth."""
+    rng = np.random.default_rng(seed)
+    xyz = rng.uniform(-1.0, 1.0, size=(300, 3))
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="SIMPLE_PINHOLE", width=W, height=H,
+                                                    params=[F, W / 2, H / 2]))
+    rotations = []
+    for k in range(views):
+        angle = 2 * np.pi * k / views
+        centre = np.array([6 * np.cos(angle), 6 * np.sin(angle), 1.5 + np.sin(3 * angle)])
+        rot = look_at(centre, (0.0, 0.0, 0.0))[:3, :3].T
+        rotations.append(rot)
+        cam = (xyz - centre) @ rot.T
+        uv = F * cam[:, :2] / cam[:, 2:3] + [W / 2, H / 2] + rng.normal(0.0, 0.2, size=(len(xyz), 2))
+        start = pycolmap.Rotation3d(rot).matrix() @ _small_rotation(rng, np.deg2rad(0.3))
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{k:03d}.png", keypoints=uv, camera_id=1, image_id=k + 1),
+                                         pycolmap.Rigid3d(pycolmap.Rotation3d(start), -start @ centre))
+    for i in range(len(xyz)):
+        rec.add_point3D(xyz[i] + rng.normal(0.0, 0.01, 3),
+                        pycolmap.Track([pycolmap.TrackElement(k + 1, i) for k in range(views)]))
+    return rec, np.stack(rotations)
+
+
+def _small_rotation(rng, angle: float) -> np.ndarray:
+    axis = rng.normal(size=3)
+    axis *= angle / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + k + k @ k / 2  # near enough a rotation for a start; the adjustment re-orthogonalises
+
+
+def walk_reconstruction(views: int, seed: int = 0):
+    """A model of ``views`` cameras 0.5 m apart looking along a corridor, each seeing its walls up to
+    12 m ahead (the covisibility graph of a walk: a long chain)."""
+    rng = np.random.default_rng(seed)
+    xyz = np.c_[rng.uniform(0.0, 0.5 * views + 12, 40 * views), rng.choice([-2.0, 2.0], 40 * views),
+                rng.uniform(-1.5, 1.5, 40 * views)]
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="SIMPLE_PINHOLE", width=W, height=H,
+                                                    params=[F, W / 2, H / 2]))
+    tracks = {}
+    for k in range(views):
+        centre = np.array([0.5 * k, 0.0, 0.0])
+        rot = look_at(centre, centre + [1.0, 0.0, 0.0])[:3, :3].T
+        cam = (xyz - centre) @ rot.T
+        uv = F * cam[:, :2] / cam[:, 2:3] + [W / 2, H / 2]
+        seen = np.flatnonzero((cam[:, 2] > 0.5) & (cam[:, 2] < 12) & np.all((uv > 0) & (uv < [W, H]), axis=1))
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{k:03d}.png", keypoints=uv[seen], camera_id=1,
+                                                        image_id=k + 1), pycolmap.Rigid3d(pycolmap.Rotation3d(rot), -rot @ centre))
+        for j, i in enumerate(seen):
+            tracks.setdefault(int(i), []).append(pycolmap.TrackElement(k + 1, j))
+    for i, elements in tracks.items():
+        if len(elements) >= 2:
+            rec.add_point3D(xyz[i], pycolmap.Track(elements))
+    return rec
+
+
+def test_the_iterative_solver_is_chosen_for_a_compact_capture_past_fifty_images_only():
+    # around an object every view shares points with most others (a few hops across); along a walk
+    # the views form a chain, whose reduced camera system conjugate gradients solve slowly
+    assert use_iterative_solver(ring_reconstruction(views=60)[0])[0]
+    assert not use_iterative_solver(ring_reconstruction(views=40)[0])[0]  # the dense solver's size
+    chosen, hops = use_iterative_solver(walk_reconstruction(views=120))
+    assert not chosen and hops > 2 * ITERATIVE_MAX_DIAMETER
+
+
+def test_the_iterative_solver_reaches_the_poses_of_colmaps_sparse_one():
+    # what the poses stage adjusts with, for a compact capture past 50 images
+    from pipeline.sfm.refine import _ba_options
+
+    rotations, solvers = {}, {}
+    for name, iterative in (("iterative", True), ("sparse direct", False)):
+        rec, truth = ring_reconstruction(views=60)
+        options = _ba_options(pycolmap, False, False, num_threads=1, iterative=iterative)
+        config = pycolmap.BundleAdjustmentConfig()
+        for image_id in rec.reg_image_ids():
+            config.add_image(image_id)
+        config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
+        summary = pycolmap.create_default_bundle_adjuster(options, config, rec).solve().ceres_summary
+        solvers[name] = str(summary.linear_solver_type_used)
+        rotations[name] = np.stack([rec.images[k + 1].cam_from_world().rotation.matrix() for k in range(60)])
+    assert solvers["iterative"].endswith("ITERATIVE_SCHUR") and solvers["sparse direct"].endswith("SPARSE_SCHUR")
+    iterative, direct = rotations.values()
+    assert rotation_angle_deg(np.einsum("kij,klj->kil", iterative, direct)).max() < 1e-3
+    # and both undid the 0.3 deg start: the poses agree with each other up to the gauge
+    relative = np.einsum("kij,lj->kil", iterative, iterative[0])  # R_k R_0^T: free of the gauge
+    true_relative = np.einsum("kij,lj->kil", truth, truth[0])
+    assert rotation_angle_deg(np.einsum("kij,klj->kil", relative, true_relative)).max() < 0.15  # from up to 0.6
