@@ -14,6 +14,14 @@ pycolmap = pytest.importorskip("pycolmap")
 W, H, F = 400, 400, 500.0
 
 
+def model_with_camera():
+    """An empty model with camera 1: W x H px, pinhole, focal F px, principal point at the centre."""
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="SIMPLE_PINHOLE", width=W, height=H,
+                                                    params=[F, W / 2, H / 2]))
+    return rec
+
+
 def make_reconstruction(weak_view_points: int = 40, false_points: int = 80, seed: int = 0):
     """(model, true world-to-camera rotations (V, 3, 3)): 8 cameras on an arc around 300 points that
     every view sees (0.2 px noise), except view 0 which sees only ``weak_view_points`` of them. Views
@@ -24,9 +32,7 @@ def make_reconstruction(weak_view_points: int = 40, false_points: int = 80, seed
     xyz = rng.uniform(-1.0, 1.0, size=(300, 3))
     false_xyz = rng.uniform(-1.0, 1.0, size=(false_points, 3))
     shift = np.array([0.2, 0.0, 0.0])
-    rec = pycolmap.Reconstruction()
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="SIMPLE_PINHOLE", width=W, height=H,
-                                                    params=[F, W / 2, H / 2]))
+    rec = model_with_camera()
     rotations, tracks = [], {}
     for k in range(8):
         angle = np.deg2rad(-60 + 120 * k / 7)
@@ -106,9 +112,7 @@ def ring_reconstruction(views: int, seed: int = 0):
     points that all of them see (0.2 px noise), their rotations and the points started off the truth."""
     rng = np.random.default_rng(seed)
     xyz = rng.uniform(-1.0, 1.0, size=(300, 3))
-    rec = pycolmap.Reconstruction()
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="SIMPLE_PINHOLE", width=W, height=H,
-                                                    params=[F, W / 2, H / 2]))
+    rec = model_with_camera()
     rotations = []
     for k in range(views):
         angle = 2 * np.pi * k / views
@@ -139,9 +143,7 @@ def walk_reconstruction(views: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     xyz = np.c_[rng.uniform(0.0, 0.5 * views + 12, 40 * views), rng.choice([-2.0, 2.0], 40 * views),
                 rng.uniform(-1.5, 1.5, 40 * views)]
-    rec = pycolmap.Reconstruction()
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="SIMPLE_PINHOLE", width=W, height=H,
-                                                    params=[F, W / 2, H / 2]))
+    rec = model_with_camera()
     tracks = {}
     for k in range(views):
         centre = np.array([0.5 * k, 0.0, 0.0])

@@ -8,11 +8,10 @@ from pipeline.geometry.cameras import look_at
 from pipeline.sfm.config import EstimationConfig, check_config
 from pipeline.sfm.refine import adjust_on_long_tracks
 from pipeline.sfm.tracks import keypoint_noise_px
-from tests.sfm.test_final_adjustment import weak_view_error_deg
+from tests.sfm.test_final_adjustment import F, H, W, model_with_camera, weak_view_error_deg
 
 pycolmap = pytest.importorskip("pycolmap")
 
-W, H, F = 400, 400, 500.0
 
 
 def make_reconstruction(noise_px: float = 0.1, biased_fraction: float = 0.15, bias_px: float = 1.5, seed: int = 0):
@@ -23,9 +22,7 @@ def make_reconstruction(noise_px: float = 0.1, biased_fraction: float = 0.15, bi
     that pull the view's pose. The model is bundle-adjusted by least squares."""
     rng = np.random.default_rng(seed)
     xyz = rng.uniform(-1.0, 1.0, size=(300, 3))
-    rec = pycolmap.Reconstruction()
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="SIMPLE_PINHOLE", width=W, height=H,
-                                                    params=[F, W / 2, H / 2]))
+    rec = model_with_camera()
     rotations = []
     for k in range(8):
         angle = np.deg2rad(-60 + 120 * k / 7)
