@@ -90,17 +90,16 @@ def make_scene(pycolmap, shape: str, views: int, drift: float, seed: int = 0):
 
 def adjust(pycolmap, rec, solver: str) -> dict:
     """Adjust ``rec`` in place with ``solver``: "sparse" (COLMAP's choice below 1000 images),
-    "schur-jacobi" (COLMAP's choice above) or "cluster-tridiagonal"; returns the Ceres summary's figures."""
+    "schur-jacobi" (the poses stage's choice for a compact capture, COLMAP's above 1000 images) or
+    "cluster-tridiagonal"; returns the Ceres summary's figures."""
     from pipeline.sfm.refine import _ba_options
 
-    options = _ba_options(pycolmap, False, False, -1, 1e-6)
-    ceres = options.ceres
-    ceres.max_num_images_direct_sparse_cpu_solver = 100000
-    if solver != "sparse":
-        ceres.auto_select_solver_type = False
-        ceres.solver_options.linear_solver_type = type(ceres.solver_options.linear_solver_type).ITERATIVE_SCHUR
-        preconditioner = {"schur-jacobi": "SCHUR_JACOBI", "cluster-tridiagonal": "CLUSTER_TRIDIAGONAL"}[solver]
-        ceres.solver_options.preconditioner_type = getattr(type(ceres.solver_options.preconditioner_type), preconditioner)
+    options = _ba_options(pycolmap, False, False, -1, 1e-6, iterative=solver != "sparse")
+    if solver == "cluster-tridiagonal":
+        solver_options = options.ceres.solver_options
+        options.ceres.auto_select_solver_type = False
+        solver_options.linear_solver_type = type(solver_options.linear_solver_type).ITERATIVE_SCHUR
+        solver_options.preconditioner_type = type(solver_options.preconditioner_type).CLUSTER_TRIDIAGONAL
     config = pycolmap.BundleAdjustmentConfig()
     for image_id in rec.reg_image_ids():
         config.add_image(image_id)
