@@ -12,6 +12,7 @@ import numpy as np
 from datasets.scene import Scene
 from pipeline.sfm.cameras import c2w_from_image, intrinsics_from_colmap
 from pipeline.sfm.config import Effective, EstimationConfig
+from pipeline.sfm.incremental import incremental_mapping
 from pipeline.sfm.prepare import PreparedImage
 
 
@@ -25,35 +26,47 @@ def global_ba_ratio(cfg: EstimationConfig, num_images: int) -> float:
     return 1.3 if num_images >= cfg.ba_global_ratio_min_images else 1.1
 
 
+def incremental_options(pycolmap, cfg: EstimationConfig, eff: Effective, known: bool, num_images: int):
+    """``pycolmap.IncrementalPipelineOptions`` of the poses stage for ``num_images`` images."""
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = cfg.num_threads
+    options.random_seed = cfg.seed
+    options.min_num_matches = eff.min_num_inliers
+    options.mapper.abs_pose_min_num_inliers = eff.abs_pose_min_num_inliers
+    options.mapper.abs_pose_min_inlier_ratio = cfg.abs_pose_min_inlier_ratio
+    # COLMAP's thresholds are 4 px everywhere (12 px for absolute-pose RANSAC); keep their ratios
+    err = eff.max_reproj_error
+    options.mapper.filter_max_reproj_error = err
+    options.mapper.init_max_error = err
+    options.mapper.abs_pose_max_error = 3 * err
+    options.triangulation.complete_max_reproj_error = err
+    options.triangulation.merge_max_reproj_error = err
+    ratio = global_ba_ratio(cfg, num_images)
+    options.ba_global_frames_ratio = ratio
+    options.ba_global_points_ratio = ratio
+    if known:
+        options.ba_refine_focal_length = False
+        options.ba_refine_extra_params = False
+        options.ba_refine_principal_point = False
+    return options
+
+
 def map_images(pycolmap, db_path: Path, image_dir: Path, out: Path, mapper: str, cfg: EstimationConfig,
-               eff: Effective, known: bool, num_images: int) -> dict:
-    """{model id: pycolmap.Reconstruction} from incremental or global mapping of the ``num_images``
-    images in the database."""
+               eff: Effective, known: bool, num_images: int, log: logging.Logger | None = None) -> tuple[dict, str]:
+    """({model id: pycolmap.Reconstruction}, a note on the global adjustments or "") from incremental
+    mapping (:func:`pipeline.sfm.incremental.incremental_mapping`) or global mapping of the
+    ``num_images`` images in the database."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     if mapper == "incremental":
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = cfg.num_threads
-        options.random_seed = cfg.seed
-        options.min_num_matches = eff.min_num_inliers
-        options.mapper.abs_pose_min_num_inliers = eff.abs_pose_min_num_inliers
-        options.mapper.abs_pose_min_inlier_ratio = cfg.abs_pose_min_inlier_ratio
-        # COLMAP's thresholds are 4 px everywhere (12 px for absolute-pose RANSAC); keep their ratios
-        err = eff.max_reproj_error
-        options.mapper.filter_max_reproj_error = err
-        options.mapper.init_max_error = err
-        options.mapper.abs_pose_max_error = 3 * err
-        options.triangulation.complete_max_reproj_error = err
-        options.triangulation.merge_max_reproj_error = err
-        ratio = global_ba_ratio(cfg, num_images)
-        options.ba_global_frames_ratio = ratio
-        options.ba_global_points_ratio = ratio
-        if known:
-            options.ba_refine_focal_length = False
-            options.ba_refine_extra_params = False
-            options.ba_refine_principal_point = False
-        return dict(pycolmap.incremental_mapping(db_path, image_dir, out, options=options))
+        options = incremental_options(pycolmap, cfg, eff, known, num_images)
+        models, stats = incremental_mapping(pycolmap, db_path, image_dir, out, options, log)
+        note = (f"{stats.global_refinements} global refinements ({stats.global_s:.1f} s), "
+                f"{stats.iterative} of them with the iterative solver")
+        if stats.diameters:
+            note += f" (covisibility diameter {stats.diameters[-1][1]:g} at {stats.diameters[-1][0]} images)"
+        return models, note
     options = pycolmap.GlobalPipelineOptions()
     options.num_threads = cfg.num_threads
     options.random_seed = cfg.seed
@@ -65,7 +78,7 @@ def map_images(pycolmap, db_path: Path, image_dir: Path, out: Path, mapper: str,
         options.mapper.bundle_adjustment.refine_focal_length = False
         options.mapper.bundle_adjustment.refine_extra_params = False
         options.mapper.bundle_adjustment.refine_principal_point = False
-    return dict(pycolmap.global_mapping(db_path, image_dir, out, options=options))
+    return dict(pycolmap.global_mapping(db_path, image_dir, out, options=options)), ""
 
 
 def largest(models: dict):
@@ -94,14 +107,18 @@ def reconstruct(pycolmap, db_path: Path, image_dir: Path, work_dir: Path, num_im
     if mapper == "incremental":
         reason += f"; global bundle adjustment each time the model grew x{global_ba_ratio(cfg, num_images)}"
     log.info(f"mapping: {mapper} ({reason})")
-    models = map_images(pycolmap, db_path, image_dir, work_dir / "models", mapper, cfg, eff, known, num_images)
+    models, note = map_images(pycolmap, db_path, image_dir, work_dir / "models", mapper, cfg, eff, known, num_images,
+                              log)
+    if note:
+        log.info(f"mapping: {note}")
+        reason += f"; {note}"
     mapper_used = mapper
     best = largest(models)
     if mapper == "incremental" and cfg.fallback_to_global and (best is None or best.num_reg_images() < num_images):
         n_inc = 0 if best is None else best.num_reg_images()
         log.info(f"incremental mapping registered {n_inc}/{num_images}; trying global mapping")
-        global_models = map_images(pycolmap, db_path, image_dir, work_dir / "models_global", "global", cfg, eff,
-                                   known, num_images)
+        global_models, _ = map_images(pycolmap, db_path, image_dir, work_dir / "models_global", "global", cfg,
+                                      eff, known, num_images, log)
         best_global = largest(global_models)
         if best_global is not None and best_global.num_reg_images() > n_inc:
             models, best, mapper_used = global_models, best_global, "global (incremental registered %d)" % n_inc

@@ -51,18 +51,36 @@ class PrincipalPointCheck:
 # a capture whose registered images are all within this many hops of each other in the covisibility
 # graph is compact enough for Ceres' iterative Schur solver (see :func:`use_iterative_solver`)
 ITERATIVE_MAX_DIAMETER = 4
+# ... and only past this many images: below, a direct solve is as fast (incremental mapping of the
+# built-in scene: iterative slower at 59 and 77 images, even at 101, faster from 132; bench/RESULTS.md)
+ITERATIVE_MIN_IMAGES = 100
+# two images are linked in the covisibility graph when they share this many 3D points
+COVISIBILITY_MIN_SHARED = 15
 
 
-def covisibility_diameter(rec, min_shared: int = 15) -> float:
-    """Hops across the graph of ``rec``'s registered images, two images linked when they share
-    ``min_shared`` or more 3D points (a double-sweep breadth-first search: a lower bound, exact on
-    trees and near it on such graphs); inf when the graph is not connected."""
+def graph_diameter(num_nodes: int, edges: np.ndarray) -> float:
+    """Hops across the undirected graph of ``num_nodes`` nodes and ``edges`` (E, 2) node indices: a
+    double-sweep breadth-first search (a lower bound, exact on trees and near it on such graphs); inf
+    when the graph is not connected."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import shortest_path
 
-    ids = sorted(rec.reg_image_ids())
-    if len(ids) < 2:
+    if num_nodes < 2:
         return 0.0
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = csr_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(num_nodes, num_nodes))
+    hops = shortest_path(graph, directed=False, unweighted=True, indices=[0])[0]
+    if not np.isfinite(hops).all():
+        return float("inf")
+    return float(shortest_path(graph, directed=False, unweighted=True, indices=[int(np.argmax(hops))])[0].max())
+
+
+def covisibility_diameter(rec, min_shared: int = COVISIBILITY_MIN_SHARED) -> float:
+    """Hops across the graph of ``rec``'s registered images, two images linked when they share
+    ``min_shared`` or more 3D points (:func:`graph_diameter`)."""
+    from scipy.sparse import csr_matrix, triu
+
+    ids = sorted(rec.reg_image_ids())
     index = {image_id: k for k, image_id in enumerate(ids)}
     rows, cols = [], []
     for p, point in enumerate(rec.points3D.values()):
@@ -71,27 +89,23 @@ def covisibility_diameter(rec, min_shared: int = 15) -> float:
                 rows.append(index[element.image_id])
                 cols.append(p)
     seen = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(ids), max(rec.num_points3D(), 1)))
-    shared = (seen @ seen.T).tocsr()
-    shared.setdiag(0)
-    graph = (shared >= min_shared).astype(np.int8)
-    hops = shortest_path(graph, unweighted=True, indices=[0])[0]
-    if not np.isfinite(hops).all():
-        return float("inf")
-    return float(shortest_path(graph, unweighted=True, indices=[int(np.argmax(hops))])[0].max())
+    shared = triu(seen @ seen.T, k=1).tocoo()
+    linked = shared.data >= min_shared
+    return graph_diameter(len(ids), np.stack([shared.row[linked], shared.col[linked]], axis=1))
 
 
-def use_iterative_solver(rec, dense_max_images: int = 50) -> tuple[bool, float]:
+def use_iterative_solver(rec, diameter_of=covisibility_diameter) -> tuple[bool, float]:
     """(whether ``rec``'s adjustments should use Ceres' iterative Schur solver, the covisibility
-    diameter): past ``dense_max_images`` (COLMAP's dense solver's limit) and within
-    ``ITERATIVE_MAX_DIAMETER`` hops. COLMAP factors the reduced camera system by a sparse Cholesky up
-    to 1000 images. Around an object that system is dense (every view shares points with most
-    others): costly to factor, well conditioned, and conjugate gradients solve it 6x faster (the
-    built-in scene at 400 views, diameter 3: steps 4d-4g ~20% faster, at 1000 views ~45%). Along a
-    walk it is banded: cheap to factor, ill-conditioned, and conjugate gradients took 9x as long (a
-    300-view corridor, diameter 18; bench/ba_solvers.py, bench/RESULTS.md)."""
-    if rec.num_reg_images() <= dense_max_images:
+    diameter ``diameter_of(rec)``): past ``ITERATIVE_MIN_IMAGES`` and within ``ITERATIVE_MAX_DIAMETER``
+    hops. COLMAP factors the reduced camera system by a sparse Cholesky up to 1000 images. Around an
+    object that system is dense (every view shares points with most others): costly to factor, well
+    conditioned, and conjugate gradients solve it 6x faster (the built-in scene at 400 views, diameter
+    3: steps 4d-4g ~20% faster, at 1000 views ~45%). Along a walk it is banded: cheap to factor,
+    ill-conditioned, and conjugate gradients took 9x as long (a 300-view corridor, diameter 18;
+    bench/ba_solvers.py, bench/RESULTS.md)."""
+    if rec.num_reg_images() <= ITERATIVE_MIN_IMAGES:
         return False, 0.0
-    diameter = covisibility_diameter(rec)
+    diameter = diameter_of(rec)
     return diameter <= ITERATIVE_MAX_DIAMETER, diameter
 
 
@@ -100,7 +114,7 @@ def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads:
     """COLMAP's bundle adjustment options; ``function_tolerance`` > 0 stops Ceres once an iteration
     lowers the cost by less than that fraction (COLMAP's 0 iterates until the gradient vanishes);
     ``loss_scale_px`` > 0 weighs the residuals by a Cauchy loss of that scale (COLMAP's 0: least
-    squares); ``iterative``: Ceres' iterative Schur solver past the dense solver's 50 images, not
+    squares); ``iterative``: Ceres' iterative Schur solver (past the dense solver's 50 images), not
     COLMAP's sparse Cholesky (:func:`use_iterative_solver`)."""
     options = pycolmap.BundleAdjustmentOptions()
     if loss_scale_px > 0:

@@ -7,7 +7,7 @@ from datasets.scene import SceneError
 from pipeline.geometry.alignment import rotation_angle_deg
 from pipeline.geometry.cameras import look_at
 from pipeline.sfm.config import EstimationConfig, check_config
-from pipeline.sfm.refine import ITERATIVE_MAX_DIAMETER, adjust_on_long_tracks, use_iterative_solver
+from pipeline.sfm.refine import ITERATIVE_MAX_DIAMETER, ITERATIVE_MIN_IMAGES, adjust_on_long_tracks, use_iterative_solver
 
 pycolmap = pytest.importorskip("pycolmap")
 
@@ -161,17 +161,18 @@ def walk_reconstruction(views: int, seed: int = 0):
     return rec
 
 
-def test_the_iterative_solver_is_chosen_for_a_compact_capture_past_fifty_images_only():
+def test_the_iterative_solver_is_chosen_for_a_compact_capture_past_a_hundred_images_only():
     # around an object every view shares points with most others (a few hops across); along a walk
     # the views form a chain, whose reduced camera system conjugate gradients solve slowly
-    assert use_iterative_solver(ring_reconstruction(views=60)[0])[0]
-    assert not use_iterative_solver(ring_reconstruction(views=40)[0])[0]  # the dense solver's size
-    chosen, hops = use_iterative_solver(walk_reconstruction(views=120))
+    assert use_iterative_solver(ring_reconstruction(views=ITERATIVE_MIN_IMAGES + 10)[0])[0]
+    assert not use_iterative_solver(ring_reconstruction(views=ITERATIVE_MIN_IMAGES)[0])[0]  # a direct solve pays
+    chosen, hops = use_iterative_solver(walk_reconstruction(views=ITERATIVE_MIN_IMAGES + 20))
     assert not chosen and hops > 2 * ITERATIVE_MAX_DIAMETER
 
 
 def test_the_iterative_solver_reaches_the_poses_of_colmaps_sparse_one():
-    # what the poses stage adjusts with, for a compact capture past 50 images
+    # what the poses stage adjusts with, for a compact capture past a hundred images (here 60: the
+    # option works past COLMAP's dense solver's 50)
     from pipeline.sfm.refine import _ba_options
 
     rotations, solvers = {}, {}
