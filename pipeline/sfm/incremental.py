@@ -2,7 +2,7 @@
 
 ``pycolmap.incremental_mapping`` runs COLMAP's ``IncrementalPipeline`` in C++. Its global bundle
 adjustments factor the reduced camera system with a sparse Cholesky below 1000 images, and at 400
-views of an object they take two thirds of the mapping time. :func:`incremental_mapping` runs the
+views of an object they take three fifths of the mapping time. :func:`incremental_mapping` runs the
 same steps (``IncrementalPipeline::Run``, ``Reconstruct`` and ``ReconstructSubModel`` of COLMAP
 4.x) on pycolmap's ``IncrementalMapper``, with one difference: each global refinement uses the
 linear solver that the model's shape suits (:func:`pipeline.sfm.refine.use_iterative_solver`:
@@ -40,7 +40,7 @@ class _Loop:
     """One run of the pipeline over a database (the state COLMAP keeps in ``IncrementalPipeline``)."""
 
     def __init__(self, pycolmap, db_path: Path, image_dir: Path, options, log: logging.Logger):
-        self.pycolmap, self.image_dir, self.log = pycolmap, image_dir, log
+        self.image_dir, self.log = image_dir, log
         self.status = pycolmap.IncrementalPipelineStatus
         database = pycolmap.Database.open(str(db_path))
         try:
