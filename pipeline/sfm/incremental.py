@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.runner.log import progress
-from pipeline.sfm.refine import use_iterative_solver
+from pipeline.sfm.refine import set_iterative_schur, use_iterative_solver
 
 # COLMAP's kMinNumInitialRegTrials: a young model that fails this many registrations in a row is
 # given up for another initial pair
@@ -155,8 +155,8 @@ class _Loop:
         iterative, diameter = use_iterative_solver(rec)  # ~0.2 s at 400 images
         if diameter:
             self.stats.diameters.append((rec.num_reg_images(), diameter))
-        if iterative:  # COLMAP then picks iterative Schur with a Schur-Jacobi preconditioner
-            options.ceres.max_num_images_direct_sparse_cpu_solver = options.ceres.max_num_images_direct_dense_cpu_solver + 1
+        if iterative:
+            set_iterative_schur(options)
         self.mapper.iterative_global_refinement(self.options.ba_global_max_refinements,
                                                 self.options.ba_global_max_refinement_change, mapper_options,
                                                 options, self.options.get_triangulation())

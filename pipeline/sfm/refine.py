@@ -94,9 +94,9 @@ def covisibility_diameter(rec, min_shared: int = COVISIBILITY_MIN_SHARED) -> flo
     return graph_diameter(len(ids), np.stack([shared.row[linked], shared.col[linked]], axis=1))
 
 
-def use_iterative_solver(rec, diameter_of=covisibility_diameter) -> tuple[bool, float]:
-    """(whether ``rec``'s adjustments should use Ceres' iterative Schur solver, the covisibility
-    diameter ``diameter_of(rec)``): past ``ITERATIVE_MIN_IMAGES`` and within ``ITERATIVE_MAX_DIAMETER``
+def use_iterative_solver(rec) -> tuple[bool, float]:
+    """(whether ``rec``'s adjustments should use Ceres' iterative Schur solver, its
+    :func:`covisibility_diameter`): past ``ITERATIVE_MIN_IMAGES`` and within ``ITERATIVE_MAX_DIAMETER``
     hops. COLMAP factors the reduced camera system by a sparse Cholesky up to 1000 images. Around an
     object that system is dense (every view shares points with most others): costly to factor, well
     conditioned, and conjugate gradients solve it 6x faster (the built-in scene at 400 views, diameter
@@ -105,8 +105,15 @@ def use_iterative_solver(rec, diameter_of=covisibility_diameter) -> tuple[bool, 
     bench/ba_solvers.py, bench/RESULTS.md)."""
     if rec.num_reg_images() <= ITERATIVE_MIN_IMAGES:
         return False, 0.0
-    diameter = diameter_of(rec)
+    diameter = covisibility_diameter(rec)
     return diameter <= ITERATIVE_MAX_DIAMETER, diameter
+
+
+def set_iterative_schur(options) -> None:
+    """Make ``options`` (``pycolmap.BundleAdjustmentOptions``) solve with Ceres' iterative Schur
+    solver past the dense solver's 50 images: COLMAP then picks it, with a Schur-Jacobi
+    preconditioner, instead of its sparse Cholesky (kept up to 1000 images)."""
+    options.ceres.max_num_images_direct_sparse_cpu_solver = options.ceres.max_num_images_direct_dense_cpu_solver + 1
 
 
 def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads: int,
@@ -126,8 +133,8 @@ def _ba_options(pycolmap, refine_pp: bool, refine_intrinsics: bool, num_threads:
     options.refine_principal_point = refine_pp
     options.ceres.solver_options.num_threads = num_threads
     options.ceres.solver_options.function_tolerance = function_tolerance
-    if iterative:  # COLMAP then picks iterative Schur with a Schur-Jacobi preconditioner
-        options.ceres.max_num_images_direct_sparse_cpu_solver = options.ceres.max_num_images_direct_dense_cpu_solver + 1
+    if iterative:
+        set_iterative_schur(options)
     return options
 
 
